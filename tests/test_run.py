@@ -1,0 +1,86 @@
+"""`python -m marktune.run`: outputs, resume, clear errors, and the real Fashion-MNIST sequence."""
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from marktune import run
+from marktune.data import DEBIAN_FASHION_MNIST_DIR
+
+REPO = Path(__file__).resolve().parent.parent
+TINY_SETS = ["--set", "num_tasks=3", "--set", "epochs=2", "--set", "meta_epochs=1", "--set", "mini_tasks=2",
+             "--set", "inner_steps=2", "--set", "kb_width=8", "--set", "latent_dim=16", "--set", "fe_channels=8",
+             "--set", "synthetic_images_per_class=80", "--set", "batch_size=32"]
+
+
+def test_outputs_of_a_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run.main(["--benchmark", "synthetic", *TINY_SETS, "--out", str(out), "-q"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["finished"] and results["tasks_done"] == 3
+    assert [len(r) for r in results["test_matrix"]] == [1, 2, 3]
+    assert results["acc"] == pytest.approx(sum(results["test_matrix"][-1]) / 3)
+    assert set(results["seconds_per_task"][0]) >= {"feature", "kb", "mask", "meta", "consolidation", "eval"}
+    assert (out / "checkpoint.pt").is_file() and (out / "config.yaml").is_file()
+    assert any((out / "tensorboard").iterdir())
+    printed = capsys.readouterr().out
+    assert "ACC" in printed and "BWT" in printed and "test accuracy" in printed
+
+
+def test_resume_continues_after_the_last_finished_task(tmp_path):
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert run.main(["--benchmark", "synthetic", *TINY_SETS, "--out", str(full), "-q"]) == 0
+    # a run that stopped after task 1: keep its state at that point
+    from marktune.config import MarkConfig
+    from marktune.data import load_benchmark_for
+    from marktune.learner import MarkLearner
+
+    cfg = MarkConfig.from_sources(path=full / "config.yaml")
+    learner = MarkLearner(cfg, load_benchmark_for(cfg), verbose=0)
+    learner.train_next_task()
+    cut.mkdir()
+    cfg.save_yaml(cut / "config.yaml")
+    learner.save(cut / "checkpoint.pt")
+    assert run.main(["--resume", str(cut), "-q"]) == 0
+    a = json.loads((full / "results.json").read_text())
+    b = json.loads((cut / "results.json").read_text())
+    assert a["test_matrix"] == b["test_matrix"] and a["val_matrix"] == b["val_matrix"]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--benchmark", "cifar100"], "CIFAR-100"),
+    (["--benchmark", "miniimagenet"], "miniimagenet"),
+    (["--benchmark", "fmnist", "--set", "kb_depth=8"], "kb_depth"),
+    (["--benchmark", "synthetic", "--set", "lr_meta=-1"], "lr_meta"),
+    (["--resume", "/nonexistent/run"], "no config.yaml"),
+])
+def test_bad_input_is_a_clear_error(tmp_path, capsys, argv, message):
+    code = run.main([*argv, "--data-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "o")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message.lower() in err.lower() and "Traceback" not in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
+def test_cuda_without_cuda_is_refused(capsys):
+    assert run.main(["--benchmark", "synthetic", "--device", "cuda"]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (DEBIAN_FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(),
+                    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+def test_real_fashion_mnist_sequence(tmp_path):
+    """The README's quick settings on real data: every task learned, little forgetting."""
+    out = tmp_path / "fmnist"
+    assert run.main(["--config", str(REPO / "search_spaces" / "fmnist.yaml"), "--out", str(out),
+                     "--device", "cpu", "-q"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    final = results["test_matrix"][-1]
+    assert len(final) == 5
+    assert min(final) >= 0.85, final
+    assert results["acc"] >= 0.90
+    assert results["bwt"] >= -0.03
+    assert all(not math.isnan(a) for row in results["val_matrix"] for a in row)
