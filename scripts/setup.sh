@@ -12,8 +12,9 @@ fi
 if ! .venv/bin/python -c "import marktune, torch, ray.tune, optuna, pytest" 2>/dev/null \
    || [ pyproject.toml -nt .venv/.marktune-installed ]; then
     echo "[setup] installing pinned packages (torch comes from this machine's disk where it lies there)"
-    .venv/bin/python -m pip install --quiet --upgrade pip
-    .venv/bin/python -m pip install --quiet -e '.[test]'
+    # (this machine's pip config lists local indexes that may be absent: drop those warnings)
+    .venv/bin/python -m pip install --quiet --upgrade pip 2> >(grep -v "is ignored: it is neither" >&2)
+    .venv/bin/python -m pip install --quiet -e '.[test]' 2> >(grep -v "is ignored: it is neither" >&2)
     touch .venv/.marktune-installed
 fi
 
