@@ -1,0 +1,481 @@
+"""Re-evaluate a search's best configurations over fresh seeds: ``python -m marktune.evaluate EXP``.
+
+A search selects on one seed's validation accuracy. A paper reports test ACC and BWT as
+mean +- std over seeds, next to baselines. This command re-runs, each with ``--seeds`` fresh
+seeds (never the search's own):
+
+* the ``--top`` best COMPLETE trials of the search (ranked by validation ACC, as the search);
+* the space's default configuration (rule in ``marktune.experiment.Experiment.default_config``);
+* the ``meta_update: none`` ablation of the best configuration (MARK without metalearning).
+
+Every run is one Ray Tune trial of ``runners.mark_sequence.train_mark_sequence`` (the search's
+trainable), from a grid over (configuration, seed), with no scheduler: every run goes to the
+last task. Output, in the experiment directory: ``evaluation.csv`` (one row per run) and
+``evaluation.md`` (one row per configuration). The runs' own Tune directories go to
+``<storage>/<experiment>-eval``.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from itertools import count
+from pathlib import Path
+from typing import Any, Sequence
+
+from marktune.config import ConfigError, MarkConfig
+from marktune.experiment import Experiment, ExperimentError, load_experiment
+
+FIRST_SEED = 1000  # evaluation seeds are the first S integers >= this that no search trial used
+TOTAL_CLASSES = {"cifar100": 100, "miniimagenet": 100, "fmnist": 10, "digits": 10}
+CSV_FIELDS = ["configuration", "kind", "source_trial", "seed", "status", "tasks_done", "test_acc", "bwt",
+              "val_acc", "wall_seconds", "kb_params", "task_params", "device", "settings", "error"]
+
+
+class EvaluateError(ValueError):
+    """A flag or experiment problem found before Ray starts."""
+
+
+# ---------------------------------------------------------------- what to run
+@dataclass
+class EvalConfig:
+    label: str
+    kind: str  # best, default, ablation
+    source_trial: str
+    config: MarkConfig
+
+
+def plan_configs(exp: Experiment, top: int) -> list[EvalConfig]:
+    best = exp.best_complete(top)
+    if not best:
+        counts = {s: len(exp.by_status(s)) for s in ("PRUNED", "RUNNING", "MISSING", "ERROR")}
+        raise EvaluateError(
+            f"{exp.path}: no trial finished every task ({exp.num_tasks}), so there is no configuration "
+            f"to re-evaluate ({', '.join(f'{v} {k.lower()}' for k, v in counts.items() if v)}). "
+            "Resume the search (python -m marktune.search --resume --name ...) or run more trials.")
+    rows = []
+    for i, trial in enumerate(best, 1):
+        rows.append(EvalConfig(f"best {i} (trial {trial.trial_id})", "best", trial.trial_id,
+                               MarkConfig.from_dict(trial.config)))
+    default, _ = exp.default_config()
+    rows.append(EvalConfig(f"default ({exp.space_name or 'shared settings'})", "default", "", default))
+    ablation = MarkConfig.from_dict({**best[0].config, "meta_update": "none"})
+    rows.append(EvalConfig(f"best 1, meta_update none (trial {best[0].trial_id})", "ablation",
+                           best[0].trial_id, ablation))
+    return rows
+
+
+def fresh_seeds(exp: Experiment, n: int) -> list[int]:
+    used = {int(t.config.get("seed", 0)) for t in exp.trials if t.config}
+    seeds: list[int] = []
+    for s in count(FIRST_SEED):
+        if len(seeds) == n:
+            return seeds
+        if s not in used:
+            seeds.append(s)
+    return seeds
+
+
+# ---------------------------------------------------------------- parameter counts
+def classes_per_task(config: MarkConfig) -> int:
+    if config.benchmark == "synthetic":
+        return config.synthetic_classes_per_task
+    return TOTAL_CLASSES[config.benchmark] // config.tasks
+
+
+def parameter_counts(config: MarkConfig) -> tuple[int, int]:
+    """(shared KB, one task's F_t + M_t + C_t) parameters, from freshly built parts (no data, no training).
+
+    Inputs are 3-channel at the benchmark's image size (grey benchmarks are repeated to 3
+    channels). With the ResNet-18 feature extractor, F_t counts the frozen trunk too.
+    """
+    import torch
+
+    from marktune.model import (FeatureExtractor, KnowledgeBase, MaskGenerator, ResNetFeatureExtractor,
+                                TaskHead, count_parameters)
+
+    with torch.device("meta"):  # shapes only: nothing is allocated or initialised
+        kb = KnowledgeBase(image_size=config.image_size, in_channels=3, depth=config.kb_depth,
+                           width=config.kb_width, latent_dim=config.latent_dim, dropout=config.kb_dropout)
+        if config.feature_extractor == "resnet18":
+            fe = ResNetFeatureExtractor(latent_dim=config.latent_dim)
+        else:
+            fe = FeatureExtractor(image_size=config.image_size, in_channels=3, channels=config.fe_channels,
+                                  latent_dim=config.latent_dim)
+        masks = MaskGenerator(latent_dim=config.latent_dim, block_channels=kb.channels,
+                              hidden=config.mask_hidden, activation=config.mask_activation)
+        head = TaskHead(config.latent_dim, classes_per_task(config))
+    return count_parameters(kb), count_parameters(fe) + count_parameters(masks) + count_parameters(head)
+
+
+# ---------------------------------------------------------------- command line
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m marktune.evaluate",
+        description="Re-run a search's best configurations, its space's default and the no-metalearning "
+                    "ablation with fresh seeds; report test ACC and BWT as mean +- std.",
+        epilog="Example:\n  python -m marktune.evaluate results/fmnist-20261123-190000 --top 3 --seeds 3\n"
+               "Then: python -m marktune.report results/fmnist-20261123-190000",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("experiment", help="the search's experiment directory (<storage>/<name>)")
+    p.add_argument("--top", type=int, default=3, help="best complete trials to re-run (default 3)")
+    p.add_argument("--seeds", type=int, default=3, help="fresh seeds per configuration (default 3)")
+    p.add_argument("--cpus-per-trial", type=float, help="CPUs per run (default: the space's, else 1)")
+    p.add_argument("--gpus-per-trial", type=float,
+                   help="GPUs per run (default: 0.25 where the cluster has GPUs, else 0)")
+    p.add_argument("--max-concurrent", type=int, help="runs at once (default: as resources allow)")
+    p.add_argument("--address", help="Ray cluster: 'auto', HOST:PORT or ray://HOST:10001 (default: local Ray)")
+    p.add_argument("--storage", help="where the runs' Tune directories go (default: next to the experiment)")
+    p.add_argument("--name", help="name of the runs' Tune experiment (default: <experiment>-eval)")
+    p.add_argument("--max-failures", type=int, default=2, help="retries of a run whose worker died (default 2)")
+    p.add_argument("--data-dir", help="data directory on every node (default: the search's)")
+    p.add_argument("--download", action="store_true", help="let runs download their data set")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
+    p.add_argument("--num-gpus", type=float, help="GPUs declared to the local Ray (default: detected)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no Ray trial table")
+    return p
+
+
+@dataclass
+class EvalPlan:
+    experiment: Experiment
+    configs: list[EvalConfig]
+    seeds: list[int]
+    cpus_per_trial: float
+    gpus_per_trial: float | None
+    storage: str
+    name: str
+    default_rule: str
+
+
+def plan_from_args(args: argparse.Namespace) -> EvalPlan:
+    """Everything checked before Ray starts; raises ExperimentError, EvaluateError or ConfigError."""
+    if args.top < 1:
+        raise EvaluateError(f"--top must be >= 1 (got {args.top})")
+    if args.seeds < 1:
+        raise EvaluateError(f"--seeds must be >= 1 (got {args.seeds})")
+    if args.cpus_per_trial is not None and (args.cpus_per_trial < 0 or not math.isfinite(args.cpus_per_trial)):
+        raise EvaluateError(f"--cpus-per-trial must be >= 0 (got {args.cpus_per_trial})")
+    gpus = args.gpus_per_trial
+    if gpus is not None and (gpus < 0 or (gpus > 1 and not float(gpus).is_integer())):
+        raise EvaluateError(f"--gpus-per-trial must be a fraction in [0, 1] or a whole number (got {gpus})")
+    if args.max_concurrent is not None and args.max_concurrent < 1:
+        raise EvaluateError(f"--max-concurrent must be >= 1 (got {args.max_concurrent})")
+    exp = load_experiment(args.experiment)
+    configs = plan_configs(exp, args.top)
+    cpus = args.cpus_per_trial
+    if cpus is None:
+        cpus = float(exp.space.defaults["cpus_per_trial"]) if exp.space is not None else 1.0
+    if gpus is None and exp.space is not None:
+        gpus = exp.space.defaults["gpus_per_trial"]
+    storage = args.storage or str(exp.path.parent)
+    if "://" not in storage:
+        storage = str(Path(storage).expanduser().resolve())
+    name = args.name or f"{exp.name}-eval"
+    if args.name is None and "://" not in storage and (Path(storage) / name).exists():
+        name = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return EvalPlan(experiment=exp, configs=configs, seeds=fresh_seeds(exp, args.seeds), cpus_per_trial=cpus,
+                    gpus_per_trial=gpus, storage=storage, name=name, default_rule=exp.default_config()[1])
+
+
+# ---------------------------------------------------------------- running
+def _pick(key: str, rows: list[dict[str, Any]]):
+    from ray import tune
+
+    return tune.sample_from(lambda config: rows[config["eval_row"]][key])
+
+
+def run_evaluation(plan: EvalPlan, args: argparse.Namespace):
+    """One Tune trial per (configuration, seed); returns Tune's ResultGrid."""
+    import ray
+    from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    from runners.mark_sequence import RUNTIME_KEY, train_mark_sequence
+
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    gpus = plan.gpus_per_trial
+    if gpus is None:
+        gpus = 0.25 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    runs = len(plan.configs) * len(plan.seeds)
+    os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(max(1, min(runs, _slots(plan.cpus_per_trial, gpus)))))
+    trainable = tune.with_resources(train_mark_sequence, {"cpu": plan.cpus_per_trial, "gpu": gpus})
+
+    rows = [{k: v for k, v in c.config.to_dict().items() if k != "seed"} for c in plan.configs]
+    keys = sorted({k for r in rows for k in r})
+    labels = [c.label for c in plan.configs]
+    runtime = dict(plan.experiment.runtime())
+    runtime["threads"] = max(1, int(plan.cpus_per_trial)) if plan.cpus_per_trial else 1
+    if args.data_dir:
+        runtime["data_dir"] = args.data_dir
+    if args.download:
+        runtime["download"] = True
+    param_space: dict[str, Any] = {
+        "eval_row": tune.grid_search(list(range(len(rows)))),
+        "seed": tune.grid_search(plan.seeds),
+        "eval_label": tune.sample_from(lambda config: labels[config["eval_row"]]),
+        **{k: _pick(k, rows) for k in keys},
+        RUNTIME_KEY: runtime,
+    }
+    run_config = tune.RunConfig(
+        name=plan.name, storage_path=plan.storage, callbacks=[JsonLoggerCallback(), CSVLoggerCallback()],
+        failure_config=tune.FailureConfig(max_failures=args.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=0 if args.quiet else 1)
+    tuner = tune.Tuner(trainable, param_space=param_space, run_config=run_config,
+                       tune_config=tune.TuneConfig(max_concurrent_trials=args.max_concurrent,
+                                                   trial_name_creator=_trial_name,
+                                                   trial_dirname_creator=_trial_name))
+    print(f"[marktune] evaluating {len(plan.configs)} configurations x {len(plan.seeds)} seeds "
+          f"{plan.seeds} = {runs} runs, {plan.cpus_per_trial:g} CPU + {gpus:g} GPU each; "
+          f"runs in {plan.storage.rstrip('/')}/{plan.name}", flush=True)
+    return tuner.fit()
+
+
+def _slots(cpus: float, gpus: float) -> int:
+    import ray
+
+    total = ray.cluster_resources()
+    slots = [10_000]
+    if cpus > 0:
+        slots.append(int(total.get("CPU", 0) // cpus))
+    if gpus > 0:
+        slots.append(int(total.get("GPU", 0) // gpus))
+    return min(slots)
+
+
+def _trial_name(trial) -> str:
+    return f"run_{trial.trial_id}"
+
+
+def run_records(results, plan: EvalPlan) -> list[dict[str, Any]]:
+    """One dict per run (the rows of evaluation.csv), in configuration then seed order."""
+    counts = {}
+    for c in plan.configs:
+        if c.label not in counts:
+            counts[c.label] = parameter_counts(c.config)
+    searched = plan.experiment.searched
+    records = []
+    for result in results:
+        config = result.config or {}
+        row = int(config.get("eval_row", -1))
+        if not 0 <= row < len(plan.configs):
+            continue
+        ec = plan.configs[row]
+        metrics = result.metrics or {}
+        tasks_done = int(metrics.get("tasks_done", 0) or 0)
+        num_tasks = ec.config.tasks
+        status = "ERROR" if result.error is not None else ("COMPLETE" if tasks_done >= num_tasks else "INCOMPLETE")
+        wall = math.nan
+        df = result.metrics_dataframe
+        if df is not None and len(df) and "task_started_at" in df:
+            wall = float(df["task_finished_at"].max() - df["task_started_at"].min())
+        kb, task = counts[ec.label]
+        settings = {k: getattr(ec.config, k) for k in [*searched, "meta_update"]}
+        records.append({
+            "configuration": ec.label, "kind": ec.kind, "source_trial": ec.source_trial,
+            "seed": int(config.get("seed", -1)), "status": status, "tasks_done": tasks_done,
+            "test_acc": _f(metrics.get("mean_test_acc")) if status == "COMPLETE" else math.nan,
+            "bwt": _f(metrics.get("bwt_test")) if status == "COMPLETE" else math.nan,
+            "val_acc": _f(metrics.get("mean_val_acc")) if status == "COMPLETE" else math.nan,
+            "wall_seconds": wall, "kb_params": kb, "task_params": task, "device": metrics.get("device", ""),
+            "settings": json.dumps(settings, sort_keys=True),
+            "error": _first_line(str(result.error)) if result.error is not None else "",
+            "_row": row,
+        })
+    records.sort(key=lambda r: (r["_row"], r["seed"]))
+    for r in records:
+        del r["_row"]
+    return records
+
+
+# ---------------------------------------------------------------- tables
+def write_csv(records: list[dict[str, Any]], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        for r in records:
+            writer.writerow({k: _cell(r.get(k)) for k in CSV_FIELDS})
+
+
+def read_csv(path: Path) -> list[dict[str, Any]]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        for k in ("test_acc", "bwt", "val_acc", "wall_seconds"):
+            r[k] = _f(r.get(k))
+        for k in ("seed", "tasks_done", "kb_params", "task_params"):
+            r[k] = int(r[k]) if str(r.get(k, "")).lstrip("-").isdigit() else 0
+    return rows
+
+
+@dataclass
+class Summary:
+    configuration: str
+    kind: str
+    runs: int
+    ok: int
+    seeds: list[int]
+    test_acc: tuple[float, float]  # mean, std over complete runs
+    bwt: tuple[float, float]
+    val_acc: tuple[float, float]
+    wall_seconds: float  # mean
+    kb_params: int
+    task_params: int
+    settings: str
+
+
+def aggregate(records: list[dict[str, Any]]) -> list[Summary]:
+    """One Summary per configuration, in the order they first appear."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault(r["configuration"], []).append(r)
+    out = []
+    for label, runs in groups.items():
+        ok = [r for r in runs if r["status"] == "COMPLETE"]
+        out.append(Summary(
+            configuration=label, kind=runs[0]["kind"], runs=len(runs), ok=len(ok),
+            seeds=[r["seed"] for r in runs],
+            test_acc=_mean_std([r["test_acc"] for r in ok]), bwt=_mean_std([r["bwt"] for r in ok]),
+            val_acc=_mean_std([r["val_acc"] for r in ok]),
+            wall_seconds=_mean_std([r["wall_seconds"] for r in ok])[0],
+            kb_params=runs[0]["kb_params"], task_params=runs[0]["task_params"], settings=runs[0]["settings"]))
+    return out
+
+
+TABLE_HEAD = ["configuration", "seeds", "test ACC (%)", "BWT (%)", "val ACC (%)", "wall time (s)",
+              "shared KB params", "per task F+M+C params", "settings"]
+
+
+def table_cells(s: Summary) -> list[str]:
+    return [s.configuration, f"{s.ok}/{s.runs}", _pm(s.test_acc), _pm(s.bwt, sign=True), _pm(s.val_acc),
+            "-" if not math.isfinite(s.wall_seconds) else f"{s.wall_seconds:.1f}",
+            _k(s.kb_params), _k(s.task_params), _settings_text(s.settings)]
+
+
+def format_markdown(summaries: list[Summary], *, experiment: str, seeds: Sequence[int], note: str = "",
+                    default_rule: str = "") -> str:
+    lines = [f"# Evaluation of `{experiment}`", "",
+             f"Test ACC and BWT (GEM) after the last task, mean ± std over seeds {list(seeds)} "
+             "(sample std; the search's own seed is never reused). Validation ACC chose the configurations; "
+             "test ACC is only reported. Parameters: the shared Knowledge Base, and what each task adds "
+             "(its feature extractor F_t, mask generator M_t and classifier C_t).", ""]
+    if default_rule:
+        lines += [f"Default configuration: {default_rule}.", ""]
+    if note:
+        lines += [f"Note: {note}.", ""]
+    lines += ["| " + " | ".join(TABLE_HEAD) + " |", "|" + "---|" * len(TABLE_HEAD)]
+    for s in summaries:
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in table_cells(s)) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    vals = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    if not vals:
+        return math.nan, math.nan
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else math.nan)
+
+
+def _pm(ms: tuple[float, float], sign: bool = False) -> str:
+    mean, std = ms
+    if not math.isfinite(mean):
+        return "-"
+    m = f"{100 * mean:+.2f}" if sign else f"{100 * mean:.2f}"
+    return m if not math.isfinite(std) else f"{m} ± {100 * std:.2f}"
+
+
+def _k(n: int) -> str:
+    return f"{n / 1000:.1f}k" if n >= 1000 else str(n)
+
+
+def _settings_text(settings: str) -> str:
+    try:
+        data = json.loads(settings)
+    except (TypeError, json.JSONDecodeError):
+        return str(settings)
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in data.items())
+
+
+def _f(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, float):
+        return "" if not math.isfinite(value) else repr(value)
+    return value
+
+
+def _first_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+# ---------------------------------------------------------------- main
+def start_ray(args: argparse.Namespace) -> None:
+    """Connect to --address, else start a Ray of our own on this machine.
+
+    ``address="local"``: a Ray that another program started on this machine is not joined.
+    """
+    import ray
+
+    from marktune.search import check_address
+
+    check_address(args.address)
+    kwargs: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": True}
+    if args.address:
+        kwargs["address"] = args.address
+    else:
+        kwargs.update(address="local", num_cpus=args.num_cpus, num_gpus=args.num_gpus, include_dashboard=False)
+    try:
+        ray.init(**kwargs)
+    except ConnectionError as err:
+        raise EvaluateError(f"--address {args.address}: {err}") from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from marktune.search import SearchError
+
+    args = build_parser().parse_args(argv)
+    try:
+        plan = plan_from_args(args)
+        note = plan.experiment.missing_note()
+        if note:
+            print(f"[marktune] {note}; evaluating the trials that finished.", flush=True)
+        start_ray(args)
+    except (ExperimentError, EvaluateError, ConfigError, SearchError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        results = run_evaluation(plan, args)
+    finally:
+        import ray
+        ray.shutdown()
+    records = run_records(results, plan)
+    out = plan.experiment.path
+    write_csv(records, out / "evaluation.csv")
+    summaries = aggregate(records)
+    text = format_markdown(summaries, experiment=plan.experiment.name, seeds=plan.seeds, note=note,
+                           default_rule=plan.default_rule)
+    (out / "evaluation.md").write_text(text)
+    print("\n" + text)
+    for r in records:
+        if r["status"] != "COMPLETE":
+            print(f"[marktune] {r['configuration']} seed {r['seed']}: {r['status']} {r['error']}")
+    print(f"[marktune] evaluation.csv and evaluation.md in {out}")
+    print(f"[marktune] next: python -m marktune.report {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,279 @@
+"""From search to result: ``marktune.evaluate`` and ``marktune.report``.
+
+Quick tests work on experiment directories written by hand (Tune's file layout, no Ray);
+the slow ones run a tiny real search on scikit-learn's digits, evaluate it over two fresh
+seeds and render the report in headless Chromium.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from marktune import evaluate, report
+from marktune.config import MarkConfig
+from marktune.experiment import ExperimentError, load_experiment
+from marktune.spaces import load_space
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ---------------------------------------------------------------- hand-made experiments
+def _result(task: int, num_tasks: int, val: float) -> dict:
+    rows = [[val] * (t + 1) for t in range(task)]
+    return {"tasks_done": task, "num_tasks": num_tasks, "mean_val_acc": val, "mean_test_acc": val - 0.01,
+            "bwt_test": -0.01, "val_row": rows[-1], "test_row": [v - 0.01 for v in rows[-1]],
+            "task_started_at": 100.0 + task, "task_finished_at": 101.0 + task}
+
+
+def _fake_experiment(root: Path, trials: dict[str, tuple[str, int, float]], *, base: dict,
+                     searched: dict[str, list], num_tasks: int = 5) -> Path:
+    """trials: id -> (Tune status, tasks reported, last val acc). Writes Tune's layout."""
+    root.mkdir(parents=True)
+    state = []
+    for i, (tid, (status, tasks, val)) in enumerate(trials.items()):
+        config = {**base, **{k: v[i % len(v)] for k, v in searched.items()},
+                  "marktune_runtime": {"data_dir": None, "download": False, "threads": 1}}
+        if status != "NEVER":
+            tdir = root / f"trial_{tid}"
+            tdir.mkdir()
+            (tdir / "params.json").write_text(json.dumps(config))
+            (tdir / "result.json").write_text(
+                "".join(json.dumps(_result(t, num_tasks, val)) + "\n" for t in range(1, tasks + 1)))
+        info = {"trial_id": tid, "trainable_name": "train_mark_sequence", "config": config,
+                "status": "PENDING" if status == "NEVER" else status, "relative_logdir": f"trial_{tid}",
+                "evaluated_params": {k: config[k] for k in searched}}
+        state.append([json.dumps(info), json.dumps({"error_filename": None, "last_result": {}})])
+    (root / "experiment_state-2026-01-01_00-00-00.json").write_text(
+        json.dumps({"trial_data": state, "runner_data": {}, "stats": {}}))
+    return root
+
+
+def _digits_base(**overrides) -> dict:
+    space = load_space("digits")
+    return {**space.base_config(), **overrides}
+
+
+@pytest.fixture
+def interrupted(tmp_path):
+    trials = {"aaaa0001": ("TERMINATED", 5, 0.90), "aaaa0002": ("TERMINATED", 5, 0.95),
+              "aaaa0003": ("TERMINATED", 2, 0.70), "aaaa0004": ("RUNNING", 3, 0.80),
+              "aaaa0005": ("NEVER", 0, 0.0)}
+    searched = {k: [0.001 * (i + 1) for i in range(5)] for k in ("lr_meta", "meta_step", "lr_mask")}
+    searched.update({"mask_hidden": [0, 16], "mask_activation": ["relu", "sigmoid"], "kb_depth": [1, 2, 3],
+                     "kb_width": [8, 16], "mini_tasks": [2, 3], "inner_steps": [2, 3]})
+    return _fake_experiment(tmp_path / "digits-20260101-000000", trials, base=_digits_base(), searched=searched)
+
+
+def test_interrupted_search_statuses_and_missing_trials(interrupted):
+    exp = load_experiment(interrupted)
+    status = {t.trial_id: t.status for t in exp.trials}
+    assert status == {"aaaa0001": "COMPLETE", "aaaa0002": "COMPLETE", "aaaa0003": "PRUNED",
+                      "aaaa0004": "RUNNING", "aaaa0005": "MISSING"}
+    assert [t.trial_id for t in exp.best_complete(5)] == ["aaaa0002", "aaaa0001"]  # by validation
+    note = exp.missing_note()
+    assert "aaaa0004" in note and "aaaa0005" in note and "never reported" in note
+    # the trials match search_spaces/digits.yaml: its default configuration
+    assert exp.space_name == "digits" and exp.overrides == {}
+    assert exp.default_config()[0] == load_space("digits").default_trial_config()
+
+
+def test_default_configuration_rule_with_overrides_and_unknown_space(tmp_path):
+    searched = {"lr_meta": [0.001, 0.002], "meta_step": [0.1, 0.2], "lr_mask": [0.01, 0.02],
+                "mask_hidden": [0, 16], "mask_activation": ["relu", "sigmoid"], "kb_depth": [1, 2],
+                "kb_width": [8, 16], "mini_tasks": [2, 3], "inner_steps": [2, 3]}
+    trials = {"b1": ("TERMINATED", 5, 0.9), "b2": ("TERMINATED", 5, 0.8)}
+    # `--set epochs=1` in the search: the space's default configuration with that override
+    exp = load_experiment(_fake_experiment(tmp_path / "x1", trials, base=_digits_base(epochs=1), searched=searched))
+    assert exp.space_name == "digits" and exp.overrides == {"epochs": 1}
+    default = exp.default_config()[0]
+    assert default == load_space("digits").default_trial_config({"epochs": 1})
+    assert default.mini_tasks == 2  # the space file's fixed value of a searched setting
+    # searched settings of no space file: shared settings, learner defaults for the searched ones
+    exp = load_experiment(_fake_experiment(tmp_path / "x2", trials, base=_digits_base(),
+                                           searched={"lr_meta": [0.001, 0.002]}))
+    assert exp.space is None and exp.searched == ["lr_meta"]
+    default, rule = exp.default_config()
+    assert default.lr_meta == MarkConfig().lr_meta and default.epochs == 4 and "no space file" in rule
+
+
+def test_plan_has_top_k_default_and_ablation_with_fresh_seeds(interrupted):
+    args = evaluate.build_parser().parse_args([str(interrupted), "--top", "2", "--seeds", "3"])
+    plan = evaluate.plan_from_args(args)
+    kinds = [c.kind for c in plan.configs]
+    assert kinds == ["best", "best", "default", "ablation"]
+    assert plan.configs[0].source_trial == "aaaa0002"
+    assert plan.configs[-1].config.meta_update == "none"
+    assert plan.configs[-1].config.lr_meta == plan.configs[0].config.lr_meta
+    assert len(plan.seeds) == 3 and 0 not in plan.seeds  # the search's seed is never reused
+
+
+def test_parameter_counts_match_the_built_model():
+    from marktune.model import FeatureExtractor, KnowledgeBase, MaskGenerator, TaskHead, count_parameters
+
+    cfg = MarkConfig()  # the paper's CIFAR-100 model, 5 classes per task
+    kb, task = evaluate.parameter_counts(cfg)
+    real_kb = KnowledgeBase()
+    assert kb == count_parameters(real_kb)
+    assert task == (count_parameters(FeatureExtractor()) + count_parameters(TaskHead(128, 5))
+                    + count_parameters(MaskGenerator(latent_dim=128, block_channels=real_kb.channels)))
+
+
+def test_aggregate_mean_std_and_markdown():
+    recs = [{"configuration": "a", "kind": "best", "seed": s, "status": "COMPLETE", "test_acc": acc, "bwt": -0.01,
+             "val_acc": acc, "wall_seconds": 2.0, "kb_params": 1000, "task_params": 500, "settings": "{}"}
+            for s, acc in ((1000, 0.8), (1001, 0.9))]
+    recs.append({**recs[0], "configuration": "b", "seed": 1000, "status": "ERROR", "test_acc": math.nan})
+    a, b = evaluate.aggregate(recs)
+    assert a.ok == 2 and a.test_acc[0] == pytest.approx(0.85) and a.test_acc[1] == pytest.approx(0.0707, abs=1e-4)
+    assert b.ok == 0 and math.isnan(b.test_acc[0])
+    text = evaluate.format_markdown([a, b], experiment="e", seeds=[1000, 1001])
+    assert "| a | 2/2 | 85.00 ± 7.07 | -1.00 ± 0.00 |" in text and "| b | 0/1 | - |" in text
+
+
+def test_report_of_an_interrupted_search_says_what_is_missing(interrupted):
+    exp = load_experiment(interrupted)
+    page = report.build_report(exp).read_text()
+    for anchor in ("id='best-trials'", "id='curves'", "id='accuracy-matrix'", "id='importances'", "id='evaluation'"):
+        assert anchor in page
+    assert "id='missing-trials'" in page and "aaaa0005" in page
+    assert "No Optuna study" in page  # no optuna_study.pkl: said, not failed
+    assert page.count("data:image/png;base64,") == 2
+    assert {p.name for p in (interrupted / "figures").glob("*.png")} == {"curves.png", "accuracy_matrix.png"}
+
+
+@pytest.mark.parametrize("module", ["evaluate", "report"])
+def test_missing_or_foreign_directory_is_a_clear_error(module, tmp_path, capsys):
+    import ray
+
+    main = {"evaluate": evaluate.main, "report": report.main}[module]
+    assert main([str(tmp_path / "nope")]) == 2
+    assert "no experiment directory at" in capsys.readouterr().err
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("hello")
+    assert main([str(tmp_path / "foreign")]) == 2
+    assert "not a marktune search experiment" in capsys.readouterr().err
+    other = tmp_path / "other_tune" / "trial_1"
+    other.mkdir(parents=True)
+    (other / "params.json").write_text(json.dumps({"lr": 0.1}))  # some other Tune experiment
+    assert main([str(tmp_path / "other_tune")]) == 2
+    assert "not made by runners.mark_sequence" in capsys.readouterr().err
+    assert not ray.is_initialized()  # refused before Ray starts
+
+
+def test_command_line_error_has_no_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "marktune.evaluate", str(tmp_path / "missing")],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "error: no experiment directory" in proc.stderr
+
+
+def test_no_complete_trial_is_a_clear_error(tmp_path, capsys):
+    exp = _fake_experiment(tmp_path / "e", {"c1": ("TERMINATED", 2, 0.5), "c2": ("RUNNING", 1, 0.4)},
+                           base=_digits_base(), searched={"lr_meta": [0.001, 0.002]})
+    assert evaluate.main([str(exp)]) == 2
+    assert "no trial finished every task" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- end to end
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    """A tiny real search on digits (4 trials), then its evaluation over 2 fresh seeds."""
+    import ray
+
+    from marktune import search
+
+    tmp = tmp_path_factory.mktemp("e2e")
+    space = tmp / "tiny_digits.yaml"
+    space.write_text(yaml.safe_dump({
+        "benchmark": "digits",
+        "fixed": {"epochs": 1, "kb_epochs": 2, "batch_size": 64, "meta_epochs": 1, "mini_tasks": 2,
+                  "inner_steps": 2, "kb_width": 8, "kb_depth": 2, "latent_dim": 16, "fe_channels": 8},
+        "search": {"lr_meta": {"type": "loguniform", "low": 1.0e-3, "high": 1.0e-1},
+                   "meta_step": {"type": "loguniform", "low": 1.0e-2, "high": 1.0},
+                   "lr_mask": {"type": "loguniform", "low": 1.0e-2, "high": 3.0e-1}},
+        "defaults": {"samples": 4, "grace_period": 2, "reduction_factor": 2, "cpus_per_trial": 1},
+    }))
+    args = search.build_parser().parse_args(["--space", str(space), "--storage", str(tmp / "s"), "--name", "tiny",
+                                             "--num-cpus", "2", "--seed", "0", "-q"])
+    plan = search.plan_from_args(args)
+    # a Ray of our own even when another program runs one on this machine
+    ray.init(address="local", num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
+    try:
+        results, experiment, searcher = search.run_search(plan, args)
+        search.summarize(results, plan, experiment, top=4)
+        search.save_study(searcher, Path(experiment) / "optuna_study.pkl")
+    finally:
+        ray.shutdown()
+    experiment = Path(experiment)
+    code = evaluate.main([str(experiment), "--top", "2", "--seeds", "2", "--num-cpus", "2", "-q"])
+    assert code == 0
+    return experiment
+
+
+@pytest.mark.slow
+def test_evaluation_table_has_every_configuration_seed_and_the_ablation(evaluated):
+    exp = load_experiment(evaluated)
+    n_best = min(2, len(exp.best_complete(2)))
+    with open(evaluated / "evaluation.csv") as f:
+        runs = list(csv.DictReader(f))
+    configs = list(dict.fromkeys(r["configuration"] for r in runs))
+    assert len(configs) == n_best + 2  # the best ones, the default, the ablation
+    kinds = [next(r["kind"] for r in runs if r["configuration"] == c) for c in configs]
+    assert kinds == ["best"] * n_best + ["default", "ablation"]
+    for c in configs:
+        mine = [r for r in runs if r["configuration"] == c]
+        assert sorted(int(r["seed"]) for r in mine) == [1000, 1001]
+        assert all(r["status"] == "COMPLETE" for r in mine)
+    ablation = [r for r in runs if r["kind"] == "ablation"]
+    assert all(json.loads(r["settings"])["meta_update"] == "none" for r in ablation)
+    summaries = evaluate.aggregate(evaluate.read_csv(evaluated / "evaluation.csv"))
+    for s in summaries:
+        assert s.ok == 2 and s.test_acc[1] > 0  # two different seeds, two different results
+        assert s.kb_params > 0 and s.task_params > 0 and s.wall_seconds > 0
+    md = (evaluated / "evaluation.md").read_text()
+    table = [ln for ln in md.splitlines() if ln.startswith("| ") and "configuration" not in ln]
+    assert len(table) == len(configs)
+    assert any("meta_update none" in ln for ln in table) and all(" ± " in ln for ln in table)
+
+
+@pytest.mark.slow
+def test_report_has_every_element_and_renders_in_chromium(evaluated, tmp_path):
+    assert report.main([str(evaluated)]) == 0
+    page = (evaluated / "report.html").read_text()
+    assert "id='best-trials-table'" in page and "id='evaluation-table'" in page
+    assert "validation curves of all trials" in page and "accuracy matrix heat map" in page
+    assert ("parameter importances" in page) or ("Too few complete trials" in page)
+    assert "src='http" not in page and "src=\"http" not in page  # self-contained
+    pngs = {p.name for p in (evaluated / "figures").glob("*.png")}
+    assert {"curves.png", "accuracy_matrix.png"} <= pngs
+    exp = load_experiment(evaluated)
+    for t in exp.trials:  # stopped trials' curves are shorter
+        assert len(t.curve()) == t.tasks_done
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed (Debian: apt-get install chromium; scripts/test.sh does it as root)")
+    shot = tmp_path / "report.png"
+    proc = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1200,2000",
+         (evaluated / "report.html").as_uri()],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    import matplotlib.image
+    import numpy as np
+
+    pixels = matplotlib.image.imread(shot)[..., :3]
+    assert pixels.shape[:2] == (2000, 1200)
+    assert pixels.var() > 0.005, "the screenshot is blank"
+    colours = np.unique((pixels * 255).astype(np.uint8).reshape(-1, 3), axis=0)
+    assert len(colours) > 50, f"only {len(colours)} colours: the figures did not render"
