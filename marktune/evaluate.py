@@ -225,7 +225,7 @@ def run_evaluation(plan: EvalPlan, args: argparse.Namespace):
         RUNTIME_KEY: runtime,
     }
     run_config = tune.RunConfig(
-        name=plan.name, storage_path=plan.storage, callbacks=[JsonLoggerCallback(), CSVLoggerCallback()],
+        name=plan.name, storage_path=plan.storage, callbacks=[JsonLoggerCallback(), CSVLoggerCallback(), _progress_callback(runs)],
         failure_config=tune.FailureConfig(max_failures=args.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=0 if args.quiet else 1)
     tuner = tune.Tuner(trainable, param_space=param_space, run_config=run_config,
@@ -236,6 +236,30 @@ def run_evaluation(plan: EvalPlan, args: argparse.Namespace):
           f"{plan.seeds} = {runs} runs, {plan.cpus_per_trial:g} CPU + {gpus:g} GPU each; "
           f"runs in {plan.storage.rstrip('/')}/{plan.name}", flush=True)
     return tuner.fit()
+
+
+def _progress_callback(total: int):
+    from ray.tune import Callback
+
+    class RunProgress(Callback):
+        """One line per finished run, beside (or instead of, with -q) Ray's trial table."""
+
+        def __init__(self) -> None:
+            self.done = 0
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self.done += 1
+            r = trial.last_result or {}
+            print(f"[marktune] run {self.done}/{total} done: {trial.config.get('eval_label')} seed "
+                  f"{trial.config.get('seed')}: test ACC {r.get('mean_test_acc', math.nan):.4f}, "
+                  f"BWT {r.get('bwt_test', math.nan):+.4f}", flush=True)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self.done += 1
+            print(f"[marktune] run {self.done}/{total} failed: {trial.config.get('eval_label')} seed "
+                  f"{trial.config.get('seed')}", flush=True)
+
+    return RunProgress()
 
 
 def _slots(cpus: float, gpus: float) -> int:
