@@ -126,7 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", default=os.environ.get("MARKTUNE_STORAGE", DEFAULT_STORAGE),
                    help="where experiments live: a directory or s3://… (default: $MARKTUNE_STORAGE, else ./results)")
     p.add_argument("--name", help="experiment name (default: <space>-<time>)")
-    p.add_argument("--resume", action="store_true", help="continue the experiment --name in --storage")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the experiment --name in --storage with the space, --set, --samples, "
+                        "--seed and --max-failures it started with")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler (trials use the space's seed)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a fixed learner setting for every trial (repeatable)")
@@ -222,6 +224,82 @@ def start_ray(args: argparse.Namespace) -> None:
         raise SearchError(f"--address {args.address}: {err}") from None
 
 
+# ---------------------------------------------------------------- resuming
+SETTINGS_FILE = "marktune_search.json"
+# what a resumed search takes from the experiment unless given again (and then must match)
+# (Tune restores the sampled-trial count, the searcher and the RunConfig's FailureConfig itself)
+KEPT_ON_RESUME = ("space", "overrides", "samples", "seed", "max_failures")
+
+
+def save_settings(plan: SearchPlan, args: argparse.Namespace, experiment: str) -> None:
+    """The settings a search started with, so ``--resume --name X`` needs nothing else."""
+    import json
+
+    from pyarrow import fs as pafs
+
+    space = args.space
+    if str(space).endswith((".yaml", ".yml")) or "/" in str(space):
+        space = str(Path(plan.space.path).resolve())
+    settings = {"space": space, "overrides": list(args.overrides), "samples": plan.samples, "seed": args.seed,
+                "num_tasks": plan.num_tasks, "max_failures": args.max_failures}
+    filesystem, path = pafs.FileSystem.from_uri(experiment)
+    filesystem.create_dir(path, recursive=True)
+    with filesystem.open_output_stream(f"{path}/{SETTINGS_FILE}") as f:
+        f.write(json.dumps(settings, indent=1).encode())
+
+
+def load_settings(storage: str, name: str) -> dict[str, Any] | None:
+    import json
+
+    from pyarrow import fs as pafs
+
+    if "://" not in storage:
+        storage = str(Path(storage).expanduser().resolve())
+    try:
+        filesystem, path = pafs.FileSystem.from_uri(f"{storage.rstrip('/')}/{name}")
+        with filesystem.open_input_stream(f"{path}/{SETTINGS_FILE}") as f:
+            return json.loads(f.readall())
+    except (OSError, ValueError):
+        return None
+
+
+def given_flags(argv: Sequence[str] | None) -> set[str]:
+    """The destinations of the flags actually on the command line."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
+def apply_saved_settings(args: argparse.Namespace, given: set[str]) -> argparse.Namespace:
+    """On --resume, take the space, --set, --samples, --seed and --max-failures the experiment
+    started with.
+
+    Tune restores the number of trials, the searcher and the failure settings from the
+    experiment anyway, so a different value on resume would be silently ignored: refuse it.
+    """
+    if not args.resume or not args.name:
+        return args
+    saved = load_settings(args.storage, args.name)
+    if saved is None:
+        return args
+    for key in KEPT_ON_RESUME:
+        if key not in saved:
+            continue
+        if key not in given:
+            setattr(args, key, saved[key])
+            continue
+        mine = getattr(args, key)
+        if key == "space" and (str(mine).endswith((".yaml", ".yml")) or "/" in str(mine)):
+            mine = str(Path(mine).resolve())
+        if mine != saved[key]:
+            flag = "--set" if key == "overrides" else f"--{key.replace('_', '-')}"
+            raise SearchError(f"--resume: experiment {args.name!r} was started with {flag} {saved[key]!r}, "
+                              f"not {getattr(args, key)!r}; a resumed search keeps its space, --set, "
+                              "--samples, --seed and --max-failures (leave the flag out)")
+    return args
+
+
 # ---------------------------------------------------------------- running
 def run_search(plan: SearchPlan, args: argparse.Namespace):
     """Build the Tuner (or restore it) and run it; returns Tune's ResultGrid."""
@@ -263,8 +341,16 @@ def run_search(plan: SearchPlan, args: argparse.Namespace):
     experiment = f"{plan.storage.rstrip('/')}/{plan.name}"
     searcher = None
     if args.resume:
+        # Trials the lost driver left RUNNING or PENDING continue from their last checkpoint
+        # (resume_unfinished). Trials that ended in ERROR stay as they are: in a search an error
+        # is a verdict on the configuration (a NaN loss, which would only fail again), or a
+        # trial that already used up --max-failures retries; Optuna has been told FAIL for it
+        # and ignores anything it reports later, and restarting it from scratch
+        # (restart_errored) would run a configuration twice. The searcher's state (the Optuna
+        # study, how many trials were sampled) comes back from the experiment, so the search
+        # samples only the trials still missing.
         tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True,
-                                   resume_errored=True, param_space=param_space)
+                                   resume_errored=False, restart_errored=False, param_space=param_space)
     else:
         scheduler = ASHAScheduler(time_attr=TIME_ATTR, max_t=plan.num_tasks,
                                   grace_period=plan.space.defaults["grace_period"],
@@ -280,7 +366,16 @@ def run_search(plan: SearchPlan, args: argparse.Namespace):
     print(f"[marktune] experiment {experiment}: {plan.samples} trials of {plan.space.name} "
           f"({plan.num_tasks} tasks each), {resources['cpu']:g} CPU + {gpus:g} GPU per trial")
     print(f"[marktune] compare trials: tensorboard --logdir {experiment}", flush=True)
+    if not args.resume:
+        save_settings(plan, args, experiment)
     results = tuner.fit()
+    if searcher is None and "://" not in experiment:
+        # resumed: Tune restored the searcher inside the Tuner; read its final state back
+        searcher = make_searcher(num_tasks=plan.num_tasks, seed=args.seed)
+        try:
+            searcher.restore_from_dir(experiment)
+        except RuntimeError:  # no searcher state was ever saved
+            searcher = None
     return results, experiment, searcher
 
 
@@ -398,6 +493,7 @@ def summarize(results, plan: SearchPlan, experiment: str, *, top: int) -> list[T
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        args = apply_saved_settings(args, given_flags(argv))
         plan = plan_from_args(args)
         start_ray(args)
     except (SpaceError, ConfigError, SearchError) as err:

@@ -3,7 +3,11 @@
 After every task the trial reports (``tune.report``) the tasks done, the mean
 *validation* accuracy over tasks seen (the search metric), the mean test accuracy
 (recorded, never used to select), BWT so far, the rows of both accuracy matrices
-and a checkpoint of the learner, so a restarted trial resumes at its next task.
+and a checkpoint of the learner, so a restarted trial resumes at its next task
+(``tune.get_checkpoint()``: after a lost worker node, Tune retries the trial on another
+node with its last checkpoint; after a lost driver, ``--resume`` does the same). The
+learner seeds every task from the run's seed and the task index, so a task run again
+gives the same rows; ``resumed_at_task`` records where each attempt started.
 """
 from __future__ import annotations
 
@@ -61,6 +65,9 @@ def train_mark_sequence(config: dict[str, Any]) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as path:
             learner.load(Path(path) / STATE_FILE)
+    # where this attempt started: 0, or the tasks of the checkpoint it resumed from (after a
+    # lost node, a lost driver or a pause); reported so a recomputed task would show
+    resumed_at = learner.tasks_done
 
     node = os.environ.get("RAY_NODE_ID") or _node_id()
     while learner.tasks_done < learner.num_tasks:
@@ -79,6 +86,7 @@ def train_mark_sequence(config: dict[str, Any]) -> None:
             "task_started_at": started,
             "task_finished_at": time.time(),
             "done_all_tasks": report.done,
+            "resumed_at_task": resumed_at,
         }
         with tempfile.TemporaryDirectory() as tmp:
             learner.save(Path(tmp) / STATE_FILE)
