@@ -56,7 +56,7 @@ class MarkTensorBoardCallback(LoggerCallback):
     def log_trial_end(self, trial, failed: bool = False) -> None:
         writer = self._writer(trial)
         last = self._last.get(trial.trial_id, {})
-        rows = self._rows.get(trial.trial_id, {})
+        rows = {**_rows_from_result_log(trial), **self._rows.get(trial.trial_id, {})}
         if rows:
             writer.add_image("accuracy_matrix/validation", matrix_image(rows, self.num_tasks),
                              int(last.get("tasks_done", 0)), dataformats="HWC")
@@ -99,6 +99,26 @@ def matrix_image(rows: dict[int, list[float]], num_tasks: int, *, cell: int = 12
             a = min(max(float(acc), 0.0), 1.0)
             image[t * cell:(t + 1) * cell, u * cell:(u + 1) * cell] = (low + a * (high - low)).astype(np.uint8)
     return image
+
+
+def _rows_from_result_log(trial) -> dict[int, list[float]]:
+    """Rows reported before a driver restart: this callback's memory of them is gone,
+    but Tune's JSON logger kept every result in the trial's ``result.json``."""
+    import json
+    from pathlib import Path
+
+    rows: dict[int, list[float]] = {}
+    path = Path(trial.local_path or "") / "result.json"
+    if not path.is_file():
+        return rows
+    for line in path.read_text().splitlines():
+        try:
+            result = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut off by a crash
+        if "tasks_done" in result and "val_row" in result:
+            rows[int(result["tasks_done"]) - 1] = list(result["val_row"])
+    return rows
 
 
 def _hparam_value(value: Any) -> Any:
