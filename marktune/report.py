@@ -176,7 +176,7 @@ body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; mar
 h1 { font-size: 22px; } h2 { font-size: 18px; margin-top: 32px; border-bottom: 1px solid #ddd; }
 table { border-collapse: collapse; font-size: 13px; margin: 8px 0; }
 th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
-th { background: #eef2f7; } td.l, th.l { text-align: left; }
+th { background: #eef2f7; } td.l, th.l { text-align: left; } td:not(.l) { white-space: nowrap; }
 tr.best td { background: #e8f5e9; font-weight: 600; }
 .st { font-weight: 600; } .note { background: #fff8e1; border-left: 4px solid #f0ad4e; padding: 6px 10px; }
 img { max-width: 100%; border: 1px solid #eee; } .muted { color: #666; font-size: 13px; }
