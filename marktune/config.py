@@ -82,7 +82,9 @@ class MarkConfig:
 
     # --- execution ------------------------------------------------------------
     precision: str = "fp32"  # fp32 | bf16 (autocast; changes numerics, off by default)
-    meta_vmap: bool = False  # phase 4 vectorised over mini-tasks with torch.func
+    meta_vmap: bool = False  # phase 4 vectorised over mini-tasks with torch.func (for GPUs; slower on CPU)
+    fast: bool = True  # False: the plain reference path (autograd everywhere, no caching), for tests
+    channels_last: bool = True  # conv tensors in channels-last layout (round-off only; faster on CPU here)
     nan_check: bool = True  # stop with a clear error when a loss becomes NaN/inf
 
     # ------------------------------------------------------------------------

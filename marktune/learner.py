@@ -36,7 +36,10 @@ from marktune.model import (FeatureExtractor, KnowledgeBase, MaskGenerator,
                             ResNetFeatureExtractor, TaskHead, ones_masks)
 
 STATE_FORMAT = 1
-EVAL_CHUNK = 1024
+# Images per forward pass when nothing is trained (F_t features, masks, evaluation).
+# Small chunks are faster per image on CPU (the conv activations stay in cache) and
+# keep peak memory low; measured with bench/sequence.py.
+EVAL_CHUNK = 128
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -104,6 +107,17 @@ class MarkLearner:
             self.kb = KnowledgeBase(image_size=benchmark.image_size, in_channels=benchmark.channels,
                                     depth=config.kb_depth, width=config.kb_width,
                                     latent_dim=config.latent_dim, dropout=config.kb_dropout).to(self.device)
+        # The fast path (default) and the plain reference path (``fast: false``): same
+        # results up to float round-off, which tests/test_speed.py checks.
+        self._fast = config.fast
+        self._memory_format = (torch.channels_last if config.fast and config.channels_last
+                               else torch.contiguous_format)
+        self.kb.pool_first = config.fast
+        self.kb.to(memory_format=self._memory_format)
+        self._kb_work: KnowledgeBase | None = None  # phase 4's reusable copy (fast path)
+        # masks M_u(F_u(x)) of each finished task's val/test images: both are frozen,
+        # so only the KB part of evaluation has to run again after later tasks
+        self._eval_masks: dict[tuple[int, str], list[torch.Tensor]] = {}
         self.extractors = nn.ModuleList()
         self.mask_generators = nn.ModuleList()
         self.heads = nn.ModuleList()
@@ -123,7 +137,7 @@ class MarkLearner:
 
             with _timed(seconds, "feature"):
                 self._phase_feature_extraction(t, extractor, x, y, task.num_classes, generator)
-            features = self._features(extractor, x)
+            features = self._feature_source(extractor, x)
             if t == 0:
                 with _timed(seconds, "kb"):
                     self._phase_kb_warmup(t, head, x, y, generator)
@@ -210,12 +224,14 @@ class MarkLearner:
             self._end_epoch(t, "kb", epoch, cfg.phase_epochs("kb"), stats)
 
     def _phase_masks(self, t: int, phase: str, mask_gen: MaskGenerator, head: TaskHead, x: torch.Tensor,
-                     y: torch.Tensor, features: torch.Tensor, generator: torch.Generator) -> None:
+                     y: torch.Tensor, features: Callable[[torch.Tensor], torch.Tensor],
+                     generator: torch.Generator) -> None:
         """Phases 3 and 5: M_t and C_t on the frozen KB (no weight gradients for the KB)."""
         cfg = self.config
         opt = self._sgd(list(mask_gen.parameters()) + list(head.parameters()), cfg.mask_lr, cfg.weight_decay)
         self.kb.train()  # dropout on; its weights do not move
-        self.kb.requires_grad_(False)
+        if self._fast:
+            self.kb.requires_grad_(False)  # the reference path computes (and drops) their gradients
         mask_gen.train()
         epochs = cfg.phase_epochs(phase)
         try:
@@ -223,7 +239,7 @@ class MarkLearner:
                 stats = _EpochStats()
                 for idx in self._batches(len(y), generator):
                     with self._autocast():
-                        logits = head(self.kb(self._input(x[idx]), mask_gen(features[idx])))
+                        logits = head(self.kb(self._input(x[idx]), mask_gen(features(idx))))
                         loss = F.cross_entropy(logits.float(), y[idx])
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
@@ -232,9 +248,12 @@ class MarkLearner:
                 self._end_epoch(t, phase, epoch, epochs, stats)
         finally:
             self.kb.requires_grad_(True)
+            for p in self.kb.parameters():
+                p.grad = None
 
     def _phase_meta(self, t: int, mask_gen: MaskGenerator, x: torch.Tensor, y: torch.Tensor,
-                    features: torch.Tensor, num_classes: int, generator: torch.Generator) -> None:
+                    features: Callable[[torch.Tensor], torch.Tensor], num_classes: int,
+                    generator: torch.Generator) -> None:
         """Phase 4: move the KB towards what K mini-tasks learned, weighted by their accuracy.
 
         ``reptile``: ``theta += meta_step * sum_k (a_k / sum_j a_j) * delta_k``.
@@ -242,8 +261,17 @@ class MarkLearner:
         to SGD(lr=0.1*lr_meta, weight decay 0.1) as a gradient, i.e. a step away from it.
         """
         cfg = self.config
-        with torch.inference_mode():  # M_t is frozen here: its masks are computed once
-            masks_all = [m.clone() for m in mask_gen.eval()(features)]
+        mask_gen.eval()
+        if self._fast:
+            with torch.inference_mode():  # M_t is frozen here: its masks are computed once
+                every = torch.arange(len(y), device=self.device)
+                masks_all = [m.clone() for m in mask_gen(features(every))]
+
+            def masks_for(idx: torch.Tensor) -> list[torch.Tensor]:
+                return [m[idx] for m in masks_all]
+        else:
+            def masks_for(idx: torch.Tensor) -> list[torch.Tensor]:
+                return [m.detach() for m in mask_gen(features(idx))]
         kb_params = list(self.kb.parameters())
         seed_opt = (self._sgd(kb_params, 0.1 * cfg.lr_meta, cfg.meta_weight_decay)
                     if cfg.meta_update == "seed" else None)
@@ -253,11 +281,13 @@ class MarkLearner:
             weighted = [torch.zeros_like(p) for p in theta]
             record = MetaStepRecord(theta_before=theta, theta_after=[]) if self.record_meta else None
             acc_sum = 0.0
-            for _ in range(cfg.mini_tasks):
-                idx = next(batches)
-                xb, yb = self._input(x[idx]), y[idx]
-                masks = [m[idx] for m in masks_all]
-                delta, acc = self._adapt_mini_task(t, xb, yb, masks, num_classes)
+            chosen = [next(batches) for _ in range(cfg.mini_tasks)]
+            if cfg.meta_vmap:
+                adapted = self._adapt_mini_tasks_vmap(t, x, y, chosen, masks_for, num_classes)
+            else:
+                adapted = (self._adapt_mini_task(t, self._input(x[idx]), y[idx], masks_for(idx), num_classes)
+                           for idx in chosen)
+            for delta, acc in adapted:
                 for w, d in zip(weighted, delta):
                     w.add_(d, alpha=acc)
                 acc_sum += acc
@@ -293,7 +323,16 @@ class MarkLearner:
                          num_classes: int) -> tuple[list[torch.Tensor], float]:
         """Train a copy of the KB and a fresh head on one batch; return (delta, accuracy)."""
         cfg = self.config
-        kb_copy = copy.deepcopy(self.kb)  # only the KB: F_t and M_t are not trained here
+        if self._fast:  # one reusable copy of the KB, refilled per mini-task
+            if self._kb_work is None:
+                self._kb_work = copy.deepcopy(self.kb)
+            kb_copy = self._kb_work
+            with torch.no_grad():
+                for pc, p in zip(kb_copy.parameters(), self.kb.parameters()):
+                    pc.copy_(p)
+                    pc.grad = None
+        else:
+            kb_copy = copy.deepcopy(self.kb)  # only the KB: F_t and M_t are not trained here
         kb_copy.requires_grad_(True)
         head = TaskHead(cfg.latent_dim, num_classes).to(self.device)
         opt = self._sgd(list(kb_copy.parameters()) + list(head.parameters()), cfg.lr_meta,
@@ -310,10 +349,72 @@ class MarkLearner:
             raise NonFiniteLossError(f"the loss became {loss.item()} in phase meta of task {t} "
                                      f"(inner steps); lower lr_meta (now {cfg.lr_meta})")
         kb_copy.eval()
-        with torch.inference_mode(), self._autocast():
+        with self._frozen(), self._autocast():
             acc = (head(kb_copy(xb, masks)).argmax(1) == yb).float().mean().item()
         delta = [pc.detach() - p.detach() for pc, p in zip(kb_copy.parameters(), self.kb.parameters())]
         return delta, acc
+
+    def _adapt_mini_tasks_vmap(self, t: int, x: torch.Tensor, y: torch.Tensor, chosen: list[torch.Tensor],
+                               masks_for: Callable[[torch.Tensor], list[torch.Tensor]],
+                               num_classes: int) -> list[tuple[list[torch.Tensor], float]]:
+        """``_adapt_mini_task`` for all K mini-tasks at once (``meta_vmap``), with ``torch.func``.
+
+        Every copy has its own KB weights, head and SGD momentum; ``vmap`` runs them
+        together (``randomness="different"``: each copy draws its own dropout). The
+        heads are drawn up front, in mini-task order, so without dropout the copies
+        start exactly as the loop's do. Mini-tasks whose batches differ in size (the
+        last batch of a pass) run in separate groups.
+        """
+        from torch.func import functional_call, grad_and_value, vmap
+
+        cfg = self.config
+        names = [n for n, _ in self.kb.named_parameters()]
+        theta = {n: p.detach() for n, p in self.kb.named_parameters()}
+        heads = [TaskHead(cfg.latent_dim, num_classes).to(self.device) for _ in chosen]
+
+        def logits_of(params: dict[str, torch.Tensor], xk: torch.Tensor, mk: list[torch.Tensor]) -> torch.Tensor:
+            h = functional_call(self.kb, {n: params["kb." + n] for n in names}, (xk, mk))
+            return F.linear(h, params["head.weight"], params["head.bias"])
+
+        def loss_of(params, xk, yk, mk):
+            return F.cross_entropy(logits_of(params, xk, mk).float(), yk)
+
+        step = vmap(grad_and_value(loss_of), randomness="different")
+        groups: dict[int, list[int]] = {}
+        for k, idx in enumerate(chosen):
+            groups.setdefault(len(idx), []).append(k)
+        results: list[tuple[list[torch.Tensor], float]] = [([], 0.0)] * len(chosen)
+        for ks in groups.values():
+            xb = torch.stack([self._input(x[chosen[k]]) for k in ks])
+            yb = torch.stack([y[chosen[k]] for k in ks])
+            mb = [torch.stack(parts) for parts in zip(*(masks_for(chosen[k]) for k in ks))]
+            params = {"kb." + n: torch.stack([theta[n]] * len(ks)) for n in names}
+            params["head.weight"] = torch.stack([heads[k].weight.detach() for k in ks])
+            params["head.bias"] = torch.stack([heads[k].bias.detach() for k in ks])
+            momentum: dict[str, torch.Tensor] = {}
+            self.kb.train()
+            loss = None
+            for _ in range(cfg.inner_steps):
+                with self._autocast():
+                    grads, loss = step(params, xb, yb, mb)
+                with torch.no_grad():  # torch.optim.SGD's update, per copy
+                    for n, p in params.items():
+                        d = grads[n].add(p, alpha=cfg.meta_weight_decay)
+                        if n in momentum:
+                            d = momentum[n].mul_(cfg.momentum).add_(d)
+                        else:
+                            momentum[n] = d = d.clone()
+                        params[n] = p.add(d, alpha=-cfg.lr_meta)
+            if loss is not None and cfg.nan_check and not torch.isfinite(loss).all():
+                raise NonFiniteLossError(f"the loss became {loss.max().item()} in phase meta of task {t} "
+                                         f"(inner steps); lower lr_meta (now {cfg.lr_meta})")
+            self.kb.eval()
+            with self._frozen(), self._autocast():
+                acc = (vmap(logits_of)(params, xb, mb).argmax(-1) == yb).float().mean(1).tolist()
+            self.kb.train()
+            for i, k in enumerate(ks):
+                results[k] = ([params["kb." + n][i] - theta[n] for n in names], acc[i])
+        return results
 
     # ------------------------------------------------------------------ evaluation
     def _evaluate(self, t: int) -> None:
@@ -321,24 +422,53 @@ class MarkLearner:
         self.kb.eval()
         for u in range(t + 1):
             task = self.benchmark.tasks[u]
-            self.val_matrix[t][u] = self.accuracy(u, task.val)
-            self.test_matrix[t][u] = self.accuracy(u, task.test)
+            if self._fast:
+                self.val_matrix[t][u] = self._cached_accuracy(u, "val", task.val)
+                self.test_matrix[t][u] = self._cached_accuracy(u, "test", task.test)
+            else:
+                self.val_matrix[t][u] = self.accuracy(u, task.val)
+                self.test_matrix[t][u] = self.accuracy(u, task.test)
         self._log(1, f"task {t + 1}/{self.num_tasks} done: val acc "
                      f"{_fmt_row(self.val_matrix[t][: t + 1])}, mean {self.report_mean(t, self.val_matrix):.4f}")
 
-    @torch.inference_mode()
     def accuracy(self, u: int, split: Split) -> float:
         """Accuracy of task ``u``'s path through the model on ``split``."""
+        with self._frozen():
+            self.kb.eval()
+            extractor, mask_gen, head = (self.extractors[u].eval(), self.mask_generators[u].eval(),
+                                         self.heads[u].eval())
+            correct = 0
+            for start in range(0, len(split.y), EVAL_CHUNK):
+                xb = self._input(split.x[start:start + EVAL_CHUNK].to(self.device))
+                yb = split.y[start:start + EVAL_CHUNK].to(self.device)
+                with self._autocast():
+                    logits = head(self.kb(xb, mask_gen(extractor(xb))))
+                correct += int((logits.argmax(1) == yb).sum())
+            return correct / max(1, len(split.y))
+
+    @torch.inference_mode()
+    def _cached_accuracy(self, u: int, name: str, split: Split) -> float:
+        """``accuracy`` with task u's masks for this split computed once (F_u, M_u are frozen)."""
         self.kb.eval()
-        extractor, mask_gen, head = self.extractors[u].eval(), self.mask_generators[u].eval(), self.heads[u].eval()
-        correct = 0
+        head = self.heads[u].eval()
+        masks = self._eval_masks.get((u, name))
+        if masks is None:
+            extractor, mask_gen = self.extractors[u].eval(), self.mask_generators[u].eval()
+            chunks = []
+            for start in range(0, len(split.y), EVAL_CHUNK):
+                xb = self._input(split.x[start:start + EVAL_CHUNK].to(self.device))
+                with self._autocast():
+                    chunks.append(mask_gen(extractor(xb)))
+            masks = [torch.cat(parts) for parts in zip(*chunks)] if chunks else []
+            self._eval_masks[(u, name)] = masks
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        y = split.y.to(self.device)
         for start in range(0, len(split.y), EVAL_CHUNK):
             xb = self._input(split.x[start:start + EVAL_CHUNK].to(self.device))
-            yb = split.y[start:start + EVAL_CHUNK].to(self.device)
             with self._autocast():
-                logits = head(self.kb(xb, mask_gen(extractor(xb))))
-            correct += int((logits.argmax(1) == yb).sum())
-        return correct / max(1, len(split.y))
+                logits = head(self.kb(xb, [m[start:start + EVAL_CHUNK] for m in masks]))
+            correct += (logits.argmax(1) == y[start:start + EVAL_CHUNK]).sum()
+        return int(correct) / max(1, len(split.y))
 
     def report_mean(self, t: int, matrix: list[list[float]]) -> float:
         return sum(matrix[t][: t + 1]) / (t + 1)
@@ -368,6 +498,7 @@ class MarkLearner:
             diff = sorted(k for k, v in state["config"].items() if self.config.to_dict().get(k) != v)
             raise ValueError(f"the saved state was made with another config (differs in: {', '.join(diff)})")
         self.kb.load_state_dict(state["kb"])
+        self._eval_masks.clear()
         self.extractors = nn.ModuleList()
         self.mask_generators = nn.ModuleList()
         self.heads = nn.ModuleList()
@@ -405,6 +536,7 @@ class MarkLearner:
                                      hidden=cfg.mask_hidden, activation=cfg.mask_activation)
             head = TaskHead(cfg.latent_dim, task.num_classes)
         modules = tuple(m.to(self.device) for m in (extractor, mask_gen, head))
+        modules[0].to(memory_format=self._memory_format)
         self.extractors.append(modules[0])
         self.mask_generators.append(modules[1])
         self.heads.append(modules[2])
@@ -429,7 +561,12 @@ class MarkLearner:
                               enabled=self.config.precision == "bf16")
 
     def _input(self, x_uint8: torch.Tensor) -> torch.Tensor:
-        return self.benchmark.normalize(x_uint8)
+        # the layout change happens on the uint8 batch; normalising keeps it
+        return self.benchmark.normalize(x_uint8.contiguous(memory_format=self._memory_format))
+
+    def _frozen(self):
+        """No autograd where nothing is trained (the reference path keeps autograd on)."""
+        return torch.inference_mode() if self._fast else contextlib.nullcontext()
 
     def _batches(self, n: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
         order = torch.randperm(n, generator=generator).to(self.device)
@@ -440,6 +577,17 @@ class MarkLearner:
         """Successive training batches, reshuffled each pass (phase 4's mini-tasks)."""
         while True:
             yield from self._batches(n, generator)
+
+    def _feature_source(self, extractor: nn.Module, x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``features(idx)`` = F_t(x[idx]): from a cache made once (fast path), or computed each time."""
+        if self._fast:
+            features = self._features(extractor, x)
+            return lambda idx: features[idx]
+
+        def compute(idx: torch.Tensor) -> torch.Tensor:
+            with self._autocast():
+                return extractor.eval()(self._input(x[idx])).float()
+        return compute
 
     @torch.inference_mode()
     def _features(self, extractor: nn.Module, x: torch.Tensor) -> torch.Tensor:

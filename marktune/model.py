@@ -68,9 +68,12 @@ def max_kb_depth(image_size: int) -> int:
 class KnowledgeBase(nn.Module):
     """D blocks ``conv -> ReLU -> maxpool(2) -> * mask``, then ``Linear -> ReLU -> Dropout``.
 
-    Each block runs max-pool before ReLU: the two commute (ReLU is monotonic), and
-    pooling first applies ReLU to a quarter of the values.
+    Each block runs max-pool before ReLU: the two commute (ReLU is monotonic, so the
+    results are bit-identical), and pooling first applies ReLU to a quarter of the
+    values. ``pool_first = False`` runs the spec's literal order (the reference path).
     """
+
+    pool_first: bool = True
 
     def __init__(self, *, image_size: int = 32, in_channels: int = 3, depth: int = 3,
                  width: int = 64, latent_dim: int = 128, dropout: float = 0.5) -> None:
@@ -92,7 +95,10 @@ class KnowledgeBase(nn.Module):
         """The masked output of every block, first to last."""
         outputs = []
         for conv, mask in zip(self.convs, masks, strict=True):
-            x = torch.relu(self.pool(conv(x))) * mask
+            if self.pool_first:
+                x = torch.relu(self.pool(conv(x))) * mask
+            else:
+                x = self.pool(torch.relu(conv(x))) * mask
             outputs.append(x)
         return outputs
 
