@@ -20,7 +20,6 @@ import argparse
 import csv
 import json
 import math
-import os
 import statistics
 import sys
 import time
@@ -193,19 +192,15 @@ def _pick(key: str, rows: list[dict[str, Any]]):
 
 def run_evaluation(plan: EvalPlan, args: argparse.Namespace):
     """One Tune trial per (configuration, seed); returns Tune's ResultGrid."""
-    import ray
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
+    from marktune.search import prepare_tune
     from runners.mark_sequence import RUNTIME_KEY, train_mark_sequence
 
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    gpus = plan.gpus_per_trial
-    if gpus is None:
-        gpus = 0.25 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
     runs = len(plan.configs) * len(plan.seeds)
-    os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(max(1, min(runs, _slots(plan.cpus_per_trial, gpus)))))
+    gpus = prepare_tune(cpus_per_trial=plan.cpus_per_trial, gpus_per_trial=plan.gpus_per_trial,
+                        runs=runs, max_concurrent=args.max_concurrent)
     trainable = tune.with_resources(train_mark_sequence, {"cpu": plan.cpus_per_trial, "gpu": gpus})
 
     rows = [{k: v for k, v in c.config.to_dict().items() if k != "seed"} for c in plan.configs]
@@ -260,18 +255,6 @@ def _progress_callback(total: int):
                   f"{trial.config.get('seed')}", flush=True)
 
     return RunProgress()
-
-
-def _slots(cpus: float, gpus: float) -> int:
-    import ray
-
-    total = ray.cluster_resources()
-    slots = [10_000]
-    if cpus > 0:
-        slots.append(int(total.get("CPU", 0) // cpus))
-    if gpus > 0:
-        slots.append(int(total.get("GPU", 0) // gpus))
-    return min(slots)
 
 
 def _trial_name(trial) -> str:

@@ -303,7 +303,6 @@ def apply_saved_settings(args: argparse.Namespace, given: set[str]) -> argparse.
 # ---------------------------------------------------------------- running
 def run_search(plan: SearchPlan, args: argparse.Namespace):
     """Build the Tuner (or restore it) and run it; returns Tune's ResultGrid."""
-    import ray
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune.schedulers import ASHAScheduler
@@ -311,18 +310,9 @@ def run_search(plan: SearchPlan, args: argparse.Namespace):
     from marktune.tensorboard_logger import MarkTensorBoardCallback
     from runners.mark_sequence import RUNTIME_KEY, train_mark_sequence
 
-    # Our TensorBoard callback replaces Tune's: one set of curves per trial, with HParams.
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    # one checkpoint per task is our design, not a problem worth a warning each time
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    gpus = plan.gpus_per_trial
-    if gpus is None:
-        gpus = 0.25 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    gpus = prepare_tune(cpus_per_trial=plan.cpus_per_trial, gpus_per_trial=plan.gpus_per_trial,
+                        runs=plan.samples, max_concurrent=plan.max_concurrent)
     resources = {"cpu": plan.cpus_per_trial, "gpu": gpus}
-    # With a searcher, Tune starts one trial at a time (one pending placement group) by
-    # default, so trials on free slots wait for each other's actor start-up. Let as many
-    # start at once as the cluster has slots for.
-    os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(_trial_slots(plan, gpus)))
     threads = max(1, int(plan.cpus_per_trial)) if plan.cpus_per_trial else 1
     trainable = tune.with_resources(train_mark_sequence, resources)
 
@@ -379,18 +369,35 @@ def run_search(plan: SearchPlan, args: argparse.Namespace):
     return results, experiment, searcher
 
 
-def _trial_slots(plan: SearchPlan, gpus: float) -> int:
+def prepare_tune(*, cpus_per_trial: float, gpus_per_trial: float | None, runs: int,
+                 max_concurrent: int | None = None) -> float:
+    """Tune settings shared by the search and the evaluation; returns the GPUs per trial.
+
+    ``gpus_per_trial=None`` means 0.25 where the cluster has GPUs, else 0. Call after
+    ``ray.init`` and before building the Tuner (Tune reads these variables then).
+    """
     import ray
 
+    # Our TensorBoard callback replaces Tune's: one set of curves per trial, with HParams.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    # one checkpoint per task is our design, not a problem worth a warning each time
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     total = ray.cluster_resources()
-    slots = [plan.samples]
-    if plan.cpus_per_trial > 0:
-        slots.append(int(total.get("CPU", 0) // plan.cpus_per_trial))
+    gpus = gpus_per_trial
+    if gpus is None:
+        gpus = 0.25 if total.get("GPU", 0) > 0 else 0.0
+    # With a searcher, Tune starts one trial at a time (one pending placement group) by
+    # default, so trials on free slots wait for each other's actor start-up. Let as many
+    # start at once as the cluster has slots for.
+    slots = [runs]
+    if cpus_per_trial > 0:
+        slots.append(int(total.get("CPU", 0) // cpus_per_trial))
     if gpus > 0:
         slots.append(int(total.get("GPU", 0) // gpus))
-    if plan.max_concurrent:
-        slots.append(plan.max_concurrent)
-    return max(1, min(slots))
+    if max_concurrent:
+        slots.append(max_concurrent)
+    os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(max(1, min(slots))))
+    return gpus
 
 
 def _trial_name(trial) -> str:

@@ -19,7 +19,7 @@ import yaml
 
 from marktune import evaluate, report
 from marktune.config import MarkConfig
-from marktune.experiment import ExperimentError, load_experiment
+from marktune.experiment import load_experiment
 from marktune.spaces import load_space
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,6 +1,5 @@
 """End-to-end searches on real data and on Ray with fake GPUs (slow: about a minute each)."""
 import csv
-import pickle
 from pathlib import Path
 
 import pytest
