@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import sys
@@ -68,7 +69,7 @@ def compare_meta(learner: MarkLearner) -> dict[str, float]:
     t = learner.tasks_done - 1
     task = learner.benchmark.tasks[t]
     x, y = task.train.x.to(learner.device), task.train.y.to(learner.device)
-    features = learner._features(learner.extractors[t], x)
+    features = learner._feature_source(learner.extractors[t], x)
     kb_state = {k: v.clone() for k, v in learner.kb.state_dict().items()}
     out = {}
     for name, vmap in (("loop", False), ("vmap", True)):
@@ -103,9 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     benchmark = load_benchmark_for(cfg)
     load_s = time.perf_counter() - t0
     learner = MarkLearner(cfg, benchmark, device=args.device, verbose=args.verbose)
-    start = time.perf_counter()
+    load_before = os.getloadavg()[0]
+    start, cpu_start = time.perf_counter(), time.process_time()
     learner.run()
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    load_after = os.getloadavg()[0]
 
     per_phase = {p: sum(s.get(p, 0.0) for s in learner.seconds) for p in PHASES}
     train_s = sum(v for k, v in per_phase.items() if k != "eval")
@@ -114,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     eval_ips = evaluation_images(learner) / max(eval_s, 1e-9)
     val, test = learner.matrices()
     figures = {
-        "wall_seconds": wall, "data_load_seconds": load_s,
+        "wall_seconds": wall, "cpu_seconds": cpu, "data_load_seconds": load_s,
+        "load_average_before_after": [load_before, load_after],
         "phase_seconds": per_phase,
         "eval_seconds_per_task": [s.get("eval", 0.0) for s in learner.seconds],
         "meta_seconds_per_task": [s.get("meta", 0.0) for s in learner.seconds],
@@ -128,7 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     print("phase seconds (all tasks): " + ", ".join(f"{p} {per_phase[p]:.1f}" for p in PHASES))
     print("eval seconds per task:     " + ", ".join(f"{s:.2f}" for s in figures["eval_seconds_per_task"]))
     print("meta seconds per task:     " + ", ".join(f"{s:.2f}" for s in figures["meta_seconds_per_task"]))
-    print(f"wall seconds: {wall:.1f} (data load {load_s:.1f} s, not included)")
+    print(f"wall seconds: {wall:.1f} (data load {load_s:.1f} s, not included); process CPU seconds {cpu:.1f}")
+    print(f"1-min load average before/after: {load_before:.2f}/{load_after:.2f} "
+          f"(above ~{torch.get_num_threads()}: other processes shared the cores, wall times are inflated)")
     print(f"training images/s: {train_ips:.0f}   evaluation images/s: {eval_ips:.0f}   "
           f"ratio {eval_ips / train_ips:.1f}x")
     print(f"peak RSS: {figures['peak_rss_mb']:.0f} MB")
