@@ -118,6 +118,10 @@ def test_trials_spread_over_workers_and_survive_a_lost_node(cluster, tmp_path):
                 lost.update(trial=trial_dir.name, before=history)
                 cluster.remove_node(worker_b, allow_graceful=False)  # SIGKILL, like a lost instance
                 lost["worker_c"] = cluster.add_node(num_cpus=1).node_id  # the autoscaler's replacement
+                # a task may have finished on B between the read above and the kill: what was
+                # reported before the loss is everything B reported
+                history = _history(trial_dir)
+                lost["before"] = [h for h in history if h["node_id"] == worker_b.node_id]
                 break
         time.sleep(0.1)
     driver.join(timeout=300)
