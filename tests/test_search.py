@@ -16,15 +16,7 @@ def digits_search(tmp_path_factory):
     storage = tmp_path_factory.mktemp("storage")
     argv = ["--space", "digits", "--samples", "6", "--storage", str(storage), "--name", "digits",
             "--num-cpus", "2", "--cpus-per-trial", "1", "--seed", "0", "-q"]
-    args = search.build_parser().parse_args(argv)
-    plan = search.plan_from_args(args)
-    search.start_ray(args)
-    try:
-        results, experiment, searcher = search.run_search(plan, args)
-        rows = search.summarize(results, plan, experiment, top=6)
-    finally:
-        import ray
-        ray.shutdown()
+    results, rows, experiment, searcher, plan = _search(argv)
     return {"rows": rows, "experiment": Path(experiment), "study": searcher.study, "plan": plan}
 
 
@@ -101,17 +93,23 @@ def _space_file(tmp_path, *, fixed, search_params, samples):
     return path
 
 
-def _run(argv):
+def _search(argv):
+    """Plan, start a local Ray, search, summarize; Ray is shut down whatever happens."""
     import ray
 
     args = search.build_parser().parse_args(argv)
     plan = search.plan_from_args(args)
     search.start_ray(args)
     try:
-        results, experiment, _ = search.run_search(plan, args)
+        results, experiment, searcher = search.run_search(plan, args)
         rows = search.summarize(results, plan, experiment, top=10)
     finally:
         ray.shutdown()
+    return results, rows, experiment, searcher, plan
+
+
+def _run(argv):
+    results, rows, *_ = _search(argv)
     return results, rows
 
 
