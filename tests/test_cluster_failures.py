@@ -35,7 +35,9 @@ def _space_file(tmp_path: Path, *, samples: int) -> Path:
     path = tmp_path / "space.yaml"
     path.write_text(yaml.safe_dump({
         "benchmark": "synthetic",
-        "fixed": {"num_tasks": NUM_TASKS, "epochs": 1, "meta_epochs": 1, "mini_tasks": 2, "inner_steps": 2,
+        # phase 4 is the slow part (more meta steps, not more data, so accuracies stay below 1):
+        # the killed node must not finish the trial before its processes notice they are dead
+        "fixed": {"num_tasks": NUM_TASKS, "epochs": 1, "meta_epochs": 3, "mini_tasks": 2, "inner_steps": 10,
                   "kb_width": 8, "latent_dim": 16, "fe_channels": 8, "batch_size": 32,
                   "synthetic_classes_per_task": 4, "synthetic_images_per_class": 100,
                   "synthetic_image_size": 16},
@@ -113,6 +115,8 @@ def test_trials_spread_over_workers_and_survive_a_lost_node(cluster, tmp_path):
     while driver.is_alive() and not lost and time.time() < deadline:
         for trial_dir in _trial_dirs(experiment):
             history = _history(trial_dir)
+            # kill B as early as possible: its worker processes notice the dead raylet only
+            # after a moment, and a trial that finishes in that moment tests nothing
             if (history and history[-1]["node_id"] == worker_b.node_id
                     and history[-1]["tasks_done"] < NUM_TASKS - 1):
                 lost.update(trial=trial_dir.name, before=history)
@@ -142,21 +146,26 @@ def test_trials_spread_over_workers_and_survive_a_lost_node(cluster, tmp_path):
 
     final = histories[lost["trial"]]
     before = lost["before"]
-    # each task reported once, in order: the retry continued after its last checkpoint
-    assert [h["tasks_done"] for h in final] == list(range(1, NUM_TASKS + 1)), final
-    done_before = len(before)
-    assert all(h["node_id"] == worker_b.node_id for h in final[:done_before])
-    assert {h["node_id"] for h in final[done_before:]} <= {worker_a.node_id, lost["worker_c"]}
-    # the retry started from the checkpoint of the last task reported before the loss ...
-    resumed = [h for h in final if h["node_id"] != worker_b.node_id]
-    assert resumed[0]["resumed_at_task"] >= done_before, resumed[0]
+    on_b = [h for h in final if h["node_id"] == worker_b.node_id]
+    retried = [h for h in final if h["node_id"] != worker_b.node_id]
+    assert on_b == before and retried, final
+    assert {h["node_id"] for h in retried} <= {worker_a.node_id, lost["worker_c"]}
     assert final[0]["resumed_at_task"] == 0
-    # ... and what was reported before the loss is what the trial's final history holds
-    for old, new in zip(before, final):
-        assert (old["tasks_done"], old["val_row"], old["test_row"]) == \
-               (new["tasks_done"], new["val_row"], new["test_row"])
+    # The retry resumed from a checkpoint, not from scratch: at the last task whose checkpoint
+    # Tune had registered before the loss. A task reported in the instant before the kill may
+    # have lost its checkpoint (Tune's race, seen here); it is then run again ...
+    first_retried = retried[0]["resumed_at_task"]
+    assert first_retried >= len(before) - 1 and first_retried >= 1, (before, retried[0])
+    assert [h["tasks_done"] for h in retried] == list(range(first_retried + 1, NUM_TASKS + 1))
+    # ... and gives exactly what was reported before: nothing reported is lost or changed
+    by_task = {}
+    for h in final:
+        rows_of_task = (h["val_row"], h["test_row"], h["mean_val_acc"])
+        assert by_task.setdefault(h["tasks_done"], rows_of_task) == rows_of_task, h["tasks_done"]
+    assert sorted(by_task) == list(range(1, NUM_TASKS + 1))
     assert len(final[-1]["val_row"]) == NUM_TASKS
-    assert any(0 < acc < 1 for h in before for acc in h["val_row"]), before  # rows worth comparing
+    # rows worth comparing: not all perfect
+    assert any(0 < acc < 1 for h in before for acc in h["val_row"] + h["test_row"]), before
 
 
 # ---------------------------------------------------------------- the driver
