@@ -263,6 +263,8 @@ def _trial_name(trial) -> str:
 
 def run_records(results, plan: EvalPlan) -> list[dict[str, Any]]:
     """One dict per run (the rows of evaluation.csv), in configuration then seed order."""
+    from marktune.search import first_line
+
     counts = {}
     for c in plan.configs:
         if c.label not in counts:
@@ -293,7 +295,7 @@ def run_records(results, plan: EvalPlan) -> list[dict[str, Any]]:
             "val_acc": _f(metrics.get("mean_val_acc")) if status == "COMPLETE" else math.nan,
             "wall_seconds": wall, "kb_params": kb, "task_params": task, "device": metrics.get("device", ""),
             "settings": json.dumps(settings, sort_keys=True),
-            "error": _first_line(str(result.error)) if result.error is not None else "",
+            "error": first_line(str(result.error)) if result.error is not None else "",
             "_row": row,
         })
     records.sort(key=lambda r: (r["_row"], r["seed"]))
@@ -423,35 +425,9 @@ def _cell(value: Any) -> Any:
     return value
 
 
-def _first_line(text: str) -> str:
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else ""
-
-
 # ---------------------------------------------------------------- main
-def start_ray(args: argparse.Namespace) -> None:
-    """Connect to --address, else start a Ray of our own on this machine.
-
-    ``address="local"``: a Ray that another program started on this machine is not joined.
-    """
-    import ray
-
-    from marktune.search import check_address
-
-    check_address(args.address)
-    kwargs: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": True}
-    if args.address:
-        kwargs["address"] = args.address
-    else:
-        kwargs.update(address="local", num_cpus=args.num_cpus, num_gpus=args.num_gpus, include_dashboard=False)
-    try:
-        ray.init(**kwargs)
-    except ConnectionError as err:
-        raise EvaluateError(f"--address {args.address}: {err}") from None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    from marktune.search import SearchError
+    from marktune.search import SearchError, start_ray
 
     args = build_parser().parse_args(argv)
     try:
@@ -459,7 +435,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         note = plan.experiment.missing_note()
         if note:
             print(f"[marktune] {note}; evaluating the trials that finished.", flush=True)
-        start_ray(args)
+        start_ray(args, own_local=True)  # a Ray another program started is not joined
     except (ExperimentError, EvaluateError, ConfigError, SearchError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

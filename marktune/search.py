@@ -209,7 +209,11 @@ def check_address(address: str | None, *, timeout: float = 5.0) -> None:
                           "or leave out --address to run on this machine.") from None
 
 
-def start_ray(args: argparse.Namespace) -> None:
+def start_ray(args: argparse.Namespace, *, own_local: bool = False) -> None:
+    """Connect to ``--address``, else start Ray on this machine.
+
+    ``own_local``: never join a Ray that another program started here (``address="local"``).
+    """
     import ray
 
     check_address(args.address)
@@ -218,6 +222,8 @@ def start_ray(args: argparse.Namespace) -> None:
         kwargs["address"] = args.address
     else:
         kwargs.update(num_cpus=args.num_cpus, num_gpus=args.num_gpus, include_dashboard=False)
+        if own_local:
+            kwargs["address"] = "local"
     try:
         ray.init(**kwargs)
     except ConnectionError as err:
@@ -438,7 +444,7 @@ def trial_rows(results, space: SearchSpace, num_tasks: int) -> list[TrialRow]:
             val_acc=float(metrics.get(METRIC, math.nan)), test_acc=float(metrics.get("mean_test_acc", math.nan)),
             bwt=float(metrics.get("bwt_test", math.nan)),
             params={k: config.get(k) for k in space.params}, config=config,
-            error=_first_line(str(result.error)) if result.error is not None else ""))
+            error=first_line(str(result.error)) if result.error is not None else ""))
     order = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "ERROR": 3}
     rows.sort(key=lambda r: (order.get(r.status, 9), -r.tasks_done,
                              -(r.val_acc if math.isfinite(r.val_acc) else -1)))
@@ -523,12 +529,12 @@ def save_study(searcher, path: Path) -> None:
 
 def _error_reason(trial) -> str:
     try:
-        return _first_line(Path(trial.error_file).read_text()) if trial.error_file else "unknown error"
+        return first_line(Path(trial.error_file).read_text()) if trial.error_file else "unknown error"
     except OSError:
         return "unknown error"
 
 
-def _first_line(text: str) -> str:
+def first_line(text: str) -> str:
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     # the exception's own message is the last line of a traceback
     return lines[-1] if lines else ""
