@@ -402,7 +402,8 @@ def prepare_tune(*, cpus_per_trial: float, gpus_per_trial: float | None, runs: i
         slots.append(int(total.get("GPU", 0) // gpus))
     if max_concurrent:
         slots.append(max_concurrent)
-    os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(max(1, min(slots))))
+    # set, not setdefault: a second search in one process (tests, notebooks) has its own slots
+    os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(max(1, min(slots)))
     return gpus
 
 
