@@ -17,6 +17,7 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
@@ -80,6 +81,24 @@ def cluster():
         c.shutdown()
 
 
+def _lose_node(cluster, node) -> None:
+    """Kill a worker node the way a lost instance dies: its raylet and every worker process it
+    started, all at once. ``Cluster.remove_node`` alone kills only the raylet's own processes;
+    the trial's worker then goes on for a second or more until it notices, long enough to
+    finish a tiny trial on the dead node (seen in CI)."""
+    from ray._private import ray_constants
+
+    raylet = psutil.Process(node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid)
+    doomed = raylet.children(recursive=True) + [raylet]
+    for proc in doomed:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(doomed, timeout=30)
+    cluster.remove_node(node, allow_graceful=False)  # the rest of the node, and Ray's bookkeeping
+
+
 def test_trials_spread_over_workers_and_survive_a_lost_node(cluster, tmp_path):
     """Head (0 CPUs) + two 1-CPU workers. Once a trial on worker B has reported a task, B is
     killed and a fresh worker C joins (as the autoscaler would do). Every trial ends with every
@@ -115,12 +134,12 @@ def test_trials_spread_over_workers_and_survive_a_lost_node(cluster, tmp_path):
     while driver.is_alive() and not lost and time.time() < deadline:
         for trial_dir in _trial_dirs(experiment):
             history = _history(trial_dir)
-            # kill B as early as possible: its worker processes notice the dead raylet only
-            # after a moment, and a trial that finishes in that moment tests nothing
+            # kill B while the trial has tasks left: a trial that finished on B tests nothing
             if (history and history[-1]["node_id"] == worker_b.node_id
                     and history[-1]["tasks_done"] < NUM_TASKS - 1):
                 lost.update(trial=trial_dir.name, before=history)
-                cluster.remove_node(worker_b, allow_graceful=False)  # SIGKILL, like a lost instance
+                _lose_node(cluster, worker_b)
+                assert not psutil.pid_exists(history[-1]["pid"]), "the trial's process outlived its node"
                 lost["worker_c"] = cluster.add_node(num_cpus=1).node_id  # the autoscaler's replacement
                 # a task may have finished on B between the read above and the kill: what was
                 # reported before the loss is everything B reported
