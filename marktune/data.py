@@ -175,6 +175,30 @@ def load_benchmark_for(config: Any, *, data_dir: str | Path | None = None,
     )
 
 
+def check_dataset(name: str, *, data_dir: str | Path | None = None, download: bool = False) -> None:
+    """Raise :class:`DatasetMissingError` now if ``name``'s files are not where a run would look.
+
+    Cheap (it looks for the files, it does not read them), so a search can say so before it
+    starts Ray and its trials. With ``download`` a fetchable data set (cifar100, fmnist) passes:
+    the run fetches it.
+    """
+    if name not in BENCHMARK_NAMES:
+        raise ValueError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARK_NAMES)}")
+    root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+    locate = {"cifar100": (_locate_cifar100, "CIFAR-100", CIFAR_HOW_TO_GET, True),
+              "miniimagenet": (_locate_miniimagenet, "MiniImageNet", MINIIMAGENET_HOW_TO_GET, False),
+              "fmnist": (_locate_fmnist, "Fashion-MNIST", FMNIST_HOW_TO_GET, True)}.get(name)
+    if locate is None:  # digits and synthetic are always there
+        return
+    find, title, how_to_get, fetchable = locate
+    if download and fetchable:
+        return
+    try:
+        find(root)
+    except _DataProblem as problem:
+        raise DatasetMissingError(_problem_message(title, problem, how_to_get)) from None
+
+
 def ensure_dataset(directory: str | Path, name: str, *, is_complete: Callable[[], bool],
                    fetch: Callable[[], None], attempts: int = 2) -> None:
     """Make the data set ``name`` in ``directory`` complete, fetching under a file lock.
@@ -410,12 +434,17 @@ def _load_cifar100(root: Path, *, download: bool) -> _Source:
                    how_to_get=CIFAR_HOW_TO_GET)
 
 
-def _read_cifar100(root: Path) -> _Source:
+def _locate_cifar100(root: Path) -> Path:
     # data_dir may hold cifar-100-python/ or be that folder itself.
     places = [root] if root.name == CIFAR_FOLDER else [root / CIFAR_FOLDER, root]
     folder = next((p for p in places if (p / "train").is_file() and (p / "test").is_file()), None)
     if folder is None:
         raise _DataProblem(places)
+    return folder
+
+
+def _read_cifar100(root: Path) -> _Source:
+    folder = _locate_cifar100(root)
     train_x, train_y = _read_cifar_pickle(folder / "train")
     test_x, test_y = _read_cifar_pickle(folder / "test")
     return _Source(train_x, train_y, test_x, test_y, stats=(CIFAR100_MEAN, CIFAR100_STD))
@@ -451,12 +480,17 @@ def _load_miniimagenet(root: Path) -> _Source:
                    directory=root, download=False, fetch=None, how_to_get=MINIIMAGENET_HOW_TO_GET)
 
 
-def _read_miniimagenet(root: Path) -> _Source:
+def _locate_miniimagenet(root: Path) -> Path:
     places = [root] if root.name == MINIIMAGENET_FOLDER else [root / MINIIMAGENET_FOLDER, root]
     folder = next((p for p in places if (p / "train.pkl").is_file() and (p / "test.pkl").is_file()),
                   None)
     if folder is None:
         raise _DataProblem(places)
+    return folder
+
+
+def _read_miniimagenet(root: Path) -> _Source:
+    folder = _locate_miniimagenet(root)
     train_x, train_y = _read_miniimagenet_pickle(folder / "train.pkl")
     test_x, test_y = _read_miniimagenet_pickle(folder / "test.pkl")
     return _Source(train_x, train_y, test_x, test_y)
@@ -508,14 +542,17 @@ def _fmnist_file(folder: Path, stem: str) -> Path | None:
     return None
 
 
-def _read_fmnist(root: Path) -> _Source:
+def _locate_fmnist(root: Path) -> tuple[Path, dict[str, Path]]:
     places = _fmnist_places(root)
     for folder in places:  # data_dir first, then Debian's
         files = {key: _fmnist_file(folder, stem) for key, stem in FMNIST_FILES.items()}
         if all(files.values()):
-            break
-    else:
-        raise _DataProblem(places)
+            return folder, files  # type: ignore[return-value]
+    raise _DataProblem(places)
+
+
+def _read_fmnist(root: Path) -> _Source:
+    folder, files = _locate_fmnist(root)
     arrays = {}
     for key, path in files.items():
         magic = IDX_IMAGES_MAGIC if key.endswith("images") else IDX_LABELS_MAGIC

@@ -427,7 +427,7 @@ def _cell(value: Any) -> Any:
 
 # ---------------------------------------------------------------- main
 def main(argv: Sequence[str] | None = None) -> int:
-    from marktune.search import SearchError, start_ray
+    from marktune.search import SearchError, check_local_data, start_ray
 
     args = build_parser().parse_args(argv)
     try:
@@ -435,6 +435,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         note = plan.experiment.missing_note()
         if note:
             print(f"[marktune] {note}; evaluating the trials that finished.", flush=True)
+        runtime = plan.experiment.runtime()  # the search's data settings, unless given again
+        for benchmark in sorted({c.config.benchmark for c in plan.configs}):
+            check_local_data(benchmark, address=args.address, data_dir=args.data_dir or runtime.get("data_dir"),
+                             download=args.download or bool(runtime.get("download")))
         start_ray(args, own_local=True)  # a Ray another program started is not joined
     except (ExperimentError, EvaluateError, ConfigError, SearchError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -209,6 +209,20 @@ def check_address(address: str | None, *, timeout: float = 5.0) -> None:
                           "or leave out --address to run on this machine.") from None
 
 
+def check_local_data(benchmark: str, *, address: str | None, data_dir: str | None, download: bool) -> None:
+    """On this machine's Ray, a missing data set is an error before Ray starts, not N failed
+    trials. A cluster's data lives on its workers (fetched there with --download), so
+    ``--address`` skips the check; a trial without data then errors with the same message."""
+    from marktune.data import DatasetMissingError, check_dataset
+
+    if address:
+        return
+    try:
+        check_dataset(benchmark, data_dir=data_dir, download=download)
+    except DatasetMissingError as err:
+        raise SearchError(str(err)) from None
+
+
 def start_ray(args: argparse.Namespace, *, own_local: bool = False) -> None:
     """Connect to ``--address``, else start Ray on this machine.
 
@@ -509,6 +523,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = apply_saved_settings(args, given_flags(argv))
         plan = plan_from_args(args)
+        check_local_data(plan.base_config.benchmark, address=args.address, data_dir=args.data_dir,
+                         download=args.download)
         start_ray(args)
     except (SpaceError, ConfigError, SearchError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from marktune import data
-from marktune.data import (DatasetMissingError, default_data_dir, ensure_dataset, load_benchmark,
+from marktune.data import (DatasetMissingError, check_dataset, default_data_dir, ensure_dataset, load_benchmark,
                            load_benchmark_for, read_idx)
 
 DEBIAN_FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
@@ -462,6 +462,25 @@ def test_missing_data_env_default(tmp_path, monkeypatch):
     monkeypatch.setenv("MARKTUNE_DATA", str(tmp_path / "env"))
     with pytest.raises(DatasetMissingError, match=str(tmp_path / "env")):
         load_benchmark("cifar100")
+
+
+def test_check_dataset_looks_without_loading(cifar_dir, tmp_path, monkeypatch):
+    """The cheap check a search runs before Ray: same places and message as the loaders."""
+    root, _ = cifar_dir
+    check_dataset("cifar100", data_dir=root)  # present: passes
+    with pytest.raises(DatasetMissingError, match="CIFAR-100 not found") as info:
+        check_dataset("cifar100", data_dir=tmp_path)
+    assert str(tmp_path / "cifar-100-python") in str(info.value)
+    check_dataset("cifar100", data_dir=tmp_path, download=True)  # the run will fetch it
+    with pytest.raises(DatasetMissingError, match="train.pkl"):
+        check_dataset("miniimagenet", data_dir=tmp_path, download=True)  # nothing to fetch it from
+    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "no-debian")
+    with pytest.raises(DatasetMissingError, match="apt-get install dataset-fashion-mnist"):
+        check_dataset("fmnist", data_dir=tmp_path)
+    check_dataset("digits")
+    check_dataset("synthetic")
+    with pytest.raises(ValueError, match="unknown benchmark"):
+        check_dataset("mnist")
 
 
 # ---------------------------------------------------------------------------------------

@@ -87,6 +87,19 @@ def test_bad_input_fails_fast_before_ray_starts(tmp_path):
     assert not any(tmp_path.iterdir())  # nothing was written
 
 
+def test_missing_data_set_fails_before_ray_starts(tmp_path):
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "marktune.search", "--space", "cifar100",
+                           "--data-dir", str(empty), "--storage", str(tmp_path / "results")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "CIFAR-100 not found" in proc.stderr and str(empty / "cifar-100-python") in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "Started a local Ray instance" not in proc.stderr + proc.stdout
+    assert not (tmp_path / "results").exists()
+
+
 def test_unreachable_address_is_a_clear_error():
     # a closed port answers at once; a silent host is bounded by the connect timeout
     with pytest.raises(SearchError, match="cannot reach the Ray cluster"):
