@@ -434,13 +434,17 @@ def _load_cifar100(root: Path, *, download: bool) -> _Source:
                    how_to_get=CIFAR_HOW_TO_GET)
 
 
-def _locate_cifar100(root: Path) -> Path:
-    # data_dir may hold cifar-100-python/ or be that folder itself.
-    places = [root] if root.name == CIFAR_FOLDER else [root / CIFAR_FOLDER, root]
-    folder = next((p for p in places if (p / "train").is_file() and (p / "test").is_file()), None)
+def _locate_folder(root: Path, folder_name: str, files: tuple[str, ...]) -> Path:
+    """The folder holding all ``files``: ``root/folder_name``, or ``root`` (which may be that folder)."""
+    places = [root] if root.name == folder_name else [root / folder_name, root]
+    folder = next((p for p in places if all((p / f).is_file() for f in files)), None)
     if folder is None:
         raise _DataProblem(places)
     return folder
+
+
+def _locate_cifar100(root: Path) -> Path:
+    return _locate_folder(root, CIFAR_FOLDER, ("train", "test"))
 
 
 def _read_cifar100(root: Path) -> _Source:
@@ -481,12 +485,7 @@ def _load_miniimagenet(root: Path) -> _Source:
 
 
 def _locate_miniimagenet(root: Path) -> Path:
-    places = [root] if root.name == MINIIMAGENET_FOLDER else [root / MINIIMAGENET_FOLDER, root]
-    folder = next((p for p in places if (p / "train.pkl").is_file() and (p / "test.pkl").is_file()),
-                  None)
-    if folder is None:
-        raise _DataProblem(places)
-    return folder
+    return _locate_folder(root, MINIIMAGENET_FOLDER, ("train.pkl", "test.pkl"))
 
 
 def _read_miniimagenet(root: Path) -> _Source:
