@@ -11,6 +11,7 @@ gives the same rows; ``resumed_at_task`` records where each attempt started.
 """
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import tempfile
@@ -50,6 +51,9 @@ def train_mark_sequence(config: dict[str, Any]) -> None:
     from marktune.learner import MarkLearner
     from marktune.reporting import task_scalars
 
+    # Tune logs every checkpoint it persists; with one per task per trial that line drowns the
+    # driver's own progress lines, which already say when a task is done.
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     runtime = dict(config.get(RUNTIME_KEY) or {})
     keys = set(MarkConfig.field_names())
     mark_config = MarkConfig.from_dict({k: v for k, v in config.items() if k in keys})
