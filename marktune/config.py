@@ -67,6 +67,9 @@ class MarkConfig:
     weight_decay: float = 0.01
     meta_weight_decay: float = 0.1
     grad_clip: float = 0.5  # phase 1 only
+    # Phase 2 gradient-norm clip; None: none, as the paper. An easy first task is learned in a
+    # few steps, after which one large gradient with momentum 0.9 can blow the KB up (NaN).
+    kb_grad_clip: float | None = None
     batch_size: int = 128
     epochs: int = 50  # every epoch-based phase, unless overridden below
     fe_epochs: int | None = None  # phase 1
@@ -142,6 +145,8 @@ class MarkConfig:
             _positive("lr_mask", self.lr_mask)
         for key in ("weight_decay", "meta_weight_decay", "grad_clip"):
             _non_negative(key, getattr(self, key))
+        if self.kb_grad_clip is not None:
+            _positive("kb_grad_clip", self.kb_grad_clip)
         for key, low, high in (("momentum", 0.0, 1.0), ("kb_dropout", 0.0, 1.0),
                                ("val_fraction", 0.0, 1.0)):
             value = getattr(self, key)

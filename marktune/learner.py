@@ -207,9 +207,10 @@ class MarkLearner:
 
     def _phase_kb_warmup(self, t: int, head: TaskHead, x: torch.Tensor, y: torch.Tensor,
                          generator: torch.Generator) -> None:
-        """Phase 2 (task 0 only): the KB and C_0, no masks (all ones)."""
+        """Phase 2 (task 0 only): the KB and C_0, no masks (all ones); clipped if ``kb_grad_clip``."""
         cfg = self.config
-        opt = self._sgd(list(self.kb.parameters()) + list(head.parameters()), cfg.lr_task, cfg.weight_decay)
+        params = list(self.kb.parameters()) + list(head.parameters())
+        opt = self._sgd(params, cfg.lr_task, cfg.weight_decay)
         self.kb.train()
         for epoch in range(cfg.phase_epochs("kb")):
             stats = _EpochStats()
@@ -219,6 +220,8 @@ class MarkLearner:
                     loss = F.cross_entropy(logits.float(), y[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                if cfg.kb_grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.kb_grad_clip)
                 opt.step()
                 stats.add(loss, logits, y[idx])
             self._end_epoch(t, "kb", epoch, cfg.phase_epochs("kb"), stats)
@@ -602,7 +605,7 @@ class MarkLearner:
     def _end_epoch(self, t: int, phase: str, epoch: int, epochs: int, stats: "_EpochStats") -> None:
         loss, acc = stats.result()
         if self.config.nan_check and not math.isfinite(loss):
-            hint = {"feature": "lr_task", "kb": "lr_task", "mask": "lr_mask (or lr_task)",
+            hint = {"feature": "lr_task", "kb": "lr_task or set kb_grad_clip (e.g. 1.0)", "mask": "lr_mask (or lr_task)",
                     "consolidation": "lr_mask (or lr_task)"}[phase]
             raise NonFiniteLossError(f"the loss became {loss} in phase {phase} of task {t} "
                                      f"(epoch {epoch + 1}); lower {hint}")

@@ -29,6 +29,7 @@ def test_yaml_then_overrides(tmp_path):
     (["lr_task=abc"], "lr_task"),
     (["benchmark=mnist"], "benchmark"),
     (["momentum=1"], "momentum"),
+    (["kb_grad_clip=0"], "kb_grad_clip"),
 ])
 def test_bad_values_name_the_key_and_range(overrides, key):
     with pytest.raises(ConfigError, match=key):
