@@ -101,3 +101,17 @@ def test_fmnist_space_warms_up_the_kb_on_seeds_that_diverged_without_a_clip(seed
                                              "consolidation_epochs=0"])
     report = MarkLearner(cfg, load_benchmark_for(cfg), verbose=0).train_next_task()
     assert report.val_row[0] > 0.5  # phase 2 finished without a NaN loss and learned something
+
+
+@pytest.mark.slow
+def test_digits_space_trains_a_config_whose_kb_warm_up_blew_up_without_a_clip(tmp_path):
+    """A search's best digits trial sat at chance on fresh seeds: its KB warm-up blew up (finite,
+    dead ReLUs, no NaN to report). With the space's kb_grad_clip every task is learned."""
+    trial = ["inner_steps=5", "kb_depth=2", "kb_width=16", "lr_mask=0.00652", "lr_meta=0.00194",
+             "mask_activation=relu", "mask_hidden=0", "meta_step=0.682", "mini_tasks=2"]
+    out = tmp_path / "digits"
+    assert run.main(["--config", str(REPO / "search_spaces" / "digits.yaml"), "--seed", "1000",
+                     *[a for s in trial for a in ("--set", s)], "--out", str(out), "--device", "cpu", "-q"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert min(results["test_matrix"][-1]) >= 0.7, results["test_matrix"][-1]
+    assert results["acc"] >= 0.85
