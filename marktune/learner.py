@@ -225,6 +225,16 @@ class MarkLearner:
                 opt.step()
                 stats.add(loss, logits, y[idx])
             self._end_epoch(t, "kb", epoch, cfg.phase_epochs("kb"), stats)
+        if cfg.phase_epochs("kb") > 0:
+            # A KB blown up to finite but dead weights raises no NaN; it answers one class
+            # for every image, and every later task sits at chance. Say so where it starts.
+            _, acc = stats.result()
+            majority = torch.bincount(y).max().item() / max(1, len(y))
+            if acc <= majority + 0.02:
+                self._log(0, f"warning: the KB warm-up (task {t + 1}) ended at train acc {acc:.3f}, no "
+                             f"better than always answering the most common class ({majority:.3f}): it learned "
+                             "nothing. If it diverged, set kb_grad_clip (e.g. 1.0) or lower lr_task; with "
+                             "few epochs, raise kb_epochs")
 
     def _phase_masks(self, t: int, phase: str, mask_gen: MaskGenerator, head: TaskHead, x: torch.Tensor,
                      y: torch.Tensor, features: Callable[[torch.Tensor], torch.Tensor],

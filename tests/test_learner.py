@@ -1,12 +1,17 @@
 """The learner's contract: what each phase may change, phase 4's rule, determinism, resume."""
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
 from conftest import tiny_config
+from marktune.config import MarkConfig
 from marktune.data import load_benchmark_for
 from marktune.learner import MarkLearner, NonFiniteLossError
+
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def make(cfg, **kw):
@@ -165,3 +170,15 @@ def test_resnet_feature_extractor_runs_a_task():
     learner = make(tiny_config(num_tasks=1, feature_extractor="resnet18", epochs=1, meta_epochs=1))
     report = learner.run()
     assert 0.0 <= report.mean_test_acc <= 1.0 and not math.isnan(report.mean_test_acc)
+
+
+@pytest.mark.parametrize("clip,warned", [(None, True), (1.0, False)])
+def test_a_kb_warm_up_that_blew_up_is_reported(clip, warned):
+    """The digits trial whose KB warm-up blows up to finite, dead weights (no NaN): a warning."""
+    cfg = MarkConfig.from_sources(path=REPO / "search_spaces" / "digits.yaml", overrides=[
+        "seed=1000", "kb_depth=2", "kb_width=16", "mask_epochs=0", "meta_epochs=0",
+        "consolidation_epochs=0", f"kb_grad_clip={'' if clip is None else clip}"])
+    lines: list[str] = []
+    MarkLearner(cfg, load_benchmark_for(cfg), verbose=0, log=lines.append).train_next_task()
+    assert any("KB warm-up (task 1) ended at train acc" in line and "kb_grad_clip" in line
+               for line in lines) == warned, lines
