@@ -68,7 +68,8 @@ class MarkConfig:
     meta_weight_decay: float = 0.1
     grad_clip: float = 0.5  # phase 1 only
     # Phase 2 gradient-norm clip; None: none, as the paper. An easy first task is learned in a
-    # few steps, after which one large gradient with momentum 0.9 can blow the KB up (NaN).
+    # few steps, after which one large gradient with momentum 0.9 can blow the KB up (to NaN,
+    # or to finite weights whose ReLUs are all dead).
     kb_grad_clip: float | None = None
     batch_size: int = 128
     epochs: int = 50  # every epoch-based phase, unless overridden below

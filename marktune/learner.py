@@ -615,8 +615,8 @@ class MarkLearner:
     def _end_epoch(self, t: int, phase: str, epoch: int, epochs: int, stats: "_EpochStats") -> None:
         loss, acc = stats.result()
         if self.config.nan_check and not math.isfinite(loss):
-            hint = {"feature": "lr_task", "kb": "lr_task or set kb_grad_clip (e.g. 1.0)", "mask": "lr_mask (or lr_task)",
-                    "consolidation": "lr_mask (or lr_task)"}[phase]
+            hint = {"feature": "lr_task", "kb": "lr_task or set kb_grad_clip (e.g. 1.0)",
+                    "mask": "lr_mask (or lr_task)", "consolidation": "lr_mask (or lr_task)"}[phase]
             raise NonFiniteLossError(f"the loss became {loss} in phase {phase} of task {t} "
                                      f"(epoch {epoch + 1}); lower {hint}")
         level = 1 if epoch + 1 == epochs else 2
