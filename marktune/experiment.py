@@ -32,10 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from marktune.config import ConfigError, MarkConfig
+from marktune.metrics import METRIC, TIME_ATTR
 
 RUNTIME_KEY = "marktune_runtime"  # as runners.mark_sequence.RUNTIME_KEY (not imported: it pulls in torch)
-METRIC = "mean_val_acc"
-TIME_ATTR = "tasks_done"
 SETTINGS_FILE = "marktune_search.json"  # the search's settings, where the search writes them
 
 

@@ -20,6 +20,11 @@ import numpy as np
 
 Matrix = Sequence[Sequence[float]] | np.ndarray
 
+# Names under which a trial reports after every task (runners/mark_sequence.py), read by the
+# search (ASHA's time unit, Optuna's objective) and by experiment readers.
+METRIC = "mean_val_acc"  # mean validation accuracy over the tasks seen: what a search optimises
+TIME_ATTR = "tasks_done"
+
 
 def _square(R: Matrix) -> np.ndarray:
     """The rows trained so far as a square t x t array (lower triangle meaningful)."""

@@ -22,10 +22,9 @@ from typing import Any, Sequence
 import yaml
 
 from marktune.config import ConfigError, MarkConfig, parse_overrides
+from marktune.metrics import METRIC, TIME_ATTR
 from marktune.spaces import SearchSpace, SpaceError, available_spaces, load_space
 
-METRIC = "mean_val_acc"
-TIME_ATTR = "tasks_done"
 DEFAULT_STORAGE = "results"
 
 

@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-METRIC = "mean_val_acc"
-TIME_ATTR = "tasks_done"
+from marktune.metrics import TIME_ATTR
+
 STATE_FILE = "learner.pt"
 RUNTIME_KEY = "marktune_runtime"  # non-learner settings riding in the trial config
 
