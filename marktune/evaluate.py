@@ -195,7 +195,7 @@ def run_evaluation(plan: EvalPlan, args: argparse.Namespace):
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
-    from marktune.search import prepare_tune
+    from marktune.search import keep_every_checkpoint, prepare_tune, prune_checkpoints
     from runners.mark_sequence import RUNTIME_KEY, train_mark_sequence
 
     runs = len(plan.configs) * len(plan.seeds)
@@ -222,7 +222,7 @@ def run_evaluation(plan: EvalPlan, args: argparse.Namespace):
     run_config = tune.RunConfig(
         name=plan.name, storage_path=plan.storage, callbacks=[JsonLoggerCallback(), CSVLoggerCallback(), _progress_callback(runs)],
         failure_config=tune.FailureConfig(max_failures=args.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=0 if args.quiet else 1)
+        checkpoint_config=keep_every_checkpoint(), verbose=0 if args.quiet else 1)
     tuner = tune.Tuner(trainable, param_space=param_space, run_config=run_config,
                        tune_config=tune.TuneConfig(max_concurrent_trials=args.max_concurrent,
                                                    trial_name_creator=_trial_name,
@@ -230,7 +230,9 @@ def run_evaluation(plan: EvalPlan, args: argparse.Namespace):
     print(f"[marktune] evaluating {len(plan.configs)} configurations x {len(plan.seeds)} seeds "
           f"{plan.seeds} = {runs} runs, {plan.cpus_per_trial:g} CPU + {gpus:g} GPU each; "
           f"runs in {plan.storage.rstrip('/')}/{plan.name}", flush=True)
-    return tuner.fit()
+    results = tuner.fit()
+    prune_checkpoints(f"{plan.storage.rstrip('/')}/{plan.name}")
+    return results
 
 
 def _progress_callback(total: int):

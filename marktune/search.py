@@ -344,7 +344,7 @@ def run_search(plan: SearchPlan, args: argparse.Namespace):
     run_config = tune.RunConfig(
         name=plan.name, storage_path=plan.storage, callbacks=callbacks,
         failure_config=tune.FailureConfig(max_failures=args.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        checkpoint_config=keep_every_checkpoint(),
         verbose=0 if args.quiet else 1,
     )
     experiment = f"{plan.storage.rstrip('/')}/{plan.name}"
@@ -388,6 +388,41 @@ def run_search(plan: SearchPlan, args: argparse.Namespace):
     return results, experiment, searcher
 
 
+# While trials run, no checkpoint is deleted. With CheckpointConfig(num_to_keep=N), Tune deletes a
+# trial's older checkpoint when it registers a new one and only then snapshots the experiment
+# state: a driver killed in between leaves a state that points at a deleted checkpoint, and on
+# --resume that trial fails ("Could not recover from checkpoint", seen in CI). Instead the state
+# is snapshotted every second (TUNE_GLOBAL_CHECKPOINT_S, in prepare_tune), so a resumed trial
+# may redo the tasks of its last second (deterministically, the same rows), and
+# prune_checkpoints() removes the older checkpoints once the run is over.
+def keep_every_checkpoint():
+    from ray import tune
+
+    return tune.CheckpointConfig(num_to_keep=None)
+
+
+def prune_checkpoints(experiment: str) -> int:
+    """Delete every trial's checkpoints but its newest; returns how many were deleted.
+
+    Call only when no trial of the experiment runs (after ``Tuner.fit``): the experiment state
+    Tune saved last points at each trial's newest checkpoint. Works on local paths and ``s3://``.
+    """
+    from pyarrow import fs as pafs
+
+    filesystem, root = pafs.FileSystem.from_uri(experiment)
+    deleted = 0
+    for trial in filesystem.get_file_info(pafs.FileSelector(root, allow_not_found=True)):
+        if trial.type != pafs.FileType.Directory or not trial.base_name.startswith("trial_"):
+            continue
+        checkpoints = sorted(info.path for info in filesystem.get_file_info(pafs.FileSelector(trial.path))
+                             if info.type == pafs.FileType.Directory
+                             and info.base_name.startswith("checkpoint_"))
+        for path in checkpoints[:-1]:  # checkpoint_000000, _000001, ...: the last is the newest
+            filesystem.delete_dir(path)
+            deleted += 1
+    return deleted
+
+
 def prepare_tune(*, cpus_per_trial: float, gpus_per_trial: float | None, runs: int,
                  max_concurrent: int | None = None) -> float:
     """Tune settings shared by the search and the evaluation; returns the GPUs per trial.
@@ -401,6 +436,9 @@ def prepare_tune(*, cpus_per_trial: float, gpus_per_trial: float | None, runs: i
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     # one checkpoint per task is our design, not a problem worth a warning each time
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # The experiment state (what --resume restores) at most a second behind the trials; see
+    # keep_every_checkpoint for why Tune's own "snapshot every num_to_keep checkpoints" is not used.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     total = ray.cluster_resources()
     gpus = gpus_per_trial
     if gpus is None:
@@ -529,6 +567,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     results, experiment, searcher = run_search(plan, args)
+    prune_checkpoints(experiment)
     summarize(results, plan, experiment, top=args.top)
     if searcher is not None and "://" not in experiment:
         save_study(searcher, Path(experiment) / "optuna_study.pkl")

@@ -36,9 +36,11 @@ def _space_file(tmp_path: Path, *, samples: int) -> Path:
     path = tmp_path / "space.yaml"
     path.write_text(yaml.safe_dump({
         "benchmark": "synthetic",
-        # phase 4 is the slow part (more meta steps, not more data, so accuracies stay below 1):
-        # the killed node must not finish the trial before its processes notice they are dead
-        "fixed": {"num_tasks": NUM_TASKS, "epochs": 1, "meta_epochs": 3, "mini_tasks": 2, "inner_steps": 10,
+        # phase 4 makes a task last about a second (more meta steps with a small meta_step, not
+        # more data, so accuracies stay between 0 and 1): long enough to kill a node or the driver
+        # mid-sequence, and longer than the driver's snapshot period (1 s)
+        "fixed": {"num_tasks": NUM_TASKS, "epochs": 1, "meta_epochs": 40, "meta_step": 0.003,
+                  "mini_tasks": 2, "inner_steps": 10,
                   "kb_width": 8, "latent_dim": 16, "fe_channels": 8, "batch_size": 32,
                   "synthetic_classes_per_task": 4, "synthetic_images_per_class": 100,
                   "synthetic_image_size": 16},
@@ -212,8 +214,9 @@ def _group_alive(pgid: int) -> bool:
 def test_killed_driver_resumes_without_running_a_trial_twice(tmp_path):
     """The driver (with the local Ray it started) is killed once a trial has finished and
     another is mid-sequence. ``--resume --name`` then ends every requested trial, each once:
-    finished trials are not run again, the interrupted ones continue after their checkpoint,
-    the Optuna study comes back with every trial, and trials.csv covers them all."""
+    finished trials are not run again, the interrupted ones continue from a checkpoint (at most
+    the tasks of the driver's last second are run again, with the same rows), the Optuna study
+    comes back with every trial, and trials.csv covers them all."""
     samples = 4
     space = _space_file(tmp_path, samples=samples)
     storage = tmp_path / "storage"
@@ -230,15 +233,19 @@ def test_killed_driver_resumes_without_running_a_trial_twice(tmp_path):
         while time.time() < deadline and first.poll() is None:
             histories = {d.name: _history(d) for d in _trial_dirs(experiment)}
             done = [h for h in histories.values() if h and h[-1]["tasks_done"] == NUM_TASKS]
-            mid = [h for h in histories.values() if h and h[-1]["tasks_done"] < NUM_TASKS]
+            # a trial mid-sequence whose first task is older than the driver's snapshot period
+            # (1 s), so the experiment state holds one of its checkpoints
+            mid = [h for h in histories.values() if h and h[-1]["tasks_done"] < NUM_TASKS
+                   and h[0]["task_finished_at"] < time.time() - 1.5]
             if done and mid:
                 before = histories
                 break
-            time.sleep(0.2)
+            time.sleep(0.1)
         assert first.poll() is None, f"the search ended before it could be killed:\n{_tail(tmp_path / 'first.log')}"
         assert before, "no moment with a finished and an unfinished trial"
     finally:
         _kill_group(first)
+    killed_at = time.time()
     # the local Ray went with it: nothing of the first driver's process group is left
     deadline = time.time() + 30
     while _group_alive(first.pid) and time.time() < deadline:
@@ -257,16 +264,25 @@ def test_killed_driver_resumes_without_running_a_trial_twice(tmp_path):
     histories = {d.name: _history(d) for d in _trial_dirs(experiment)}
     ran = {name: h for name, h in histories.items() if h}
     assert len(ran) == samples, sorted(ran)  # exactly the requested trials, no extra ones
+    resumed_from_a_checkpoint = 0
     for name, history in ran.items():
-        # every task once, in order: nothing was run again, from scratch or otherwise
-        assert [h["tasks_done"] for h in history] == list(range(1, NUM_TASKS + 1)), (name, history)
         old = before.get(name, [])
         assert history[:len(old)] == old  # what was reported before the kill stays as it was
-    finished_before = {n for n, h in before.items() if h and h[-1]["tasks_done"] == NUM_TASKS}
-    interrupted = {n for n, h in before.items() if h and h[-1]["tasks_done"] < NUM_TASKS}
-    for name in interrupted:
-        # continued after its last checkpoint, in the resumed run
-        assert ran[name][-1]["resumed_at_task"] == len(before[name]), ran[name]
+        by_task: dict[int, tuple] = {}
+        for h in history:  # a task run again gives exactly the rows it gave before
+            rows = (h["val_row"], h["test_row"], h["mean_val_acc"])
+            assert by_task.setdefault(h["tasks_done"], rows) == rows, (name, h["tasks_done"])
+        assert sorted(by_task) == list(range(1, NUM_TASKS + 1)), (name, history)
+        again = history[len(old):]
+        if again and old:  # continued in the resumed run
+            start = again[0]["resumed_at_task"]
+            assert start <= len(old), (name, again[0])
+            resumed_from_a_checkpoint += start >= 1
+            # only tasks of the driver's last seconds are run again: the state was at most ~1 s old
+            redone = [h for h in old if h["tasks_done"] > start]
+            assert all(h["task_finished_at"] > killed_at - 5 for h in redone), (name, redone, killed_at)
+            assert [h["tasks_done"] for h in again] == list(range(start + 1, NUM_TASKS + 1))
+    assert resumed_from_a_checkpoint >= 1, "no interrupted trial continued from a checkpoint"
     configs = [h[0]["config"]["lr_meta"] for h in ran.values()]
     assert len(set(configs)) == samples  # no configuration restarted under a new trial id
 
@@ -274,10 +290,14 @@ def test_killed_driver_resumes_without_running_a_trial_twice(tmp_path):
     with open(experiment / "trials.csv") as f:
         table = list(csv.DictReader(f))
     assert sorted(f"trial_{r['trial_id']}" for r in table) == sorted(ran)
-    assert {r["status"] for r in table} == {"COMPLETE"}
+    assert {r["status"] for r in table} == {"COMPLETE"}, table
     assert f"{samples} trials: {samples} complete" in out
+    finished_before = {n for n, h in before.items() if h and h[-1]["tasks_done"] == NUM_TASKS}
     for name in finished_before:
         assert name.removeprefix("trial_") in out  # in the best-trials table
+    # after the run, each trial keeps only its newest checkpoint (every one was kept while it ran)
+    for name in ran:
+        assert len(list((experiment / name).glob("checkpoint_*"))) == 1, name
     # the Optuna study came back with the experiment: every trial, told COMPLETE with its value
     import pickle
 
