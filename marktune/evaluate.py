@@ -190,6 +190,16 @@ def _pick(key: str, rows: list[dict[str, Any]]):
     return tune.sample_from(lambda config: rows[config["eval_row"]][key])
 
 
+def data_runtime(plan: EvalPlan, args: argparse.Namespace) -> dict[str, Any]:
+    """The search's runtime settings (data directory, download), where this command gives none."""
+    runtime = dict(plan.experiment.runtime())
+    if args.data_dir:
+        runtime["data_dir"] = args.data_dir
+    if args.download:
+        runtime["download"] = True
+    return runtime
+
+
 def run_evaluation(plan: EvalPlan, args: argparse.Namespace):
     """One Tune trial per (configuration, seed); returns Tune's ResultGrid."""
     from ray import tune
@@ -206,12 +216,8 @@ def run_evaluation(plan: EvalPlan, args: argparse.Namespace):
     rows = [{k: v for k, v in c.config.to_dict().items() if k != "seed"} for c in plan.configs]
     keys = sorted({k for r in rows for k in r})
     labels = [c.label for c in plan.configs]
-    runtime = dict(plan.experiment.runtime())
+    runtime = data_runtime(plan, args)
     runtime["threads"] = max(1, int(plan.cpus_per_trial)) if plan.cpus_per_trial else 1
-    if args.data_dir:
-        runtime["data_dir"] = args.data_dir
-    if args.download:
-        runtime["download"] = True
     param_space: dict[str, Any] = {
         "eval_row": tune.grid_search(list(range(len(rows)))),
         "seed": tune.grid_search(plan.seeds),
@@ -437,10 +443,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         note = plan.experiment.missing_note()
         if note:
             print(f"[marktune] {note}; evaluating the trials that finished.", flush=True)
-        runtime = plan.experiment.runtime()  # the search's data settings, unless given again
+        runtime = data_runtime(plan, args)
         for benchmark in sorted({c.config.benchmark for c in plan.configs}):
-            check_local_data(benchmark, address=args.address, data_dir=args.data_dir or runtime.get("data_dir"),
-                             download=args.download or bool(runtime.get("download")))
+            check_local_data(benchmark, address=args.address, data_dir=runtime.get("data_dir"),
+                             download=bool(runtime.get("download")))
         start_ray(args, own_local=True)  # a Ray another program started is not joined
     except (ExperimentError, EvaluateError, ConfigError, SearchError) as err:
         print(f"error: {err}", file=sys.stderr)
