@@ -21,12 +21,14 @@ import yaml
 
 BENCHMARKS = ("cifar100", "miniimagenet", "fmnist", "digits", "synthetic")
 # (tasks, image size) of each benchmark; synthetic's are free.
+# (tasks, image size, classes) of each benchmark; synthetic's are free (classes: tasks x
+# synthetic_classes_per_task). Known without reading data, so a bad split is refused at once.
 BENCHMARK_DEFAULTS = {
-    "cifar100": {"num_tasks": 20, "image_size": 32},
-    "miniimagenet": {"num_tasks": 20, "image_size": 84},
-    "fmnist": {"num_tasks": 5, "image_size": 32},
-    "digits": {"num_tasks": 5, "image_size": 32},
-    "synthetic": {"num_tasks": 3, "image_size": 32},
+    "cifar100": {"num_tasks": 20, "image_size": 32, "classes": 100},
+    "miniimagenet": {"num_tasks": 20, "image_size": 84, "classes": 100},
+    "fmnist": {"num_tasks": 5, "image_size": 32, "classes": 10},
+    "digits": {"num_tasks": 5, "image_size": 32, "classes": 10},
+    "synthetic": {"num_tasks": 3, "image_size": 32, "classes": None},
 }
 
 
@@ -39,7 +41,12 @@ class MarkConfig:
     # --- data ---------------------------------------------------------------
     benchmark: str = "cifar100"
     num_tasks: int | None = None  # None: the benchmark's (20 for cifar100)
-    seed: int = 0
+    seed: int = 0  # initialisation, shuffling, dropout
+    # class order and validation split; None: ``seed`` (the authors' code uses one seed for both)
+    data_seed: int | None = None
+    # an explicit class order (a permutation of the benchmark's class ids), as some papers
+    # publish theirs; None: ``numpy.random.RandomState(data_seed).permutation(classes)``
+    class_order: list[int] | None = None
     val_fraction: float = 0.15
     max_train_per_task: int | None = None  # cut images per task for quick runs (train+val pool)
     max_test_per_task: int | None = None
@@ -100,6 +107,18 @@ class MarkConfig:
         return self.num_tasks if self.num_tasks is not None else BENCHMARK_DEFAULTS[self.benchmark]["num_tasks"]
 
     @property
+    def split_seed(self) -> int:
+        """The seed of the class order and validation split (``data_seed``, else ``seed``)."""
+        return self.seed if self.data_seed is None else self.data_seed
+
+    @property
+    def num_classes(self) -> int:
+        """Classes of the whole benchmark, known without reading any data."""
+        if self.benchmark == "synthetic":
+            return self.tasks * self.synthetic_classes_per_task
+        return BENCHMARK_DEFAULTS[self.benchmark]["classes"]
+
+    @property
     def image_size(self) -> int:
         if self.benchmark == "synthetic":
             return self.synthetic_image_size
@@ -127,6 +146,9 @@ class MarkConfig:
         _choice("precision", self.precision, ("fp32", "bf16"))
         if self.num_tasks is not None:
             _at_least("num_tasks", self.num_tasks, 1)
+        _at_least("seed", self.seed, 0)
+        if self.data_seed is not None:
+            _at_least("data_seed", self.data_seed, 0)
         for key in ("kb_depth", "kb_width", "latent_dim", "fe_channels", "batch_size",
                     "mini_tasks", "inner_steps", "synthetic_classes_per_task",
                     "synthetic_images_per_class", "synthetic_image_size"):
@@ -160,10 +182,34 @@ class MarkConfig:
                 and not Path(self.resnet_weights).is_file():
             raise ConfigError(f"resnet_weights: no file at {self.resnet_weights!r}; give a local "
                               "ResNet-18 state_dict (.pth) or leave it empty for random weights")
+        self._validate_split()
         try:
             kb_geometry(self.image_size, self.kb_depth)
         except ValueError as err:
             raise ConfigError(f"kb_depth={self.kb_depth}: {err}") from None
+
+    def _validate_split(self) -> None:
+        """The benchmark's classes must cut into ``tasks`` equal tasks of >= 2 classes."""
+        classes, tasks = self.num_classes, self.tasks
+        if self.benchmark != "synthetic":
+            if classes % tasks:
+                divisors = [d for d in range(1, classes // 2 + 1) if classes % d == 0]
+                raise ConfigError(f"num_tasks={tasks}: the {classes} classes of {self.benchmark} cannot be "
+                                  f"cut into {tasks} tasks of equal size; choose one of "
+                                  f"{', '.join(map(str, divisors))}")
+            if classes // tasks < 2:
+                raise ConfigError(f"num_tasks={tasks}: {classes} classes in {tasks} tasks leaves "
+                                  f"{classes // tasks} class per task; a task needs at least two "
+                                  f"(num_tasks <= {classes // 2})")
+        if self.class_order is not None:
+            order = self.class_order
+            if not isinstance(order, (list, tuple)) or not all(
+                    isinstance(c, int) and not isinstance(c, bool) for c in order):
+                raise ConfigError(f"class_order must be a list of class ids (got {order!r})")
+            if sorted(order) != list(range(classes)):
+                raise ConfigError(f"class_order must be a permutation of the {classes} class ids "
+                                  f"0..{classes - 1} of {self.benchmark} (got {len(order)} ids"
+                                  + (", with repeats or ids out of range)" if len(order) == classes else ")"))
 
     # ------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -264,6 +310,10 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
         if not math.isfinite(float(value)):
             raise ConfigError(f"{key} must be finite (got {value!r})")
         return float(value)
+    if text.startswith("list"):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list (got {value!r})")
+        return list(value)
     if text.startswith("str"):
         if not isinstance(value, str):
             raise ConfigError(f"{key} must be a string (got {value!r})")

@@ -120,12 +120,16 @@ def default_data_dir() -> Path:
 
 
 def load_benchmark(name: str, *, num_tasks: int | None = None, seed: int = 0,
-                   data_dir: str | Path | None = None, download: bool = False,
+                   class_order: Sequence[int] | None = None, data_dir: str | Path | None = None, download: bool = False,
                    val_fraction: float = 0.15, max_train_per_task: int | None = None,
                    max_test_per_task: int | None = None,
                    synthetic_classes_per_task: int = 2, synthetic_images_per_class: int = 60,
                    synthetic_image_size: int = 32) -> Benchmark:
     """Load benchmark ``name`` and cut it into ``num_tasks`` class-split tasks.
+
+    ``seed`` is the data seed: it sets the class order (the authors' rule,
+    ``numpy.random.RandomState(seed).permutation(classes)``, unless ``class_order`` is
+    given) and the validation split.
 
     Raises :class:`DatasetMissingError` when the files are not found (``download=True``
     fetches cifar100/fmnist with torchvision), ``ValueError`` for bad arguments.
@@ -150,8 +154,8 @@ def load_benchmark(name: str, *, num_tasks: int | None = None, seed: int = 0,
                                  images_per_class=synthetic_images_per_class,
                                  image_size=synthetic_image_size, seed=seed)
 
-    tasks = _split_into_tasks(source, num_tasks=num_tasks, seed=seed, val_fraction=val_fraction,
-                              max_train=max_train_per_task, max_test=max_test_per_task)
+    tasks = _split_into_tasks(source, num_tasks=num_tasks, seed=seed, class_order=class_order,
+                              val_fraction=val_fraction, max_train=max_train_per_task, max_test=max_test_per_task)
     mean, std = source.stats if source.stats is not None else _channel_stats(source.train_x)
     return Benchmark(name=name, tasks=tasks, channels=int(source.train_x.shape[1]),
                      image_size=int(source.train_x.shape[-1]), mean=mean, std=std)
@@ -163,7 +167,8 @@ def load_benchmark_for(config: Any, *, data_dir: str | Path | None = None,
     return load_benchmark(
         getattr(config, "benchmark"),
         num_tasks=getattr(config, "num_tasks", None),
-        seed=getattr(config, "seed", 0),
+        seed=config.split_seed if hasattr(config, "split_seed") else getattr(config, "seed", 0),
+        class_order=getattr(config, "class_order", None),
         data_dir=data_dir,
         download=download,
         val_fraction=getattr(config, "val_fraction", 0.15),
@@ -281,7 +286,7 @@ def _check_arguments(*, num_tasks: int, seed: int, val_fraction: float,
 
 
 def _split_into_tasks(source: _Source, *, num_tasks: int, seed: int, val_fraction: float,
-                      max_train: int | None, max_test: int | None) -> list[Task]:
+                      class_order: Sequence[int] | None = None, max_train: int | None, max_test: int | None) -> list[Task]:
     classes = np.unique(source.train_y)
     missing_in_test = np.setdiff1d(classes, source.test_y)
     if missing_in_test.size:
@@ -293,7 +298,12 @@ def _split_into_tasks(source: _Source, *, num_tasks: int, seed: int, val_fractio
     if per_task < 2:
         raise ValueError(f"{len(classes)} classes in {num_tasks} tasks leaves {per_task} class "
                          "per task; a task needs at least two")
-    order = np.random.default_rng(seed).permutation(classes)
+    if class_order is not None:
+        if sorted(class_order) != classes.tolist():
+            raise ValueError(f"class_order must be a permutation of the class ids {classes.tolist()}")
+        order = np.asarray(class_order)
+    else:  # the authors' rule (numpy.random.seed(seed); numpy.random.permutation(C))
+        order = classes[np.random.RandomState(seed).permutation(len(classes))]
     tasks = []
     for t in range(num_tasks):
         task_classes = order[t * per_task:(t + 1) * per_task]
