@@ -381,10 +381,26 @@ def _grey_to_rgb(images: np.ndarray) -> np.ndarray:
 class _DataProblem(Exception):
     """Raised by a reader: files not found (``places`` looked in) or unreadable (``reason``)."""
 
-    def __init__(self, places: Sequence[Path], reason: str | None = None):
+    def __init__(self, places: Sequence[Path], reason: str | None = None, *, wrong_format: bool = False):
         super().__init__(reason or "not found")
         self.places = list(places)
         self.reason = reason
+        # complete files that hold something else (a missing key): re-fetching would not help
+        self.wrong_format = wrong_format
+
+
+def _require_keys(path: Path, entry: Any, keys: Sequence[str], holds: str) -> dict:
+    """The unpickled ``entry`` as a dict with str keys; a missing key says what the file should hold."""
+    if not isinstance(entry, dict):
+        raise _DataProblem([path], f"{path.name} holds a {type(entry).__name__}, not a dict. {holds}",
+                           wrong_format=True)
+    entry = {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
+    missing = [k for k in keys if k not in entry]
+    if missing:
+        raise _DataProblem([path], f"{path.name} has no {' or '.join(repr(k) for k in missing)} key (its keys: "
+                                   f"{', '.join(map(repr, sorted(map(str, entry)))) or 'none'}). {holds}",
+                           wrong_format=True)
+    return entry
 
 
 def _obtain(read: Callable[[], _Source], *, title: str, name: str, directory: Path,
@@ -420,6 +436,8 @@ def _problem_message(title: str, problem: _DataProblem, how_to_get: str) -> str:
     places = ", ".join(str(p) for p in problem.places)
     if problem.reason is None:
         return f"{title} not found. Looked in: {places}. {how_to_get}"
+    if problem.wrong_format:
+        return f"{title} files in {places} are not in the expected format: {problem.reason}"
     return (f"{title} files in {places} are unreadable ({problem.reason}); they may be half-written. "
             f"Delete them and get them again. {how_to_get}")
 
@@ -482,6 +500,8 @@ def _read_cifar_pickle(path: Path) -> tuple[np.ndarray, np.ndarray]:
 # ---------------------------------------------------------------------------------------
 # MiniImageNet
 # ---------------------------------------------------------------------------------------
+MINIIMAGENET_HOLDS = ("Each of train.pkl and test.pkl must be a dict with 'images' (uint8 array "
+                      "[N, H, W, 3] or [N, 3, H, W]) and 'labels' (N class ids, the same ids in both files).")
 MINIIMAGENET_HOW_TO_GET = (
     "There is no download: put two pickles, train.pkl and test.pkl, in "
     f"<data-dir>/{MINIIMAGENET_FOLDER}/ (--data-dir or $MARKTUNE_DATA). Each is a dict with "
@@ -509,20 +529,24 @@ def _read_miniimagenet_pickle(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         with open(path, "rb") as f:
             entry = pickle.load(f, encoding="latin1")
-        entry = {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
+    except Exception as err:  # truncated or not a pickle
+        raise _DataProblem([path], f"{path.name}: {type(err).__name__}: {err}") from None
+    entry = _require_keys(path, entry, ("images", "labels"), MINIIMAGENET_HOLDS)
+    try:
         images = np.asarray(entry["images"])
         labels = np.asarray(entry["labels"], dtype=np.int64).reshape(-1)
     except Exception as err:
         raise _DataProblem([path], f"{path.name}: {type(err).__name__}: {err}") from None
     if images.dtype != np.uint8 or images.ndim != 4 or len(images) != len(labels):
-        raise _DataProblem([path], f"{path.name}: expected uint8 images [N, 84, 84, 3] and N labels, "
-                                   f"got {images.dtype} {list(images.shape)} and {len(labels)} labels")
+        raise _DataProblem([path], f"{path.name}: expected uint8 images [N, H, W, 3] and N labels, "
+                                   f"got {images.dtype} {list(images.shape)} and {len(labels)} labels. "
+                                   + MINIIMAGENET_HOLDS, wrong_format=True)
     x = images
     if images.shape[-1] == 3 and images.shape[1] != 3:
         x = images.transpose(0, 3, 1, 2)  # HWC -> CHW as a view; made contiguous per task
     if x.shape[1] != 3 or x.shape[2] != x.shape[3]:
         raise _DataProblem([path], f"{path.name}: images of shape {list(images.shape[1:])} are not "
-                                   "square RGB")
+                                   "square RGB. " + MINIIMAGENET_HOLDS, wrong_format=True)
     return x, labels
 
 

@@ -435,7 +435,7 @@ def _cell(value: Any) -> Any:
 
 # ---------------------------------------------------------------- main
 def main(argv: Sequence[str] | None = None) -> int:
-    from marktune.search import SearchError, check_local_data, start_ray
+    from marktune.search import SearchError, check_local_data, check_local_precision, check_storage, start_ray
 
     args = build_parser().parse_args(argv)
     try:
@@ -447,6 +447,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for benchmark in sorted({c.config.benchmark for c in plan.configs}):
             check_local_data(benchmark, address=args.address, data_dir=runtime.get("data_dir"),
                              download=bool(runtime.get("download")))
+        check_local_precision([c.config.precision for c in plan.configs], address=args.address)
+        check_storage(plan.storage)
         start_ray(args, own_local=True)  # a Ray another program started is not joined
     except (ExperimentError, EvaluateError, ConfigError, SearchError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -140,11 +140,10 @@ class ResNetFeatureExtractor(nn.Module):
         from torchvision.models import resnet18
 
         trunk = resnet18(weights=None)
+        trunk.fc = nn.Identity()
         if weights_path is not None:
             state = torch.load(Path(weights_path), map_location="cpu", weights_only=True)
-            state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-            trunk.load_state_dict(state, strict=False)
-        trunk.fc = nn.Identity()
+            trunk.load_state_dict(resnet_trunk_state(state, trunk, source=str(weights_path)))
         for p in trunk.parameters():
             p.requires_grad_(False)
         self.trunk = trunk.eval()
@@ -160,6 +159,33 @@ class ResNetFeatureExtractor(nn.Module):
         with torch.no_grad():
             feats = self.trunk(x)
         return self.head(feats)
+
+
+def resnet_trunk_state(state: object, trunk: nn.Module, *, source: str) -> dict[str, torch.Tensor]:
+    """The trunk's weights from a saved ResNet-18 checkpoint, or a ValueError naming what does not fit.
+
+    Accepted layouts: a plain ``state_dict``; one saved from ``DataParallel`` (every key
+    prefixed ``module.``); either nested under ``"state_dict"``. The classifier (``fc.*``) is
+    dropped. Anything else is refused: a partial load would leave the trunk silently random.
+    """
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+        raise ValueError(f"resnet_weights {source}: expected a ResNet-18 state_dict (a dict of tensors), "
+                         f"got {type(state).__name__}")
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    expected = set(trunk.state_dict())
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        def some(keys: list[str]) -> str:
+            return ", ".join(keys[:6]) + (f" and {len(keys) - 6} more" if len(keys) > 6 else "") if keys else "none"
+        raise ValueError(f"resnet_weights {source} is not a torchvision ResNet-18 checkpoint: missing keys: "
+                         f"{some(missing)}; unexpected keys: {some(unexpected)}. Save "
+                         "torchvision.models.resnet18's state_dict() (a DataParallel 'module.' prefix or "
+                         "nesting under 'state_dict' is fine)")
+    return state
 
 
 class MaskGenerator(nn.Module):

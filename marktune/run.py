@@ -18,6 +18,7 @@ import torch
 from marktune import metrics
 from marktune.config import ConfigError, MarkConfig
 from marktune.data import DatasetMissingError, load_benchmark_for
+from marktune.hardware import check_precision
 from marktune.learner import MarkLearner, NonFiniteLossError
 from marktune.reporting import log_task_to_tensorboard, results_dict, write_json_atomic
 
@@ -83,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = config_from_args(args)
         device = resolve_device(args.device)
+        check_precision(config.precision, device)  # before any data is loaded
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

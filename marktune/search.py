@@ -208,6 +208,35 @@ def check_address(address: str | None, *, timeout: float = 5.0) -> None:
                           "or leave out --address to run on this machine.") from None
 
 
+def check_local_precision(precisions: Sequence[str], *, address: str | None) -> None:
+    """bf16 trials on this machine's CPUs need native bf16 (``marktune.hardware``); refuse them
+    before Ray starts. On a cluster the workers decide (a trial there refuses for itself)."""
+    import torch
+
+    from marktune.hardware import check_precision
+
+    if address or torch.cuda.is_available():
+        return
+    for precision in sorted(set(precisions)):
+        check_precision(precision, "cpu")
+
+
+def check_storage(storage: str, *, flag: str = "--storage") -> None:
+    """A local storage directory must exist or be creatable, and be writable, before Ray starts
+    (Tune would fail after its start-up with a pyarrow traceback)."""
+    if "://" in storage:
+        return
+    path = Path(storage)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise SearchError(f"{flag} {storage}: cannot create this directory ({err.strerror or err}); "
+                          f"give a directory you can write to, e.g. {flag} ./results") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise SearchError(f"{flag} {storage}: this directory is not writable; give one you can "
+                          f"write to, e.g. {flag} ./results")
+
+
 def check_local_data(benchmark: str, *, address: str | None, data_dir: str | None, download: bool) -> None:
     """On this machine's Ray, a missing data set is an error before Ray starts, not N failed
     trials. A cluster's data lives on its workers (fetched there with --download), so
@@ -562,6 +591,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         plan = plan_from_args(args)
         check_local_data(plan.base_config.benchmark, address=args.address, data_dir=args.data_dir,
                          download=args.download)
+        check_local_precision(plan.space.precisions(plan.overrides), address=args.address)
+        check_storage(plan.storage)
         start_ray(args)
     except (SpaceError, ConfigError, SearchError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -105,6 +105,12 @@ class SearchSpace:
             space[name] = param.tune_domain()
         return space
 
+    def precisions(self, overrides: Mapping[str, Any] | None = None) -> list[str]:
+        """Every ``precision`` a trial of this space can have (fixed, or each searched choice)."""
+        if "precision" in self.params and "precision" not in (overrides or {}):
+            return [str(v) for v in self.params["precision"].extremes()]
+        return [self.default_trial_config(overrides).precision]
+
     def default_trial_config(self, overrides: Mapping[str, Any] | None = None) -> MarkConfig:
         """Fixed settings with the learner's defaults for the searched ones."""
         return MarkConfig.from_dict(self.base_config(overrides))

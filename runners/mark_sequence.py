@@ -48,6 +48,7 @@ def train_mark_sequence(config: dict[str, Any]) -> None:
 
     from marktune.config import MarkConfig
     from marktune.data import load_benchmark_for
+    from marktune.hardware import check_precision
     from marktune.learner import MarkLearner
     from marktune.reporting import task_scalars
 
@@ -61,6 +62,7 @@ def train_mark_sequence(config: dict[str, Any]) -> None:
     if threads:
         torch.set_num_threads(int(threads))
     device = trial_device()
+    check_precision(mark_config.precision, device)  # bf16 on a CPU without it: refuse, don't crawl
     benchmark = load_benchmark_for(mark_config, data_dir=runtime.get("data_dir"),
                                    download=bool(runtime.get("download", False)))
     learner = MarkLearner(mark_config, benchmark, device=device, verbose=int(runtime.get("verbose", 0)))
