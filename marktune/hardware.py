@@ -22,12 +22,13 @@ from marktune.config import ConfigError
 
 # CPU flags (as /proc/cpuinfo spells them) that mean bf16 arithmetic in hardware
 NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+CPUINFO = Path("/proc/cpuinfo")
 
 
 @functools.lru_cache(maxsize=1)
 def cpu_has_native_bf16() -> bool:
     """True where the CPU computes bfloat16 in hardware (Linux: its flags; elsewhere torch's oneDNN check)."""
-    cpuinfo = Path("/proc/cpuinfo")
+    cpuinfo = CPUINFO
     if cpuinfo.is_file():
         flags: set[str] = set()
         for line in cpuinfo.read_text(errors="replace").splitlines():
@@ -43,7 +44,7 @@ def cpu_has_native_bf16() -> bool:
 
 def cpu_model_name() -> str:
     """The CPU's model name (``lscpu``'s "Model name"), for messages and benchmark figures."""
-    cpuinfo = Path("/proc/cpuinfo")
+    cpuinfo = CPUINFO
     if cpuinfo.is_file():
         for line in cpuinfo.read_text(errors="replace").splitlines():
             key, _, value = line.partition(":")

@@ -51,3 +51,25 @@ def test_override_syntax():
     assert parse_overrides(["a=1", "b=1e-3", "c=relu", "d=true"]) == {"a": 1, "b": 1e-3, "c": "relu", "d": True}
     with pytest.raises(ConfigError, match="key=value"):
         parse_overrides(["epochs"])
+
+
+@pytest.mark.parametrize("values,message", [
+    (dict(benchmark="cifar100", num_tasks=3), "100 classes of cifar100 cannot be cut into 3 tasks.*one of 1, 2, 4, 5"),
+    (dict(benchmark="miniimagenet", num_tasks=7), "cannot be cut into 7 tasks"),
+    (dict(benchmark="fmnist", num_tasks=10), "leaves 1 class per task"),
+    (dict(benchmark="digits", class_order=[0, 1, 2]), "permutation of the 10 class ids"),
+    (dict(benchmark="digits", class_order=[0] * 10), "with repeats"),
+    (dict(benchmark="digits", data_seed=-1), "data_seed"),
+])
+def test_a_split_the_benchmark_cannot_make_is_refused_without_data(values, message):
+    # every benchmark's class count is known without reading a file
+    with pytest.raises(ConfigError, match=message):
+        MarkConfig(**values)
+
+
+def test_valid_splits_and_orders_are_accepted():
+    assert MarkConfig(benchmark="cifar100", num_tasks=10).tasks == 10
+    assert MarkConfig(benchmark="synthetic", num_tasks=7).num_classes == 14
+    cfg = MarkConfig.from_sources(overrides=["benchmark=digits", "class_order=[9,8,7,6,5,4,3,2,1,0]"])
+    assert cfg.class_order == list(range(9, -1, -1)) and cfg.split_seed == cfg.seed
+    assert MarkConfig(benchmark="digits", seed=3, data_seed=7).split_seed == 7

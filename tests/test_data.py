@@ -443,6 +443,26 @@ def test_missing_cifar100(tmp_path):
     assert isinstance(info.value, FileNotFoundError)
 
 
+@pytest.mark.parametrize("content,says", [
+    ({"images": np.zeros((2, 84, 84, 3), np.uint8)}, "has no 'labels' key (its keys: 'images')"),
+    ({"data": np.zeros((2, 84, 84, 3), np.uint8), "targets": [0, 1]}, "has no 'images' or 'labels' key"),
+    ([1, 2, 3], "holds a list, not a dict"),
+    ({"images": np.zeros((2, 84, 84), np.uint8), "labels": [0, 1]}, "expected uint8 images [N, H, W, 3]"),
+])
+def test_miniimagenet_pickle_of_the_wrong_format_says_what_it_should_hold(tmp_path, content, says):
+    folder = tmp_path / "miniimagenet"
+    folder.mkdir()
+    for part in ("train", "test"):
+        with open(folder / f"{part}.pkl", "wb") as f:
+            pickle.dump(content, f)
+    with pytest.raises(DatasetMissingError) as info:
+        load_benchmark("miniimagenet", data_dir=tmp_path)
+    message = str(info.value)
+    assert says in message and "train.pkl" in message
+    assert "'images' (uint8 array" in message and "'labels' (N class ids" in message  # what it should hold
+    assert "half-written" not in message and "Delete them" not in message  # re-fetching would not help
+
+
 def test_missing_miniimagenet(tmp_path):
     with pytest.raises(DatasetMissingError) as info:
         load_benchmark("miniimagenet", data_dir=tmp_path)

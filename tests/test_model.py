@@ -76,14 +76,41 @@ def test_feature_extractor_shape(size):
     assert FeatureExtractor(image_size=size, latent_dim=20)(torch.randn(2, 3, size, size)).shape == (2, 20)
 
 
-def test_resnet_extractor_loads_local_weights_and_keeps_trunk_frozen(tmp_path):
+def _trunk_equals(fe, reference) -> bool:
+    ours = fe.trunk.state_dict()
+    return all(torch.equal(ours[k], v) for k, v in reference.state_dict().items() if not k.startswith("fc."))
+
+
+@pytest.mark.parametrize("layout", ["plain", "dataparallel", "nested", "nested_dataparallel"])
+def test_resnet_extractor_loads_every_weight_of_common_checkpoint_layouts(tmp_path, layout):
     from torchvision.models import resnet18
 
     reference = resnet18(weights=None)
-    torch.save(reference.state_dict(), tmp_path / "r18.pth")
+    state = reference.state_dict()
+    if "dataparallel" in layout:
+        state = {f"module.{k}": v for k, v in state.items()}
+    if "nested" in layout:
+        state = {"epoch": 90, "state_dict": state}
+    torch.save(state, tmp_path / "r18.pth")
     fe = ResNetFeatureExtractor(latent_dim=16, weights_path=str(tmp_path / "r18.pth"))
-    torch.testing.assert_close(fe.trunk.conv1.weight, reference.conv1.weight)
+    # every trunk tensor, BatchNorm statistics included, is the checkpoint's (a fresh
+    # resnet18 draws other weights, so a skipped load cannot pass)
+    assert _trunk_equals(fe, reference)
     fe.train()
     assert not fe.trunk.training and fe.head.training
     assert all(not p.requires_grad for p in fe.trunk.parameters())
     assert fe(torch.randn(2, 3, 32, 32)).shape == (2, 16)
+
+
+@pytest.mark.parametrize("mangle,named", [
+    (lambda s: {f"backbone.{k}": v for k, v in s.items()}, "unexpected keys: backbone."),
+    (lambda s: {k: v for k, v in s.items() if not k.startswith("layer4.")}, "missing keys: layer4."),
+    (lambda s: {"model": s}, "missing keys: bn1"),
+])
+def test_resnet_weights_that_do_not_fit_are_refused_naming_the_keys(tmp_path, mangle, named):
+    from torchvision.models import resnet18
+
+    torch.save(mangle(resnet18(weights=None).state_dict()), tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match="not a torchvision ResNet-18 checkpoint") as info:
+        ResNetFeatureExtractor(latent_dim=16, weights_path=str(tmp_path / "bad.pth"))
+    assert named in str(info.value)

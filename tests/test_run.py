@@ -92,15 +92,23 @@ def test_real_fashion_mnist_sequence(tmp_path):
 @pytest.mark.parametrize("seed", [1001, 1003, 1004, 1005])
 def test_fmnist_space_warms_up_the_kb_on_seeds_that_diverged_without_a_clip(seed):
     """Without kb_grad_clip the KB warm-up of task 0 became NaN on these seeds; the space's clip trains them."""
+    import numpy as np
+
     from marktune.config import MarkConfig
     from marktune.data import load_benchmark_for
     from marktune.learner import MarkLearner
 
+    # the class order these seeds had when they diverged (before the authors' order rule)
+    order = np.random.default_rng(seed).permutation(10).tolist()
     cfg = MarkConfig.from_sources(path=REPO / "search_spaces" / "fmnist.yaml",
-                                  overrides=[f"seed={seed}", "mask_epochs=0", "meta_epochs=0",
-                                             "consolidation_epochs=0"])
-    report = MarkLearner(cfg, load_benchmark_for(cfg), verbose=0).train_next_task()
-    assert report.val_row[0] > 0.5  # phase 2 finished without a NaN loss and learned something
+                                  overrides=[f"seed={seed}", f"class_order={order}", "mask_epochs=0",
+                                             "meta_epochs=0", "consolidation_epochs=0"])
+    lines: list[str] = []
+    report = MarkLearner(cfg, load_benchmark_for(cfg), verbose=0, log=lines.append).train_next_task()
+    # phase 2 finished without a NaN loss and learned its pair of classes: a KB blown up to dead
+    # weights answers one class (0.5 here, and a warning); these pairs reach >= 0.99 when learned
+    assert report.val_row[0] >= 0.9, report.val_row
+    assert not any("learned nothing" in line for line in lines), lines
 
 
 @pytest.mark.slow

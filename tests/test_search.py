@@ -3,6 +3,7 @@ import csv
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from marktune import run, search
@@ -113,7 +114,7 @@ def _run(argv):
     return results, rows
 
 
-def test_fractional_fake_gpus_pack_four_trials_and_fall_back_to_cpu(tmp_path):
+def test_fractional_fake_gpus_pack_four_trials_on_the_device_the_runner_picks(tmp_path):
     # long enough trials (about 10 s each) that the start-up stagger of actors cannot hide overlap
     space = _space_file(tmp_path, fixed={"synthetic_images_per_class": 300, "num_tasks": 3, "epochs": 3},
                         search_params={"lr_meta": {"type": "loguniform", "low": 0.001, "high": 0.1}}, samples=4)
@@ -124,7 +125,8 @@ def test_fractional_fake_gpus_pack_four_trials_and_fall_back_to_cpu(tmp_path):
     spans = []
     for result in results:
         history = result.metrics_dataframe
-        assert set(history["device"]) == {"cpu"}  # no CUDA here: the runner fell back
+        # a fake GPU id: the CPU where torch sees no CUDA, the real GPU 0 on a CUDA host
+        assert set(history["device"]) == {"cuda:0" if torch.cuda.is_available() else "cpu"}
         spans.append((history["task_started_at"].min(), history["task_finished_at"].max()))
     # all four trials were running at one moment: the latest start precedes the earliest end
     assert max(s for s, _ in spans) < min(e for _, e in spans), spans

@@ -8,6 +8,7 @@ import torch
 import marktune.learner as learner_module
 from conftest import tiny_config
 from marktune.data import load_benchmark_for
+from marktune.hardware import cpu_has_native_bf16
 from marktune.learner import MarkLearner
 from marktune.model import KnowledgeBase
 
@@ -21,22 +22,41 @@ def assert_modules_close(a, b):
         torch.testing.assert_close(p.detach(), q.detach(), msg=name)
 
 
-@pytest.mark.parametrize("extra", [{}, {"precision": "bf16"}], ids=["fp32", "bf16"])
+BF16_U = 2.0 ** -8  # bfloat16's unit round-off (8 significand bits): the relative error of one rounding
+
+
+@pytest.mark.parametrize("extra", [
+    {}, pytest.param({"precision": "bf16"}, marks=pytest.mark.skipif(
+        not cpu_has_native_bf16(), reason="this CPU has no native bfloat16 (avx512_bf16/amx_bf16): "
+        "marktune refuses precision=bf16 here, so there is no bf16 path to test"))], ids=["fp32", "bf16"])
 def test_fast_path_equals_reference_path(extra):
     # the reference: autograd everywhere, no caching, ReLU before max-pool, deep copies in
     # phase 4, contiguous tensors; the fast path must agree up to float round-off
     fast = make(tiny_config(**extra))
     reference = make(tiny_config(fast=False, **extra))
     assert fast._fast and not reference._fast
+    kb_start = [p.detach().clone() for p in reference.kb.parameters()]
     fast.run()
     reference.run()
-    assert fast.matrices() == reference.matrices()
     if extra:
-        # bfloat16 round-off (~4e-3 per operation) grows through training: the KB, which
-        # every task moves, must still agree closely
-        for p, q in zip(fast.kb.parameters(), reference.kb.parameters()):
-            torch.testing.assert_close(p.detach(), q.detach(), rtol=0, atol=2e-3)
+        # bf16: both paths round every product to 8 bits, in a different order. What bf16
+        # promises is the same model up to that: the KB's change over the run, which is a sum
+        # of gradients each carrying a few units of round-off, agrees within 8u of its size
+        # (measured 1.2u on an AMD EPYC with avx512_bf16)...
+        for p, q, q0 in zip(fast.kb.parameters(), reference.kb.parameters(), kb_start):
+            change = (q.detach() - q0).norm()
+            assert (p.detach() - q.detach()).norm() <= 8 * BF16_U * change
+        # ...and the same predictions, but for images whose top two logits lie within that
+        # round-off: at most one validation image (1/24) or two test images (2/52) per entry
+        for fast_rows, ref_rows in zip(fast.matrices(), reference.matrices()):
+            for a, b in zip(fast_rows, ref_rows):
+                assert a == pytest.approx(b, abs=0.05)
         return
+    # fp32 (u = 6e-8): the paths differ only in summation order (channels-last, pooling before
+    # ReLU, masks computed in one batch); measured <= 4e-7 of each tensor's change after the whole
+    # run, so assert_close's float32 default (rtol 1.3e-6, atol 1e-5) has ample margin, and an
+    # image's prediction flips only on an exact tie, so the matrices are equal
+    assert fast.matrices() == reference.matrices()
     for a, b in [(fast.kb, reference.kb), *zip(fast.mask_generators, reference.mask_generators),
                  *zip(fast.heads, reference.heads)]:
         assert_modules_close(a, b)
