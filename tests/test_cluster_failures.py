@@ -45,8 +45,10 @@ def _space_file(tmp_path: Path, *, samples: int) -> Path:
                   "synthetic_classes_per_task": 4, "synthetic_images_per_class": 100,
                   "synthetic_image_size": 16},
         "search": {"lr_meta": {"type": "loguniform", "low": 0.001, "high": 0.1}},
+        # CPU trials even on a CUDA host: "a task run again gives identical rows" is checked
+        # below, and on CUDA cuDNN's algorithm choice and atomics make reruns differ in round-off
         "defaults": {"samples": samples, "grace_period": NUM_TASKS, "reduction_factor": 2,
-                     "cpus_per_trial": 1},
+                     "cpus_per_trial": 1, "gpus_per_trial": 0},
     }))
     return path
 
