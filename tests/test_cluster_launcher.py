@@ -25,6 +25,8 @@ skipped, with the reason, where they are missing.
 from __future__ import annotations
 
 import csv
+import getpass
+import hashlib
 import json
 import os
 import pwd
@@ -214,6 +216,7 @@ class LaunchHost:
         for d in self.acl_dirs:
             subprocess.run(["setfacl", "-x", f"u:{self.user}", d], check=False)
         self.remove_user()
+        shutil.rmtree(f"/tmp/torchinductor_{self.user}", ignore_errors=True)  # torch's cache
         return leftovers
 
     def remove_user(self) -> None:
@@ -327,8 +330,11 @@ def launched():
     submit_home = tmp / "home"
     submit_home.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update(HOME=str(submit_home), RAY_AUTH_MODE="token")
+    env.update(HOME=str(submit_home), RAY_AUTH_MODE="token",
+               # the launcher's cluster state and config cache: gone with tmp
+               RAY_TMPDIR=str(tmp), TMPDIR=str(tmp))
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    cluster_name = f"marktune-launch-test-{os.getpid()}"
     timings: dict[str, float] = {}
     up_tried = False
     storage = None
@@ -345,7 +351,7 @@ def launched():
         shutil.chown(storage, host.user, host.user)
         ports = Ports(gcs=free_port(), dashboard=free_port(), client_server=free_port(),
                       agent_listen=free_port())
-        config = render_onprem(cluster_name=f"marktune-launch-test-{os.getpid()}", head_ip="127.0.0.1",
+        config = render_onprem(cluster_name=cluster_name, head_ip="127.0.0.1",
                                ssh_user=host.user, ssh_private_key=str(host.key),
                                ssh_proxy_command=host.proxy_command, storage=str(storage),
                                ports=ports, head_cpus=2)
@@ -385,8 +391,13 @@ def launched():
                 errors.append("still running as the launch user after ray down: "
                               + "; ".join(" ".join(p.cmdline())[:100] for p in ray_left))
         print("[cluster launcher] " + ", ".join(f"{k}: {v:.1f} s" for k, v in timings.items()))
-        host.cleanup()
+        for line in host.cleanup():
+            print(f"[cluster launcher] killed, still running as {host.user} at the end: {line}")
         shutil.rmtree(tmp, ignore_errors=True)
+        # the SSH control sockets' directory, which Ray names after the cluster (no setting)
+        user_hash = hashlib.sha256(getpass.getuser().encode()).hexdigest()[:10]
+        cluster_hash = hashlib.sha256(cluster_name.encode()).hexdigest()[:10]
+        shutil.rmtree(f"/tmp/ray_ssh_{user_hash}/{cluster_hash}", ignore_errors=True)
         if storage is not None:
             shutil.rmtree(storage, ignore_errors=True)
         assert not errors, "\n".join(errors)
