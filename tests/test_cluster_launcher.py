@@ -224,6 +224,9 @@ class LaunchHost:
             pwd.getpwnam(self.user)
         except KeyError:
             return
+        for p in self.user_processes():  # left by an interrupted run; the user is this test's
+            p.kill()
+        psutil.wait_procs(self.user_processes(), timeout=10)
         subprocess.run(["userdel", "--remove", self.user], check=False, capture_output=True)
 
 
@@ -424,7 +427,8 @@ def test_digits_search_runs_as_a_ray_job(launched):
                       "--address auto --storage \"$MARKTUNE_STORAGE\"",
         env=launched.env, timeout=120)
     assert submit.returncode == 0, submit.stdout + submit.stderr
-    deadline = time.monotonic() + JOB_TIMEOUT_S
+    submitted = time.monotonic()
+    deadline = submitted + JOB_TIMEOUT_S
     status = None
     while time.monotonic() < deadline:
         code, body = http(f"{launched.dashboard}/api/jobs/{name}", token=launched.token)
@@ -433,6 +437,7 @@ def test_digits_search_runs_as_a_ray_job(launched):
         if status in ("SUCCEEDED", "FAILED", "STOPPED"):
             break
         time.sleep(2)
+    launched.timings["job (submit to end)"] = time.monotonic() - submitted
     logs = ray_cli("job", "logs", "--address", launched.dashboard, name, env=launched.env, timeout=60)
     assert status == "SUCCEEDED", f"job {name}: {status}\n{logs.stdout[-5000:]}{logs.stderr[-2000:]}"
     with open(launched.storage / name / "trials.csv") as f:
