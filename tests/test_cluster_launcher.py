@@ -395,12 +395,17 @@ def launched():
                               + "; ".join(" ".join(p.cmdline())[:100] for p in ray_left))
         print("[cluster launcher] " + ", ".join(f"{k}: {v:.1f} s" for k, v in timings.items()))
         for line in host.cleanup():
-            print(f"[cluster launcher] killed, still running as {host.user} at the end: {line}")
+            if "sshd" not in line:  # ssh's ControlPersist session outlives ray down by 10 s
+                print(f"[cluster launcher] killed, still running as {host.user} at the end: {line}")
         shutil.rmtree(tmp, ignore_errors=True)
         # the SSH control sockets' directory, which Ray names after the cluster (no setting)
         user_hash = hashlib.sha256(getpass.getuser().encode()).hexdigest()[:10]
         cluster_hash = hashlib.sha256(cluster_name.encode()).hexdigest()[:10]
         shutil.rmtree(f"/tmp/ray_ssh_{user_hash}/{cluster_hash}", ignore_errors=True)
+        try:
+            os.rmdir(f"/tmp/ray_ssh_{user_hash}")  # only if no other cluster's sockets are there
+        except OSError:
+            pass
         if storage is not None:
             shutil.rmtree(storage, ignore_errors=True)
         assert not errors, "\n".join(errors)
