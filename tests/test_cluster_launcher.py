@@ -311,6 +311,7 @@ class Launched:
     gcs_port: int
     storage: Path
     timings: dict
+    host: LaunchHost
 
 
 def ray_cli(*args: str, env: dict, timeout: float) -> subprocess.CompletedProcess:
@@ -375,7 +376,7 @@ def launched():
         wait_for_port(local_dashboard, timeout=60, proc=forward)
         yield Launched(config_file=config_file, env=env, token=token,
                        dashboard=f"http://127.0.0.1:{local_dashboard}", gcs_port=ports.gcs,
-                       storage=storage, timings=timings)
+                       storage=storage, timings=timings, host=host)
     finally:
         errors = []
         if forward is not None and forward.poll() is None:
@@ -468,6 +469,15 @@ def search_against(launched, env: dict, tmp_path: Path) -> subprocess.CompletedP
                env=dict(env, PYTHONPATH=str(ROOT)), timeout=30, cwd=tmp_path)
 
 
+def test_token_reached_the_head_readable_by_its_owner_only(launched):
+    shown = as_user(launched.host.user, "stat -c '%a %U' ~/.ray/auth_token ~/.ray && cat ~/.ray/auth_token")
+    assert shown.returncode == 0, shown.stderr
+    token_mode, dir_mode, token = shown.stdout.splitlines()
+    assert token_mode == f"600 {launched.host.user}"
+    assert dir_mode == f"700 {launched.host.user}"
+    assert token.strip() == launched.token
+
+
 def test_search_with_a_wrong_token_says_so(launched, tmp_path):
     wrong = tmp_path / "wrong_token"
     wrong.write_text("0" * len(launched.token))
@@ -475,6 +485,7 @@ def test_search_with_a_wrong_token_says_so(launched, tmp_path):
     assert result.returncode == 2, result.stderr[-2000:]
     assert "does not match the cluster's token" in result.stderr, result.stderr[-2000:]
     assert str(wrong) in result.stderr  # says which token it used
+    print("[cluster launcher] " + result.stderr.strip().splitlines()[-1])
     assert not (tmp_path / "s").exists()
 
 
