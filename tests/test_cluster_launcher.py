@@ -48,7 +48,7 @@ import psutil
 import pytest
 import yaml
 
-pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+pytestmark = pytest.mark.cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 ONPREM = ROOT / "cluster-onprem.yaml"
@@ -83,7 +83,7 @@ def missing_prerequisites() -> str | None:
     """Why the launcher cannot run here, or None."""
     if sys.platform != "linux" or os.geteuid() != 0:
         return "needs root on Linux (creates the SSH user and runs sshd)"
-    for tool in ("/usr/sbin/sshd", "ssh", "ssh-keygen", "rsync", "setfacl", "useradd"):
+    for tool in ("/usr/sbin/sshd", "ssh", "ssh-keygen", "rsync", "setfacl", "useradd", "su"):
         if shutil.which(tool) is None:
             return f"{tool} is missing (scripts/test.sh installs openssh-server, rsync and acl with apt)"
     return None
@@ -423,6 +423,7 @@ def http(url: str, *, token: str | None = None, timeout: float = 30) -> tuple[in
         return err.code, err.read().decode()
 
 
+@pytest.mark.slow
 def test_digits_search_runs_as_a_ray_job(launched):
     name = "digits-launch"
     submit = ray_cli(
@@ -452,6 +453,7 @@ def test_digits_search_runs_as_a_ray_job(launched):
     assert {r["status"] for r in rows} <= {"COMPLETE", "PRUNED"}
 
 
+@pytest.mark.slow
 def test_jobs_api_needs_the_token(launched):
     code, body = http(f"{launched.dashboard}/api/jobs/")
     assert code in (401, 403), (code, body[:200])
@@ -469,6 +471,7 @@ def search_against(launched, env: dict, tmp_path: Path) -> subprocess.CompletedP
                env=dict(env, PYTHONPATH=str(ROOT)), timeout=30, cwd=tmp_path)
 
 
+@pytest.mark.slow
 def test_token_reached_the_head_readable_by_its_owner_only(launched):
     shown = as_user(launched.host.user, "stat -c '%a %U' ~/.ray/auth_token ~/.ray && cat ~/.ray/auth_token")
     assert shown.returncode == 0, shown.stderr
@@ -478,6 +481,7 @@ def test_token_reached_the_head_readable_by_its_owner_only(launched):
     assert token.strip() == launched.token
 
 
+@pytest.mark.slow
 def test_search_with_a_wrong_token_says_so(launched, tmp_path):
     wrong = tmp_path / "wrong_token"
     wrong.write_text("0" * len(launched.token))
@@ -489,6 +493,7 @@ def test_search_with_a_wrong_token_says_so(launched, tmp_path):
     assert not (tmp_path / "s").exists()
 
 
+@pytest.mark.slow
 def test_search_without_token_mode_says_a_token_is_needed(launched, tmp_path):
     env = {k: v for k, v in launched.env.items() if k != "RAY_AUTH_MODE"}
     result = search_against(launched, env, tmp_path)
@@ -496,6 +501,7 @@ def test_search_without_token_mode_says_a_token_is_needed(launched, tmp_path):
     assert "requires a Ray token" in result.stderr, result.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_right_token_passes_the_check(launched, tmp_path):
     # the checks above must refuse only wrong tokens
     result = run([sys.executable, "-c", "from marktune.search import check_address; "
