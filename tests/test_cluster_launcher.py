@@ -83,7 +83,7 @@ def missing_prerequisites() -> str | None:
     """Why the launcher cannot run here, or None."""
     if sys.platform != "linux" or os.geteuid() != 0:
         return "needs root on Linux (creates the SSH user and runs sshd)"
-    for tool in ("/usr/sbin/sshd", "ssh", "ssh-keygen", "rsync", "setfacl", "useradd", "su"):
+    for tool in ("/usr/sbin/sshd", "ssh", "ssh-keygen", "rsync", "setfacl", "getfacl", "useradd", "su"):
         if shutil.which(tool) is None:
             return f"{tool} is missing (scripts/test.sh installs openssh-server, rsync and acl with apt)"
     return None
@@ -107,7 +107,7 @@ class LaunchHost:
     user: str = LAUNCH_USER
     sshd: subprocess.Popen | None = None
     ssh_port: int = 0
-    acl_dirs: list[str] = field(default_factory=list)
+    acl_dirs: dict[str, bool] = field(default_factory=dict)  # dir -> had an ACL before
 
     @property
     def home(self) -> Path:
@@ -167,10 +167,11 @@ class LaunchHost:
 
     def _grant_traversal(self, path: Path) -> None:
         """Let the user through directories closed to others (e.g. /root), and only through."""
-        for d in reversed(path.parents):
-            if not os.stat(d).st_mode & 0o001:
-                subprocess.run(["setfacl", "-m", f"u:{self.user}:x", str(d)], check=True)
-                self.acl_dirs.append(str(d))
+        for d in map(str, reversed(path.parents)):
+            if not os.stat(d).st_mode & 0o001 and d not in self.acl_dirs:
+                had_acl = bool(run(["getfacl", "--skip-base", "-p", d], timeout=30).stdout.strip())
+                subprocess.run(["setfacl", "-m", f"u:{self.user}:x", d], check=True)
+                self.acl_dirs[d] = had_acl
 
     def _start_sshd(self) -> None:
         host_key = self.tmp / "ssh_host_ed25519_key"
@@ -213,8 +214,10 @@ class LaunchHost:
                 p.kill()  # only ours: the user exists for this test alone
         except KeyError:
             pass
-        for d in self.acl_dirs:
-            subprocess.run(["setfacl", "-x", f"u:{self.user}", d], check=False)
+        for d, had_acl in self.acl_dirs.items():
+            # -b also drops the mask entry that -m added, leaving the directory as it was
+            subprocess.run(["setfacl", "-x", f"u:{self.user}", d] if had_acl else ["setfacl", "-b", d],
+                           check=False)
         self.remove_user()
         shutil.rmtree(f"/tmp/torchinductor_{self.user}", ignore_errors=True)  # torch's cache
         return leftovers
