@@ -206,6 +206,45 @@ def check_address(address: str | None, *, timeout: float = 5.0) -> None:
         raise SearchError(f"--address {address}: cannot reach the Ray cluster ({err}). Is it up "
                           "(`ray status` on the head node)? Start one with `ray up cluster.yaml`, "
                           "or leave out --address to run on this machine.") from None
+    if not address.startswith("ray://"):  # HOST:PORT is the GCS; ray:// is the client server
+        check_token(address, timeout=timeout)
+
+
+def check_token(address: str, *, timeout: float = 5.0) -> None:
+    """Refuse, in words, a cluster (GCS at ``address``, HOST:PORT) that rejects this machine's
+    Ray token; ray.init would retry for about 20 s and then only say it could not connect.
+
+    Asks the GCS for its cluster id with the token Ray's own clients send (RAY_AUTH_MODE=token
+    and ~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN). Any other answer, an
+    unreachable or TLS-only GCS included, is left to ray.init.
+
+    >>> check_token("127.0.0.1:1", timeout=1)  # nothing there: not a token problem
+    """
+    import grpc
+    from ray._private.authentication.grpc_authentication_client_interceptor import (
+        _get_authentication_metadata_tuple)
+    from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+
+    metadata = _get_authentication_metadata_tuple()
+    with grpc.insecure_channel(address) as channel:
+        stub = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)
+        try:
+            stub.GetClusterId(gcs_service_pb2.GetClusterIdRequest(), timeout=timeout,
+                              metadata=metadata)
+            return
+        except grpc.RpcError as err:
+            if err.code() != grpc.StatusCode.UNAUTHENTICATED:
+                return
+    where = ("RAY_AUTH_TOKEN" if os.environ.get("RAY_AUTH_TOKEN")
+             else os.environ.get("RAY_AUTH_TOKEN_PATH") or "~/.ray/auth_token")
+    fix = ("Copy the token from the machine that ran `ray up` (its ~/.ray/auth_token) to "
+           "~/.ray/auth_token here (chmod 600), or point RAY_AUTH_TOKEN_PATH at it, and "
+           "export RAY_AUTH_MODE=token.")
+    if metadata:
+        raise SearchError(f"--address {address}: the Ray token on this machine ({where}) does "
+                          f"not match the cluster's token, so the cluster refuses it. {fix}")
+    raise SearchError(f"--address {address}: the cluster requires a Ray token and none is "
+                      f"set here (RAY_AUTH_MODE is not 'token', or no token file). {fix}")
 
 
 def check_local_precision(precisions: Sequence[str], *, address: str | None) -> None:

@@ -9,12 +9,12 @@ if [ ! -x .venv/bin/python ]; then
     echo "[setup] creating .venv with $($PY --version)"
     "$PY" -m venv .venv
 fi
-if ! .venv/bin/python -c "import marktune, torch, ray.tune, optuna, pytest" 2>/dev/null \
+if ! .venv/bin/python -c "import marktune, torch, ray.tune, optuna, pytest, aiohttp_cors, opencensus" 2>/dev/null \
    || [ pyproject.toml -nt .venv/.marktune-installed ]; then
     echo "[setup] installing pinned packages (torch comes from this machine's disk where it lies there)"
     # (this machine's pip config lists local indexes that may be absent: drop those warnings)
     .venv/bin/python -m pip install --quiet --upgrade pip 2> >(grep -v "is ignored: it is neither" >&2)
-    .venv/bin/python -m pip install --quiet -e '.[test]' 2> >(grep -v "is ignored: it is neither" >&2)
+    .venv/bin/python -m pip install --quiet -e '.[test,cluster]' 2> >(grep -v "is ignored: it is neither" >&2)
     touch .venv/.marktune-installed
 fi
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import re
+import shlex
 import socket
 from pathlib import Path
 
@@ -140,11 +141,69 @@ def test_onprem_head_runs_no_trials():
 @pytest.mark.parametrize("path", [AWS, ONPREM], ids=lambda p: p.name)
 def test_project_synced_and_installed_everywhere(path):
     c = ray_validate(load(path))
-    assert c["file_mounts"] == {"~/marktune": "."}
-    # prepare_config prepends setup_commands to both head and worker setup
+    assert c["file_mounts"]["~/marktune"] == "."
+    # prepare_config prepends setup_commands to both head and worker setup; the cluster
+    # extra brings the dashboard, the Jobs API and the autoscaler (ray[default])
     for key in ("head_setup_commands", "worker_setup_commands"):
-        assert any("pip install -q -e ~/marktune" in cmd for cmd in c[key]), key
+        assert any('pip install -q -e "$HOME/marktune[cluster]"' in cmd for cmd in c[key]), key
     assert ".gitignore" in c["rsync_filter"]  # keeps .venv and runs/ off the wire
+
+
+# --- token authentication and what listens where ----------------------------------
+
+def start_commands(c: dict) -> list[str]:
+    return [cmd for key in ("head_start_ray_commands", "worker_start_ray_commands")
+            for cmd in c[key] if "ray start" in cmd]
+
+
+@pytest.mark.parametrize("path", [AWS, ONPREM], ids=lambda p: p.name)
+def test_every_ray_start_runs_in_token_mode(path):
+    starts = start_commands(ray_validate(load(path)))
+    assert len(starts) == 2  # the head's and the workers'
+    for cmd in starts:
+        # set in the same shell, before `ray start`, and not unset or overridden after it
+        before, _, after = cmd.partition("ray start")
+        assert re.search(r"(^|[;&|]\s*)export RAY_AUTH_MODE=token\s*;", before), cmd
+        assert "RAY_AUTH_MODE" not in after, cmd
+        assert before.count("RAY_AUTH_MODE") == 1, cmd
+
+
+@pytest.mark.parametrize("path", [AWS, ONPREM], ids=lambda p: p.name)
+def test_dashboard_listens_on_localhost_only(path):
+    c = ray_validate(load(path))
+    (head,) = [cmd for cmd in c["head_start_ray_commands"] if "ray start" in cmd]
+    assert re.findall(r"--dashboard-host[= ](\S+)", head) == ["127.0.0.1"]
+    for cmd in start_commands(c) + c["setup_commands"]:
+        assert "0.0.0.0" not in cmd, cmd
+
+
+@pytest.mark.parametrize("path", [AWS, ONPREM], ids=lambda p: p.name)
+def test_token_reaches_every_node_readable_by_its_owner_only(path):
+    raw = load(path)
+    c = ray_validate(raw)
+    # top-level file_mounts go to the head and, from it, to every worker (no node type
+    # of cluster.yaml has its own file_mounts to replace them)
+    assert c["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+    for node_type in raw.get("available_node_types", {}).values():
+        assert "file_mounts" not in node_type
+    # setup_commands run on every node (prepare_config puts them before the head's and
+    # the workers' own); the token ends up mode 600 there, its directory 700
+    for key in ("head_setup_commands", "worker_setup_commands"):
+        assert any("chmod 600 ~/.ray/auth_token" in cmd and "chmod 700 ~/.ray" in cmd
+                   for cmd in c[key]), key
+    # ... and Ray commands run there later (ray exec, jobs) are in token mode too
+    assert any("echo 'export RAY_AUTH_MODE=token' >> ~/.bashrc" in cmd for cmd in c["setup_commands"])
+
+
+@pytest.mark.parametrize("path", [AWS, ONPREM], ids=lambda p: p.name)
+def test_every_command_is_one_complete_shell_command(path):
+    # YAML ends a plain scalar at " #": `echo 'x  # note' >> f` loses its closing quote
+    # (the PATH line once did, and every `ray up` stopped there)
+    c = ray_validate(load(path))
+    keys = [k for k in c if k.endswith("_commands")]
+    for key in keys:
+        for cmd in c[key]:
+            shlex.split(cmd)  # raises on an unclosed quote
 
 
 @pytest.mark.parametrize("path", [AWS, ONPREM], ids=lambda p: p.name)
@@ -157,7 +216,9 @@ def test_storage_is_set_in_one_place_for_every_node(path):
 
 
 def test_cluster_ray_matches_local_ray():
-    # The nodes install the ray pinned in pyproject.toml; `ray up` must be run
-    # with the same version (the launcher checks nothing of the sort itself).
-    pins = re.findall(r'"ray\[tune\]==([^"]+)"', (ROOT / "pyproject.toml").read_text())
-    assert pins == [ray.__version__]
+    # The nodes install the ray pinned in pyproject.toml (ray[tune], and ray[default] in the
+    # cluster extra); `ray up` must be run with the same version (the launcher checks
+    # nothing of the sort itself).
+    text = (ROOT / "pyproject.toml").read_text()
+    assert re.findall(r'"ray\[tune\]==([^"]+)"', text) == [ray.__version__]
+    assert re.findall(r'cluster = \["ray\[default\]==([^"]+)"\]', text) == [ray.__version__]
