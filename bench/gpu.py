@@ -53,6 +53,8 @@ def preset_config(args: argparse.Namespace, **overrides) -> MarkConfig:
     if args.epochs is not None:  # every epoch-based phase, and as many outer meta steps (at most the preset's)
         values["epochs"] = args.epochs
         values["meta_epochs"] = min(args.epochs, int(fixed.get("meta_epochs", 10)))
+    if args.meta is not None:
+        values["meta_epochs"], values["mini_tasks"], values["inner_steps"] = args.meta
     values.update(overrides)
     return MarkConfig.from_dict(values)
 
@@ -150,6 +152,8 @@ def section_packing(args: argparse.Namespace) -> dict:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--device", args.device,
                "--tasks", str(args.tasks), "--images-per-class", str(args.images_per_class),
                "--fraction", str(1.0 / n)]
+        if args.meta is not None:
+            cmd += ["--meta", ",".join(map(str, args.meta))]
         if args.epochs is not None:
             cmd += ["--epochs", str(args.epochs)]
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -191,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
                                                    "steps to at most this (default: the preset's 50 and 10)")
     parser.add_argument("--images-per-class", type=int, help="synthetic images per class "
                                                              "(default: 500 on CUDA, as CIFAR-100; 20 on a CPU)")
+    parser.add_argument("--meta", type=lambda s: [int(x) for x in s.split(",")], metavar="E,K,S",
+                        help="phase 4's outer steps, mini-tasks and inner steps (default: the preset's "
+                             "10,10,40 on CUDA, cut by --epochs; a smoke-test 1,2,5 on a CPU)")
     parser.add_argument("--pack", type=lambda s: [int(x) for x in s.split(",")],
                         help="trials packed at once, e.g. 1,2,4 (default: 1,2,4 on CUDA, 1,2 on a CPU)")
     parser.add_argument("--skip", default="", help="sections to skip: any of trial,precision,packing")
@@ -204,6 +211,10 @@ def main(argv: list[str] | None = None) -> int:
                          f"CUDA {torch.version.cuda}); use --device cpu")
     if args.images_per_class is None:
         args.images_per_class = 500 if on_cuda else 20
+    if args.meta is None and not on_cuda:  # a CPU only checks that every section runs
+        args.meta = [1, 2, 5]
+    if args.meta is not None and (len(args.meta) != 3 or min(args.meta) < 1):
+        raise SystemExit(f"--meta: expected three whole numbers >= 1, E,K,S (got {args.meta})")
     if args.pack is None:
         args.pack = [1, 2, 4] if on_cuda else [1, 2]
     if args.worker:

@@ -98,3 +98,23 @@ def test_deterministic_runs_give_identical_matrices_and_leave_torch_as_it_was():
         assert torch.are_deterministic_algorithms_enabled()
         assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.benchmark
     assert torch.are_deterministic_algorithms_enabled() == before
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_runs_end_to_end_on_the_cpu(tmp_path):
+    """The smoke test of bench/gpu.py: every section runs, without Ray (plain processes)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, str(root / "bench" / "gpu.py"), "--tasks", "2", "--epochs", "1",
+                           "--device", "cpu", "--json", str(tmp_path / "gpu.json")],
+                          capture_output=True, text=True, timeout=900, cwd=root)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for section in ("1. one trial", "meta_vmap off", "meta_vmap on", "2. phase 4 alone", "fp32",
+                    "3. trials packed", "1 at once", "2 at once", "4. device"):
+        assert section in proc.stdout, section
+    assert "extrapolated from 2 measured tasks" in proc.stdout
+    import json
+
+    figures = json.loads((tmp_path / "gpu.json").read_text())
+    assert set(figures["packing"]) == {"1", "2"} and figures["trial"]["meta_vmap=False"]["full_trial_s"] > 0
