@@ -435,7 +435,8 @@ def _cell(value: Any) -> Any:
 
 # ---------------------------------------------------------------- main
 def main(argv: Sequence[str] | None = None) -> int:
-    from marktune.search import SearchError, check_local_data, check_local_precision, check_storage, start_ray
+    from marktune.search import (SearchError, check_local_data, check_local_gpus, check_local_precision,
+                                 check_storage, start_ray)
 
     args = build_parser().parse_args(argv)
     try:
@@ -449,6 +450,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              download=bool(runtime.get("download")))
         check_local_precision([c.config.precision for c in plan.configs], address=args.address)
         check_storage(plan.storage)
+        check_local_gpus(plan.gpus_per_trial, address=args.address, num_gpus=args.num_gpus,
+                         cpu_fallback=bool(runtime.get("cpu_fallback")))
         start_ray(args, own_local=True)  # a Ray another program started is not joined
     except (ExperimentError, EvaluateError, ConfigError, SearchError) as err:
         print(f"error: {err}", file=sys.stderr)

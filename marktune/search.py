@@ -137,6 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--download", action="store_true", help="let trials download CIFAR-100/Fashion-MNIST")
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
     p.add_argument("--num-gpus", type=float, help="GPUs declared to the local Ray (default: detected)")
+    p.add_argument("--gpu-memory-fraction", type=float,
+                   help="cap each trial's GPU memory at this share of its GPU (default: its --gpus-per-trial)")
+    p.add_argument("--cpu-fallback", action="store_true",
+                   help="for fake GPUs (--num-gpus on a machine without CUDA, in tests): trials given a GPU "
+                        "run on the CPU instead of failing")
     p.add_argument("--top", type=int, default=5, help="rows of the best-trials table (default 5)")
     p.add_argument("-q", "--quiet", action="store_true", help="no Ray trial table")
     return p
@@ -258,6 +263,32 @@ def check_local_precision(precisions: Sequence[str], *, address: str | None) -> 
         return
     for precision in sorted(set(precisions)):
         check_precision(precision, "cpu")
+
+
+def check_local_gpus(gpus_per_trial: float | None, *, address: str | None, num_gpus: float | None,
+                     cpu_fallback: bool, cuda_available: Any = None) -> None:
+    """GPU trials on this machine's Ray need a GPU that CUDA can use: refuse them before Ray
+    starts. Declared fake GPUs (``--num-gpus``) pass, and their trials then fail loudly unless
+    ``--cpu-fallback``; on a cluster (``--address``) each trial checks for itself."""
+    import torch
+
+    if address or not gpus_per_trial or num_gpus is not None:
+        return
+    if not (cuda_available or torch.cuda.is_available)():
+        from marktune.devices import cuda_diagnosis
+
+        raise SearchError(f"--gpus-per-trial {gpus_per_trial:g}: no GPU is visible to this machine's Ray "
+                          f"({cuda_diagnosis()}). Use --gpus-per-trial 0 for CPU trials, or --address to "
+                          "run on a cluster with GPUs" + ("" if cpu_fallback else
+                          " (to test GPU packing with fake GPUs: --num-gpus N --cpu-fallback)"))
+
+
+def gpu_runtime(args: argparse.Namespace) -> dict[str, Any]:
+    """The trials' GPU runtime settings from the command line (``--cpu-fallback``, ``--gpu-memory-fraction``)."""
+    fraction = getattr(args, "gpu_memory_fraction", None)
+    if fraction is not None and not 0.0 < fraction <= 1.0:
+        raise SearchError(f"--gpu-memory-fraction must be in (0, 1] (got {fraction:g})")
+    return {"cpu_fallback": bool(getattr(args, "cpu_fallback", False)), "gpu_memory_fraction": fraction}
 
 
 def check_storage(storage: str, *, flag: str = "--storage") -> None:
@@ -404,7 +435,8 @@ def run_search(plan: SearchPlan, args: argparse.Namespace):
     trainable = tune.with_resources(train_mark_sequence, resources)
 
     param_space = plan.space.param_space(plan.overrides)
-    param_space[RUNTIME_KEY] = {"data_dir": args.data_dir, "download": args.download, "threads": threads}
+    param_space[RUNTIME_KEY] = {"data_dir": args.data_dir, "download": args.download, "threads": threads,
+                                **gpu_runtime(args)}
 
     callbacks = [JsonLoggerCallback(), CSVLoggerCallback(),
                  MarkTensorBoardCallback(searched=list(plan.space.params), num_tasks=plan.num_tasks),
@@ -632,6 +664,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                          download=args.download)
         check_local_precision(plan.space.precisions(plan.overrides), address=args.address)
         check_storage(plan.storage)
+        check_local_gpus(plan.gpus_per_trial, address=args.address, num_gpus=args.num_gpus,
+                         cpu_fallback=args.cpu_fallback)
+        gpu_runtime(args)
         start_ray(args)
     except (SpaceError, ConfigError, SearchError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -27,19 +27,27 @@ STATE_FILE = "learner.pt"
 RUNTIME_KEY = "marktune_runtime"  # non-learner settings riding in the trial config
 
 
-def trial_device() -> torch.device:
-    """The GPU Ray assigned to this trial if CUDA can see it, else the CPU.
+def trial_device(*, cpu_fallback: bool = False) -> torch.device:
+    """The GPU Ray assigned to this trial, the CPU for a CPU trial (``marktune.devices.choose_device``).
 
-    Fractional GPUs share one device; with fake GPUs (tests) or no CUDA build,
-    the trial runs on the CPU instead of failing.
+    A trial given a GPU that CUDA cannot use fails at once (``GpuUnusableError``), unless
+    ``cpu_fallback`` (the search's ``--cpu-fallback``, for fake GPUs in tests) says otherwise.
     """
     import ray
 
-    gpu_ids = ray.get_gpu_ids()
-    if gpu_ids and torch.cuda.is_available():
-        # Ray sets CUDA_VISIBLE_DEVICES to the assigned GPU(s): index 0 is ours.
-        return torch.device("cuda", 0)
-    return torch.device("cpu")
+    from marktune.devices import choose_device
+
+    return choose_device(gpu_ids=ray.get_gpu_ids(), cpu_fallback=cpu_fallback)
+
+
+def trial_gpu_fraction(runtime: dict[str, Any]) -> float | None:
+    """The share of its GPU this trial may allocate: ``--gpu-memory-fraction``, else what Ray gave it."""
+    if runtime.get("gpu_memory_fraction") is not None:
+        return float(runtime["gpu_memory_fraction"])
+    import ray
+
+    gpus = ray.get_runtime_context().get_assigned_resources().get("GPU")
+    return float(gpus) if gpus else None
 
 
 def train_mark_sequence(config: dict[str, Any]) -> None:
@@ -48,6 +56,7 @@ def train_mark_sequence(config: dict[str, Any]) -> None:
 
     from marktune.config import MarkConfig
     from marktune.data import load_benchmark_for
+    from marktune.devices import TrialOutOfMemoryError, cap_gpu_memory, out_of_memory_message
     from marktune.hardware import check_precision
     from marktune.learner import MarkLearner
     from marktune.reporting import task_scalars
@@ -61,7 +70,8 @@ def train_mark_sequence(config: dict[str, Any]) -> None:
     threads = runtime.get("threads")
     if threads:
         torch.set_num_threads(int(threads))
-    device = trial_device()
+    device = trial_device(cpu_fallback=bool(runtime.get("cpu_fallback")))
+    memory_fraction = cap_gpu_memory(device, trial_gpu_fraction(runtime))  # before anything is built
     check_precision(mark_config.precision, device)  # bf16 on a CPU without it: refuse, don't crawl
     benchmark = load_benchmark_for(mark_config, data_dir=runtime.get("data_dir"),
                                    download=bool(runtime.get("download", False)))
@@ -78,7 +88,11 @@ def train_mark_sequence(config: dict[str, Any]) -> None:
     node = os.environ.get("RAY_NODE_ID") or _node_id()
     while learner.tasks_done < learner.num_tasks:
         started = time.time()
-        report = learner.train_next_task()
+        try:
+            report = learner.train_next_task()
+        except torch.OutOfMemoryError as err:
+            raise TrialOutOfMemoryError(out_of_memory_message(
+                trial_settings=mark_config.to_dict(), fraction=memory_fraction, device=device, error=err)) from None
         val, test = learner.matrices()
         metrics = {
             TIME_ATTR: report.task + 1,
@@ -87,6 +101,7 @@ def train_mark_sequence(config: dict[str, Any]) -> None:
             "val_row": list(report.val_row),
             "test_row": list(report.test_row),
             "device": str(device),
+            "gpu_memory_fraction": memory_fraction,
             "node_id": node,
             "hostname": socket.gethostname(),
             "task_started_at": started,

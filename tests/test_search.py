@@ -120,7 +120,7 @@ def test_fractional_fake_gpus_pack_four_trials_on_the_device_the_runner_picks(tm
                         search_params={"lr_meta": {"type": "loguniform", "low": 0.001, "high": 0.1}}, samples=4)
     results, rows = _run(["--space", str(space), "--storage", str(tmp_path / "s"), "--name", "gpu",
                           "--num-cpus", "4", "--num-gpus", "1", "--gpus-per-trial", "0.25",
-                          "--cpus-per-trial", "1", "-q"])
+                          "--cpus-per-trial", "1", "--cpu-fallback", "-q"])
     assert len(rows) == 4 and all(r.status == "COMPLETE" for r in rows)
     spans = []
     for result in results:
@@ -130,6 +130,18 @@ def test_fractional_fake_gpus_pack_four_trials_on_the_device_the_runner_picks(tm
         spans.append((history["task_started_at"].min(), history["task_finished_at"].max()))
     # all four trials were running at one moment: the latest start precedes the earliest end
     assert max(s for s, _ in spans) < min(e for _, e in spans), spans
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a CUDA host the GPU trial can use CUDA: nothing fails")
+def test_a_gpu_trial_that_cannot_use_cuda_errors_at_once_with_the_reason(tmp_path):
+    space = _space_file(tmp_path, fixed={"num_tasks": 2},
+                        search_params={"lr_meta": {"type": "loguniform", "low": 0.001, "high": 0.1}}, samples=1)
+    results, rows = _run(["--space", str(space), "--storage", str(tmp_path / "s"), "--name", "nocuda",
+                          "--num-cpus", "2", "--num-gpus", "1", "--gpus-per-trial", "0.5", "--max-failures", "0",
+                          "-q"])  # a declared (fake) GPU and no --cpu-fallback
+    assert [r.status for r in rows] == ["ERROR"]
+    assert "GpuUnusableError" in rows[0].error or "cannot use CUDA" in rows[0].error, rows[0].error
+    assert rows[0].tasks_done == 0  # it failed before training anything
 
 
 def test_nan_trial_errors_with_a_reason_and_the_search_goes_on(tmp_path, capsys):
