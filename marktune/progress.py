@@ -22,10 +22,10 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from ray.tune import Callback
 
 from marktune.metrics import METRIC, TIME_ATTR
+from marktune.summary import error_reason
 
 STATUS_EVERY_S = 30.0
 
@@ -175,16 +175,3 @@ class SearchProgress(Callback):
         print(f"[marktune] {status_line(counts, self.tasks(counts), elapsed_s=time.monotonic() - self._start)}",
               flush=True)
         self._last_status = time.monotonic()
-
-
-def error_reason(trial) -> str:
-    try:
-        return first_line(Path(trial.error_file).read_text()) if trial.error_file else "unknown error"
-    except OSError:
-        return "unknown error"
-
-
-def first_line(text: str) -> str:
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    # the exception's own message is the last line of a traceback
-    return lines[-1] if lines else ""

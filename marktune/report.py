@@ -238,10 +238,20 @@ def search_points(exp: Experiment) -> list:
         except (ConfigError, TypeError, ValueError):
             continue
         kb, task = parameter_counts(config)
-        seconds = sum(float(r.get("task_seconds", math.nan)) for r in t.results)
+        seconds = sum(_task_seconds(r) for r in t.results)
         points.append(Point(label=t.trial_id, accuracy=t.val_acc, params=total_parameters(kb, task, config.tasks),
                             seconds=seconds))
     return points
+
+
+def _task_seconds(result: dict[str, Any]) -> float:
+    """A task's compute seconds as the trial reported them (else its start-to-finish time)."""
+    if isinstance(result.get("task_seconds"), (int, float)):
+        return float(result["task_seconds"])
+    try:
+        return float(result["task_finished_at"]) - float(result["task_started_at"])
+    except (KeyError, TypeError, ValueError):
+        return math.nan
 
 
 def evaluation_points(exp: Experiment) -> list:

@@ -28,9 +28,9 @@ import yaml
 
 from marktune.config import ConfigError, MarkConfig, parse_overrides
 from marktune.metrics import METRIC, TIME_ATTR
-from marktune.progress import first_line  # noqa: F401 - marktune.evaluate imports it from here
 from marktune.spaces import SearchSpace, SpaceError, available_spaces, load_space
 from marktune.study import JOURNAL_FILE, StorageError, StudyStorage
+from marktune.summary import first_line  # noqa: F401 - marktune.evaluate imports it from here
 from marktune.summary import TrialRow, format_table, trial_rows, unfinished, write_outputs
 
 DEFAULT_STORAGE = "results"
@@ -539,16 +539,27 @@ def resume_command(plan: SearchPlan) -> str:
     return cmd
 
 
-def check_before_ray(plan: SearchPlan, args: argparse.Namespace) -> None:
-    """Every check on the input that can be made before Ray starts (each in seconds):
-    the cluster address, the data set, the Optuna storage."""
+def check_flags_early(args: argparse.Namespace) -> None:
+    """Checks of flags on their own, before the space is even loaded (which imports torch): a
+    mistyped or unreachable address or database is an error within seconds."""
     check_address(args.address)
-    check_local_data(plan.base_config.benchmark, address=args.address, data_dir=args.data_dir,
-                     download=args.download)
+    if args.optuna_storage:
+        try:
+            StudyStorage(url=args.optuna_storage).check_reachable()
+        except StorageError as err:
+            raise SearchError(str(err)) from None
+
+
+def check_before_ray(plan: SearchPlan, args: argparse.Namespace) -> None:
+    """Every check on the input that can be made before Ray starts, cheapest first (each takes
+    seconds at most): the cluster address, the Optuna storage, the data set (which imports torch)."""
+    check_address(args.address)
     try:
         plan.study_storage.check(study_name=plan.name, resume=plan.resume)
     except StorageError as err:
         raise SearchError(str(err)) from None
+    check_local_data(plan.base_config.benchmark, address=args.address, data_dir=args.data_dir,
+                     download=args.download)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -557,6 +568,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args = apply_saved_settings(args, given_flags(argv))
+        check_flags_early(args)
         plan = plan_from_args(args)
         check_before_ray(plan, args)
         start_ray(args)

@@ -67,6 +67,12 @@ class StudyStorage:
             return optuna.storages.JournalStorage(JournalFileBackend(str(self.journal)))
         return optuna.storages.RDBStorage(self.url, engine_kwargs=_engine_kwargs(self.url))
 
+    def check_reachable(self) -> None:
+        """Raise StorageError when a URL is malformed, its folder missing or its host unreachable
+        (a probe that gives up after CONNECT_TIMEOUT_S). Nothing is created."""
+        if self.url is not None:
+            _check_url(self.url)
+
     def check(self, *, study_name: str, resume: bool) -> None:
         """Raise StorageError unless the storage opens, and holds the study exactly when resuming.
 
@@ -75,10 +81,13 @@ class StudyStorage:
         """
         if self.journal is not None and not self.journal.is_file():
             return  # created with the study; the experiment directory's own checks come first
-        if self.url is not None:
-            _check_url(self.url)
+        self.check_reachable()
         try:
             names = {s.study_name for s in self.open().get_all_studies()}
+        except ImportError as err:
+            raise StorageError(f"--optuna-storage {self.describe()}: the database driver is not installed "
+                               f"({_first_line(err.__cause__ or err)}); install it (e.g. psycopg2-binary for "
+                               "postgresql://, pymysql with mysql+pymysql://)") from None
         except Exception as err:  # noqa: BLE001 - SQLAlchemy, driver and file errors of every kind
             raise StorageError(f"--optuna-storage {self.describe()}: cannot open it "
                                f"({type(err).__name__}: {_first_line(err)})") from None
@@ -128,6 +137,16 @@ def _check_url(url: str) -> None:
             except OSError as err:
                 raise StorageError(f"--optuna-storage {hide_password(url)}: cannot reach {parsed.host}:{port} "
                                    f"({err}). Is the database up and reachable from this machine?") from None
+    try:  # imports the database driver, connects to nothing
+        from sqlalchemy import create_engine
+
+        create_engine(url).dispose()
+    except ImportError as err:
+        raise StorageError(f"--optuna-storage {hide_password(url)}: the database driver is not installed ({err}); "
+                           "install it (e.g. 'psycopg[binary]' for postgresql://, pymysql with "
+                           "mysql+pymysql://)") from None
+    except Exception as err:  # noqa: BLE001 - e.g. an unknown dialect
+        raise StorageError(f"--optuna-storage {hide_password(url)}: {type(err).__name__}: {_first_line(err)}") from None
 
 
 def _absolute_sqlite(url: str) -> str:

@@ -58,8 +58,6 @@ def trial_rows(results, *, searched: Sequence[str], num_tasks: int,
     RUNNING or, without a result, PENDING); a trial that ended with fewer tasks than planned
     is PRUNED. ``configs``: trial id -> its config, for trials that never wrote one.
     """
-    from marktune.progress import first_line
-
     rows = []
     keys = set(MarkConfig.field_names())
     for result in results:
@@ -132,3 +130,17 @@ def _short(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3g}"
     return str(value)
+
+
+def error_reason(trial) -> str:
+    """The last line of a Tune trial's error file: the exception's own message."""
+    try:
+        return first_line(Path(trial.error_file).read_text()) if trial.error_file else "unknown error"
+    except OSError:
+        return "unknown error"
+
+
+def first_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    # the exception's own message is the last line of a traceback
+    return lines[-1] if lines else ""
