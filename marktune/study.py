@@ -86,7 +86,7 @@ class StudyStorage:
             names = {s.study_name for s in self.open().get_all_studies()}
         except ImportError as err:
             raise StorageError(f"--optuna-storage {self.describe()}: the database driver is not installed "
-                               f"({_first_line(err.__cause__ or err)}); install it (e.g. psycopg2-binary for "
+                               f"({_first_line(err.__cause__ or err)}); install it (e.g. 'psycopg[binary]' for "
                                "postgresql://, pymysql with mysql+pymysql://)") from None
         except Exception as err:  # noqa: BLE001 - SQLAlchemy, driver and file errors of every kind
             raise StorageError(f"--optuna-storage {self.describe()}: cannot open it "
