@@ -350,10 +350,10 @@ def run_search(plan: SearchPlan, args: argparse.Namespace) -> SearchRun:
         name=plan.name, storage_path=plan.storage, callbacks=callbacks,
         failure_config=tune.FailureConfig(max_failures=args.max_failures),
         checkpoint_config=keep_every_checkpoint(),
-        # Ray's trial tables (30-line boxes per trial event) only when asked for; Ray's
-        # warnings go through logging and are shown either way
+        # Ray's trial tables only when asked for (see quiet_ray_output)
         verbose=1 if args.verbose else 0,
     )
+    quiet_ray_output(verbose=args.verbose)
     experiment = plan.experiment
     if args.resume:
         # Trials the lost driver left RUNNING or PENDING continue from their last checkpoint
@@ -393,6 +393,14 @@ def run_search(plan: SearchPlan, args: argparse.Namespace) -> SearchRun:
         study = None
     return SearchRun(results=results, experiment=experiment, study=study,
                      statuses=last_trial_statuses(experiment))
+
+
+def quiet_ray_output(*, verbose: bool) -> None:
+    """Ray's trial tables with --verbose only. Tune 2.60's default output engine prints its
+    configuration box at the start and a full trial table at the end even with verbose=0;
+    its legacy engine (RAY_AIR_NEW_OUTPUT=0) at verbose=0 prints nothing. Ray's warnings go
+    through logging and are shown either way. Read by Tune when the Tuner runs."""
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "1" if verbose else "0"
 
 
 def _trial_name(trial) -> str:

@@ -182,18 +182,17 @@ class ResumableASHA(AsyncHyperBandScheduler):
 
 def reported_results(trial) -> list[dict[str, Any]]:
     """What a Tune trial reported so far: its ``result.json`` lines (driver copy, else storage)."""
+    if not getattr(trial, "has_reported_at_least_once", True):
+        return []  # a new trial (it has no directory yet), or a restored one that never reported
     texts = []
-    if getattr(trial, "local_path", None):
-        try:
-            texts.append((Path(trial.local_path) / "result.json").read_text())
-        except OSError:
-            pass
-    if not texts and getattr(trial, "path", None):
+    try:
+        texts.append((Path(trial.local_path) / "result.json").read_text())
+    except (OSError, RuntimeError, TypeError):  # no driver copy (RuntimeError: no directory name yet)
         try:
             filesystem = trial.storage.storage_filesystem
             with filesystem.open_input_stream(f"{trial.path}/result.json") as f:
                 texts.append(f.readall().decode())
-        except Exception:  # noqa: BLE001 - no results yet (a trial never started)
+        except Exception:  # noqa: BLE001 - nothing reported anywhere
             pass
     out = []
     for line in "".join(texts).splitlines():
