@@ -30,7 +30,7 @@ from marktune.spaces import SearchSpace, SpaceError, available_spaces, load_spac
 from marktune.study import JOURNAL_FILE, StorageError, StudyStorage
 from marktune.summary import first_line  # noqa: F401 - marktune.evaluate imports it from here
 from marktune.summary import TrialRow, format_table, trial_rows, unfinished, write_outputs
-from marktune.tune_setup import keep_every_checkpoint, last_trial_statuses, prepare_tune, prune_checkpoints  # noqa: F401 - marktune.evaluate imports them from here
+from marktune.tune_setup import keep_every_checkpoint, last_trial_states, prepare_tune, prune_checkpoints  # noqa: F401 - marktune.evaluate imports them from here
 
 DEFAULT_STORAGE = "results"
 
@@ -315,11 +315,15 @@ class SearchRun:
     results: Any  # Tune's ResultGrid
     experiment: str
     study: Any  # optuna.Study, read back from its storage
-    statuses: dict[str, str]  # trial id -> Tune's status in the last experiment state it saved
+    states: dict[str, dict]  # trial id -> its status and config in the last experiment state Tune saved
 
     def interrupted(self, trial_id: str) -> bool:
         """Whether the search stopped (Ctrl-C) while this trial ran or waited."""
-        return self.statuses.get(trial_id, "") in ("RUNNING", "PAUSED", "PENDING")
+        return self.states.get(trial_id, {}).get("status") in ("RUNNING", "PAUSED", "PENDING")
+
+    def configs(self) -> dict[str, dict]:
+        """Every trial's config, also of trials that never reported (their results have none)."""
+        return {tid: state["config"] for tid, state in self.states.items()}
 
 
 def run_search(plan: SearchPlan, args: argparse.Namespace) -> SearchRun:
@@ -392,7 +396,7 @@ def run_search(plan: SearchPlan, args: argparse.Namespace) -> SearchRun:
     except KeyError:  # interrupted before the searcher created it
         study = None
     return SearchRun(results=results, experiment=experiment, study=study,
-                     statuses=last_trial_statuses(experiment))
+                     states=last_trial_states(experiment))
 
 
 def quiet_ray_output(*, verbose: bool) -> None:
@@ -413,7 +417,8 @@ def summarize(run: SearchRun, plan: SearchPlan, *, top: int) -> list[TrialRow]:
     """Print the best-trials table (and, after Ctrl-C, how to continue); write trials.csv and
     best_config.yaml next to the experiment."""
     searched = list(plan.space.params)
-    rows = trial_rows(run.results, searched=searched, num_tasks=plan.num_tasks, interrupted=run.interrupted)
+    rows = trial_rows(run.results, searched=searched, num_tasks=plan.num_tasks, interrupted=run.interrupted,
+                      configs=run.configs())
     out_dir = plan.local_dir()
     best = write_outputs(rows, out_dir, searched=searched, space_name=plan.space.name)
     counts = {s: sum(r.status == s for r in rows) for s in ("COMPLETE", "PRUNED", "ERROR", "RUNNING", "PENDING")}

@@ -67,6 +67,10 @@ class StudyStorage:
             return optuna.storages.JournalStorage(JournalFileBackend(str(self.journal)))
         return optuna.storages.RDBStorage(self.url, engine_kwargs=_engine_kwargs(self.url))
 
+    def _flag(self) -> str:
+        return (f"--optuna-storage {self.describe()}" if self.url is not None
+                else f"the experiment's study journal {self.journal}")
+
     def check_reachable(self) -> None:
         """Raise StorageError when a URL is malformed, its folder missing or its host unreachable
         (a probe that gives up after CONNECT_TIMEOUT_S). Nothing is created."""
@@ -89,14 +93,14 @@ class StudyStorage:
                                f"({_first_line(err.__cause__ or err)}); install it (e.g. 'psycopg[binary]' for "
                                "postgresql://, pymysql with mysql+pymysql://)") from None
         except Exception as err:  # noqa: BLE001 - SQLAlchemy, driver and file errors of every kind
-            raise StorageError(f"--optuna-storage {self.describe()}: cannot open it "
+            raise StorageError(f"{self._flag()}: cannot open it "
                                f"({type(err).__name__}: {_first_line(err)})") from None
         if resume and study_name not in names and self.url is not None:
             raise StorageError(f"--optuna-storage {self.describe()} has no study {study_name!r} to resume "
                                f"(it has: {', '.join(sorted(names)) or 'none'}); give the storage the "
                                "search started with")
         if not resume and study_name in names:
-            raise StorageError(f"--optuna-storage {self.describe()} already holds a study {study_name!r}; "
+            raise StorageError(f"{self._flag()} already holds a study {study_name!r}; "
                                "give a new --name, or --resume to continue that search")
 
 

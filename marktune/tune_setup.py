@@ -4,7 +4,7 @@
   TensorBoard logger, the snapshot period, how many trials may start at once).
 * :func:`keep_every_checkpoint` / :func:`prune_checkpoints`: the checkpoint policy (every
   checkpoint while trials run, the newest only afterwards).
-* :func:`last_trial_statuses`: each trial's status in the newest experiment state.
+* :func:`last_trial_states`: each trial's status and config in the newest experiment state.
 
 Works on local paths and ``s3://`` (through pyarrow's filesystems).
 """
@@ -14,8 +14,8 @@ import os
 from pathlib import Path
 
 
-def last_trial_statuses(experiment: str) -> dict[str, str]:
-    """Trial id -> status in the newest ``experiment_state-*.json``.
+def last_trial_states(experiment: str) -> dict[str, dict]:
+    """Trial id -> ``{"status": ..., "config": ...}`` in the newest ``experiment_state-*.json``.
 
     Tune saves that state once more after its loop ends and before it stops the trials, so
     after Ctrl-C it still says RUNNING/PENDING for the trials that were cut short (the Trial
@@ -38,7 +38,9 @@ def last_trial_statuses(experiment: str) -> dict[str, str]:
             info = json.loads(item[0])
         except (TypeError, ValueError, IndexError):
             continue
-        out[str(info.get("trial_id"))] = str(info.get("status"))
+        config = info.get("config")
+        out[str(info.get("trial_id"))] = {"status": str(info.get("status")),
+                                          "config": config if isinstance(config, dict) else {}}
     return out
 
 
