@@ -490,7 +490,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     run = run_search(plan, args)
-    prune_checkpoints(run.experiment)
+    if not any(run.interrupted(tid) for tid in run.states):
+        # after Ctrl-C a trial's newest checkpoint may be newer than the one the saved state
+        # names (written, not yet registered): keep them all until the resumed run ends
+        prune_checkpoints(run.experiment)
     rows = summarize(run, plan, top=args.top)
     return 130 if unfinished(rows) or len(rows) < plan.samples else 0
 
