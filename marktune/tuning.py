@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
@@ -79,7 +80,11 @@ class MarkOptunaSearch(OptunaSearch):
             return
         value = result.get(self.metric)
         if value is not None and math.isfinite(value):
-            self._ot_trials[trial_id].report(value, int(result[TIME_ATTR]))
+            with warnings.catch_warnings():
+                # a trial resumed from an older checkpoint reports its last tasks again (same
+                # values); Optuna keeps the first and warns about each repeat
+                warnings.filterwarnings("ignore", message="The reported value is ignored")
+                self._ot_trials[trial_id].report(value, int(result[TIME_ATTR]))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         from optuna.trial import TrialState

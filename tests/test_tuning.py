@@ -174,6 +174,8 @@ def _run_interrupted_then_resumed(tmp_path: Path, scheduler) -> dict[str, list[i
     param_space = {"row": tune.grid_search([0, 1, 2]), "values": tune.sample_from(lambda c: configs[c["row"]]["values"]),
                    "interrupt": tune.sample_from(lambda c: configs[c["row"]]["interrupt"]),
                    "marker": str(tmp_path / "marker"), "driver_pid": os.getpid()}
+    # the trainable lives in this test file, which Ray's workers cannot import: ship it by value
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     ray.init(address="local", num_cpus=1, include_dashboard=False, ignore_reinit_error=True)
     try:
         tuner = tune.Tuner(_trainable, param_space=param_space,
