@@ -49,7 +49,7 @@ class TaskCounts:
     done: int
     planned: int  # tasks of finished trials as they ran, plus every task of the others
     seconds_per_task: float  # measured: mean compute seconds of a task so far (nan before any)
-    running: int  # trials running now (the parallelism the ETA assumes)
+    running: int  # trials that ran at once (the most seen so far: the parallelism the ETA assumes)
 
     def eta_s(self) -> float:
         """Seconds left if no more trial is pruned (an upper bound); nan before any task."""
@@ -95,12 +95,14 @@ class SearchProgress(Callback):
         self.task_seconds: list[float] = []
         self._start = time.monotonic()
         self._last_status = time.monotonic()
+        self._most_running = 0
 
     def __setstate__(self, state: dict) -> None:
         # Tune pickles the callbacks with the Tuner and restores them on --resume: a new run,
         # with its own clock
         self.__dict__.update(state)
         self._start = self._last_status = time.monotonic()
+        self._most_running = 0
 
     # ------------------------------------------------------------ Tune's events
     def on_step_end(self, iteration: int, trials: list, **info) -> None:
@@ -114,6 +116,7 @@ class SearchProgress(Callback):
                     self.ended[trial.trial_id] = self._verdict(self.tasks_done[trial.trial_id])
                 elif trial.status == "ERROR":
                     self.ended[trial.trial_id] = "ERROR"
+        self._most_running = max(self._most_running, sum(t.status == "RUNNING" for t in trials))
         if self.status_lines and time.monotonic() - self._last_status >= self.every_s:
             self.print_status()
 
@@ -167,8 +170,11 @@ class SearchProgress(Callback):
         finished = sum(n for t, n in self.tasks_done.items() if t in self.ended)
         unfinished_trials = counts.total - len(self.ended)
         seconds = sum(self.task_seconds) / len(self.task_seconds) if self.task_seconds else math.nan
+        # the most trials seen running at once, not the count of this instant: between one
+        # trial's end and the next one's start the ETA would double
+        self._most_running = max(self._most_running, counts.running)
         return TaskCounts(done=done, planned=finished + unfinished_trials * self.num_tasks,
-                          seconds_per_task=seconds, running=counts.running)
+                          seconds_per_task=seconds, running=max(1, min(self._most_running, counts.unfinished)))
 
     def print_status(self, trials: list | None = None) -> None:
         counts = self.counts(trials)

@@ -44,7 +44,8 @@ def test_status_counts_follow_tunes_events(capsys):
         (1, 1, 0, 1, 2, 5)  # two trials not created yet are pending
     tasks = progress.tasks(counts)
     assert (tasks.done, tasks.planned) == (4, 3 + 1 + 3 * 3)
-    assert tasks.eta_s() == (13 - 4) * 10.0 / 1  # one trial running
+    assert tasks.eta_s() == (13 - 4) * 10.0 / 2  # two trials ran at once (a and b), one runs now
+    assert tasks.running == 2
     out = capsys.readouterr().out.splitlines()
     assert sum("task " in ln for ln in out) == 4
     status = [ln for ln in out if " complete, " in ln]
