@@ -145,21 +145,28 @@ def test_restored_trials_refill_the_rungs(tmp_path, restorable):
 
 # ---------------------------------------------------------------- end to end on Tune
 def _trainable(config):
-    """Reports config["values"] task by task. The trial marked "interrupt" sends SIGINT to the
-    driver once (as Ctrl-C would), before it reports anything, then waits to be stopped."""
+    """Reports config["values"] task by task. The trial marked "interrupt" waits until the other
+    two have finished, then sends SIGINT to the driver once (as Ctrl-C would), before it reports
+    anything, and waits to be stopped."""
     from ray import tune
 
     marker = Path(config["marker"])
     if config["interrupt"] and not marker.exists():
+        def finished() -> int:  # trials whose last task the driver has written down
+            return sum(f'"{TIME_ATTR}": 4' in p.read_text() for p in Path(config["experiment"]).glob("*/result.json"))
+
+        deadline = time.time() + 300
+        while finished() < 2 and time.time() < deadline:
+            time.sleep(0.2)
         marker.write_text("interrupted")
         os.kill(config["driver_pid"], signal.SIGINT)
-        time.sleep(120)
+        time.sleep(300)
     for t, value in enumerate(config["values"], start=1):
         tune.report({TIME_ATTR: t, METRIC: value})
 
 
 def _run_interrupted_then_resumed(tmp_path: Path, scheduler) -> dict[str, list[int]]:
-    """Two good trials finish, the third is interrupted by SIGINT before it reports; the run is
+    """Two good trials finish, the third interrupts the run (SIGINT) before it reports; the run is
     restored (Tuner.restore, as --resume does) and the third runs. Returns tasks reported per
     trial's first value."""
     import ray
@@ -173,22 +180,24 @@ def _run_interrupted_then_resumed(tmp_path: Path, scheduler) -> dict[str, list[i
                {"values": [0.5, 0.5, 0.5, 0.5], "interrupt": True}]
     param_space = {"row": tune.grid_search([0, 1, 2]), "values": tune.sample_from(lambda c: configs[c["row"]]["values"]),
                    "interrupt": tune.sample_from(lambda c: configs[c["row"]]["interrupt"]),
-                   "marker": str(tmp_path / "marker"), "driver_pid": os.getpid()}
+                   "marker": str(tmp_path / "marker"), "experiment": str(tmp_path / "s" / "exp"),
+                   "driver_pid": os.getpid()}
     # the trainable lives in this test file, which Ray's workers cannot import: ship it by value
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     ray.init(address="local", num_cpus=1, include_dashboard=False, ignore_reinit_error=True)
     try:
-        tuner = tune.Tuner(_trainable, param_space=param_space,
+        # all three at once (0.3 CPU each): the interrupting one waits for the other two
+        trainable = tune.with_resources(_trainable, {"cpu": 0.3})
+        tuner = tune.Tuner(trainable, param_space=param_space,
                            # result.json explicitly: another test in this process may have
                            # turned Tune's automatic loggers off (marktune.search.prepare_tune)
                            run_config=tune.RunConfig(name="exp", storage_path=str(tmp_path / "s"), verbose=0,
                                                      callbacks=[JsonLoggerCallback()]),
-                           tune_config=tune.TuneConfig(metric=metric, mode="max", scheduler=scheduler,
-                                                       max_concurrent_trials=1))
+                           tune_config=tune.TuneConfig(metric=metric, mode="max", scheduler=scheduler))
         first = tuner.fit()
         assert (tmp_path / "marker").exists(), "the interrupting trial never ran"
         assert len([r for r in first if r.metrics and r.metrics.get(TIME_ATTR) == 4]) == 2
-        restored = tune.Tuner.restore(str(tmp_path / "s" / "exp"), trainable=_trainable, resume_unfinished=True)
+        restored = tune.Tuner.restore(str(tmp_path / "s" / "exp"), trainable=trainable, resume_unfinished=True)
         results = restored.fit()
     finally:
         ray.shutdown()
