@@ -292,5 +292,5 @@ def test_interrupted_search_says_so_and_resume_finishes_it(tmp_path):
     study = _journal_study(experiment, "sig")
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * samples
     assert all(sorted(t.intermediate_values) == list(range(1, num_tasks + 1)) for t in study.trials)
-    assert "interrupted" not in resumed.stdout
+    assert "[marktune] interrupted:" not in resumed.stdout
     assert json.loads((experiment / "marktune_search.json").read_text())["study_name"] == "sig"
