@@ -206,7 +206,7 @@ def _run_interrupted_then_resumed(tmp_path: Path, scheduler) -> dict[str, list[i
 
 @pytest.mark.slow
 @pytest.mark.parametrize("restorable", [True, False], ids=["ResumableASHA", "Tune's ASHA (before)"])
-def test_resumed_search_keeps_pruning(tmp_path, restorable):
+def test_resumed_search_keeps_pruning(tmp_path, restorable, monkeypatch):
     """After the resume, the interrupted trial reports 0.5 after the grace period, below the
     rung's cut (0.85, from the two trials that finished before the interruption): it is
     stopped there. With Tune's own ASHA the rungs are empty after the resume and it runs on."""
@@ -216,6 +216,9 @@ def test_resumed_search_keeps_pruning(tmp_path, restorable):
 
     scheduler = (make_scheduler(num_tasks=4, grace_period=1, reduction_factor=2) if restorable else
                  AsyncHyperBandScheduler(time_attr=TIME_ATTR, max_t=4, grace_period=1, reduction_factor=2))
+    # the driver writes results to its staging folder and copies them to the experiment's folder
+    # with each state snapshot: every second here, as marktune.search sets it
+    monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "1")
     tasks = _run_interrupted_then_resumed(tmp_path, scheduler)
     assert tasks["0.9"] == 4 and tasks["0.8"] == 4
     assert tasks["0.5"] == (1 if restorable else 4)
