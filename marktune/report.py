@@ -6,8 +6,10 @@ One self-contained HTML file (CSS inline, figures embedded as base64 PNG) with:
 * mean validation accuracy per task of every trial (trials stopped by ASHA end early,
   dashed, with a cross where they stopped; unfinished ones dotted);
 * the best trial's accuracy matrices (test and validation) as heat maps;
-* parameter importances from the Optuna study (``optuna_study.pkl``, written at the end of a
-  search; the Tune searcher's checkpoint is used when the search was interrupted);
+* parameter importances from the Optuna study, read from its storage (the journal file
+  ``optuna_journal.log`` in the experiment directory, or the search's ``--optuna-storage``);
+* accuracy against total parameters and against compute seconds, with the Pareto front
+  (complete trials; and the evaluation's configurations when there is an evaluation);
 * the evaluation table, when ``python -m marktune.evaluate`` has been run.
 
 The figures are also written as PNG files in ``<experiment>/figures/`` (for papers).
@@ -17,11 +19,9 @@ from __future__ import annotations
 
 import argparse
 import base64
-import glob
 import html
 import io
 import math
-import pickle
 import sys
 import time
 from pathlib import Path
@@ -125,28 +125,11 @@ def _png(fig, path: Path) -> str:
 
 
 # ---------------------------------------------------------------- optuna
-def load_study(exp: Experiment):
-    """(study or None, where it came from or why there is none)."""
-    path = exp.path / "optuna_study.pkl"
-    if path.is_file():
-        try:
-            with open(path, "rb") as f:
-                return pickle.load(f), path.name
-        except Exception as err:  # noqa: BLE001 - a damaged file is reported, not fatal
-            return None, f"{path.name} cannot be read ({type(err).__name__}: {err})"
-    # interrupted search: Tune's searcher checkpoint holds the study
-    for state in sorted(glob.glob(str(exp.path / "searcher-state-*.pkl")), reverse=True):
-        try:
-            import cloudpickle
+def load_study(exp: Experiment, *, url: str | None = None):
+    """(study or None, where it came from or why there is none), from the study's storage."""
+    from marktune.study import study_of_experiment
 
-            with open(state, "rb") as f:
-                data = cloudpickle.load(f)
-            study = data.get("_ot_study") if isinstance(data, dict) else getattr(data, "_ot_study", None)
-            if study is not None:
-                return study, f"{Path(state).name} (the search did not finish, so no optuna_study.pkl)"
-        except Exception:  # noqa: BLE001
-            continue
-    return None, "no optuna_study.pkl (it is written when a search ends) and no readable searcher checkpoint"
+    return study_of_experiment(exp.path, url=url)
 
 
 def importances(study) -> tuple[dict[str, float] | None, str]:
@@ -241,7 +224,89 @@ def evaluation_section(exp: Experiment) -> str:
             "to re-run the best configurations over fresh seeds, then this report again.</p>")
 
 
-def build_report(exp: Experiment, out: Path | None = None) -> Path:
+def search_points(exp: Experiment) -> list:
+    """One pareto.Point per complete trial: validation ACC, total parameters from its config
+    (as marktune.evaluate counts them), and the compute seconds of its tasks."""
+    from marktune.config import ConfigError, MarkConfig
+    from marktune.evaluate import parameter_counts
+    from marktune.pareto import Point, total_parameters
+
+    points = []
+    for t in exp.by_status("COMPLETE"):
+        try:
+            config = MarkConfig.from_dict(t.config)
+        except (ConfigError, TypeError, ValueError):
+            continue
+        kb, task = parameter_counts(config)
+        seconds = sum(_task_seconds(r) for r in t.results)
+        points.append(Point(label=t.trial_id, accuracy=t.val_acc, params=total_parameters(kb, task, config.tasks),
+                            seconds=seconds))
+    return points
+
+
+def _task_seconds(result: dict[str, Any]) -> float:
+    """A task's compute seconds as the trial reported them (else its start-to-finish time)."""
+    if isinstance(result.get("task_seconds"), (int, float)):
+        return float(result["task_seconds"])
+    try:
+        return float(result["task_finished_at"]) - float(result["task_started_at"])
+    except (KeyError, TypeError, ValueError):
+        return math.nan
+
+
+def evaluation_points(exp: Experiment) -> list:
+    """One pareto.Point per evaluated configuration: mean test ACC over seeds, total parameters,
+    mean wall seconds of a run; [] without an evaluation."""
+    from marktune.evaluate import aggregate, read_csv
+    from marktune.pareto import Point, total_parameters
+
+    path = exp.path / "evaluation.csv"
+    if not path.is_file():
+        return []
+    try:
+        summaries = aggregate(read_csv(path))
+    except (OSError, KeyError, ValueError):
+        return []
+    return [Point(label=s.configuration, accuracy=s.test_acc[0],
+                  params=total_parameters(s.kb_params, s.task_params, exp.num_tasks), seconds=s.wall_seconds)
+            for s in summaries if s.ok]
+
+
+def pareto_section(exp: Experiment, figures: Path) -> str:
+    """Accuracy against total parameters and compute seconds, the non-dominated joined."""
+    from marktune.pareto import figure, pareto_front
+
+    parts = ["<p>What a configuration costs: total parameters (the shared KB plus T times a task's "
+             "feature extractor, mask generator and classifier, counted from the configuration) and compute "
+             "seconds. Red, joined and labelled: the non-dominated ones (no other is both cheaper and more "
+             "accurate).</p>"]
+    views = [("search", search_points(exp), "validation ACC after the last task",
+              f"{exp.name}: complete trials", "pareto_search.png", "pareto-search-table"),
+             ("evaluation", evaluation_points(exp), "test ACC (mean over seeds)",
+              f"{exp.name}: evaluated configurations", "pareto_evaluation.png", "pareto-evaluation-table")]
+    for kind, points, ylabel, title, png, table_id in views:
+        if not points:
+            if kind == "search":
+                parts.append("<p class='note'>No complete trial yet: no trade-off to show.</p>")
+            continue
+        b64 = _png(figure(points, title=title, accuracy_label=ylabel), figures / png)
+        parts.append(f"<h3>{'Search' if kind == 'search' else 'Evaluation'}</h3>")
+        parts.append(f"<img alt='pareto front of the {kind}' src='data:image/png;base64,{b64}'>")
+        on_params = {points[i].label for i in pareto_front([(p.params, p.accuracy) for p in points])}
+        on_seconds = {points[i].label for i in pareto_front([(p.seconds, p.accuracy) for p in points])}
+        rows = [f"<table id='{table_id}'><tr><th class='l'>{'trial' if kind == 'search' else 'configuration'}</th>"
+                f"<th>{html.escape(ylabel)}</th><th>total params</th><th>compute s</th>"
+                "<th class='l'>non-dominated on</th></tr>"]
+        for p in sorted(points, key=lambda p: -p.accuracy):
+            on = ", ".join(w for w, s in (("params", on_params), ("seconds", on_seconds)) if p.label in s)
+            rows.append(f"<tr><td class='l'>{html.escape(p.label)}</td><td>{_fmt(p.accuracy)}</td>"
+                        f"<td>{p.params:,.0f}</td><td>{p.seconds:.1f}</td><td class='l'>{on or '-'}</td></tr>")
+        rows.append("</table>")
+        parts.append("\n".join(rows))
+    return "\n".join(parts)
+
+
+def build_report(exp: Experiment, out: Path | None = None, *, optuna_storage: str | None = None) -> Path:
     """Write report.html and figures/*.png; return the HTML file's path."""
     out = out or exp.path / "report.html"
     figures = exp.path / "figures"
@@ -287,7 +352,7 @@ def build_report(exp: Experiment, out: Path | None = None) -> Path:
         parts.append("<p class='note'>No trial has reported a task yet.</p>")
 
     parts.append("<h2 id='importances'>Parameter importances</h2>")
-    study, source = load_study(exp)
+    study, source = load_study(exp, url=optuna_storage)
     if study is None:
         parts.append(f"<p class='note'>No Optuna study: {html.escape(source)}.</p>")
     else:
@@ -301,6 +366,9 @@ def build_report(exp: Experiment, out: Path | None = None) -> Path:
             parts.append("<table id='importances-table'><tr><th class='l'>setting</th><th>importance</th></tr>"
                          + "".join(f"<tr><td class='l'>{html.escape(k)}</td><td>{v:.3f}</td></tr>"
                                    for k, v in values.items()) + "</table>")
+
+    parts.append("<h2 id='pareto'>Accuracy against size and compute</h2>")
+    parts.append(pareto_section(exp, figures))
 
     parts.append("<h2 id='evaluation'>Evaluation over seeds</h2>")
     parts.append(evaluation_section(exp))
@@ -321,6 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("experiment", help="the search's experiment directory (<storage>/<name>)")
     p.add_argument("--out", help="HTML file to write (default: <experiment>/report.html)")
+    p.add_argument("--optuna-storage", metavar="URL",
+                   help="the study's database, when the search used --optuna-storage with a password "
+                        "(default: what the search recorded, else its optuna_journal.log)")
     return p
 
 
@@ -334,7 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     note = exp.missing_note()
     if note:
         print(f"[marktune] {note}")
-    path = build_report(exp, Path(args.out) if args.out else None)
+    path = build_report(exp, Path(args.out) if args.out else None, optuna_storage=args.optuna_storage)
     print(f"[marktune] report: {path}")
     print(f"[marktune] figures: {exp.path / 'figures'} ({', '.join(sorted(p.name for p in (exp.path / 'figures').glob('*.png')))})")
     return 0

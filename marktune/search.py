@@ -5,11 +5,16 @@ Ray Tune runs one trial per configuration (a whole MARK sequence, see
 trials on the mean validation accuracy reported after every task. At the end: a table
 of the best trials, ``best_config.yaml`` (runnable with ``python -m marktune.run --config``)
 and ``trials.csv``; TensorBoard compares all trials.
+
+This module is the command line: its flags, the plan, the checks made before Ray starts,
+starting Ray and the Tuner, and the end-of-run summary. What decides trials lives in
+:mod:`marktune.tuning` (Optuna searcher, resumable ASHA), where the study lives in
+:mod:`marktune.study`, what is printed while trials run in :mod:`marktune.progress`, and the
+end-of-run rows and files in :mod:`marktune.summary`.
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import os
 import socket
@@ -19,85 +24,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import yaml
-
 from marktune.config import ConfigError, MarkConfig, parse_overrides
-from marktune.metrics import METRIC, TIME_ATTR
+from marktune.metrics import METRIC
 from marktune.spaces import SearchSpace, SpaceError, available_spaces, load_space
+from marktune.study import JOURNAL_FILE, StorageError, StudyStorage
+from marktune.summary import first_line  # noqa: F401 - marktune.evaluate imports it from here
+from marktune.summary import TrialRow, format_table, trial_rows, unfinished, write_outputs
+from marktune.tune_setup import keep_every_checkpoint, last_trial_states, prepare_tune, prune_checkpoints  # noqa: F401 - marktune.evaluate imports them from here
 
 DEFAULT_STORAGE = "results"
 
 
 class SearchError(ValueError):
     """A flag or an environment problem found before any trial starts."""
-
-
-# ---------------------------------------------------------------- the searcher
-def make_searcher(*, num_tasks: int, seed: int | None):
-    """Optuna TPE behind Tune, telling Optuna the truth about ASHA-stopped trials."""
-    import optuna
-    from optuna.trial import TrialState
-    from ray.tune.search.optuna import OptunaSearch
-
-    class MarkOptunaSearch(OptunaSearch):
-        """OptunaSearch that reports trials ASHA stopped as PRUNED, not COMPLETE.
-
-        Mean accuracy over tasks seen is not comparable across task counts: a trial
-        stopped after 2 tasks must not teach TPE its 2-task mean as a final value.
-        Intermediate values go in at step = tasks done; only trials that ran every
-        task are told COMPLETE.
-        """
-
-        def on_trial_result(self, trial_id: str, result: dict) -> None:
-            if trial_id in self._completed_trials or trial_id not in self._ot_trials:
-                return
-            value = result.get(self.metric)
-            if value is not None and math.isfinite(value):
-                self._ot_trials[trial_id].report(value, int(result[TIME_ATTR]))
-
-        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-            if trial_id in self._completed_trials or trial_id not in self._ot_trials:
-                return
-            ot_trial = self._ot_trials[trial_id]
-            finished = bool(result) and int(result.get(TIME_ATTR, 0)) >= num_tasks
-            value = result.get(self.metric) if result else None
-            if result and TIME_ATTR in result:
-                # Tune hands the last result (the one ASHA judged) only to this method
-                self.on_trial_result(trial_id, result)
-            if error:
-                self._ot_study.tell(ot_trial, state=TrialState.FAIL)
-            elif finished and value is not None and math.isfinite(value):
-                self._ot_study.tell(ot_trial, value, state=TrialState.COMPLETE)
-            else:  # stopped early: TPE sees it as pruned, with its intermediate values
-                self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
-            self._completed_trials.add(trial_id)
-
-        @property
-        def study(self) -> "optuna.Study":
-            return self._ot_study
-
-    sampler = optuna.samplers.TPESampler(seed=seed)
-    return MarkOptunaSearch(metric=METRIC, mode="max", sampler=sampler)
-
-
-# ---------------------------------------------------------------- progress
-def make_progress_callback(num_tasks: int):
-    from ray.tune import Callback
-
-    class TaskProgress(Callback):
-        """One line per finished task per trial, beside Ray's trial table."""
-
-        def on_trial_result(self, iteration, trials, trial, result, **info):
-            if TIME_ATTR in result:
-                print(f"[marktune] {trial.trial_id} task {result[TIME_ATTR]}/{num_tasks}: "
-                      f"mean val acc {result[METRIC]:.4f}, mean test acc {result['mean_test_acc']:.4f}, "
-                      f"BWT {result['bwt_test']:+.4f} ({result.get('task_seconds', 0):.1f} s, "
-                      f"{result.get('device', '?')})", flush=True)
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            print(f"[marktune] {trial.trial_id} failed: {_error_reason(trial)}", flush=True)
-
-    return TaskProgress()
 
 
 # ---------------------------------------------------------------- command line
@@ -109,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
                "  python -m marktune.search --space fmnist                 # minutes on a laptop CPU\n"
                "  python -m marktune.search --space cifar100 --address auto --storage s3://bucket/marktune\n"
                "  python -m marktune.search --space fmnist --resume --name fmnist-20261123-190000\n"
-               "Then: tensorboard --logdir <storage>/<name>",
+               "  python -m marktune.search --space fmnist --optuna-storage sqlite:///marktune.db\n"
+               "Then: tensorboard --logdir <storage>/<name>; optuna-dashboard <storage>/<name>/optuna_journal.log",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--space", default="fmnist",
                    help=f"search space: one of {', '.join(available_spaces())}, or a path to a .yaml "
@@ -124,10 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
                                      "(default: start a local Ray)")
     p.add_argument("--storage", default=os.environ.get("MARKTUNE_STORAGE", DEFAULT_STORAGE),
                    help="where experiments live: a directory or s3://… (default: $MARKTUNE_STORAGE, else ./results)")
-    p.add_argument("--name", help="experiment name (default: <space>-<time>)")
+    p.add_argument("--name", help="experiment name, also the Optuna study's (default: <space>-<time>)")
+    p.add_argument("--optuna-storage", metavar="URL",
+                   help="the Optuna study's database, any SQLAlchemy URL: sqlite:///marktune.db on one machine, "
+                        "postgresql://user@host/db or mysql://... on a cluster (default: a journal file "
+                        f"<storage>/<name>/{JOURNAL_FILE})")
     p.add_argument("--resume", action="store_true",
                    help="continue the experiment --name in --storage with the space, --set, --samples, "
-                        "--seed and --max-failures it started with")
+                        "--seed, --max-failures and --optuna-storage it started with")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler (trials use the space's seed)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a fixed learner setting for every trial (repeatable)")
@@ -143,7 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="for fake GPUs (--num-gpus on a machine without CUDA, in tests): trials given a GPU "
                         "run on the CPU instead of failing")
     p.add_argument("--top", type=int, default=5, help="rows of the best-trials table (default 5)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no Ray trial table")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="also Ray's trial tables (a box per trial start and result)")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no status lines: only the per-task lines, errors and the summary")
     return p
 
 
@@ -161,6 +108,15 @@ class SearchPlan:
     storage: str
     name: str
     num_tasks: int
+    study_storage: StudyStorage  # where the Optuna study (named after the experiment) lives
+    resume: bool = False
+
+    @property
+    def experiment(self) -> str:
+        return f"{self.storage.rstrip('/')}/{self.name}"
+
+    def local_dir(self) -> Path:
+        return local_experiment_dir(self.storage, self.name)
 
 
 def plan_from_args(args: argparse.Namespace) -> SearchPlan:
@@ -191,9 +147,20 @@ def plan_from_args(args: argparse.Namespace) -> SearchPlan:
         if args.resume and not (Path(storage) / args.name).is_dir():
             raise SearchError(f"--resume: no experiment {args.name!r} in {storage}")
     name = args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    study_storage = StudyStorage.for_experiment(experiment_dir=local_experiment_dir(storage, name),
+                                                url=getattr(args, "optuna_storage", None))
     return SearchPlan(space=space, overrides=overrides, base_config=base, samples=samples,
                       max_concurrent=max_concurrent, cpus_per_trial=cpus, gpus_per_trial=gpus,
-                      storage=storage, name=name, num_tasks=base.tasks)
+                      storage=storage, name=name, num_tasks=base.tasks, study_storage=study_storage,
+                      resume=bool(args.resume))
+
+
+def local_experiment_dir(storage: str, name: str) -> Path:
+    """The experiment directory, or ./results/<name> on this machine for an s3:// storage (its
+    trials.csv, best_config.yaml and default Optuna journal live there)."""
+    if "://" in storage:
+        return Path(DEFAULT_STORAGE).resolve() / name
+    return Path(storage) / name
 
 
 def check_address(address: str | None, *, timeout: float = 5.0) -> None:
@@ -359,7 +326,11 @@ def save_settings(plan: SearchPlan, args: argparse.Namespace, experiment: str) -
     if str(space).endswith((".yaml", ".yml")) or "/" in str(space):
         space = str(Path(plan.space.path).resolve())
     settings = {"space": space, "overrides": list(args.overrides), "samples": plan.samples, "seed": args.seed,
-                "num_tasks": plan.num_tasks, "max_failures": args.max_failures}
+                "num_tasks": plan.num_tasks, "max_failures": args.max_failures,
+                # the study: None = the journal file in the experiment directory; a URL's password is
+                # not written here (a resumed search then needs --optuna-storage again)
+                "optuna_storage": plan.study_storage.describe() if plan.study_storage.url else None,
+                "study_name": plan.name}
     filesystem, path = pafs.FileSystem.from_uri(experiment)
     filesystem.create_dir(path, recursive=True)
     with filesystem.open_output_stream(f"{path}/{SETTINGS_FILE}") as f:
@@ -415,17 +386,54 @@ def apply_saved_settings(args: argparse.Namespace, given: set[str]) -> argparse.
             raise SearchError(f"--resume: experiment {args.name!r} was started with {flag} {saved[key]!r}, "
                               f"not {getattr(args, key)!r}; a resumed search keeps its space, --set, "
                               "--samples, --seed and --max-failures (leave the flag out)")
+    _resume_study_storage(args, saved.get("optuna_storage"), given="optuna_storage" in given)
     return args
 
 
+def _resume_study_storage(args: argparse.Namespace, saved: str | None, *, given: bool) -> None:
+    """The study's storage on --resume: the one the search started with."""
+    from marktune.study import hide_password
+
+    if not given:
+        if saved and "***" in saved:
+            raise SearchError(f"--resume: experiment {args.name!r} keeps its Optuna study in {saved}; give "
+                              "--optuna-storage again with the password (it is not written to the experiment)")
+        args.optuna_storage = saved
+        return
+    if hide_password(args.optuna_storage) != (saved or None):
+        raise SearchError(f"--resume: experiment {args.name!r} keeps its Optuna study in "
+                          f"{saved or 'the journal file in its directory'}, not {hide_password(args.optuna_storage)}; "
+                          "leave --optuna-storage out (or give that one)")
+
+
 # ---------------------------------------------------------------- running
-def run_search(plan: SearchPlan, args: argparse.Namespace):
-    """Build the Tuner (or restore it) and run it; returns Tune's ResultGrid."""
+@dataclass
+class SearchRun:
+    """What ``run_search`` leaves: Tune's results, the study, and how each trial ended."""
+
+    results: Any  # Tune's ResultGrid
+    experiment: str
+    study: Any  # optuna.Study, read back from its storage
+    states: dict[str, dict]  # trial id -> its status and config in the last experiment state Tune saved
+
+    def interrupted(self, trial_id: str) -> bool:
+        """Whether the search stopped (Ctrl-C) while this trial ran or waited."""
+        return self.states.get(trial_id, {}).get("status") in ("RUNNING", "PAUSED", "PENDING")
+
+    def configs(self) -> dict[str, dict]:
+        """Every trial's config, also of trials that never reported (their results have none)."""
+        return {tid: state["config"] for tid, state in self.states.items()}
+
+
+def run_search(plan: SearchPlan, args: argparse.Namespace) -> SearchRun:
+    """Build the Tuner (or restore it) and run it until every trial ended or Ctrl-C."""
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
-    from ray.tune.schedulers import ASHAScheduler
 
+    from marktune.progress import SearchProgress
+    from marktune.study import open_study
     from marktune.tensorboard_logger import MarkTensorBoardCallback
+    from marktune.tuning import make_scheduler, make_searcher
     from runners.mark_sequence import RUNTIME_KEY, train_mark_sequence
 
     gpus = prepare_tune(cpus_per_trial=plan.cpus_per_trial, gpus_per_trial=plan.gpus_per_trial,
@@ -438,33 +446,37 @@ def run_search(plan: SearchPlan, args: argparse.Namespace):
     param_space[RUNTIME_KEY] = {"data_dir": args.data_dir, "download": args.download, "threads": threads,
                                 **gpu_runtime(args)}
 
+    progress = SearchProgress(total=plan.samples, num_tasks=plan.num_tasks, status_lines=not args.quiet)
     callbacks = [JsonLoggerCallback(), CSVLoggerCallback(),
                  MarkTensorBoardCallback(searched=list(plan.space.params), num_tasks=plan.num_tasks),
-                 make_progress_callback(plan.num_tasks)]
+                 progress]
     run_config = tune.RunConfig(
         name=plan.name, storage_path=plan.storage, callbacks=callbacks,
         failure_config=tune.FailureConfig(max_failures=args.max_failures),
         checkpoint_config=keep_every_checkpoint(),
-        verbose=0 if args.quiet else 1,
+        # Ray's trial tables only when asked for (see quiet_ray_output)
+        verbose=1 if args.verbose else 0,
     )
-    experiment = f"{plan.storage.rstrip('/')}/{plan.name}"
-    searcher = None
+    quiet_ray_output(verbose=args.verbose)
+    experiment = plan.experiment
     if args.resume:
         # Trials the lost driver left RUNNING or PENDING continue from their last checkpoint
         # (resume_unfinished). Trials that ended in ERROR stay as they are: in a search an error
         # is a verdict on the configuration (a NaN loss, which would only fail again), or a
         # trial that already used up --max-failures retries; Optuna has been told FAIL for it
         # and ignores anything it reports later, and restarting it from scratch
-        # (restart_errored) would run a configuration twice. The searcher's state (the Optuna
-        # study, how many trials were sampled) comes back from the experiment, so the search
-        # samples only the trials still missing.
+        # (restart_errored) would run a configuration twice. The searcher comes back from the
+        # experiment and reopens the study in its storage (how many trials were sampled, and
+        # Optuna's trial for each); ASHA refills its rungs from every trial's results
+        # (marktune.tuning.ResumableASHA). The callbacks, the progress printer among them,
+        # come back from the experiment too.
         tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True,
                                    resume_errored=False, restart_errored=False, param_space=param_space)
     else:
-        scheduler = ASHAScheduler(time_attr=TIME_ATTR, max_t=plan.num_tasks,
-                                  grace_period=plan.space.defaults["grace_period"],
-                                  reduction_factor=plan.space.defaults["reduction_factor"])
-        searcher = make_searcher(num_tasks=plan.num_tasks, seed=args.seed)
+        scheduler = make_scheduler(num_tasks=plan.num_tasks, grace_period=plan.space.defaults["grace_period"],
+                                   reduction_factor=plan.space.defaults["reduction_factor"])
+        searcher = make_searcher(storage=plan.study_storage, study_name=plan.name, num_tasks=plan.num_tasks,
+                                 seed=args.seed)
         tuner = tune.Tuner(
             trainable, param_space=param_space, run_config=run_config,
             tune_config=tune.TuneConfig(metric=METRIC, mode="max", num_samples=plan.samples,
@@ -474,88 +486,25 @@ def run_search(plan: SearchPlan, args: argparse.Namespace):
                                         trial_name_creator=_trial_name, trial_dirname_creator=_trial_name))
     print(f"[marktune] experiment {experiment}: {plan.samples} trials of {plan.space.name} "
           f"({plan.num_tasks} tasks each), {resources['cpu']:g} CPU + {gpus:g} GPU per trial")
-    print(f"[marktune] compare trials: tensorboard --logdir {experiment}", flush=True)
+    print(f"[marktune] compare trials: tensorboard --logdir {experiment}")
+    print(f"[marktune] watch the study: optuna-dashboard {plan.study_storage.describe()}", flush=True)
     if not args.resume:
         save_settings(plan, args, experiment)
     results = tuner.fit()
-    if searcher is None and "://" not in experiment:
-        # resumed: Tune restored the searcher inside the Tuner; read its final state back
-        searcher = make_searcher(num_tasks=plan.num_tasks, seed=args.seed)
-        try:
-            searcher.restore_from_dir(experiment)
-        except RuntimeError:  # no searcher state was ever saved
-            searcher = None
-    return results, experiment, searcher
+    try:
+        study = open_study(plan.study_storage, plan.name)
+    except KeyError:  # interrupted before the searcher created it
+        study = None
+    return SearchRun(results=results, experiment=experiment, study=study,
+                     states=last_trial_states(experiment))
 
 
-# While trials run, no checkpoint is deleted. With CheckpointConfig(num_to_keep=N), Tune deletes a
-# trial's older checkpoint when it registers a new one and only then snapshots the experiment
-# state: a driver killed in between leaves a state that points at a deleted checkpoint, and on
-# --resume that trial fails ("Could not recover from checkpoint", seen in CI). Instead the state
-# is snapshotted every second (TUNE_GLOBAL_CHECKPOINT_S, in prepare_tune), so a resumed trial
-# may redo the tasks of its last second (deterministically, the same rows), and
-# prune_checkpoints() removes the older checkpoints once the run is over.
-def keep_every_checkpoint():
-    from ray import tune
-
-    return tune.CheckpointConfig(num_to_keep=None)
-
-
-def prune_checkpoints(experiment: str) -> int:
-    """Delete every trial's checkpoints but its newest; returns how many were deleted.
-
-    Call only when no trial of the experiment runs (after ``Tuner.fit``): the experiment state
-    Tune saved last points at each trial's newest checkpoint. Works on local paths and ``s3://``.
-    """
-    from pyarrow import fs as pafs
-
-    filesystem, root = pafs.FileSystem.from_uri(experiment)
-    deleted = 0
-    for trial in filesystem.get_file_info(pafs.FileSelector(root, allow_not_found=True)):
-        if trial.type != pafs.FileType.Directory or not trial.base_name.startswith("trial_"):
-            continue
-        checkpoints = sorted(info.path for info in filesystem.get_file_info(pafs.FileSelector(trial.path))
-                             if info.type == pafs.FileType.Directory
-                             and info.base_name.startswith("checkpoint_"))
-        for path in checkpoints[:-1]:  # checkpoint_000000, _000001, ...: the last is the newest
-            filesystem.delete_dir(path)
-            deleted += 1
-    return deleted
-
-
-def prepare_tune(*, cpus_per_trial: float, gpus_per_trial: float | None, runs: int,
-                 max_concurrent: int | None = None) -> float:
-    """Tune settings shared by the search and the evaluation; returns the GPUs per trial.
-
-    ``gpus_per_trial=None`` means 0.25 where the cluster has GPUs, else 0. Call after
-    ``ray.init`` and before building the Tuner (Tune reads these variables then).
-    """
-    import ray
-
-    # Our TensorBoard callback replaces Tune's: one set of curves per trial, with HParams.
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    # one checkpoint per task is our design, not a problem worth a warning each time
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # The experiment state (what --resume restores) at most a second behind the trials; see
-    # keep_every_checkpoint for why Tune's own "snapshot every num_to_keep checkpoints" is not used.
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
-    total = ray.cluster_resources()
-    gpus = gpus_per_trial
-    if gpus is None:
-        gpus = 0.25 if total.get("GPU", 0) > 0 else 0.0
-    # With a searcher, Tune starts one trial at a time (one pending placement group) by
-    # default, so trials on free slots wait for each other's actor start-up. Let as many
-    # start at once as the cluster has slots for.
-    slots = [runs]
-    if cpus_per_trial > 0:
-        slots.append(int(total.get("CPU", 0) // cpus_per_trial))
-    if gpus > 0:
-        slots.append(int(total.get("GPU", 0) // gpus))
-    if max_concurrent:
-        slots.append(max_concurrent)
-    # set, not setdefault: a second search in one process (tests, notebooks) has its own slots
-    os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(max(1, min(slots)))
-    return gpus
+def quiet_ray_output(*, verbose: bool) -> None:
+    """Ray's trial tables with --verbose only. Tune 2.60's default output engine prints its
+    configuration box at the start and a full trial table at the end even with verbose=0;
+    its legacy engine (RAY_AIR_NEW_OUTPUT=0) at verbose=0 prints nothing. Ray's warnings go
+    through logging and are shown either way. Read by Tune when the Tuner runs."""
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "1" if verbose else "0"
 
 
 def _trial_name(trial) -> str:
@@ -564,85 +513,23 @@ def _trial_name(trial) -> str:
 
 
 # ---------------------------------------------------------------- the end
-@dataclass
-class TrialRow:
-    trial_id: str
-    status: str  # COMPLETE, PRUNED, ERROR, RUNNING
-    tasks_done: int
-    val_acc: float
-    test_acc: float
-    bwt: float
-    params: dict[str, Any]
-    config: dict[str, Any]
-    error: str = ""
-
-
-def trial_rows(results, space: SearchSpace, num_tasks: int) -> list[TrialRow]:
-    rows = []
-    keys = set(MarkConfig.field_names())
-    for result in results:
-        metrics = result.metrics or {}
-        tasks_done = int(metrics.get(TIME_ATTR, 0) or 0)
-        config = {k: v for k, v in (result.config or {}).items() if k in keys}
-        if result.error is not None:
-            status = "ERROR"
-        elif tasks_done >= num_tasks:
-            status = "COMPLETE"
-        else:
-            status = "PRUNED"
-        rows.append(TrialRow(
-            trial_id=str(metrics.get("trial_id") or Path(result.path).name),
-            status=status, tasks_done=tasks_done,
-            val_acc=float(metrics.get(METRIC, math.nan)), test_acc=float(metrics.get("mean_test_acc", math.nan)),
-            bwt=float(metrics.get("bwt_test", math.nan)),
-            params={k: config.get(k) for k in space.params}, config=config,
-            error=first_line(str(result.error)) if result.error is not None else ""))
-    order = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "ERROR": 3}
-    rows.sort(key=lambda r: (order.get(r.status, 9), -r.tasks_done,
-                             -(r.val_acc if math.isfinite(r.val_acc) else -1)))
-    return rows
-
-
-def write_outputs(rows: list[TrialRow], out_dir: Path, space: SearchSpace) -> Path | None:
-    """trials.csv (every trial) and best_config.yaml (best complete trial); returns the latter."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / "trials.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["trial_id", "status", "tasks_done", "val_acc", "test_acc", "bwt", *space.params, "error"])
-        for r in rows:
-            writer.writerow([r.trial_id, r.status, r.tasks_done, _num(r.val_acc), _num(r.test_acc), _num(r.bwt),
-                             *[r.params.get(k) for k in space.params], r.error])
-    complete = [r for r in rows if r.status == "COMPLETE"]
-    if not complete:
-        return None
-    best = max(complete, key=lambda r: r.val_acc)
-    path = out_dir / "best_config.yaml"
-    path.write_text(
-        f"# Best of {len(complete)} complete trials by validation ACC (space {space.name}).\n"
-        f"# Run it: python -m marktune.run --config {path}\n"
-        + yaml.safe_dump({"trial_id": best.trial_id, "val_acc": best.val_acc, "test_acc": best.test_acc,
-                          "bwt": best.bwt, "config": best.config}, sort_keys=False))
-    return path
-
-
-def format_table(rows: list[TrialRow], space: SearchSpace, top: int) -> str:
-    params = list(space.params)
-    head = ["trial", "status", "tasks", "val ACC", "test ACC", "BWT", *params]
-    body = [[r.trial_id, r.status, str(r.tasks_done), _num(r.val_acc), _num(r.test_acc), _num(r.bwt, sign=True),
-             *[_short(r.params.get(k)) for k in params]] for r in rows[:top]]
-    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
-    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
-    return "\n".join([fmt(head), fmt(["-" * w for w in widths]), *map(fmt, body)])
-
-
-def summarize(results, plan: SearchPlan, experiment: str, *, top: int) -> list[TrialRow]:
-    rows = trial_rows(results, plan.space, plan.num_tasks)
-    out_dir = Path(experiment) if "://" not in experiment else Path("results") / plan.name
-    best = write_outputs(rows, out_dir, plan.space)
-    counts = {s: sum(r.status == s for r in rows) for s in ("COMPLETE", "PRUNED", "ERROR")}
-    print(f"\n[marktune] {len(rows)} trials: {counts['COMPLETE']} complete, {counts['PRUNED']} stopped by ASHA, "
-          f"{counts['ERROR']} errored. Best trials (val ACC selects; test ACC is reported, never used):")
-    print(format_table(rows, plan.space, top))
+def summarize(run: SearchRun, plan: SearchPlan, *, top: int) -> list[TrialRow]:
+    """Print the best-trials table (and, after Ctrl-C, how to continue); write trials.csv and
+    best_config.yaml next to the experiment."""
+    searched = list(plan.space.params)
+    rows = trial_rows(run.results, searched=searched, num_tasks=plan.num_tasks, interrupted=run.interrupted,
+                      configs=run.configs())
+    out_dir = plan.local_dir()
+    best = write_outputs(rows, out_dir, searched=searched, space_name=plan.space.name)
+    counts = {s: sum(r.status == s for r in rows) for s in ("COMPLETE", "PRUNED", "ERROR", "RUNNING", "PENDING")}
+    left = unfinished(rows) + max(0, plan.samples - len(rows))
+    line = (f"\n[marktune] {len(rows)} trials: {counts['COMPLETE']} complete, {counts['PRUNED']} stopped by ASHA, "
+            f"{counts['ERROR']} errored")
+    if left:
+        line += (f", {counts['RUNNING']} unfinished, {counts['PENDING'] + max(0, plan.samples - len(rows))} "
+                 "not started")
+    print(line + ". Best trials (val ACC selects; test ACC is reported, never used):")
+    print(format_table(rows, searched, top))
     for r in rows:
         if r.status == "ERROR":
             print(f"[marktune] {r.trial_id} errored: {r.error}")
@@ -651,65 +538,70 @@ def summarize(results, plan: SearchPlan, experiment: str, *, top: int) -> list[T
         print(f"[marktune] best_config.yaml: {best}  (python -m marktune.run --config {best})")
     else:
         print("[marktune] no trial ran every task, so there is no best_config.yaml")
-    print(f"[marktune] compare trials: tensorboard --logdir {experiment}")
+    print(f"[marktune] compare trials: tensorboard --logdir {run.experiment}")
+    print(f"[marktune] the Optuna study {plan.name!r}: optuna-dashboard {plan.study_storage.describe()}")
+    if left:
+        print(f"[marktune] interrupted: {left} of {plan.samples} trials unfinished; continue with "
+              f"`{resume_command(plan)}`")
     return rows
 
 
+def resume_command(plan: SearchPlan) -> str:
+    cmd = f"python -m marktune.search --resume --name {plan.name} --storage {plan.storage}"
+    if plan.study_storage.url:
+        cmd += f" --optuna-storage {plan.study_storage.describe()}"
+    return cmd
+
+
+def check_flags_early(args: argparse.Namespace) -> None:
+    """Checks of flags on their own, before the space is even loaded (which imports torch): a
+    mistyped or unreachable address or database is an error within seconds."""
+    check_address(args.address)
+    if args.optuna_storage:
+        try:
+            StudyStorage(url=args.optuna_storage).check_reachable()
+        except StorageError as err:
+            raise SearchError(str(err)) from None
+
+
+def check_before_ray(plan: SearchPlan, args: argparse.Namespace) -> None:
+    """Every check on the input that can be made before Ray starts, cheapest first (each takes
+    seconds at most): the cluster address, the Optuna storage, the data set (which imports torch),
+    bf16 and GPUs on this machine, the storage directory."""
+    check_address(args.address)
+    try:
+        plan.study_storage.check(study_name=plan.name, resume=plan.resume)
+    except StorageError as err:
+        raise SearchError(str(err)) from None
+    check_local_data(plan.base_config.benchmark, address=args.address, data_dir=args.data_dir,
+                     download=args.download)
+    check_local_precision(plan.space.precisions(plan.overrides), address=args.address)
+    check_local_gpus(plan.gpus_per_trial, address=args.address, num_gpus=args.num_gpus,
+                     cpu_fallback=args.cpu_fallback)
+    gpu_runtime(args)
+    check_storage(plan.storage)  # last: it creates the directory
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit status: 0 when every trial ended, 130 when the search was interrupted (Ctrl-C;
+    continue it with --resume), 2 for bad input."""
     args = build_parser().parse_args(argv)
     try:
         args = apply_saved_settings(args, given_flags(argv))
+        check_flags_early(args)
         plan = plan_from_args(args)
-        check_local_data(plan.base_config.benchmark, address=args.address, data_dir=args.data_dir,
-                         download=args.download)
-        check_local_precision(plan.space.precisions(plan.overrides), address=args.address)
-        check_storage(plan.storage)
-        check_local_gpus(plan.gpus_per_trial, address=args.address, num_gpus=args.num_gpus,
-                         cpu_fallback=args.cpu_fallback)
-        gpu_runtime(args)
+        check_before_ray(plan, args)
         start_ray(args)
     except (SpaceError, ConfigError, SearchError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    results, experiment, searcher = run_search(plan, args)
-    prune_checkpoints(experiment)
-    summarize(results, plan, experiment, top=args.top)
-    if searcher is not None and "://" not in experiment:
-        save_study(searcher, Path(experiment) / "optuna_study.pkl")
-    return 0
-
-
-def save_study(searcher, path: Path) -> None:
-    """The Optuna study with every trial's state and intermediate values (for reports)."""
-    import pickle
-
-    with open(path, "wb") as f:
-        pickle.dump(searcher.study, f)
-
-
-def _error_reason(trial) -> str:
-    try:
-        return first_line(Path(trial.error_file).read_text()) if trial.error_file else "unknown error"
-    except OSError:
-        return "unknown error"
-
-
-def first_line(text: str) -> str:
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    # the exception's own message is the last line of a traceback
-    return lines[-1] if lines else ""
-
-
-def _num(value: float, sign: bool = False) -> str:
-    if value is None or not math.isfinite(value):
-        return "-"
-    return f"{value:+.4f}" if sign else f"{value:.4f}"
-
-
-def _short(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    return str(value)
+    run = run_search(plan, args)
+    if not any(run.interrupted(tid) for tid in run.states):
+        # after Ctrl-C a trial's newest checkpoint may be newer than the one the saved state
+        # names (written, not yet registered): keep them all until the resumed run ends
+        prune_checkpoints(run.experiment)
+    rows = summarize(run, plan, top=args.top)
+    return 130 if unfinished(rows) or len(rows) < plan.samples else 0
 
 
 if __name__ == "__main__":

@@ -126,8 +126,8 @@ def test_trials_spread_over_workers_and_survive_a_lost_node(cluster, tmp_path):
 
     def run() -> None:
         try:
-            results, _, _ = search.run_search(plan, args)
-            outcome["rows"] = search.summarize(results, plan, str(experiment), top=5)
+            run = search.run_search(plan, args)
+            outcome["rows"] = search.summarize(run, plan, top=5)
         except BaseException as err:  # noqa: BLE001 - re-raised in the test below
             outcome["error"] = err
 
@@ -301,11 +301,11 @@ def test_killed_driver_resumes_without_running_a_trial_twice(tmp_path):
     for name in ran:
         assert len(list((experiment / name).glob("checkpoint_*"))) == 1, name
     # the Optuna study came back with the experiment: every trial, told COMPLETE with its value
-    import pickle
-
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
     from optuna.trial import TrialState
-    with open(experiment / "optuna_study.pkl", "rb") as f:
-        study = pickle.load(f)
+    study = optuna.load_study(study_name="lost-driver", storage=optuna.storages.JournalStorage(
+        JournalFileBackend(str(experiment / "optuna_journal.log"))))
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * samples
     assert sorted(t.params["lr_meta"] for t in study.trials) == pytest.approx(sorted(configs))
 

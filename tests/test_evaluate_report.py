@@ -144,9 +144,49 @@ def test_report_of_an_interrupted_search_says_what_is_missing(interrupted):
     for anchor in ("id='best-trials'", "id='curves'", "id='accuracy-matrix'", "id='importances'", "id='evaluation'"):
         assert anchor in page
     assert "id='missing-trials'" in page and "aaaa0005" in page
-    assert "No Optuna study" in page  # no optuna_study.pkl: said, not failed
-    assert page.count("data:image/png;base64,") == 2
-    assert {p.name for p in (interrupted / "figures").glob("*.png")} == {"curves.png", "accuracy_matrix.png"}
+    assert "No Optuna study" in page  # no optuna_journal.log: said, not failed
+    assert page.count("data:image/png;base64,") == 3  # curves, matrix, the search's trade-offs
+    assert {p.name for p in (interrupted / "figures").glob("*.png")} == {"curves.png", "accuracy_matrix.png",
+                                                                         "pareto_search.png"}
+
+
+def test_pareto_front_of_hand_made_points():
+    from marktune.pareto import pareto_front, total_parameters
+
+    # (cost, accuracy): c beats b (cheaper, as accurate); d is beaten by a; e ties a exactly;
+    # f is the most accurate; g has no cost; h is the cheapest, least accurate
+    points = {"a": (100, 0.80), "b": (250, 0.85), "c": (200, 0.85), "d": (120, 0.79), "e": (100, 0.80),
+              "f": (400, 0.90), "g": (math.nan, 0.99), "h": (10, 0.10), "i": (400, 0.89)}
+    names = list(points)
+    front = [names[i] for i in pareto_front(list(points.values()))]
+    assert front[0] == "h" and front[-1] == "f"  # cheapest first
+    assert sorted(front) == ["a", "c", "e", "f", "h"]
+    assert pareto_front([]) == []
+    assert total_parameters(1000, 10, 5) == 1050
+
+
+def test_report_pareto_section_on_hand_made_trials(tmp_path):
+    # three complete trials: c is bigger (kb_width 16) and no more accurate than b, so only a
+    # and b are on the parameters front; trial times make c the slowest
+    trials = {"aaaa000a": ("TERMINATED", 5, 0.80), "aaaa000b": ("TERMINATED", 5, 0.90),
+              "aaaa000c": ("TERMINATED", 5, 0.85), "aaaa000d": ("TERMINATED", 2, 0.99)}
+    exp_dir = _fake_experiment(tmp_path / "digits-20260101-000000", trials,
+                               base=_digits_base(kb_depth=1, mask_hidden=0),
+                               searched={"kb_width": [8, 8, 16, 8], "lr_meta": [0.01, 0.02, 0.03, 0.04]})
+    exp = load_experiment(exp_dir)
+    points = {p.label: p for p in report.search_points(exp)}
+    assert set(points) == {"aaaa000a", "aaaa000b", "aaaa000c"}  # complete only: not the pruned d
+    counts = {p.params for p in points.values()}
+    assert points["aaaa000a"].params == points["aaaa000b"].params < points["aaaa000c"].params, counts
+    kb, task = evaluate.parameter_counts(MarkConfig.from_dict(exp.trials[2].config))
+    assert points["aaaa000c"].params == kb + 5 * task
+    page = report.build_report(exp).read_text()
+    table = page[page.index("id='pareto-search-table'"):]
+    table = table[:table.index("</table>")]
+    rows = {r.split("</td>")[0].split(">")[-1]: r for r in table.split("<tr>")[2:]}
+    assert "params" in rows["aaaa000b"].split("<td class='l'>")[-1]
+    assert "params" not in rows["aaaa000a"].split("<td class='l'>")[-1]  # b: same size, more accurate
+    assert "params" not in rows["aaaa000c"].split("<td class='l'>")[-1]  # bigger and less accurate than b
 
 
 @pytest.mark.parametrize("module", ["evaluate", "report"])
@@ -201,21 +241,47 @@ def evaluated(tmp_path_factory):
                    "lr_mask": {"type": "loguniform", "low": 1.0e-2, "high": 3.0e-1}},
         "defaults": {"samples": 4, "grace_period": 2, "reduction_factor": 2, "cpus_per_trial": 1},
     }))
+    # the study in a SQLite database instead of the default journal file
     args = search.build_parser().parse_args(["--space", str(space), "--storage", str(tmp / "s"), "--name", "tiny",
-                                             "--num-cpus", "2", "--seed", "0", "-q"])
+                                             "--num-cpus", "2", "--seed", "0", "-q",
+                                             "--optuna-storage", f"sqlite:///{tmp / 'studies.db'}"])
     plan = search.plan_from_args(args)
     # a Ray of our own even when another program runs one on this machine
     ray.init(address="local", num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
     try:
-        results, experiment, searcher = search.run_search(plan, args)
-        search.summarize(results, plan, experiment, top=4)
-        search.save_study(searcher, Path(experiment) / "optuna_study.pkl")
+        run = search.run_search(plan, args)
+        search.summarize(run, plan, top=4)
     finally:
         ray.shutdown()
+    experiment = run.experiment
     experiment = Path(experiment)
     code = evaluate.main([str(experiment), "--top", "2", "--seeds", "2", "--num-cpus", "2", "-q"])
     assert code == 0
     return experiment
+
+
+@pytest.mark.slow
+def test_study_in_a_sqlite_url_is_read_back_by_a_fresh_process(evaluated):
+    """Another process (as optuna-dashboard would) sees every trial with its state and its
+    value after every task it ran, from the database alone."""
+    code = (
+        "import json, optuna, sys\n"
+        "study = optuna.load_study(study_name='tiny', storage=sys.argv[1])\n"
+        "print(json.dumps([[t.state.name, {str(k): v for k, v in t.intermediate_values.items()}, t.value]"
+        " for t in study.trials]))\n")
+    proc = subprocess.run([sys.executable, "-c", code, f"sqlite:///{evaluated.parent.parent / 'studies.db'}"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    trials = json.loads(proc.stdout.strip().splitlines()[-1])
+    exp = load_experiment(evaluated)
+    assert len(trials) == len(exp.trials) == 4
+    expected = sorted((t.status, [round(v, 6) for v in t.curve()]) for t in exp.trials)
+    seen = sorted((state, [round(values[str(k)], 6) for k in range(1, len(values) + 1)]) for state, values, _ in trials)
+    assert seen == expected  # COMPLETE/PRUNED as the experiment says, one value per task run
+    for state, values, value in trials:
+        if state == "COMPLETE":
+            assert value == pytest.approx(values[str(len(values))])
+    assert not (evaluated / "optuna_journal.log").exists()  # the URL, not the default journal
 
 
 @pytest.mark.slow
@@ -253,7 +319,9 @@ def test_report_has_every_element_and_renders_in_chromium(evaluated, tmp_path):
     assert ("parameter importances" in page) or ("Too few complete trials" in page)
     assert "src='http" not in page and "src=\"http" not in page  # self-contained
     pngs = {p.name for p in (evaluated / "figures").glob("*.png")}
-    assert {"curves.png", "accuracy_matrix.png"} <= pngs
+    assert {"curves.png", "accuracy_matrix.png", "pareto_search.png", "pareto_evaluation.png"} <= pngs
+    assert "id='pareto'" in page and "pareto front of the search" in page and "pareto front of the evaluation" in page
+    assert "id='pareto-search-table'" in page and "id='pareto-evaluation-table'" in page
     exp = load_experiment(evaluated)
     for t in exp.trials:  # stopped trials' curves are shorter
         assert len(t.curve()) == t.tasks_done

@@ -41,3 +41,29 @@ def test_resume_refuses_another_max_failures(tmp_path):
     assert _args(["--resume", "--name", "x", "--storage", str(tmp_path)]).max_failures == 3
     with pytest.raises(SearchError, match="--max-failures 3"):
         _args(["--resume", "--name", "x", "--storage", str(tmp_path), "--max-failures", "1"])
+
+
+def test_resume_takes_the_optuna_storage_and_never_writes_its_password(tmp_path):
+    db = f"sqlite:///{tmp_path / 'studies.db'}"
+    start = _args(["--space", "digits", "--storage", str(tmp_path), "--name", "x", "--optuna-storage", db])
+    search.save_settings(search.plan_from_args(start), start, str(tmp_path / "x"))
+    resumed = _args(["--resume", "--name", "x", "--storage", str(tmp_path)])
+    assert resumed.optuna_storage == db
+    assert search.plan_from_args(resumed).study_storage.url == db
+    with pytest.raises(SearchError, match="keeps its Optuna study in sqlite"):
+        _args(["--resume", "--name", "x", "--storage", str(tmp_path), "--optuna-storage", "sqlite:///other.db"])
+
+    secret = "postgresql://me:hunter2@db.example:5432/studies"
+    start = _args(["--space", "digits", "--storage", str(tmp_path), "--name", "y", "--optuna-storage", secret])
+    search.save_settings(search.plan_from_args(start), start, str(tmp_path / "y"))
+    assert "hunter2" not in (tmp_path / "y" / "marktune_search.json").read_text()
+    with pytest.raises(SearchError, match="give --optuna-storage again with the password"):
+        _args(["--resume", "--name", "y", "--storage", str(tmp_path)])
+    again = _args(["--resume", "--name", "y", "--storage", str(tmp_path), "--optuna-storage", secret])
+    assert again.optuna_storage == secret
+
+
+def test_default_study_is_a_journal_in_the_experiment(tmp_path):
+    plan = search.plan_from_args(_args(["--space", "digits", "--storage", str(tmp_path), "--name", "z"]))
+    assert plan.study_storage.journal == (tmp_path / "z" / "optuna_journal.log").resolve()
+    assert search.resume_command(plan) == f"python -m marktune.search --resume --name z --storage {tmp_path.resolve()}"

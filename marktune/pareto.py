@@ -1,0 +1,79 @@
+"""Accuracy against cost: which configurations no other beats on both (the Pareto front).
+
+MARK's claim is accuracy with fewer parameters; a trial's price is compute time. A point
+``(cost, accuracy)`` is dominated when another point costs no more and is no less accurate,
+and is strictly better in one of the two. Plain functions over plain numbers, so the front of
+a search and of an evaluation are found the same way.
+
+Example:
+    >>> points = [(100, 0.80), (200, 0.85), (150, 0.79), (300, 0.85), (50, 0.60)]
+    >>> pareto_front(points)
+    [4, 0, 1]
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+
+@dataclass(frozen=True)
+class Point:
+    label: str
+    accuracy: float
+    params: float  # total parameters: shared KB + T x per-task parts
+    seconds: float  # compute seconds of the whole sequence
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the non-dominated ``(cost, accuracy)`` points, cheapest first.
+
+    Lower cost and higher accuracy are better; points with a NaN are never on the front;
+    identical points are both on it (neither beats the other).
+    """
+    finite = [i for i, (c, a) in enumerate(points) if math.isfinite(c) and math.isfinite(a)]
+    front = []
+    for i in finite:
+        ci, ai = points[i]
+        dominated = any(points[j][0] <= ci and points[j][1] >= ai and (points[j][0] < ci or points[j][1] > ai)
+                        for j in finite if j != i)
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: (points[i][0], -points[i][1]))
+
+
+def total_parameters(kb_params: int, task_params: int, num_tasks: int) -> int:
+    """What a model for the whole sequence holds: the shared KB once, F_t + M_t + C_t per task."""
+    return kb_params + num_tasks * task_params
+
+
+def figure(points: Sequence[Point], *, title: str, accuracy_label: str):
+    """Two panels: accuracy against total parameters and against compute seconds; every point
+    grey, the front of each panel joined and labelled."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), dpi=110)
+    panels = [("params", "total parameters (KB + T x per-task F+M+C)"), ("seconds", "compute seconds (all tasks)")]
+    for ax, (attr, xlabel) in zip(axes, panels):
+        xy = [(float(getattr(p, attr)), p.accuracy) for p in points]
+        front = pareto_front(xy)
+        ax.scatter([x for x, _ in xy], [y for _, y in xy], s=22, color="#999999", label="complete trial", zorder=2)
+        if front:
+            fx = [xy[i][0] for i in front]
+            fy = [xy[i][1] for i in front]
+            ax.plot(fx, fy, "-o", color="#d73027", ms=6, lw=1.6, label="non-dominated", zorder=3)
+            for i in front:
+                ax.annotate(points[i].label, xy[i], textcoords="offset points", xytext=(4, 4), fontsize=7,
+                            color="#d73027")
+        if attr == "params" and xy and min(x for x, _ in xy) > 0 and max(x for x, _ in xy) / min(x for x, _ in xy) > 20:
+            ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(accuracy_label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,217 @@
+"""Where a search's Optuna study lives, and reading it back (no Ray needed).
+
+:class:`StudyStorage` is a JournalStorage file (``<experiment>/optuna_journal.log`` by default:
+one JSON line per change, safe on a shared filesystem) or any SQLAlchemy URL
+(``sqlite:///marktune.db``, ``postgresql://user@host/db``). :meth:`StudyStorage.check` finds a
+malformed or unreachable one in seconds, before Ray starts. The study is named after the
+experiment. ``optuna-dashboard <storage>`` watches it while the search runs.
+
+Example:
+    >>> import optuna, tempfile, pathlib
+    >>> journal = pathlib.Path(tempfile.mkdtemp()) / "optuna_journal.log"
+    >>> storage = StudyStorage(journal=journal)
+    >>> study = optuna.create_study(study_name="demo", storage=storage.open(), direction="maximize")
+    >>> study.add_trial(optuna.trial.create_trial(value=0.9, params={}, distributions={}))
+    >>> [t.value for t in open_study(storage, "demo").trials]
+    [0.9]
+"""
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import optuna
+
+JOURNAL_FILE = "optuna_journal.log"  # in the experiment directory, unless --optuna-storage says otherwise
+CONNECT_TIMEOUT_S = 3.0  # a database that does not answer within this is reported as unreachable
+
+
+class StorageError(ValueError):
+    """The Optuna storage flag is malformed, unreachable or holds a clashing study."""
+
+
+# ---------------------------------------------------------------- where the study lives
+@dataclass(frozen=True)
+class StudyStorage:
+    """A JournalStorage file or a database URL (exactly one).
+
+    ``url`` is what the user typed (``--optuna-storage``); ``journal`` a file path.
+    """
+
+    url: str | None = None
+    journal: Path | None = None
+
+    def __post_init__(self) -> None:
+        if (self.url is None) == (self.journal is None):
+            raise ValueError("StudyStorage needs exactly one of url= and journal=")
+
+    @classmethod
+    def for_experiment(cls, *, experiment_dir: Path, url: str | None) -> "StudyStorage":
+        """``url`` when given (a relative SQLite path made absolute, so --resume works from
+        another folder), else the journal file in the experiment directory."""
+        return cls(url=_absolute_sqlite(url)) if url else cls(journal=Path(experiment_dir).resolve() / JOURNAL_FILE)
+
+    def describe(self) -> str:
+        """What to give ``optuna-dashboard`` (a journal file path or the URL, password hidden)."""
+        return str(self.journal) if self.journal is not None else hide_password(self.url)
+
+    def open(self) -> "optuna.storages.BaseStorage":
+        import optuna
+        from optuna.storages.journal import JournalFileBackend
+
+        if self.journal is not None:
+            self.journal.parent.mkdir(parents=True, exist_ok=True)
+            return optuna.storages.JournalStorage(JournalFileBackend(str(self.journal)))
+        return optuna.storages.RDBStorage(self.url, engine_kwargs=_engine_kwargs(self.url))
+
+    def _flag(self) -> str:
+        return (f"--optuna-storage {self.describe()}" if self.url is not None
+                else f"the experiment's study journal {self.journal}")
+
+    def check_reachable(self) -> None:
+        """Raise StorageError when a URL is malformed, its folder missing or its host unreachable
+        (a probe that gives up after CONNECT_TIMEOUT_S). Nothing is created."""
+        if self.url is not None:
+            _check_url(self.url)
+
+    def check(self, *, study_name: str, resume: bool) -> None:
+        """Raise StorageError unless the storage opens, and holds the study exactly when resuming.
+
+        Runs in seconds (network probes time out after CONNECT_TIMEOUT_S); call it before Ray.
+        A journal file that does not exist yet is not created here.
+        """
+        if self.journal is not None and not self.journal.is_file():
+            return  # created with the study; the experiment directory's own checks come first
+        self.check_reachable()
+        try:
+            names = {s.study_name for s in self.open().get_all_studies()}
+        except ImportError as err:
+            raise StorageError(f"--optuna-storage {self.describe()}: the database driver is not installed "
+                               f"({_first_line(err.__cause__ or err)}); install it (e.g. 'psycopg[binary]' for "
+                               "postgresql://, pymysql with mysql+pymysql://)") from None
+        except Exception as err:  # noqa: BLE001 - SQLAlchemy, driver and file errors of every kind
+            raise StorageError(f"{self._flag()}: cannot open it "
+                               f"({type(err).__name__}: {_first_line(err)})") from None
+        if resume and study_name not in names and self.url is not None:
+            raise StorageError(f"--optuna-storage {self.describe()} has no study {study_name!r} to resume "
+                               f"(it has: {', '.join(sorted(names)) or 'none'}); give the storage the "
+                               "search started with")
+        if not resume and study_name in names:
+            raise StorageError(f"{self._flag()} already holds a study {study_name!r}; "
+                               "give a new --name, or --resume to continue that search")
+
+
+def open_study(storage: StudyStorage, study_name: str, *, sampler=None) -> "optuna.Study":
+    """The study as it is in its storage now (raises KeyError when there is none)."""
+    import optuna
+
+    return optuna.load_study(study_name=study_name, storage=storage.open(), sampler=sampler)
+
+
+def _check_url(url: str) -> None:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise StorageError(f"--optuna-storage {url!r} is not a database URL; give one SQLAlchemy takes, "
+                           "e.g. sqlite:///marktune.db or postgresql://user:password@host:5432/db "
+                           "(leave the flag out for a journal file in the experiment directory)") from None
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            folder = Path(parsed.database).expanduser().resolve().parent
+            if not folder.is_dir():
+                raise StorageError(f"--optuna-storage {url}: the folder {folder} does not exist; create it "
+                                   "or give another path")
+        elif not parsed.database or parsed.database == ":memory:":
+            raise StorageError(f"--optuna-storage {url}: an in-memory database dies with the driver; "
+                               "give a file, e.g. sqlite:///marktune.db")
+        return
+    if parsed.host:
+        port = parsed.port or {"postgresql": 5432, "mysql": 3306, "mariadb": 3306}.get(backend)
+        if port is not None:
+            try:
+                with socket.create_connection((parsed.host, int(port)), timeout=CONNECT_TIMEOUT_S):
+                    pass
+            except OSError as err:
+                raise StorageError(f"--optuna-storage {hide_password(url)}: cannot reach {parsed.host}:{port} "
+                                   f"({err}). Is the database up and reachable from this machine?") from None
+    try:  # imports the database driver, connects to nothing
+        from sqlalchemy import create_engine
+
+        create_engine(url).dispose()
+    except ImportError as err:
+        raise StorageError(f"--optuna-storage {hide_password(url)}: the database driver is not installed ({err}); "
+                           "install it (e.g. 'psycopg[binary]' for postgresql://, pymysql with "
+                           "mysql+pymysql://)") from None
+    except Exception as err:  # noqa: BLE001 - e.g. an unknown dialect
+        raise StorageError(f"--optuna-storage {hide_password(url)}: {type(err).__name__}: {_first_line(err)}") from None
+
+
+def _absolute_sqlite(url: str) -> str:
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/") and url[len(prefix):] not in ("", ":memory:"):
+        return prefix + str(Path(url[len(prefix):]).expanduser().resolve())
+    return url
+
+
+def _engine_kwargs(url: str) -> dict[str, Any]:
+    # a database that stops answering must not hang the driver for minutes
+    backend = url.split(":", 1)[0].split("+", 1)[0]
+    if backend in ("postgresql", "mysql", "mariadb"):
+        return {"connect_args": {"connect_timeout": int(CONNECT_TIMEOUT_S)}}
+    return {}
+
+
+def hide_password(url: str | None) -> str:
+    if not url:
+        return ""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a URL: shown as typed
+        return url
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else ""
+
+
+SETTINGS_FILE = "marktune_search.json"  # as marktune.search writes it
+
+
+def study_of_experiment(experiment_dir: Path, *, url: str | None = None) -> tuple["optuna.Study | None", str]:
+    """(the search's study or None, where it was read from or why there is none).
+
+    The search's ``marktune_search.json`` names the study and its storage (none: the journal
+    file in the experiment directory). ``url`` overrides the storage (a database whose
+    password the experiment does not keep).
+    """
+    import json
+
+    experiment_dir = Path(experiment_dir)
+    try:
+        settings = json.loads((experiment_dir / SETTINGS_FILE).read_text())
+    except (OSError, ValueError):
+        settings = {}
+    name = settings.get("study_name") or experiment_dir.name
+    url = url or settings.get("optuna_storage")
+    if url and "***" in url:
+        return None, f"the study is in {url}; give --optuna-storage with the password to read it"
+    storage = StudyStorage.for_experiment(experiment_dir=experiment_dir, url=url)
+    if storage.journal is not None and not storage.journal.is_file():
+        return None, f"no {JOURNAL_FILE} in {experiment_dir} (a search made before marktune kept its study there?)"
+    try:
+        study = open_study(storage, name)
+    except KeyError:
+        return None, f"{storage.describe()} has no study {name!r}"
+    except Exception as err:  # noqa: BLE001 - an unreachable database is reported, not fatal
+        return None, f"{storage.describe()} cannot be read ({type(err).__name__}: {_first_line(err)})"
+    return study, f"study {name!r} in {storage.describe()}"

@@ -1,0 +1,114 @@
+"""Ray Tune settings shared by the search and the evaluation, and what Tune left on disk.
+
+* :func:`prepare_tune`: environment settings Tune reads when a Tuner is built (our own
+  TensorBoard logger, the snapshot period, how many trials may start at once).
+* :func:`keep_every_checkpoint` / :func:`prune_checkpoints`: the checkpoint policy (every
+  checkpoint while trials run, the newest only afterwards).
+* :func:`last_trial_states`: each trial's status and config in the newest experiment state.
+
+Works on local paths and ``s3://`` (through pyarrow's filesystems).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def last_trial_states(experiment: str) -> dict[str, dict]:
+    """Trial id -> ``{"status": ..., "config": ...}`` in the newest ``experiment_state-*.json``.
+
+    Tune saves that state once more after its loop ends and before it stops the trials, so
+    after Ctrl-C it still says RUNNING/PENDING for the trials that were cut short (the Trial
+    objects Tune returns say TERMINATED for those: stopping them is how Tune cleans up).
+    """
+    import json
+
+    from pyarrow import fs as pafs
+
+    filesystem, root = pafs.FileSystem.from_uri(experiment if "://" in experiment else str(Path(experiment).resolve()))
+    states = sorted(info.path for info in filesystem.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+                    if info.base_name.startswith("experiment_state-") and info.base_name.endswith(".json"))
+    if not states:
+        return {}
+    with filesystem.open_input_stream(states[-1]) as f:
+        data = json.loads(f.readall())
+    out = {}
+    for item in data.get("trial_data") or []:
+        try:
+            info = json.loads(item[0])
+        except (TypeError, ValueError, IndexError):
+            continue
+        config = info.get("config")
+        out[str(info.get("trial_id"))] = {"status": str(info.get("status")),
+                                          "config": config if isinstance(config, dict) else {}}
+    return out
+
+
+# While trials run, no checkpoint is deleted. With CheckpointConfig(num_to_keep=N), Tune deletes a
+# trial's older checkpoint when it registers a new one and only then snapshots the experiment
+# state: a driver killed in between leaves a state that points at a deleted checkpoint, and on
+# --resume that trial fails ("Could not recover from checkpoint", seen in CI). Instead the state
+# is snapshotted every second (TUNE_GLOBAL_CHECKPOINT_S, in prepare_tune), so a resumed trial
+# may redo the tasks of its last second (deterministically, the same rows), and
+# prune_checkpoints() removes the older checkpoints once the run is over.
+def keep_every_checkpoint():
+    from ray import tune
+
+    return tune.CheckpointConfig(num_to_keep=None)
+
+
+def prune_checkpoints(experiment: str) -> int:
+    """Delete every trial's checkpoints but its newest; returns how many were deleted.
+
+    Call only when no trial of the experiment runs (after ``Tuner.fit``): the experiment state
+    Tune saved last points at each trial's newest checkpoint. Works on local paths and ``s3://``.
+    """
+    from pyarrow import fs as pafs
+
+    filesystem, root = pafs.FileSystem.from_uri(experiment)
+    deleted = 0
+    for trial in filesystem.get_file_info(pafs.FileSelector(root, allow_not_found=True)):
+        if trial.type != pafs.FileType.Directory or not trial.base_name.startswith("trial_"):
+            continue
+        checkpoints = sorted(info.path for info in filesystem.get_file_info(pafs.FileSelector(trial.path))
+                             if info.type == pafs.FileType.Directory
+                             and info.base_name.startswith("checkpoint_"))
+        for path in checkpoints[:-1]:  # checkpoint_000000, _000001, ...: the last is the newest
+            filesystem.delete_dir(path)
+            deleted += 1
+    return deleted
+
+
+def prepare_tune(*, cpus_per_trial: float, gpus_per_trial: float | None, runs: int,
+                 max_concurrent: int | None = None) -> float:
+    """Tune settings shared by the search and the evaluation; returns the GPUs per trial.
+
+    ``gpus_per_trial=None`` means 0.25 where the cluster has GPUs, else 0. Call after
+    ``ray.init`` and before building the Tuner (Tune reads these variables then).
+    """
+    import ray
+
+    # Our TensorBoard callback replaces Tune's: one set of curves per trial, with HParams.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    # one checkpoint per task is our design, not a problem worth a warning each time
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # The experiment state (what --resume restores) at most a second behind the trials; see
+    # keep_every_checkpoint for why Tune's own "snapshot every num_to_keep checkpoints" is not used.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    total = ray.cluster_resources()
+    gpus = gpus_per_trial
+    if gpus is None:
+        gpus = 0.25 if total.get("GPU", 0) > 0 else 0.0
+    # With a searcher, Tune starts one trial at a time (one pending placement group) by
+    # default, so trials on free slots wait for each other's actor start-up. Let as many
+    # start at once as the cluster has slots for.
+    slots = [runs]
+    if cpus_per_trial > 0:
+        slots.append(int(total.get("CPU", 0) // cpus_per_trial))
+    if gpus > 0:
+        slots.append(int(total.get("GPU", 0) // gpus))
+    if max_concurrent:
+        slots.append(max_concurrent)
+    # set, not setdefault: a second search in one process (tests, notebooks) has its own slots
+    os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(max(1, min(slots)))
+    return gpus
