@@ -179,6 +179,7 @@ th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
 th { background: #eef2f7; } td.l, th.l { text-align: left; } td:not(.l) { white-space: nowrap; }
 tr.best td { background: #e8f5e9; font-weight: 600; }
 .st { font-weight: 600; } .note { background: #fff8e1; border-left: 4px solid #f0ad4e; padding: 6px 10px; }
+.verdict { font-size: 16px; font-weight: 600; background: #eef2f7; border-left: 4px solid #2166ac; padding: 8px 12px; }
 img { max-width: 100%; border: 1px solid #eee; } .muted { color: #666; font-size: 13px; }
 """
 
@@ -241,6 +242,106 @@ def evaluation_section(exp: Experiment) -> str:
             "to re-run the best configurations over fresh seeds, then this report again.</p>")
 
 
+# ---------------------------------------------------------------- conclusions (marktune.conclusions)
+def latest_conclusion(exp: Experiment):
+    """The conclusion of the latest evaluation (evaluation.csv + evaluation.json), or None."""
+    from marktune import conclusions
+    from marktune.evaluate import read_csv
+
+    record = conclusions.load_record(exp.path / conclusions.RECORD_FILE)
+    if record is None or not (exp.path / "evaluation.csv").is_file():
+        return None
+    try:
+        return conclusions.conclude(read_csv(exp.path / "evaluation.csv"), record)
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def verdict_paragraph(exp: Experiment) -> str:
+    """The page's opening sentence: is the best configuration better than the default?"""
+    conclusion = latest_conclusion(exp)
+    if conclusion is None:
+        return ("<p id='verdict' class='verdict'>Not evaluated yet, so no verdict: run "
+                f"<code>python -m marktune.evaluate {html.escape(str(exp.path))}</code> to compare the best "
+                "configurations with the default on paired seeds.</p>")
+    return (f"<p id='verdict' class='verdict'>{html.escape(conclusion.sentence)}</p>"
+            f"<p class='muted'>Selection: {html.escape(conclusion.record.protocol.label())}.</p>")
+
+
+def paired_section(exp: Experiment) -> str:
+    """The paired table against the default, with the interval's method and the rank stability."""
+    from marktune import conclusions
+    from marktune.statistics import METHOD
+
+    conclusion = latest_conclusion(exp)
+    if conclusion is None:
+        return "<p class='muted'>No paired evaluation yet (evaluation.json is written by marktune.evaluate).</p>"
+    record = conclusion.record
+    first_k = record.protocol.name == "first-k"
+    head = ["configuration", "pairs", "test ACC (%)", "BWT (%)"]
+    if first_k:
+        head += ["held-out ACC (%)", "held-out BWT (%)"]
+    head += ["Δ vs default (points)", "95 % CI", "verdict"]
+    rows = ["<table id='paired-table'><tr>" + "".join(
+        f"<th class='l'>{html.escape(h)}</th>" if i == 0 else f"<th>{html.escape(h)}</th>" for i, h in enumerate(head))
+        + "</tr>"]
+    for r in conclusion.results:
+        cells = conclusions.result_cells(r, first_k=first_k)
+        rows.append("<tr>" + "".join(f"<td class='l'>{html.escape(c)}</td>" if i == 0 else f"<td>{html.escape(c)}</td>"
+                                     for i, c in enumerate(cells)) + "</tr>")
+    rows.append("</table>")
+    return (f"<p>Every configuration ran on the same (data_seed, seed) pairs: data seeds {record.data_seeds} x seeds "
+            f"{record.seeds}, on {html.escape(record.benchmark)}. Compared with the default on "
+            f"{html.escape(conclusions.headline_words(record))}, pair by pair; interval: {html.escape(METHOD)}.</p>"
+            + "\n".join(rows) + f"<p>{html.escape(conclusions.rank_sentence(conclusion))}</p>")
+
+
+def protocol_gap_section(exp: Experiment) -> str:
+    """The same configurations under every protocol evaluated: how optimistic was the tuning?"""
+    from marktune import conclusions
+
+    evaluations = conclusions.load_all(exp.path)
+    if not evaluations:
+        return ("<p class='muted'>No evaluation kept in evaluations/ yet. Each run of marktune.evaluate (per "
+                "protocol and --benchmark) adds a column here.</p>")
+    columns: list[tuple[str, dict]] = []
+    for record, rows in evaluations:
+        columns += conclusions.gap_columns(record, rows)
+    trials = {t.trial_id: t for t in exp.trials}
+    labels: list[str] = []
+    sources: dict[str, str] = {}
+    for _, rows in evaluations:
+        for r in rows:
+            if r["configuration"] not in labels:
+                labels.append(r["configuration"])
+                sources[r["configuration"]] = r.get("source_trial", "")
+    protocol = evaluations[0][0].protocol
+    searched = (f"tasks 1-{protocol.tuning_tasks}" if protocol.name == "first-k" else "the whole stream") \
+        + f", data seed {protocol.searched_data_seed}"
+    head = ["configuration", f"search: val ACC (selected on; {searched})", f"search: test ACC (same run; {searched})",
+            *[c[0] for c in columns]]
+    out = ["<table id='protocol-gap-table'><tr>" + "".join(
+        f"<th class='l'>{html.escape(h)}</th>" if i == 0 else f"<th>{html.escape(h)}</th>" for i, h in enumerate(head))
+        + "</tr>"]
+    for label in labels:
+        trial = trials.get(sources.get(label, "")) if "meta_update none" not in label else None
+        cells = [f"<td class='l'>{html.escape(label)}</td>",
+                 f"<td>{_pct(trial.val_acc) if trial else '-'}</td>", f"<td>{_pct(trial.test_acc) if trial else '-'}</td>"]
+        for _, values in columns:
+            mean, std = values.get(label, (math.nan, math.nan))
+            cells.append(f"<td>{_pct(mean)}{'' if not math.isfinite(std) else f' ± {100 * std:.2f}'}</td>")
+        out.append("<tr>" + "".join(cells) + "</tr>")
+    out.append("</table>")
+    return ("<p>The same configurations' test ACC (%) under each protocol evaluated, beside what the search saw "
+            "when it selected them. Figures on tasks or class orders the search selected on are optimistic; "
+            "held-out tasks, other class orders and other benchmarks are not. The distance between the "
+            "columns is how optimistic the tuning was.</p>" + "\n".join(out))
+
+
+def _pct(v: float) -> str:
+    return "-" if v is None or not math.isfinite(v) else f"{100 * v:.2f}"
+
+
 def build_report(exp: Experiment, out: Path | None = None) -> Path:
     """Write report.html and figures/*.png; return the HTML file's path."""
     out = out or exp.path / "report.html"
@@ -251,7 +352,7 @@ def build_report(exp: Experiment, out: Path | None = None) -> Path:
     shown = best or next((t for t in exp.ranked() if t.results), None)  # heat map: best, else the furthest
 
     counts = {s: len(exp.by_status(s)) for s in STATUS_COLOURS}
-    parts = [f"<h1>marktune search report: {html.escape(exp.name)}</h1>",
+    parts = [f"<h1>marktune search report: {html.escape(exp.name)}</h1>", verdict_paragraph(exp),
              f"<p class='muted'>{html.escape(str(exp.path))}<br>benchmark <b>{html.escape(exp.benchmark)}</b>, "
              f"space <b>{html.escape(exp.space_name or 'not recognised')}</b>, {exp.num_tasks} tasks per trial; "
              f"{len(exp.trials)} trials: " + ", ".join(f"{v} {k.lower()}" for k, v in counts.items() if v)
@@ -304,6 +405,10 @@ def build_report(exp: Experiment, out: Path | None = None) -> Path:
 
     parts.append("<h2 id='evaluation'>Evaluation over seeds</h2>")
     parts.append(evaluation_section(exp))
+    parts.append("<h2 id='paired'>Paired comparison with the default</h2>")
+    parts.append(paired_section(exp))
+    parts.append("<h2 id='protocol-gap'>How optimistic was the tuning? (protocol gap)</h2>")
+    parts.append(protocol_gap_section(exp))
 
     page = ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
             f"<title>marktune report: {html.escape(exp.name)}</title><style>{CSS}</style></head><body>\n"

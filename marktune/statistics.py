@@ -94,7 +94,9 @@ def paired_difference(values: Sequence[float], reference: Sequence[float], *,
     mean = float(diff.mean())
     if n < 2:
         return PairedDifference(mean, math.nan, math.nan, n, UNDECIDED)
-    if np.all(diff == diff[0]):
+    # accuracies lie in [0, 1]: differences that agree to 1e-12 are equal up to the round-off of
+    # one subtraction (~1e-16); t's interval then has zero width (scipy would return NaN)
+    if np.ptp(diff) <= 1e-12:
         low = high = mean
     else:
         from scipy import stats
