@@ -138,8 +138,9 @@ def conclude(rows: Sequence[Mapping[str, Any]], record: EvaluationRecord) -> Con
     return conclusion
 
 
-def verdict_sentence(conclusion: Conclusion) -> str:
-    """One sentence: is the search's best configuration better than the default?"""
+def verdict_sentence(conclusion: Conclusion, result: ConfigurationResult | None = None,
+                     name: str = "the best configuration") -> str:
+    """One sentence: is the search's best configuration (or ``result``, called ``name``) better than the default?"""
     record = conclusion.record
     seeds, orders = len(record.seeds), len(record.data_seeds)
     shape = (f"On {seeds} seed{'s' * (seeds != 1)} x {orders} "
@@ -152,9 +153,9 @@ def verdict_sentence(conclusion: Conclusion) -> str:
     where = ""
     if record.protocol.name == "first-k":
         where = f" on the held-out tasks {record.protocol.tuning_tasks + 1}-{record.protocol.stream_tasks}"
-    best = conclusion.best
+    best = result or conclusion.best
     if best is None or best.difference is None or best.difference.n == 0:
-        return (f"{shape}, the best configuration cannot be compared with {reference}: no (data seed, seed) "
+        return (f"{shape}, {name} cannot be compared with {reference}: no (data seed, seed) "
                 "pair finished for both.")
     d = best.difference
     word = {BETTER: "is better than", WORSE: "is worse than", UNDECIDED: "is not distinguishable from"}[d.verdict]
@@ -162,7 +163,7 @@ def verdict_sentence(conclusion: Conclusion) -> str:
         numbers = f"{_points(d.mean, 2)} points on a single pair, no interval"
     else:
         numbers = f"{_points(d.mean, 2)} points, 95 % CI {_points(d.low, 1)} to {_points(d.high, 1)}"
-    return f"{shape}, the best configuration {word} {reference}{where} ({numbers})."
+    return f"{shape}, {name} {word} {reference}{where} ({numbers})."
 
 
 def format_markdown(conclusion: Conclusion) -> str:
@@ -241,11 +242,20 @@ def rewrite_best_config_comment(path: Path, conclusion: Conclusion) -> bool:
     """Put the verdict into ``best_config.yaml``'s comment (the settings stay as they are)."""
     if not path.is_file():
         return False
+    import yaml
+
     lines = path.read_text().splitlines()
     body = [ln for ln in lines if not ln.startswith("#")]
     kept = [ln for ln in lines if ln.startswith("# Best of") or ln.startswith("# Run it")]
-    best = conclusion.best
-    comment = kept[:1] + [f"# Evaluation ({conclusion.record.protocol.name}): {conclusion.sentence}"]
+    best, sentence = conclusion.best, conclusion.sentence
+    try:
+        trial_id = str((yaml.safe_load("\n".join(body)) or {}).get("trial_id", ""))
+    except (yaml.YAMLError, AttributeError):
+        trial_id = ""
+    mine = next((r for r in conclusion.results if r.kind == "best" and r.source_trial == trial_id), None)
+    if mine is not None and best is not None and mine is not best:  # a tie on validation ACC, broken otherwise
+        best, sentence = mine, verdict_sentence(conclusion, mine, f"this configuration ({mine.configuration})")
+    comment = kept[:1] + [f"# Evaluation ({conclusion.record.protocol.name}): {sentence}"]
     if best is not None and (best.difference is None or best.difference.verdict != BETTER):
         comment.append("# This configuration is NOT shown better than the default by that evaluation: "
                        "report it as such, or prefer the default.")

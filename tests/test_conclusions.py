@@ -216,3 +216,14 @@ def test_first_k_evaluation_runs_the_whole_stream(tmp_path):
     assert runtime.get(protocols.STOP_AFTER_KEY) == 3  # what run_evaluation removes (checked end to end)
     assert all(c.config.tasks == 5 for c in plan.configs)
     assert load_experiment(exp).num_tasks == 5
+
+
+def test_best_config_comment_speaks_of_its_own_trial(hand_made_csv, tmp_path):
+    # best_config.yaml holds trial c (worse than the default), the evaluation's "best 1" is trial a (better)
+    result = conclusions.conclude(evaluate.read_csv(hand_made_csv), _record())
+    best = tmp_path / "best_config.yaml"
+    best.write_text("# Best of 3 complete trials.\n" + yaml.safe_dump({"trial_id": "c", "config": {}}))
+    conclusions.rewrite_best_config_comment(best, result)
+    text = best.read_text()
+    assert "this configuration (best 3 (trial c)) is worse than the space's default" in text
+    assert "NOT shown better" in text
