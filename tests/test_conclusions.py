@@ -227,3 +227,36 @@ def test_best_config_comment_speaks_of_its_own_trial(hand_made_csv, tmp_path):
     text = best.read_text()
     assert "this configuration (best 3 (trial c)) is worse than the space's default" in text
     assert "NOT shown better" in text
+
+
+def test_report_opens_with_the_verdict_rendered_in_chromium(hand_made_csv, tmp_path):
+    import shutil
+    import subprocess
+
+    from marktune import report
+
+    exp = _protocol_experiment(tmp_path, "digits-full", "full")
+    rows = evaluate.read_csv(hand_made_csv)
+    for r in rows:  # the experiment's trials are t1 and t2
+        r["source_trial"] = {"a": "t1", "b": "t2"}.get(r["source_trial"], r["source_trial"])
+    evaluate.write_csv(rows, exp / "evaluation.csv")
+    record = _record({"t1": 0.9, "t2": 0.8})
+    conclusions.save(exp, record, exp / "evaluation.csv")
+    sentence = conclusions.conclude(evaluate.read_csv(exp / "evaluation.csv"), record).sentence
+    page = report.build_report(load_experiment(exp))
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed (Debian: apt-get install chromium; scripts/test.sh does it as root)")
+    proc = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    body = proc.stdout[proc.stdout.index("<body"):]
+    # the first paragraph after the title is the verdict
+    first = body[body.index("</h1>"):]
+    first = first[first.index("<p"):first.index("</p>")]
+    assert "id=\"verdict\"" in first and sentence in first
+    gap = body[body.index("id=\"protocol-gap-table\""):]
+    assert "full: test ACC, searched class order" in gap and "90.50 ± " in gap  # best 1's mean over the 3 pairs
