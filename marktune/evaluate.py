@@ -8,10 +8,17 @@ seeds (never the search's own):
 * the space's default configuration (rule in ``marktune.experiment.Experiment.default_config``);
 * the ``meta_update: none`` ablation of the best configuration (MARK without metalearning).
 
+Every configuration runs on the same (data_seed, seed) pairs: ``--orders`` class orders x
+``--seeds`` initialisations, so each is compared with the default pair by pair
+(``marktune.conclusions``, ``marktune.statistics``); what the search selected on (its
+``--protocol``, ``marktune.protocols``) decides what is reported as unseen. ``--benchmark``
+moves the configurations to another benchmark of the same shape.
+
 Every run is one Ray Tune trial of ``runners.mark_sequence.train_mark_sequence`` (the search's
-trainable), from a grid over (configuration, seed), with no scheduler: every run goes to the
-last task. Output, in the experiment directory: ``evaluation.csv`` (one row per run) and
-``evaluation.md`` (one row per configuration). The runs' own Tune directories go to
+trainable), from a grid over (configuration, data seed, seed), with no scheduler: every run goes
+to the last task. Output, in the experiment directory: ``evaluation.csv`` (one row per run),
+``evaluation.md`` (the verdict sentence, the paired table, one row per configuration),
+``evaluation.json`` and ``evaluations/<protocol>.*``. The runs' own Tune directories go to
 ``<storage>/<experiment>-eval``.
 """
 from __future__ import annotations
@@ -30,9 +37,9 @@ from typing import Any, Sequence
 
 from marktune import conclusions
 from marktune.config import ConfigError, MarkConfig
-from marktune.statistics import heldout_accuracy, heldout_backward_transfer
 from marktune.experiment import Experiment, ExperimentError, load_experiment
 from marktune.protocols import SearchProtocol
+from marktune.statistics import heldout_accuracy, heldout_backward_transfer
 
 FIRST_SEED = 1000  # evaluation seeds are the first S integers >= this that no search trial used
 TOTAL_CLASSES = {"cifar100": 100, "miniimagenet": 100, "fmnist": 10, "digits": 10}
@@ -263,8 +270,8 @@ def run_evaluation(plan: EvalPlan, args: argparse.Namespace):
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
-    from marktune.search import keep_every_checkpoint, prepare_tune, prune_checkpoints
     from marktune.protocols import STOP_AFTER_KEY
+    from marktune.search import keep_every_checkpoint, prepare_tune, prune_checkpoints
     from runners.mark_sequence import RUNTIME_KEY, train_mark_sequence
 
     runs = len(plan.configs) * len(plan.seeds) * len(plan.data_seeds)

@@ -1,6 +1,7 @@
 """A search at a glance: ``python -m marktune.report EXPERIMENT_DIR`` writes ``report.html``.
 
-One self-contained HTML file (CSS inline, figures embedded as base64 PNG) with:
+One self-contained HTML file (CSS inline, figures embedded as base64 PNG) that opens with the
+latest evaluation's verdict in one sentence (``marktune.conclusions``), then:
 
 * the best-trials table (every trial, best validation ACC first, with its searched settings);
 * mean validation accuracy per task of every trial (trials stopped by ASHA end early,
@@ -8,7 +9,9 @@ One self-contained HTML file (CSS inline, figures embedded as base64 PNG) with:
 * the best trial's accuracy matrices (test and validation) as heat maps;
 * parameter importances from the Optuna study (``optuna_study.pkl``, written at the end of a
   search; the Tune searcher's checkpoint is used when the search was interrupted);
-* the evaluation table, when ``python -m marktune.evaluate`` has been run.
+* the evaluation table, when ``python -m marktune.evaluate`` has been run, the paired comparison
+  with the default, and the protocol gap: the same configurations' figures under every
+  protocol evaluated (``evaluations/``), beside what the search saw when it selected them.
 
 The figures are also written as PNG files in ``<experiment>/figures/`` (for papers).
 Nothing here needs Ray; it works on a finished or an interrupted search.
