@@ -265,12 +265,21 @@ def data_runtime(plan: EvalPlan, args: argparse.Namespace) -> dict[str, Any]:
     return runtime
 
 
+def trial_runtime(plan: EvalPlan, args: argparse.Namespace) -> dict[str, Any]:
+    """The runtime settings every evaluation run gets: the search's data settings, threads, every task."""
+    from marktune.protocols import STOP_AFTER_KEY
+
+    runtime = data_runtime(plan, args)
+    runtime.pop(STOP_AFTER_KEY, None)  # a first-k search's trials stop early; its evaluation runs every task
+    runtime["threads"] = max(1, int(plan.cpus_per_trial)) if plan.cpus_per_trial else 1
+    return runtime
+
+
 def run_evaluation(plan: EvalPlan, args: argparse.Namespace):
     """One Tune trial per (configuration, seed); returns Tune's ResultGrid."""
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
-    from marktune.protocols import STOP_AFTER_KEY
     from marktune.search import keep_every_checkpoint, prepare_tune, prune_checkpoints
     from runners.mark_sequence import RUNTIME_KEY, train_mark_sequence
 
@@ -283,9 +292,7 @@ def run_evaluation(plan: EvalPlan, args: argparse.Namespace):
             for c in plan.configs]
     keys = sorted({k for r in rows for k in r})
     labels = [c.label for c in plan.configs]
-    runtime = data_runtime(plan, args)
-    runtime.pop(STOP_AFTER_KEY, None)  # a first-k search's trials stop early; its evaluation runs every task
-    runtime["threads"] = max(1, int(plan.cpus_per_trial)) if plan.cpus_per_trial else 1
+    runtime = trial_runtime(plan, args)
     param_space: dict[str, Any] = {
         "eval_row": tune.grid_search(list(range(len(rows)))),
         "data_seed": tune.grid_search(plan.data_seeds),

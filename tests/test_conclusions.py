@@ -210,10 +210,11 @@ def test_first_k_evaluation_runs_the_whole_stream(tmp_path):
         params = json.loads((trial / "params.json").read_text())
         params["marktune_runtime"][protocols.STOP_AFTER_KEY] = 3
         (trial / "params.json").write_text(json.dumps(params))
-    plan = evaluate.plan_from_args(evaluate.build_parser().parse_args([str(exp)]))
+    args = evaluate.build_parser().parse_args([str(exp)])
+    plan = evaluate.plan_from_args(args)
     assert plan.protocol.heldout_tasks == [3, 4]
-    runtime = evaluate.data_runtime(plan, evaluate.build_parser().parse_args([str(exp)]))
-    assert runtime.get(protocols.STOP_AFTER_KEY) == 3  # what run_evaluation removes (checked end to end)
+    assert evaluate.data_runtime(plan, args).get(protocols.STOP_AFTER_KEY) == 3  # the search's trials stopped
+    assert protocols.STOP_AFTER_KEY not in evaluate.trial_runtime(plan, args)  # the evaluation's runs do not
     assert all(c.config.tasks == 5 for c in plan.configs)
     assert load_experiment(exp).num_tasks == 5
 
