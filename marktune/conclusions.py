@@ -199,9 +199,12 @@ def result_cells(r: ConfigurationResult, *, first_k: bool) -> list[str]:
 
 
 def rank_sentence(conclusion: Conclusion) -> str:
-    if not math.isfinite(conclusion.tau):
+    if not math.isfinite(conclusion.tau) and conclusion.tau_items < 2:
         return (f"Rank stability: needs at least two re-run configurations with results "
                 f"({conclusion.tau_items} here; use --top 2 or more).")
+    if not math.isfinite(conclusion.tau):
+        return (f"Rank stability: Kendall's tau is undefined for these {conclusion.tau_items} re-run configurations: "
+                "the search's validation ACC (or the evaluation's means) tie, so no pair is ordered.")
     return (f"Rank stability: Kendall's tau = {conclusion.tau:+.2f} (scipy.stats.kendalltau) between the search's "
             f"validation ranking of the {conclusion.tau_items} re-run configurations and this evaluation's ranking "
             f"on {headline_words(conclusion.record)} (+1: same order, -1: reversed).")

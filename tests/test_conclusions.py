@@ -88,6 +88,10 @@ def test_kendall_tau_on_a_known_ranking(hand_made_csv):
     result = conclusions.conclude(evaluate.read_csv(hand_made_csv), _record({"a": 0.98, "b": 0.97, "c": 0.99}))
     assert result.tau == pytest.approx(-1 / 3)
     assert "Kendall's tau = -0.33" in conclusions.format_markdown(result)
+    # a tie in the search's validation ACC between two configurations: tau-b is undefined, and says why
+    rows = [r for r in evaluate.read_csv(hand_made_csv) if r["source_trial"] != "c"]
+    result = conclusions.conclude(rows, _record({"a": 0.99, "b": 0.99}))
+    assert math.isnan(result.tau) and "tie, so no pair is ordered" in conclusions.rank_sentence(result)
 
 
 def test_markdown_opens_with_the_verdict_and_best_config_says_not_better(hand_made_csv, tmp_path):
