@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="experiment name (default: <space>-<time>)")
     p.add_argument("--resume", action="store_true",
                    help="continue the experiment --name in --storage with the space, --set, --samples, "
-                        "--seed and --max-failures it started with")
+                        "--seed, --max-failures, --protocol and --tuning-tasks it started with")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler (trials use the space's seed)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a fixed learner setting for every trial (repeatable)")
