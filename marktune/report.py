@@ -263,6 +263,10 @@ def latest_conclusion(exp: Experiment):
 def verdict_paragraph(exp: Experiment) -> str:
     """The page's opening sentence: is the best configuration better than the default?"""
     conclusion = latest_conclusion(exp)
+    if conclusion is None and (exp.path / "evaluation.csv").is_file():
+        return ("<p id='verdict' class='verdict'>No verdict: this experiment's evaluation has no paired record "
+                "(evaluation.json; written by marktune.evaluate since paired statistics). Run "
+                f"<code>python -m marktune.evaluate {html.escape(str(exp.path))}</code> again for one.</p>")
     if conclusion is None:
         return ("<p id='verdict' class='verdict'>Not evaluated yet, so no verdict: run "
                 f"<code>python -m marktune.evaluate {html.escape(str(exp.path))}</code> to compare the best "

@@ -265,3 +265,18 @@ def test_report_opens_with_the_verdict_rendered_in_chromium(hand_made_csv, tmp_p
     assert "id=\"verdict\"" in first and sentence in first
     gap = body[body.index("id=\"protocol-gap-table\""):]
     assert "full: test ACC, searched class order" in gap and "90.50 ± " in gap  # best 1's mean over the 3 pairs
+
+
+def test_report_verdict_without_evaluation_or_with_an_old_one(tmp_path):
+    from marktune import report
+
+    exp = _protocol_experiment(tmp_path, "digits-old", "full")
+    assert "Not evaluated yet, so no verdict" in report.verdict_paragraph(load_experiment(exp))
+    # an evaluation.csv from before paired statistics (no data_seed column, no evaluation.json)
+    (exp / "evaluation.csv").write_text("configuration,kind,source_trial,seed,status,tasks_done,test_acc,bwt,val_acc,"
+                                        "wall_seconds,kb_params,task_params,device,settings,error\n"
+                                        "best 1 (trial t1),best,t1,1000,COMPLETE,5,0.9,0.0,0.9,1.0,1,1,cpu,{},\n")
+    assert "no paired record" in report.verdict_paragraph(load_experiment(exp))
+    assert evaluate.read_csv(exp / "evaluation.csv")[0]["data_seed"] == 1000  # then the seed set the order too
+    page = report.build_report(load_experiment(exp)).read_text()
+    assert "id='evaluation-table'" in page
