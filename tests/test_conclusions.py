@@ -280,3 +280,11 @@ def test_report_verdict_without_evaluation_or_with_an_old_one(tmp_path):
     assert evaluate.read_csv(exp / "evaluation.csv")[0]["data_seed"] == 1000  # then the seed set the order too
     page = report.build_report(load_experiment(exp)).read_text()
     assert "id='evaluation-table'" in page
+
+
+def test_a_validation_tie_goes_to_the_trial_in_best_config_yaml(tmp_path):
+    exp = _fake_experiment(tmp_path / "tie", {"t1": ("TERMINATED", 5, 0.9), "t2": ("TERMINATED", 5, 0.9),
+                                              "t3": ("TERMINATED", 5, 0.8)}, base=_digits_base(), searched=SEARCHED)
+    assert [t.trial_id for t in load_experiment(exp).best_complete(3)] == ["t1", "t2", "t3"]
+    (exp / "best_config.yaml").write_text("# Best of 3\n" + yaml.safe_dump({"trial_id": "t2", "config": {}}))
+    assert [t.trial_id for t in load_experiment(exp).best_complete(3)] == ["t2", "t1", "t3"]
