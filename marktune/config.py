@@ -142,7 +142,7 @@ class MarkConfig:
     # ------------------------------------------------------------------------
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first bad key and its allowed range."""
-        from marktune.model import kb_geometry  # local: model imports torch
+        from marktune.geometry import kb_geometry  # torch-free: a bad depth is refused in a blink
 
         _choice("benchmark", self.benchmark, BENCHMARKS)
         _choice("feature_extractor", self.feature_extractor, ("conv", "resnet18"))

@@ -8,10 +8,17 @@ seeds (never the search's own):
 * the space's default configuration (rule in ``marktune.experiment.Experiment.default_config``);
 * the ``meta_update: none`` ablation of the best configuration (MARK without metalearning).
 
+Every configuration runs on the same (data_seed, seed) pairs: ``--orders`` class orders x
+``--seeds`` initialisations, so each is compared with the default pair by pair
+(``marktune.conclusions``, ``marktune.statistics``); what the search selected on (its
+``--protocol``, ``marktune.protocols``) decides what is reported as unseen. ``--benchmark``
+moves the configurations to another benchmark of the same shape.
+
 Every run is one Ray Tune trial of ``runners.mark_sequence.train_mark_sequence`` (the search's
-trainable), from a grid over (configuration, seed), with no scheduler: every run goes to the
-last task. Output, in the experiment directory: ``evaluation.csv`` (one row per run) and
-``evaluation.md`` (one row per configuration). The runs' own Tune directories go to
+trainable), from a grid over (configuration, data seed, seed), with no scheduler: every run goes
+to the last task. Output, in the experiment directory: ``evaluation.csv`` (one row per run),
+``evaluation.md`` (the verdict sentence, the paired table, one row per configuration),
+``evaluation.json`` and ``evaluations/<protocol>.*``. The runs' own Tune directories go to
 ``<storage>/<experiment>-eval``.
 """
 from __future__ import annotations
@@ -23,18 +30,23 @@ import math
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import count
 from pathlib import Path
 from typing import Any, Sequence
 
+from marktune import conclusions
 from marktune.config import ConfigError, MarkConfig
 from marktune.experiment import Experiment, ExperimentError, load_experiment
+from marktune.protocols import SearchProtocol
+from marktune.statistics import heldout_accuracy, heldout_backward_transfer
 
 FIRST_SEED = 1000  # evaluation seeds are the first S integers >= this that no search trial used
 TOTAL_CLASSES = {"cifar100": 100, "miniimagenet": 100, "fmnist": 10, "digits": 10}
-CSV_FIELDS = ["configuration", "kind", "source_trial", "seed", "status", "tasks_done", "test_acc", "bwt",
-              "val_acc", "wall_seconds", "kb_params", "task_params", "device", "settings", "error"]
+CSV_FIELDS = ["configuration", "kind", "source_trial", "benchmark", "data_seed", "seed", "status", "tasks_done",
+              "tasks_total", "test_acc", "bwt", "heldout_test_acc", "heldout_bwt", "val_acc", "wall_seconds",
+              "kb_params", "task_params", "device", "settings", "error", "test_matrix"]
+DEFAULT_SEEDS, DEFAULT_ORDERS = 3, 1  # a space may set its own (defaults.eval_seeds, defaults.eval_orders)
 
 
 class EvaluateError(ValueError):
@@ -124,7 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("experiment", help="the search's experiment directory (<storage>/<name>)")
     p.add_argument("--top", type=int, default=3, help="best complete trials to re-run (default 3)")
-    p.add_argument("--seeds", type=int, default=3, help="fresh seeds per configuration (default 3)")
+    p.add_argument("--seeds", type=int,
+                   help=f"fresh initialisation seeds per class order (default: the space's, else {DEFAULT_SEEDS})")
+    p.add_argument("--orders", type=int,
+                   help=f"class orders (data seeds) per configuration (default: the space's, else {DEFAULT_ORDERS}); "
+                        "the searched order first, then fresh ones; --protocol other-order searches: fresh ones only")
+    p.add_argument("--benchmark", help="evaluate on another benchmark of the same shape (e.g. a digits search "
+                                       "on fmnist); tasks, class order and image size come from it")
     p.add_argument("--cpus-per-trial", type=float, help="CPUs per run (default: the space's, else 1)")
     p.add_argument("--gpus-per-trial", type=float,
                    help="GPUs per run (default: 0.25 where the cluster has GPUs, else 0)")
@@ -151,14 +169,21 @@ class EvalPlan:
     storage: str
     name: str
     default_rule: str
+    # paired design (marktune.protocols, marktune.conclusions): every configuration runs every
+    # (data_seed, seed) pair
+    data_seeds: list[int] = field(default_factory=list)
+    protocol: SearchProtocol = field(default_factory=SearchProtocol)
+    benchmark: str = ""  # evaluated on: the search's, or --benchmark
 
 
 def plan_from_args(args: argparse.Namespace) -> EvalPlan:
     """Everything checked before Ray starts; raises ExperimentError, EvaluateError or ConfigError."""
     if args.top < 1:
         raise EvaluateError(f"--top must be >= 1 (got {args.top})")
-    if args.seeds < 1:
+    if args.seeds is not None and args.seeds < 1:
         raise EvaluateError(f"--seeds must be >= 1 (got {args.seeds})")
+    if args.orders is not None and args.orders < 1:
+        raise EvaluateError(f"--orders must be >= 1 (got {args.orders})")
     if args.cpus_per_trial is not None and (args.cpus_per_trial < 0 or not math.isfinite(args.cpus_per_trial)):
         raise EvaluateError(f"--cpus-per-trial must be >= 0 (got {args.cpus_per_trial})")
     gpus = args.gpus_per_trial
@@ -179,8 +204,48 @@ def plan_from_args(args: argparse.Namespace) -> EvalPlan:
     name = args.name or f"{exp.name}-eval"
     if args.name is None and "://" not in storage and (Path(storage) / name).exists():
         name = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return EvalPlan(experiment=exp, configs=configs, seeds=fresh_seeds(exp, args.seeds), cpus_per_trial=cpus,
+    plan = EvalPlan(experiment=exp, configs=configs, seeds=[], cpus_per_trial=cpus,
                     gpus_per_trial=gpus, storage=storage, name=name, default_rule=exp.default_config()[1])
+    return plan_pairs(plan, args)
+
+
+def plan_pairs(plan: EvalPlan, args: argparse.Namespace) -> EvalPlan:
+    """The protocol's (data_seed, seed) grid and, with --benchmark, the configurations moved there."""
+    from marktune.protocols import ProtocolError, evaluation_data_seeds, read_protocol, retarget
+
+    exp = plan.experiment
+    try:
+        protocol = read_protocol(exp)
+    except (ProtocolError, ConfigError) as err:
+        raise EvaluateError(f"{exp.path}: {err}") from None
+    defaults = exp.space.defaults if exp.space is not None else {}
+    seeds = args.seeds if args.seeds is not None else int(defaults.get("eval_seeds") or DEFAULT_SEEDS)
+    orders = args.orders if args.orders is not None else int(defaults.get("eval_orders") or DEFAULT_ORDERS)
+    benchmark = args.benchmark or exp.benchmark
+    searched_config = plan.configs[0].config
+    if benchmark != exp.benchmark:
+        from marktune.config import BENCHMARKS
+
+        if benchmark not in BENCHMARKS:
+            raise EvaluateError(f"--benchmark {benchmark!r}: unknown; choose one of {', '.join(BENCHMARKS)}")
+        moved = []
+        for c in plan.configs:
+            try:
+                moved.append(EvalConfig(c.label, c.kind, c.source_trial,
+                                        retarget(c.config.to_dict(), benchmark=benchmark, searched=exp.searched)))
+            except ProtocolError as err:
+                raise EvaluateError(
+                    f"--benchmark {benchmark}: {c.label} has a setting {benchmark} cannot take: {err}. Searched "
+                    f"settings ({', '.join(exp.searched)}) are kept as the search chose them; evaluate on a "
+                    f"benchmark of the same shape as {exp.benchmark}.") from None
+        plan.configs = moved
+    try:
+        data_seeds = evaluation_data_seeds(protocol=protocol, orders=orders, searched=searched_config,
+                                           target=plan.configs[0].config if benchmark != exp.benchmark else None)
+    except ProtocolError as err:
+        raise EvaluateError(str(err)) from None
+    plan.seeds, plan.data_seeds, plan.protocol, plan.benchmark = fresh_seeds(exp, seeds), data_seeds, protocol, benchmark
+    return plan
 
 
 # ---------------------------------------------------------------- running
@@ -200,6 +265,16 @@ def data_runtime(plan: EvalPlan, args: argparse.Namespace) -> dict[str, Any]:
     return runtime
 
 
+def trial_runtime(plan: EvalPlan, args: argparse.Namespace) -> dict[str, Any]:
+    """The runtime settings every evaluation run gets: the search's data settings, threads, every task."""
+    from marktune.protocols import STOP_AFTER_KEY
+
+    runtime = data_runtime(plan, args)
+    runtime.pop(STOP_AFTER_KEY, None)  # a first-k search's trials stop early; its evaluation runs every task
+    runtime["threads"] = max(1, int(plan.cpus_per_trial)) if plan.cpus_per_trial else 1
+    return runtime
+
+
 def run_evaluation(plan: EvalPlan, args: argparse.Namespace):
     """One Tune trial per (configuration, seed); returns Tune's ResultGrid."""
     from ray import tune
@@ -208,19 +283,21 @@ def run_evaluation(plan: EvalPlan, args: argparse.Namespace):
     from marktune.search import keep_every_checkpoint, prepare_tune, prune_checkpoints
     from runners.mark_sequence import RUNTIME_KEY, train_mark_sequence
 
-    runs = len(plan.configs) * len(plan.seeds)
+    runs = len(plan.configs) * len(plan.seeds) * len(plan.data_seeds)
     gpus = prepare_tune(cpus_per_trial=plan.cpus_per_trial, gpus_per_trial=plan.gpus_per_trial,
                         runs=runs, max_concurrent=args.max_concurrent)
     trainable = tune.with_resources(train_mark_sequence, {"cpu": plan.cpus_per_trial, "gpu": gpus})
 
-    rows = [{k: v for k, v in c.config.to_dict().items() if k != "seed"} for c in plan.configs]
+    rows = [{k: v for k, v in c.config.to_dict().items() if k not in ("seed", "data_seed", "class_order")}
+            for c in plan.configs]
     keys = sorted({k for r in rows for k in r})
     labels = [c.label for c in plan.configs]
-    runtime = data_runtime(plan, args)
-    runtime["threads"] = max(1, int(plan.cpus_per_trial)) if plan.cpus_per_trial else 1
+    runtime = trial_runtime(plan, args)
     param_space: dict[str, Any] = {
         "eval_row": tune.grid_search(list(range(len(rows)))),
+        "data_seed": tune.grid_search(plan.data_seeds),
         "seed": tune.grid_search(plan.seeds),
+        "class_order": _class_order(plan),
         "eval_label": tune.sample_from(lambda config: labels[config["eval_row"]]),
         **{k: _pick(k, rows) for k in keys},
         RUNTIME_KEY: runtime,
@@ -233,12 +310,22 @@ def run_evaluation(plan: EvalPlan, args: argparse.Namespace):
                        tune_config=tune.TuneConfig(max_concurrent_trials=args.max_concurrent,
                                                    trial_name_creator=_trial_name,
                                                    trial_dirname_creator=_trial_name))
-    print(f"[marktune] evaluating {len(plan.configs)} configurations x {len(plan.seeds)} seeds "
-          f"{plan.seeds} = {runs} runs, {plan.cpus_per_trial:g} CPU + {gpus:g} GPU each; "
+    print(f"[marktune] evaluating {len(plan.configs)} configurations x {len(plan.data_seeds)} class orders "
+          f"(data seeds {plan.data_seeds}) x {len(plan.seeds)} seeds {plan.seeds} = {runs} runs on {plan.benchmark}, "
+          f"{plan.cpus_per_trial:g} CPU + {gpus:g} GPU each; "
           f"runs in {plan.storage.rstrip('/')}/{plan.name}", flush=True)
     results = tuner.fit()
     prune_checkpoints(f"{plan.storage.rstrip('/')}/{plan.name}")
     return results
+
+
+def _class_order(plan: EvalPlan):
+    """An explicit class order of the search holds on the searched data seed only; others draw theirs."""
+    from ray import tune
+
+    orders = [c.config.class_order for c in plan.configs]
+    searched = plan.protocol.searched_data_seed
+    return tune.sample_from(lambda config: orders[config["eval_row"]] if config["data_seed"] == searched else None)
 
 
 def _progress_callback(total: int):
@@ -253,8 +340,8 @@ def _progress_callback(total: int):
         def on_trial_complete(self, iteration, trials, trial, **info):
             self.done += 1
             r = trial.last_result or {}
-            print(f"[marktune] run {self.done}/{total} done: {trial.config.get('eval_label')} seed "
-                  f"{trial.config.get('seed')}: test ACC {r.get('mean_test_acc', math.nan):.4f}, "
+            print(f"[marktune] run {self.done}/{total} done: {trial.config.get('eval_label')} data seed "
+                  f"{trial.config.get('data_seed')} seed {trial.config.get('seed')}: test ACC {r.get('mean_test_acc', math.nan):.4f}, "
                   f"BWT {r.get('bwt_test', math.nan):+.4f}", flush=True)
 
         def on_trial_error(self, iteration, trials, trial, **info):
@@ -295,9 +382,16 @@ def run_records(results, plan: EvalPlan) -> list[dict[str, Any]]:
             wall = float(df["task_finished_at"].max() - df["task_started_at"].min())
         kb, task = counts[ec.label]
         settings = {k: getattr(ec.config, k) for k in [*searched, "meta_update"]}
+        matrix = test_matrix(result) if status == "COMPLETE" else []
+        first = plan.protocol.tuning_tasks if plan.protocol.name == "first-k" else 0
         records.append({
             "configuration": ec.label, "kind": ec.kind, "source_trial": ec.source_trial,
+            "benchmark": ec.config.benchmark, "data_seed": int(config.get("data_seed", -1)),
             "seed": int(config.get("seed", -1)), "status": status, "tasks_done": tasks_done,
+            "tasks_total": num_tasks,
+            "heldout_test_acc": heldout_accuracy(matrix, first) if first else math.nan,
+            "heldout_bwt": heldout_backward_transfer(matrix, first) if first else math.nan,
+            "test_matrix": json.dumps(matrix),
             "test_acc": _f(metrics.get("mean_test_acc")) if status == "COMPLETE" else math.nan,
             "bwt": _f(metrics.get("bwt_test")) if status == "COMPLETE" else math.nan,
             "val_acc": _f(metrics.get("mean_val_acc")) if status == "COMPLETE" else math.nan,
@@ -306,10 +400,22 @@ def run_records(results, plan: EvalPlan) -> list[dict[str, Any]]:
             "error": first_line(str(result.error)) if result.error is not None else "",
             "_row": row,
         })
-    records.sort(key=lambda r: (r["_row"], r["seed"]))
+    records.sort(key=lambda r: (r["_row"], r["data_seed"], r["seed"]))
     for r in records:
         del r["_row"]
     return records
+
+
+def test_matrix(result) -> list[list[float]]:
+    """The run's test accuracy matrix (row t: after task t), from its result.json (one line per task)."""
+    from marktune.experiment import _read_results
+
+    path = Path(str(result.path)) / "result.json"
+    rows = _read_results(path) if "://" not in str(result.path) else []
+    if not rows and result.metrics_dataframe is not None and "test_row" in result.metrics_dataframe:
+        cells = result.metrics_dataframe["test_row"].tolist()
+        return [json.loads(c) if isinstance(c, str) else list(c) for c in cells]
+    return [list(r.get("test_row") or []) for r in rows]
 
 
 # ---------------------------------------------------------------- tables
@@ -325,10 +431,13 @@ def read_csv(path: Path) -> list[dict[str, Any]]:
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     for r in rows:
-        for k in ("test_acc", "bwt", "val_acc", "wall_seconds"):
+        for k in ("test_acc", "bwt", "val_acc", "wall_seconds", "heldout_test_acc", "heldout_bwt"):
             r[k] = _f(r.get(k))
-        for k in ("seed", "tasks_done", "kb_params", "task_params"):
+        for k in ("seed", "tasks_done", "kb_params", "task_params", "tasks_total"):
             r[k] = int(r[k]) if str(r.get(k, "")).lstrip("-").isdigit() else 0
+        # evaluations before data_seed was a column: the seed set the class order too
+        r["data_seed"] = int(r["data_seed"]) if str(r.get("data_seed", "")).lstrip("-").isdigit() else r["seed"]
+        r["test_matrix"] = json.loads(r["test_matrix"]) if r.get("test_matrix") else []
     return rows
 
 
@@ -377,10 +486,12 @@ def table_cells(s: Summary) -> list[str]:
 
 
 def format_markdown(summaries: list[Summary], *, experiment: str, seeds: Sequence[int], note: str = "",
-                    default_rule: str = "") -> str:
+                    default_rule: str = "", data_seeds: Sequence[int] | None = None) -> str:
+    over = f"seeds {list(seeds)}" if data_seeds is None else \
+        f"class orders (data seeds) {list(data_seeds)} x initialisation seeds {list(seeds)}"
     lines = [f"# Evaluation of `{experiment}`", "",
-             f"Test ACC and BWT (GEM) after the last task, mean ± std over seeds {list(seeds)} "
-             "(sample std; the search's own seed is never reused). Validation ACC chose the configurations; "
+             f"Test ACC and BWT (GEM) after the last task, mean ± std over {over} "
+             "(sample std; the search's own initialisation seed is never reused). Validation ACC chose the configurations; "
              "test ACC is only reported. Parameters: the shared Knowledge Base, and what each task adds "
              "(its feature extractor F_t, mask generator M_t and classifier C_t).", ""]
     if default_rule:
@@ -433,6 +544,26 @@ def _cell(value: Any) -> Any:
     return value
 
 
+# ---------------------------------------------------------------- conclusions
+def evaluation_record(plan: EvalPlan) -> "conclusions.EvaluationRecord":
+    exp = plan.experiment
+    return conclusions.EvaluationRecord(
+        protocol=plan.protocol, seeds=list(plan.seeds), data_seeds=list(plan.data_seeds),
+        benchmark=plan.benchmark or exp.benchmark, searched_benchmark=exp.benchmark,
+        search_val={t.trial_id: t.val_acc for t in exp.best_complete(len(exp.trials))},
+        default_is_space=exp.space is not None)
+
+
+def conclude_and_save(plan: EvalPlan, records: list[dict[str, Any]]) -> "conclusions.Conclusion":
+    """The paired table and verdict; evaluation.json, evaluations/<protocol>.*, best_config.yaml's comment."""
+    out = plan.experiment.path
+    record = evaluation_record(plan)
+    conclusion = conclusions.conclude(records, record)
+    conclusions.save(out, record, out / "evaluation.csv")
+    conclusions.rewrite_best_config_comment(out / "best_config.yaml", conclusion)
+    return conclusion
+
+
 # ---------------------------------------------------------------- main
 def main(argv: Sequence[str] | None = None) -> int:
     from marktune.search import (SearchError, check_local_data, check_local_gpus, check_local_precision,
@@ -466,13 +597,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_csv(records, out / "evaluation.csv")
     summaries = aggregate(records)
     text = format_markdown(summaries, experiment=plan.experiment.name, seeds=plan.seeds, note=note,
-                           default_rule=plan.default_rule)
+                           default_rule=plan.default_rule, data_seeds=plan.data_seeds)
+    conclusion = conclude_and_save(plan, records)
+    text = conclusions.format_markdown(conclusion) + "\n" + text
     (out / "evaluation.md").write_text(text)
     print("\n" + text)
+    print(f"[marktune] {conclusion.sentence}")
     for r in records:
         if r["status"] != "COMPLETE":
             print(f"[marktune] {r['configuration']} seed {r['seed']}: {r['status']} {r['error']}")
-    print(f"[marktune] evaluation.csv and evaluation.md in {out}")
+    print(f"[marktune] evaluation.csv, evaluation.md and evaluation.json in {out} (this protocol's copy in "
+          f"{out / conclusions.HISTORY_DIR}); best_config.yaml's comment carries the verdict")
     print(f"[marktune] next: python -m marktune.report {out}")
     return 0
 

@@ -107,7 +107,10 @@ class Experiment:
 
     def best_complete(self, k: int = 1) -> list[Trial]:
         done = [t for t in self.trials if t.status == "COMPLETE" and math.isfinite(t.val_acc)]
-        return sorted(done, key=lambda t: -t.val_acc)[:k]
+        # a tie on validation ACC (common on easy benchmarks) goes to the trial the search wrote
+        # into best_config.yaml, so that "best 1" everywhere is the configuration that file holds
+        chosen = _best_config_trial(self.path)
+        return sorted(done, key=lambda t: (-t.val_acc, t.trial_id != chosen))[:k]
 
     def missing_note(self) -> str:
         """One line naming trials that are not finished, or '' when all are."""
@@ -343,6 +346,17 @@ def _same(a: Any, b: Any) -> bool:
         except (TypeError, ValueError):
             return False
     return a == b
+
+
+def _best_config_trial(root: Path) -> str:
+    """The trial id in the search's best_config.yaml, or '' (none written, or unreadable)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load((root / "best_config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return ""
+    return str(data.get("trial_id", "")) if isinstance(data, dict) else ""
 
 
 def _saved_settings(root: Path) -> dict[str, Any] | None:

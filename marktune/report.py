@@ -1,6 +1,7 @@
 """A search at a glance: ``python -m marktune.report EXPERIMENT_DIR`` writes ``report.html``.
 
-One self-contained HTML file (CSS inline, figures embedded as base64 PNG) with:
+One self-contained HTML file (CSS inline, figures embedded as base64 PNG) that opens with the
+latest evaluation's verdict in one sentence (``marktune.conclusions``), then:
 
 * the best-trials table (every trial, best validation ACC first, with its searched settings);
 * mean validation accuracy per task of every trial (trials stopped by ASHA end early,
@@ -10,7 +11,9 @@ One self-contained HTML file (CSS inline, figures embedded as base64 PNG) with:
   ``optuna_journal.log`` in the experiment directory, or the search's ``--optuna-storage``);
 * accuracy against total parameters and against compute seconds, with the Pareto front
   (complete trials; and the evaluation's configurations when there is an evaluation);
-* the evaluation table, when ``python -m marktune.evaluate`` has been run.
+* the evaluation table, when ``python -m marktune.evaluate`` has been run, the paired comparison
+  with the default, and the protocol gap: the same configurations' figures under every
+  protocol evaluated (``evaluations/``), beside what the search saw when it selected them.
 
 The figures are also written as PNG files in ``<experiment>/figures/`` (for papers).
 Nothing here needs Ray; it works on a finished or an interrupted search.
@@ -162,6 +165,7 @@ th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
 th { background: #eef2f7; } td.l, th.l { text-align: left; } td:not(.l) { white-space: nowrap; }
 tr.best td { background: #e8f5e9; font-weight: 600; }
 .st { font-weight: 600; } .note { background: #fff8e1; border-left: 4px solid #f0ad4e; padding: 6px 10px; }
+.verdict { font-size: 16px; font-weight: 600; background: #eef2f7; border-left: 4px solid #2166ac; padding: 8px 12px; }
 img { max-width: 100%; border: 1px solid #eee; } .muted { color: #666; font-size: 13px; }
 """
 
@@ -306,6 +310,110 @@ def pareto_section(exp: Experiment, figures: Path) -> str:
     return "\n".join(parts)
 
 
+# ---------------------------------------------------------------- conclusions (marktune.conclusions)
+def latest_conclusion(exp: Experiment):
+    """The conclusion of the latest evaluation (evaluation.csv + evaluation.json), or None."""
+    from marktune import conclusions
+    from marktune.evaluate import read_csv
+
+    record = conclusions.load_record(exp.path / conclusions.RECORD_FILE)
+    if record is None or not (exp.path / "evaluation.csv").is_file():
+        return None
+    try:
+        return conclusions.conclude(read_csv(exp.path / "evaluation.csv"), record)
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def verdict_paragraph(exp: Experiment) -> str:
+    """The page's opening sentence: is the best configuration better than the default?"""
+    conclusion = latest_conclusion(exp)
+    if conclusion is None and (exp.path / "evaluation.csv").is_file():
+        return ("<p id='verdict' class='verdict'>No verdict: this experiment's evaluation has no paired record "
+                "(evaluation.json; written by marktune.evaluate since paired statistics). Run "
+                f"<code>python -m marktune.evaluate {html.escape(str(exp.path))}</code> again for one.</p>")
+    if conclusion is None:
+        return ("<p id='verdict' class='verdict'>Not evaluated yet, so no verdict: run "
+                f"<code>python -m marktune.evaluate {html.escape(str(exp.path))}</code> to compare the best "
+                "configurations with the default on paired seeds.</p>")
+    return (f"<p id='verdict' class='verdict'>{html.escape(conclusion.sentence)}</p>"
+            f"<p class='muted'>Selection: {html.escape(conclusion.record.protocol.label())}.</p>")
+
+
+def paired_section(exp: Experiment) -> str:
+    """The paired table against the default, with the interval's method and the rank stability."""
+    from marktune import conclusions
+    from marktune.statistics import METHOD
+
+    conclusion = latest_conclusion(exp)
+    if conclusion is None:
+        return "<p class='muted'>No paired evaluation yet (evaluation.json is written by marktune.evaluate).</p>"
+    record = conclusion.record
+    first_k = record.protocol.name == "first-k"
+    head = ["configuration", "pairs", "test ACC (%)", "BWT (%)"]
+    if first_k:
+        head += ["held-out ACC (%)", "held-out BWT (%)"]
+    head += ["Δ vs default (points)", "95 % CI", "verdict"]
+    rows = ["<table id='paired-table'><tr>" + "".join(
+        f"<th class='l'>{html.escape(h)}</th>" if i == 0 else f"<th>{html.escape(h)}</th>" for i, h in enumerate(head))
+        + "</tr>"]
+    for r in conclusion.results:
+        cells = conclusions.result_cells(r, first_k=first_k)
+        rows.append("<tr>" + "".join(f"<td class='l'>{html.escape(c)}</td>" if i == 0 else f"<td>{html.escape(c)}</td>"
+                                     for i, c in enumerate(cells)) + "</tr>")
+    rows.append("</table>")
+    return (f"<p>Every configuration ran on the same (data_seed, seed) pairs: data seeds {record.data_seeds} x seeds "
+            f"{record.seeds}, on {html.escape(record.benchmark)}. Compared with the default on "
+            f"{html.escape(conclusions.headline_words(record))}, pair by pair; interval: {html.escape(METHOD)}.</p>"
+            + "\n".join(rows) + f"<p>{html.escape(conclusions.rank_sentence(conclusion))}</p>")
+
+
+def protocol_gap_section(exp: Experiment) -> str:
+    """The same configurations under every protocol evaluated: how optimistic was the tuning?"""
+    from marktune import conclusions
+
+    evaluations = conclusions.load_all(exp.path)
+    if not evaluations:
+        return ("<p class='muted'>No evaluation kept in evaluations/ yet. Each run of marktune.evaluate (per "
+                "protocol and --benchmark) adds a column here.</p>")
+    columns: list[tuple[str, dict]] = []
+    for record, rows in evaluations:
+        columns += conclusions.gap_columns(record, rows)
+    trials = {t.trial_id: t for t in exp.trials}
+    labels: list[str] = []
+    sources: dict[str, str] = {}
+    for _, rows in evaluations:
+        for r in rows:
+            if r["configuration"] not in labels:
+                labels.append(r["configuration"])
+                sources[r["configuration"]] = r.get("source_trial", "")
+    protocol = evaluations[0][0].protocol
+    searched = (f"tasks 1-{protocol.tuning_tasks}" if protocol.name == "first-k" else "the whole stream") \
+        + f", data seed {protocol.searched_data_seed}"
+    head = ["configuration", f"search: val ACC (selected on; {searched})", f"search: test ACC (same run; {searched})",
+            *[c[0] for c in columns]]
+    out = ["<table id='protocol-gap-table'><tr>" + "".join(
+        f"<th class='l'>{html.escape(h)}</th>" if i == 0 else f"<th>{html.escape(h)}</th>" for i, h in enumerate(head))
+        + "</tr>"]
+    for label in labels:
+        trial = trials.get(sources.get(label, "")) if "meta_update none" not in label else None
+        cells = [f"<td class='l'>{html.escape(label)}</td>",
+                 f"<td>{_pct(trial.val_acc) if trial else '-'}</td>", f"<td>{_pct(trial.test_acc) if trial else '-'}</td>"]
+        for _, values in columns:
+            mean, std = values.get(label, (math.nan, math.nan))
+            cells.append(f"<td>{_pct(mean)}{'' if not math.isfinite(std) else f' ± {100 * std:.2f}'}</td>")
+        out.append("<tr>" + "".join(cells) + "</tr>")
+    out.append("</table>")
+    return ("<p>The same configurations' test ACC (%) under each protocol evaluated, beside what the search saw "
+            "when it selected them. Figures on tasks or class orders the search selected on are optimistic; "
+            "held-out tasks, other class orders and other benchmarks are not. The distance between the "
+            "columns is how optimistic the tuning was.</p>" + "\n".join(out))
+
+
+def _pct(v: float) -> str:
+    return "-" if v is None or not math.isfinite(v) else f"{100 * v:.2f}"
+
+
 def build_report(exp: Experiment, out: Path | None = None, *, optuna_storage: str | None = None) -> Path:
     """Write report.html and figures/*.png; return the HTML file's path."""
     out = out or exp.path / "report.html"
@@ -316,7 +424,7 @@ def build_report(exp: Experiment, out: Path | None = None, *, optuna_storage: st
     shown = best or next((t for t in exp.ranked() if t.results), None)  # heat map: best, else the furthest
 
     counts = {s: len(exp.by_status(s)) for s in STATUS_COLOURS}
-    parts = [f"<h1>marktune search report: {html.escape(exp.name)}</h1>",
+    parts = [f"<h1>marktune search report: {html.escape(exp.name)}</h1>", verdict_paragraph(exp),
              f"<p class='muted'>{html.escape(str(exp.path))}<br>benchmark <b>{html.escape(exp.benchmark)}</b>, "
              f"space <b>{html.escape(exp.space_name or 'not recognised')}</b>, {exp.num_tasks} tasks per trial; "
              f"{len(exp.trials)} trials: " + ", ".join(f"{v} {k.lower()}" for k, v in counts.items() if v)
@@ -372,6 +480,10 @@ def build_report(exp: Experiment, out: Path | None = None, *, optuna_storage: st
 
     parts.append("<h2 id='evaluation'>Evaluation over seeds</h2>")
     parts.append(evaluation_section(exp))
+    parts.append("<h2 id='paired'>Paired comparison with the default</h2>")
+    parts.append(paired_section(exp))
+    parts.append("<h2 id='protocol-gap'>How optimistic was the tuning? (protocol gap)</h2>")
+    parts.append(protocol_gap_section(exp))
 
     page = ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
             f"<title>marktune report: {html.escape(exp.name)}</title><style>{CSS}</style></head><body>\n"

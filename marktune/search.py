@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                         f"<storage>/<name>/{JOURNAL_FILE})")
     p.add_argument("--resume", action="store_true",
                    help="continue the experiment --name in --storage with the space, --set, --samples, "
-                        "--seed, --max-failures and --optuna-storage it started with")
+                        "--seed, --max-failures, --optuna-storage, --protocol and --tuning-tasks it started with")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler (trials use the space's seed)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a fixed learner setting for every trial (repeatable)")
@@ -87,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="for fake GPUs (--num-gpus on a machine without CUDA, in tests): trials given a GPU "
                         "run on the CPU instead of failing")
     p.add_argument("--top", type=int, default=5, help="rows of the best-trials table (default 5)")
+    add_protocol_flags(p)
     p.add_argument("-v", "--verbose", action="store_true",
                    help="also Ray's trial tables (a box per trial start and result)")
     p.add_argument("-q", "--quiet", action="store_true",
@@ -107,9 +108,12 @@ class SearchPlan:
     gpus_per_trial: float | None
     storage: str
     name: str
-    num_tasks: int
+    num_tasks: int  # tasks each trial runs (ASHA's max_t): the stream's, or k under first-k
     study_storage: StudyStorage  # where the Optuna study (named after the experiment) lives
     resume: bool = False
+    protocol: str = "full"
+    tuning_tasks: int | None = None  # first-k only
+    stream_tasks: int = 0  # tasks of the whole stream
 
     @property
     def experiment(self) -> str:
@@ -149,10 +153,12 @@ def plan_from_args(args: argparse.Namespace) -> SearchPlan:
     name = args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     study_storage = StudyStorage.for_experiment(experiment_dir=local_experiment_dir(storage, name),
                                                 url=getattr(args, "optuna_storage", None))
+    protocol, tuning_tasks = check_protocol(args, base)
     return SearchPlan(space=space, overrides=overrides, base_config=base, samples=samples,
                       max_concurrent=max_concurrent, cpus_per_trial=cpus, gpus_per_trial=gpus,
-                      storage=storage, name=name, num_tasks=base.tasks, study_storage=study_storage,
-                      resume=bool(args.resume))
+                      storage=storage, name=name, num_tasks=tuning_tasks or base.tasks, study_storage=study_storage,
+                      resume=bool(args.resume), protocol=protocol, tuning_tasks=tuning_tasks,
+                      stream_tasks=base.tasks)
 
 
 def local_experiment_dir(storage: str, name: str) -> Path:
@@ -161,6 +167,45 @@ def local_experiment_dir(storage: str, name: str) -> Path:
     if "://" in storage:
         return Path(DEFAULT_STORAGE).resolve() / name
     return Path(storage) / name
+
+
+# ---------------------------------------------------------------- tuning protocols (marktune.protocols)
+def add_protocol_flags(p: argparse.ArgumentParser) -> None:
+    from marktune.protocols import DEFAULT_TUNING_TASKS, PROTOCOLS
+
+    p.add_argument("--protocol", choices=PROTOCOLS, default="full",
+                   help="what trials are selected on: full = the whole stream (default); first-k = the "
+                        "first --tuning-tasks tasks only, so evaluate can report tasks no selection saw; "
+                        "other-order = this class order, so evaluate reports other orders only")
+    p.add_argument("--tuning-tasks", type=int, metavar="K",
+                   help=f"first-k: tasks each trial runs (ASHA's max_t; default {DEFAULT_TUNING_TASKS})")
+
+
+def check_protocol(args: argparse.Namespace, base: MarkConfig) -> tuple[str, int | None]:
+    """(protocol, k for first-k else None); a bad combination is a SearchError."""
+    from marktune.protocols import DEFAULT_TUNING_TASKS
+
+    protocol = getattr(args, "protocol", None) or "full"
+    k = getattr(args, "tuning_tasks", None)
+    if protocol != "first-k":
+        if k is not None:
+            raise SearchError(f"--tuning-tasks {k} needs --protocol first-k (got --protocol {protocol})")
+        return protocol, None
+    k = DEFAULT_TUNING_TASKS if k is None else k
+    if not 1 <= k < base.tasks:
+        raise SearchError(f"--tuning-tasks must be in 1..{base.tasks - 1} for a stream of {base.tasks} tasks "
+                          f"(got {k}): first-k keeps at least one task the search never sees; "
+                          "--protocol full searches on every task")
+    return protocol, k
+
+
+def protocol_settings(plan: SearchPlan) -> dict[str, Any]:
+    """What marktune_search.json records about the protocol (read by marktune.protocols)."""
+    from marktune.protocols import SearchProtocol
+
+    return SearchProtocol(name=plan.protocol, tuning_tasks=plan.tuning_tasks, stream_tasks=plan.stream_tasks,
+                          searched_data_seed=plan.base_config.split_seed,
+                          searched_class_order=plan.base_config.class_order).to_settings()
 
 
 def check_address(address: str | None, *, timeout: float = 5.0) -> None:
@@ -313,7 +358,7 @@ def start_ray(args: argparse.Namespace, *, own_local: bool = False) -> None:
 SETTINGS_FILE = "marktune_search.json"
 # what a resumed search takes from the experiment unless given again (and then must match)
 # (Tune restores the sampled-trial count, the searcher and the RunConfig's FailureConfig itself)
-KEPT_ON_RESUME = ("space", "overrides", "samples", "seed", "max_failures")
+KEPT_ON_RESUME = ("space", "overrides", "samples", "seed", "max_failures", "protocol", "tuning_tasks")
 
 
 def save_settings(plan: SearchPlan, args: argparse.Namespace, experiment: str) -> None:
@@ -330,7 +375,7 @@ def save_settings(plan: SearchPlan, args: argparse.Namespace, experiment: str) -
                 # the study: None = the journal file in the experiment directory; a URL's password is
                 # not written here (a resumed search then needs --optuna-storage again)
                 "optuna_storage": plan.study_storage.describe() if plan.study_storage.url else None,
-                "study_name": plan.name}
+                "study_name": plan.name, **protocol_settings(plan)}
     filesystem, path = pafs.FileSystem.from_uri(experiment)
     filesystem.create_dir(path, recursive=True)
     with filesystem.open_output_stream(f"{path}/{SETTINGS_FILE}") as f:
@@ -385,7 +430,7 @@ def apply_saved_settings(args: argparse.Namespace, given: set[str]) -> argparse.
             flag = "--set" if key == "overrides" else f"--{key.replace('_', '-')}"
             raise SearchError(f"--resume: experiment {args.name!r} was started with {flag} {saved[key]!r}, "
                               f"not {getattr(args, key)!r}; a resumed search keeps its space, --set, "
-                              "--samples, --seed and --max-failures (leave the flag out)")
+                              "--samples, --seed, --max-failures, --protocol and --tuning-tasks (leave the flag out)")
     _resume_study_storage(args, saved.get("optuna_storage"), given="optuna_storage" in given)
     return args
 
@@ -445,6 +490,10 @@ def run_search(plan: SearchPlan, args: argparse.Namespace) -> SearchRun:
     param_space = plan.space.param_space(plan.overrides)
     param_space[RUNTIME_KEY] = {"data_dir": args.data_dir, "download": args.download, "threads": threads,
                                 **gpu_runtime(args)}
+    if plan.protocol == "first-k":  # trials run the first k tasks of the whole stream
+        from marktune.protocols import STOP_AFTER_KEY
+
+        param_space[RUNTIME_KEY][STOP_AFTER_KEY] = plan.tuning_tasks
 
     progress = SearchProgress(total=plan.samples, num_tasks=plan.num_tasks, status_lines=not args.quiet)
     callbacks = [JsonLoggerCallback(), CSVLoggerCallback(),
@@ -486,6 +535,13 @@ def run_search(plan: SearchPlan, args: argparse.Namespace) -> SearchRun:
                                         trial_name_creator=_trial_name, trial_dirname_creator=_trial_name))
     print(f"[marktune] experiment {experiment}: {plan.samples} trials of {plan.space.name} "
           f"({plan.num_tasks} tasks each), {resources['cpu']:g} CPU + {gpus:g} GPU per trial")
+    if plan.protocol != "full":
+        print(f"[marktune] protocol {plan.protocol}: "
+              + (f"trials run tasks 1-{plan.tuning_tasks} of {plan.stream_tasks}; tasks "
+                 f"{plan.tuning_tasks + 1}-{plan.stream_tasks} stay unseen for marktune.evaluate"
+                 if plan.protocol == "first-k" else
+                 f"trials run the class order of data_seed {plan.base_config.split_seed}; "
+                 "marktune.evaluate will use other orders only"))
     print(f"[marktune] compare trials: tensorboard --logdir {experiment}")
     print(f"[marktune] watch the study: optuna-dashboard {plan.study_storage.describe()}", flush=True)
     if not args.resume:

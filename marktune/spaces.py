@@ -13,6 +13,8 @@ A space file holds::
       samples: 12
       grace_period: 1       # ASHA, in tasks
       reduction_factor: 2
+      eval_seeds: 3         # marktune.evaluate: initialisation seeds x class orders
+      eval_orders: 1
 
 Everything is checked here, before Ray starts: unknown names, ``low >= high``,
 values the learner would refuse.
@@ -36,7 +38,9 @@ from marktune.config import ConfigError, MarkConfig, _yaml_scalar
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 KINDS = ("loguniform", "uniform", "int", "logint", "choice")
 DEFAULTS = {"samples": 12, "max_concurrent": None, "grace_period": 1, "reduction_factor": 2,
-            "cpus_per_trial": 1.0, "gpus_per_trial": None}
+            "cpus_per_trial": 1.0, "gpus_per_trial": None,
+            # marktune.evaluate's grid: initialisation seeds x class orders per configuration
+            "eval_seeds": 3, "eval_orders": 1}
 
 
 class SpaceError(ValueError):
@@ -214,6 +218,8 @@ def _check_defaults(where: str, d: dict[str, Any]) -> None:
     whole("max_concurrent", 1, allow_none=True)
     whole("grace_period", 1)
     whole("reduction_factor", 2)
+    whole("eval_seeds", 1)
+    whole("eval_orders", 1)
     for key in ("cpus_per_trial", "gpus_per_trial"):
         v = d[key]
         if v is not None and (not isinstance(v, (int, float)) or v < 0):

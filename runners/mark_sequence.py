@@ -86,7 +86,9 @@ def train_mark_sequence(config: dict[str, Any]) -> None:
     resumed_at = learner.tasks_done
 
     node = os.environ.get("RAY_NODE_ID") or _node_id()
-    while learner.tasks_done < learner.num_tasks:
+    # first-k protocol (marktune.protocols): the first k tasks of the whole stream, then stop
+    run_tasks = min(learner.num_tasks, int(runtime.get("stop_after_tasks") or learner.num_tasks))
+    while learner.tasks_done < run_tasks:
         started = time.time()
         try:
             report = learner.train_next_task()
@@ -109,6 +111,8 @@ def train_mark_sequence(config: dict[str, Any]) -> None:
             "done_all_tasks": report.done,
             "resumed_at_task": resumed_at,
         }
+        # what this trial runs (the search's finish line), and the stream it is cut from
+        metrics.update({"num_tasks": run_tasks, "stream_tasks": learner.num_tasks})
         with tempfile.TemporaryDirectory() as tmp:
             learner.save(Path(tmp) / STATE_FILE)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))

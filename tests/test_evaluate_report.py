@@ -305,6 +305,8 @@ def test_evaluation_table_has_every_configuration_seed_and_the_ablation(evaluate
         assert s.ok == 2 and s.test_acc[1] > 0  # two different seeds, two different results
         assert s.kb_params > 0 and s.task_params > 0 and s.wall_seconds > 0
     md = (evaluated / "evaluation.md").read_text()
+    assert md.startswith("On 2 seeds x 1 order, the best configuration ")  # the verdict first
+    md = md.split("# Evaluation of")[1]  # the per-configuration table (the paired one comes before it)
     table = [ln for ln in md.splitlines() if ln.startswith("| ") and "configuration" not in ln]
     assert len(table) == len(configs)
     assert any("meta_update none" in ln for ln in table) and all(" ± " in ln for ln in table)
