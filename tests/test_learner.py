@@ -292,3 +292,18 @@ def test_a_kb_warm_up_that_blew_up_is_reported(clip, warned):
     MarkLearner(cfg, load_benchmark_for(cfg), verbose=0, log=lines.append).train_next_task()
     assert any("KB warm-up (task 1) ended at train acc" in line and "kb_grad_clip" in line
                for line in lines) == warned, lines
+
+
+def test_fe_bn_train_keeps_feature_batchnorm_learning_until_the_task_ends():
+    # the released code (fe_bn_train: true) leaves F_t in train mode in phases 3-5, so its
+    # BatchNorm running statistics move after phase 1; MARK.md's default freezes them there
+    def bn_stats(cfg):
+        learner = make(cfg)
+        learner.train_next_task()
+        assert not learner.extractors[0].training
+        return {k: v for k, v in snapshot(learner.extractors[0]).items() if "running" in k}
+    frozen = bn_stats(tiny_config(num_tasks=1, mask_epochs=0, meta_epochs=0, consolidation_epochs=0))
+    eval_mode = bn_stats(tiny_config(num_tasks=1))
+    train_mode = bn_stats(tiny_config(num_tasks=1, fe_bn_train=True))
+    assert_same(frozen, eval_mode)
+    assert_changed(frozen, train_mode)
