@@ -116,7 +116,10 @@ def test_without_masks_every_mask_is_one_and_only_the_heads_train(monkeypatch):
         made.append([snapshot(m) for m in modules])
         return modules
     monkeypatch.setattr(learner, "_new_task_modules", new_modules)
+    given = []  # every mask the KB is given, in every phase (phase 2's are ones anyway)
+    learner.kb.register_forward_pre_hook(lambda module, args: given.extend(args[1]))
     learner.run()
+    assert given and all(torch.equal(m, torch.ones_like(m)) for m in given)
     for u, (extractor0, mask_gen0, head0) in enumerate(made):
         assert_same(mask_gen0, snapshot(learner.mask_generators[u]))  # M_t never trained
         assert_changed(head0, snapshot(learner.heads[u]))  # C_t was
