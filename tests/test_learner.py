@@ -287,9 +287,10 @@ def test_resnet_feature_extractor_runs_a_task():
 
 @pytest.mark.parametrize("clip,warned", [(None, True), (1.0, False)])
 def test_a_kb_warm_up_that_blew_up_is_reported(clip, warned):
-    """The digits trial whose KB warm-up blows up to finite, dead weights (no NaN): a warning."""
+    """The digits trial whose KB warm-up blows up to finite, dead weights (no NaN): a warning.
+    (Seed 1002: with the authors' class order, seed 1000's first task no longer blows up.)"""
     cfg = MarkConfig.from_sources(path=REPO / "search_spaces" / "digits.yaml", overrides=[
-        "seed=1000", "kb_depth=2", "kb_width=16", "mask_epochs=0", "meta_epochs=0",
+        "seed=1002", "kb_depth=2", "kb_width=16", "mask_epochs=0", "meta_epochs=0",
         "consolidation_epochs=0", f"kb_grad_clip={'' if clip is None else clip}"])
     lines: list[str] = []
     MarkLearner(cfg, load_benchmark_for(cfg), verbose=0, log=lines.append).train_next_task()
