@@ -417,7 +417,9 @@ def test_synthetic_is_learnable_by_a_small_cnn(one_thread):
         torch.nn.Flatten(), torch.nn.LazyLinear(task.num_classes))
     x, y = bench.normalize(task.train.x), task.train.y
     net(x[:1])
-    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    # lr 0.05 sat at chance for torch seed 0 once the classes came in the authors' order (f56be19):
+    # its ReLUs died; at 0.02 torch seeds 0-3 all reached >= 0.975
+    opt = torch.optim.SGD(net.parameters(), lr=0.02, momentum=0.9)
     for _ in range(5):
         for i in range(0, len(y), 32):
             opt.zero_grad()
