@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from marktune import metrics  # noqa: E402
 from marktune.config import MarkConfig  # noqa: E402
 from marktune.data import load_benchmark_for  # noqa: E402
-from marktune.learner import MarkLearner  # noqa: E402
+from marktune.learner import MarkLearner, TaskData  # noqa: E402
 
 ISSUE_5 = dict(benchmark="fmnist", num_tasks=5, max_train_per_task=2000, epochs=3,
                meta_epochs=2, mini_tasks=5, inner_steps=10)
@@ -51,8 +51,10 @@ def training_images(cfg: MarkConfig, learner: MarkLearner) -> int:
         total += cfg.phase_epochs("feature") * n + cfg.phase_epochs("mask") * n
         if t == 0:
             total += cfg.phase_epochs("kb") * n
-        if cfg.meta_update != "none":
-            total += cfg.phase_epochs("consolidation") * n
+        total += cfg.phase_epochs("consolidation") * n
+        if cfg.meta_update == "finetune":
+            total += cfg.phase_epochs("finetune") * n
+        elif cfg.meta_update != "none":
             batch = min(cfg.batch_size, n)
             total += cfg.meta_epochs * cfg.mini_tasks * cfg.inner_steps * batch
     return total
@@ -67,17 +69,19 @@ def evaluation_images(learner: MarkLearner) -> int:
 def compare_meta(learner: MarkLearner) -> dict[str, float]:
     """Phase 4 of the last task, loop and vmap, each from the same KB state."""
     t = learner.tasks_done - 1
-    task = learner.benchmark.tasks[t]
-    x, y = task.train.x.to(learner.device), task.train.y.to(learner.device)
-    features = learner._feature_source(learner.extractors[t], x)
+    bench_task = learner.benchmark.tasks[t]
     kb_state = {k: v.clone() for k, v in learner.kb.state_dict().items()}
     out = {}
     for name, vmap in (("loop", False), ("vmap", True)):
         learner.kb.load_state_dict(kb_state)
         learner.config.meta_vmap = vmap
-        generator = torch.Generator().manual_seed(123)
+        task = TaskData(t=t, x=bench_task.train.x.to(learner.device), y=bench_task.train.y.to(learner.device),
+                        num_classes=bench_task.num_classes, extractor=learner.extractors[t],
+                        mask_gen=learner.mask_generators[t], head=learner.heads[t],
+                        generator=torch.Generator().manual_seed(123))
+        task.features, task.features_cached = learner._path.feature_source(task)
         start = time.perf_counter()
-        learner._phase_meta(t, learner.mask_generators[t], x, y, features, task.num_classes, generator)
+        learner.meta_rule.update_kb(learner, task)
         out[name] = time.perf_counter() - start
     learner.kb.load_state_dict(kb_state)
     return out

@@ -19,6 +19,7 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+META_UPDATES = ("reptile", "seed", "none", "finetune")
 BENCHMARKS = ("cifar100", "miniimagenet", "fmnist", "digits", "synthetic")
 # (tasks, image size) of each benchmark; synthetic's are free.
 # (tasks, image size, classes) of each benchmark; synthetic's are free (classes: tasks x
@@ -63,6 +64,12 @@ class MarkConfig:
     resnet_weights: str | None = None  # local file for the frozen ResNet-18 trunk
     mask_hidden: int = 0  # 0: Linear(latent -> C_b), the paper's form
     mask_activation: str = "relu"  # relu | sigmoid
+    # M_t's starting weights. default: PyTorch's nn.Linear init, as the released code.
+    # identity: zero weights and bias 1 (4 for sigmoid), so every mask starts at ~1, the state
+    # the KB was warmed up in (ReLU masks cannot start dead; marktune's rule before issue 10)
+    mask_init: str = "default"
+    # False: the released ``use_mask: False`` ablation, every mask all ones (phases 3/5 train C_t only)
+    use_masks: bool = True
     kb_dropout: float = 0.5
 
     # --- optimisation ---------------------------------------------------------
@@ -86,10 +93,20 @@ class MarkConfig:
     consolidation_epochs: int | None = None  # phase 5
 
     # --- metalearning (phase 4) ---------------------------------------------
-    meta_update: str = "reptile"  # reptile | seed | none
+    # reptile | seed (the released rule) | none (ablation: phase 4 skipped, phase 5 kept)
+    # | finetune (ablation, the released ``use_meta: False``: KB and C_t trained on each task)
+    meta_update: str = "reptile"
     meta_epochs: int = 10
     mini_tasks: int = 10
     inner_steps: int = 40
+    # Departure (off by default), proposed for ``reptile``: the inner loop's weight decay acts on
+    # the fresh head only, not on the KB copies, so delta_k carries no pull towards 0 (with decay
+    # 0.1 over 40 steps a Reptile step shrinks the KB by a fixed fraction every outer step)
+    meta_decay_head_only: bool = False
+    # Released code: F_t stays in train mode (batch statistics, running statistics updated) in
+    # phases 3-5 of its task. MARK.md overrides that (eval mode after phase 1); true restores
+    # the released behaviour for reproductions (no feature cache then: slower)
+    fe_bn_train: bool = False
 
     # --- execution ------------------------------------------------------------
     precision: str = "fp32"  # fp32 | bf16 (autocast; changes numerics, off by default)
@@ -134,9 +151,10 @@ class MarkConfig:
         return self.lr_task if self.lr_mask is None else self.lr_mask
 
     def phase_epochs(self, phase: str) -> int:
-        """Epochs of an epoch-based phase: ``feature``, ``kb``, ``mask`` or ``consolidation``."""
+        """Epochs of an epoch-based phase: ``feature``, ``kb``, ``mask``, ``consolidation`` or
+        ``finetune`` (phase 4 of the ``finetune`` ablation: ``epochs``, the released count)."""
         own = {"feature": self.fe_epochs, "kb": self.kb_epochs, "mask": self.mask_epochs,
-               "consolidation": self.consolidation_epochs}[phase]
+               "consolidation": self.consolidation_epochs, "finetune": None}[phase]
         return self.epochs if own is None else own
 
     # ------------------------------------------------------------------------
@@ -147,7 +165,8 @@ class MarkConfig:
         _choice("benchmark", self.benchmark, BENCHMARKS)
         _choice("feature_extractor", self.feature_extractor, ("conv", "resnet18"))
         _choice("mask_activation", self.mask_activation, ("relu", "sigmoid"))
-        _choice("meta_update", self.meta_update, ("reptile", "seed", "none"))
+        _choice("meta_update", self.meta_update, META_UPDATES)
+        _choice("mask_init", self.mask_init, ("default", "identity"))
         _choice("precision", self.precision, ("fp32", "bf16"))
         if self.num_tasks is not None:
             _at_least("num_tasks", self.num_tasks, 1)

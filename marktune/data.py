@@ -522,7 +522,27 @@ def _read_miniimagenet(root: Path) -> _Source:
     folder = _locate_miniimagenet(root)
     train_x, train_y = _read_miniimagenet_pickle(folder / "train.pkl")
     test_x, test_y = _read_miniimagenet_pickle(folder / "test.pkl")
-    return _Source(train_x, train_y, test_x, test_y)
+    return _Source(resize_square(train_x, MINIIMAGENET_SIZE), train_y,
+                   resize_square(test_x, MINIIMAGENET_SIZE), test_y)
+
+
+# MARK.md: MiniImageNet images are 84 x 84 whatever size the pickles hold (some copies are 64 x 64).
+MINIIMAGENET_SIZE = 84
+RESIZE_CHUNK = 2048  # images per resize call: bounds the float copy torchvision makes
+
+
+def resize_square(images: np.ndarray, size: int) -> np.ndarray:
+    """uint8 ``[N, C, H, W]`` images resized to ``size x size`` (bilinear, antialiased, with
+    torchvision); returned as they are when they already have that size."""
+    if images.shape[-2:] == (size, size):
+        return images
+    from torchvision.transforms.v2 import functional as TF
+
+    out = np.empty((len(images), images.shape[1], size, size), dtype=np.uint8)
+    for start in range(0, len(images), RESIZE_CHUNK):
+        chunk = torch.from_numpy(np.ascontiguousarray(images[start:start + RESIZE_CHUNK]))
+        out[start:start + RESIZE_CHUNK] = TF.resize(chunk, [size, size], antialias=True).numpy()
+    return out
 
 
 def _read_miniimagenet_pickle(path: Path) -> tuple[np.ndarray, np.ndarray]:

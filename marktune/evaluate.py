@@ -6,7 +6,9 @@ seeds (never the search's own):
 
 * the ``--top`` best COMPLETE trials of the search (ranked by validation ACC, as the search);
 * the space's default configuration (rule in ``marktune.experiment.Experiment.default_config``);
-* the ``meta_update: none`` ablation of the best configuration (MARK without metalearning).
+* ablations of the best configuration, each removing one thing (``--ablations``, default all
+  three): ``none`` (no metalearning), ``finetune`` (the KB fine-tuned on each task instead of
+  metalearned) and ``nomask`` (no masks).
 
 Every configuration runs on the same (data_seed, seed) pairs: ``--orders`` class orders x
 ``--seeds`` initialisations, so each is compared with the default pair by pair
@@ -62,7 +64,37 @@ class EvalConfig:
     config: MarkConfig
 
 
-def plan_configs(exp: Experiment, top: int) -> list[EvalConfig]:
+# The ablations of the best configuration: the settings that make each, and what it removes,
+# in words (the table's label). MARK.md, "Ablations".
+ABLATIONS: dict[str, tuple[dict[str, Any], str]] = {
+    "none": ({"meta_update": "none"},
+             "no metalearning (phase 4 skipped, phase 5 kept: the KB learns on task 1 only)"),
+    "finetune": ({"meta_update": "finetune"},
+                 "metalearning replaced by fine-tuning the KB on each task (released use_meta: False)"),
+    "nomask": ({"use_masks": False},
+               "no masks (every mask is one; only the task heads are trained in phases 3 and 5)"),
+}
+DEFAULT_ABLATIONS = tuple(ABLATIONS)
+
+
+def parse_ablations(text: str) -> tuple[str, ...]:
+    """``"none,finetune"`` -> ``("none", "finetune")``; an empty string: no ablation."""
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in ABLATIONS]
+    if unknown:
+        raise EvaluateError(f"--ablations: unknown ablation(s) {', '.join(unknown)}; choose from "
+                            f"{', '.join(ABLATIONS)} (comma-separated)")
+    return tuple(dict.fromkeys(names))
+
+
+def ablation_configs(best: Any, names: Sequence[str]) -> list[EvalConfig]:
+    """The best configuration (a trial) with each named ablation applied, one row each."""
+    return [EvalConfig(f"best 1 {name} ablation: {ABLATIONS[name][1]} (trial {best.trial_id})", "ablation",
+                       best.trial_id, MarkConfig.from_dict({**best.config, **ABLATIONS[name][0]}))
+            for name in names]
+
+
+def plan_configs(exp: Experiment, top: int, ablations: Sequence[str] = DEFAULT_ABLATIONS) -> list[EvalConfig]:
     best = exp.best_complete(top)
     if not best:
         counts = {s: len(exp.by_status(s)) for s in ("PRUNED", "RUNNING", "MISSING", "ERROR")}
@@ -76,9 +108,7 @@ def plan_configs(exp: Experiment, top: int) -> list[EvalConfig]:
                                MarkConfig.from_dict(trial.config)))
     default, _ = exp.default_config()
     rows.append(EvalConfig(f"default ({exp.space_name or 'shared settings'})", "default", "", default))
-    ablation = MarkConfig.from_dict({**best[0].config, "meta_update": "none"})
-    rows.append(EvalConfig(f"best 1, meta_update none (trial {best[0].trial_id})", "ablation",
-                           best[0].trial_id, ablation))
+    rows += ablation_configs(best[0], ablations)
     return rows
 
 
@@ -129,8 +159,8 @@ def parameter_counts(config: MarkConfig) -> tuple[int, int]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m marktune.evaluate",
-        description="Re-run a search's best configurations, its space's default and the no-metalearning "
-                    "ablation with fresh seeds; report test ACC and BWT as mean +- std.",
+        description="Re-run a search's best configurations, its space's default and ablations of the "
+                    "best one with fresh seeds; report test ACC and BWT as mean +- std.",
         epilog="Example:\n  python -m marktune.evaluate results/fmnist-20261123-190000 --top 3 --seeds 3\n"
                "Then: python -m marktune.report results/fmnist-20261123-190000",
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -155,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--download", action="store_true", help="let runs download their data set")
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
     p.add_argument("--num-gpus", type=float, help="GPUs declared to the local Ray (default: detected)")
+    p.add_argument("--ablations", default=",".join(DEFAULT_ABLATIONS), metavar="LIST",
+                   help="ablations of the best configuration, comma-separated (default: all): "
+                        + "; ".join(f"{k}: {v[1]}" for k, v in ABLATIONS.items()) + "; '' for none")
     p.add_argument("-q", "--quiet", action="store_true", help="no Ray trial table")
     return p
 
@@ -191,8 +224,9 @@ def plan_from_args(args: argparse.Namespace) -> EvalPlan:
         raise EvaluateError(f"--gpus-per-trial must be a fraction in [0, 1] or a whole number (got {gpus})")
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise EvaluateError(f"--max-concurrent must be >= 1 (got {args.max_concurrent})")
+    ablations = parse_ablations(args.ablations)
     exp = load_experiment(args.experiment)
-    configs = plan_configs(exp, args.top)
+    configs = plan_configs(exp, args.top, ablations)
     cpus = args.cpus_per_trial
     if cpus is None:
         cpus = float(exp.space.defaults["cpus_per_trial"]) if exp.space is not None else 1.0
@@ -381,7 +415,7 @@ def run_records(results, plan: EvalPlan) -> list[dict[str, Any]]:
         if df is not None and len(df) and "task_started_at" in df:
             wall = float(df["task_finished_at"].max() - df["task_started_at"].min())
         kb, task = counts[ec.label]
-        settings = {k: getattr(ec.config, k) for k in [*searched, "meta_update"]}
+        settings = {k: getattr(ec.config, k) for k in [*searched, "meta_update", "use_masks"]}
         matrix = test_matrix(result) if status == "COMPLETE" else []
         first = plan.protocol.tuning_tasks if plan.protocol.name == "first-k" else 0
         records.append({

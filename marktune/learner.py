@@ -1,5 +1,17 @@
 """MARK, one task at a time: the five phases of ``../shared/MARK.md`` and evaluation.
 
+Read it top to bottom: :meth:`MarkLearner.train_next_task` runs the phases of one task
+in order; each phase is one method below it, and every epoch-based phase (and the
+``finetune`` ablation) is the same epoch loop, :meth:`MarkLearner.train_epochs`.
+Phase 4's rules (``reptile``, ``seed``, ``none``, ``finetune``) are one small class each
+in :mod:`marktune.meta_rules`. Where MARK.md is silent the released code decides (its
+section "Where the authors' code decides"); the comments say where that happens.
+
+What runs is the fast path (:class:`_FastPath`: caches what frozen modules compute, no
+autograd where nothing trains). ``fast: false`` swaps in :class:`_ReferencePath`, the
+plain reading of the spec: a test oracle only, which tests/test_speed.py holds the fast
+path to.
+
 The learner is driven by whoever owns the loop (``marktune.run``, a Ray trial):
 ``train_next_task()`` trains the next task and evaluates every task seen so far;
 ``state_dict()`` / ``load_state_dict()`` save and restore everything between tasks,
@@ -13,17 +25,18 @@ Example:
     ...                  inner_steps=2, kb_width=8, latent_dim=16, fe_channels=8)
     >>> learner = MarkLearner(cfg, load_benchmark_for(cfg), verbose=0)
     >>> report = learner.train_next_task()
-    >>> report.task, len(report.val_row)
-    (0, 1)
+    >>> report.task, len(report.val_row), len(report.mask_means) == cfg.kb_depth
+    (0, 1, True)
 """
 from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -32,14 +45,20 @@ from torch import nn
 from marktune import metrics
 from marktune.config import MarkConfig
 from marktune.data import Benchmark, Split, Task
+from marktune.meta_rules import MetaRule, meta_rule
 from marktune.model import (FeatureExtractor, KnowledgeBase, MaskGenerator,
                             ResNetFeatureExtractor, TaskHead, ones_masks)
 
-STATE_FORMAT = 1
+STATE_FORMAT = 2  # 2: per-task diagnostics (KB norms, mask means)
 # Images per forward pass when nothing is trained (F_t features, masks, evaluation).
 # Small chunks are faster per image on CPU (the conv activations stay in cache) and
 # keep peak memory low; measured with bench/sequence.py.
 EVAL_CHUNK = 128
+# Phase 4's inner loop, as the released code: ReduceLROnPlateau(factor=0.5, patience=5,
+# threshold=1e-3) around each mini-task's SGD, stepped with the inner loss every step.
+INNER_PLATEAU = dict(factor=0.5, patience=5, threshold=1e-3)
+
+Masks = list[torch.Tensor]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -48,7 +67,7 @@ class NonFiniteLossError(FloatingPointError):
 
 @dataclass
 class TaskReport:
-    """What the learner knows after training task ``task`` (rows of both matrices)."""
+    """What the learner knows after training task ``task`` (rows of both matrices, diagnostics)."""
 
     task: int
     num_tasks: int
@@ -59,6 +78,12 @@ class TaskReport:
     bwt_val: float
     bwt_test: float
     seconds: dict[str, float]
+    # the KB's weight norm after this task: all of it, each conv block, its final Linear
+    kb_weight_norm: float = math.nan
+    kb_block_norms: list[float] = field(default_factory=list)
+    kb_fc_norm: float = math.nan
+    # mean of M_t's mask over this task's validation images, per KB block
+    mask_means: list[float] = field(default_factory=list)
 
     @property
     def done(self) -> bool:
@@ -75,6 +100,23 @@ class MetaStepRecord:
     accuracies: list[float] = field(default_factory=list)
 
 
+@dataclass
+class TaskData:
+    """What the phases of task ``t`` share: its training images and its F_t, M_t, C_t."""
+
+    t: int
+    x: torch.Tensor  # uint8 training images, on the device
+    y: torch.Tensor
+    num_classes: int
+    extractor: nn.Module
+    mask_gen: MaskGenerator
+    head: TaskHead
+    generator: torch.Generator  # this task's batch order
+    # F_t(x[idx]) once phase 1 is done; ``features_cached``: computed once for the whole task
+    features: Callable[[torch.Tensor], torch.Tensor] | None = None
+    features_cached: bool = False
+
+
 class MarkLearner:
     """A whole MARK continual sequence on one benchmark, one task per call.
 
@@ -84,6 +126,7 @@ class MarkLearner:
         device: where to train; whatever Ray (or the user) assigned, CPU included.
         verbose: 0 silent, 1 one line per phase, 2 one line per epoch.
         log: where progress lines go.
+        record_meta: keep every outer step of phase 4 in ``meta_records`` (tests, analysis).
     """
 
     def __init__(self, config: MarkConfig, benchmark: Benchmark, *, device: str | torch.device = "cpu",
@@ -97,27 +140,21 @@ class MarkLearner:
         self.log = log
         self.record_meta = record_meta
         self.meta_records: list[MetaStepRecord] = []
+        self.meta_rule: MetaRule = meta_rule(config.meta_update)
         self.num_tasks = config.tasks
         self.tasks_done = 0
         T = self.num_tasks
         self.val_matrix = [[math.nan] * T for _ in range(T)]
         self.test_matrix = [[math.nan] * T for _ in range(T)]
         self.seconds: list[dict[str, float]] = []
+        self.diagnostics: list[dict] = []
+        self._path: _FastPath | _ReferencePath = _FastPath(self) if config.fast else _ReferencePath(self)
         with self._seeded(-1):
             self.kb = KnowledgeBase(image_size=benchmark.image_size, in_channels=benchmark.channels,
                                     depth=config.kb_depth, width=config.kb_width,
                                     latent_dim=config.latent_dim, dropout=config.kb_dropout).to(self.device)
-        # The fast path (default) and the plain reference path (``fast: false``): same
-        # results up to float round-off, which tests/test_speed.py checks.
-        self._fast = config.fast
-        self._memory_format = (torch.channels_last if config.fast and config.channels_last
-                               else torch.contiguous_format)
-        self.kb.pool_first = config.fast
-        self.kb.to(memory_format=self._memory_format)
-        self._kb_work: KnowledgeBase | None = None  # phase 4's reusable copy (fast path)
-        # masks M_u(F_u(x)) of each finished task's val/test images: both are frozen,
-        # so only the KB part of evaluation has to run again after later tasks
-        self._eval_masks: dict[tuple[int, str], list[torch.Tensor]] = {}
+        self.kb.pool_first = self._path.pool_first
+        self.kb.to(memory_format=self._path.memory_format)
         self.extractors = nn.ModuleList()
         self.mask_generators = nn.ModuleList()
         self.heads = nn.ModuleList()
@@ -128,31 +165,30 @@ class MarkLearner:
         t = self.tasks_done
         if t >= self.num_tasks:
             raise RuntimeError(f"all {self.num_tasks} tasks are trained already")
-        task = self.benchmark.tasks[t]
         seconds: dict[str, float] = {}
         with self._seeded(t):
-            generator = torch.Generator().manual_seed(self._task_seed(t))
-            x, y = task.train.x.to(self.device), task.train.y.to(self.device)
-            extractor, mask_gen, head = self._new_task_modules(task)
-
+            task = self._start_task(self.benchmark.tasks[t])
             with _timed(seconds, "feature"):
-                self._phase_feature_extraction(t, extractor, x, y, task.num_classes, generator)
-            features = self._feature_source(extractor, x)
+                self.phase_feature_extraction(task)
             if t == 0:
                 with _timed(seconds, "kb"):
-                    self._phase_kb_warmup(t, head, x, y, generator)
+                    self.phase_kb_warmup(task)
             with _timed(seconds, "mask"):
-                self._phase_masks(t, "mask", mask_gen, head, x, y, features, generator)
-            if self.config.meta_update != "none":
-                with _timed(seconds, "meta"):
-                    self._phase_meta(t, mask_gen, x, y, features, task.num_classes, generator)
-                with _timed(seconds, "consolidation"):
-                    self._phase_masks(t, "consolidation", mask_gen, head, x, y, features, generator)
-            for module in (mask_gen, head):
-                module.requires_grad_(False)
+                self.phase_masks_and_head(task, "mask")
+            with _timed(seconds, "meta"):
+                self.meta_rule.update_kb(self, task)  # phase 4: reptile, seed, none or finetune
+            with _timed(seconds, "consolidation"):
+                self.phase_masks_and_head(task, "consolidation")
+            for module in (task.extractor, task.mask_gen, task.head):
+                module.eval().requires_grad_(False)  # frozen for good
             self.tasks_done = t + 1
         with _timed(seconds, "eval"):
             self._evaluate(t)
+        self.diagnostics.append(self._diagnostics(t))
+        diag = self.diagnostics[-1]
+        self._log(1, f"task {t + 1}/{self.num_tasks} KB weight norm {diag['kb_weight_norm']:.4f} (blocks "
+                     f"{_fmt_row(diag['kb_block_norms'])}, fc {diag['kb_fc_norm']:.3f}), mean mask per block "
+                     f"{_fmt_row(diag['mask_means'])}")
         self.seconds.append(seconds)
         return self.report(t)
 
@@ -167,12 +203,17 @@ class MarkLearner:
     def report(self, t: int) -> TaskReport:
         val = [row[: r + 1] for r, row in enumerate(self.val_matrix[: t + 1])]
         test = [row[: r + 1] for r, row in enumerate(self.test_matrix[: t + 1])]
+        diag = self.diagnostics[t] if t < len(self.diagnostics) else {}
         return TaskReport(
             task=t, num_tasks=self.num_tasks, val_row=val[-1], test_row=test[-1],
             mean_val_acc=metrics.mean_accuracy_per_task(val)[-1],
             mean_test_acc=metrics.mean_accuracy_per_task(test)[-1],
             bwt_val=metrics.backward_transfer(val), bwt_test=metrics.backward_transfer(test),
             seconds=dict(self.seconds[t]) if t < len(self.seconds) else {},
+            kb_weight_norm=diag.get("kb_weight_norm", math.nan),
+            kb_block_norms=list(diag.get("kb_block_norms", [])),
+            kb_fc_norm=diag.get("kb_fc_norm", math.nan),
+            mask_means=list(diag.get("mask_means", [])),
         )
 
     def matrices(self) -> tuple[list[list[float]], list[list[float]]]:
@@ -181,175 +222,149 @@ class MarkLearner:
         tri = lambda M: [row[: r + 1] for r, row in enumerate(M[:n])]  # noqa: E731
         return tri(self.val_matrix), tri(self.test_matrix)
 
-    # ------------------------------------------------------------------ phases
-    def _phase_feature_extraction(self, t: int, extractor: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                                  num_classes: int, generator: torch.Generator) -> None:
+    # ------------------------------------------------------------------ the phases
+    def phase_feature_extraction(self, task: TaskData) -> None:
         """Phase 1: F_t with a throw-away head; then F_t is frozen for good."""
         cfg = self.config
-        probe = TaskHead(cfg.latent_dim, num_classes).to(self.device)
-        params = [p for p in extractor.parameters() if p.requires_grad] + list(probe.parameters())
-        opt = self._sgd(params, cfg.lr_task, cfg.weight_decay)
-        extractor.train()
-        for epoch in range(cfg.phase_epochs("feature")):
-            stats = _EpochStats()
-            for idx in self._batches(len(y), generator):
-                with self._autocast():
-                    logits = probe(extractor(self._input(x[idx])))
-                    loss = F.cross_entropy(logits.float(), y[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                opt.step()
-                stats.add(loss, logits, y[idx])
-            self._end_epoch(t, "feature", epoch, cfg.phase_epochs("feature"), stats)
-        extractor.eval()
-        extractor.requires_grad_(False)
+        probe = TaskHead(cfg.latent_dim, task.num_classes).to(self.device)
+        fe_params = [p for p in task.extractor.parameters() if p.requires_grad]
+        task.extractor.train()
+        self.train_epochs(task, "feature", params=fe_params + list(probe.parameters()),
+                          lr=cfg.lr_task, weight_decay=cfg.weight_decay,
+                          forward=lambda idx: probe(task.extractor(self.images(task.x[idx]))),
+                          # as the released code: F_t and the head clipped separately
+                          clip=[(fe_params, cfg.grad_clip), (list(probe.parameters()), cfg.grad_clip)])
+        task.extractor.requires_grad_(False)
+        if cfg.fe_bn_train:
+            # the released code: batch statistics until the task ends, so no cache either
+            task.features, task.features_cached = self._live_features(task, train_mode=True), False
+        else:
+            task.extractor.eval()  # MARK.md: running statistics from here on
+            task.features, task.features_cached = self._path.feature_source(task)
 
-    def _phase_kb_warmup(self, t: int, head: TaskHead, x: torch.Tensor, y: torch.Tensor,
-                         generator: torch.Generator) -> None:
+    def phase_kb_warmup(self, task: TaskData) -> None:
         """Phase 2 (task 0 only): the KB and C_0, no masks (all ones); clipped if ``kb_grad_clip``."""
         cfg = self.config
-        params = list(self.kb.parameters()) + list(head.parameters())
-        opt = self._sgd(params, cfg.lr_task, cfg.weight_decay)
+        params = list(self.kb.parameters()) + list(task.head.parameters())
         self.kb.train()
-        for epoch in range(cfg.phase_epochs("kb")):
-            stats = _EpochStats()
-            for idx in self._batches(len(y), generator):
-                with self._autocast():
-                    logits = head(self.kb(self._input(x[idx]), ones_masks(self.kb, len(idx), self.device)))
-                    loss = F.cross_entropy(logits.float(), y[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.kb_grad_clip is not None:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.kb_grad_clip)
-                opt.step()
-                stats.add(loss, logits, y[idx])
-            self._end_epoch(t, "kb", epoch, cfg.phase_epochs("kb"), stats)
-        if cfg.phase_epochs("kb") > 0:
+        stats = self.train_epochs(
+            task, "kb", params=params, lr=cfg.lr_task, weight_decay=cfg.weight_decay,
+            forward=lambda idx: task.head(self.kb(self.images(task.x[idx]),
+                                                  ones_masks(self.kb, len(idx), self.device))),
+            clip=[(params, cfg.kb_grad_clip)] if cfg.kb_grad_clip is not None else [])
+        if stats is not None:
             # A KB blown up to finite but dead weights raises no NaN; it answers one class
             # for every image, and every later task sits at chance. Say so where it starts.
             _, acc = stats.result()
-            majority = torch.bincount(y).max().item() / max(1, len(y))
+            majority = torch.bincount(task.y).max().item() / max(1, len(task.y))
             if acc <= majority + 0.02:
-                self._log(0, f"warning: the KB warm-up (task {t + 1}) ended at train acc {acc:.3f}, no "
+                self._log(0, f"warning: the KB warm-up (task {task.t + 1}) ended at train acc {acc:.3f}, no "
                              f"better than always answering the most common class ({majority:.3f}): it learned "
                              "nothing. If it diverged, set kb_grad_clip (e.g. 1.0) or lower lr_task; with "
                              "few epochs, raise kb_epochs")
 
-    def _phase_masks(self, t: int, phase: str, mask_gen: MaskGenerator, head: TaskHead, x: torch.Tensor,
-                     y: torch.Tensor, features: Callable[[torch.Tensor], torch.Tensor],
-                     generator: torch.Generator) -> None:
-        """Phases 3 and 5: M_t and C_t on the frozen KB (no weight gradients for the KB)."""
-        cfg = self.config
-        opt = self._sgd(list(mask_gen.parameters()) + list(head.parameters()), cfg.mask_lr, cfg.weight_decay)
-        self.kb.train()  # dropout on; its weights do not move
-        if self._fast:
-            self.kb.requires_grad_(False)  # the reference path computes (and drops) their gradients
-        mask_gen.train()
-        epochs = cfg.phase_epochs(phase)
-        try:
-            for epoch in range(epochs):
-                stats = _EpochStats()
-                for idx in self._batches(len(y), generator):
-                    with self._autocast():
-                        logits = head(self.kb(self._input(x[idx]), mask_gen(features(idx))))
-                        loss = F.cross_entropy(logits.float(), y[idx])
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    stats.add(loss, logits, y[idx])
-                self._end_epoch(t, phase, epoch, epochs, stats)
-        finally:
-            self.kb.requires_grad_(True)
-            for p in self.kb.parameters():
-                p.grad = None
+    def phase_masks_and_head(self, task: TaskData, phase: str) -> None:
+        """Phases 3 (``mask``) and 5 (``consolidation``): M_t and C_t on the frozen KB.
 
-    def _phase_meta(self, t: int, mask_gen: MaskGenerator, x: torch.Tensor, y: torch.Tensor,
-                    features: Callable[[torch.Tensor], torch.Tensor], num_classes: int,
-                    generator: torch.Generator) -> None:
-        """Phase 4: move the KB towards what K mini-tasks learned, weighted by their accuracy.
-
-        ``reptile``: ``theta += meta_step * sum_k (a_k / sum_j a_j) * delta_k``.
-        ``seed``: the released code's rule, the same weighted delta divided by K handed
-        to SGD(lr=0.1*lr_meta, weight decay 0.1) as a gradient, i.e. a step away from it.
+        With ``use_masks: false`` every mask is one and only C_t is trained.
         """
         cfg = self.config
-        mask_gen.eval()
-        if self._fast:
-            with torch.inference_mode():  # M_t is frozen here: its masks are computed once
-                every = torch.arange(len(y), device=self.device)
-                masks_all = [m.clone() for m in mask_gen(features(every))]
+        trained = ([*task.mask_gen.parameters()] if cfg.use_masks else []) + [*task.head.parameters()]
+        self.kb.train()  # dropout on; its weights do not move
+        task.mask_gen.train()
+        with self._path.kb_frozen():
+            self.train_epochs(task, phase, params=trained, lr=cfg.mask_lr, weight_decay=cfg.weight_decay,
+                              forward=lambda idx: task.head(self.kb(self.images(task.x[idx]),
+                                                                    self.task_masks(task, idx))))
 
-            def masks_for(idx: torch.Tensor) -> list[torch.Tensor]:
-                return [m[idx] for m in masks_all]
-        else:
-            def masks_for(idx: torch.Tensor) -> list[torch.Tensor]:
-                return [m.detach() for m in mask_gen(features(idx))]
-        kb_params = list(self.kb.parameters())
-        seed_opt = (self._sgd(kb_params, 0.1 * cfg.lr_meta, cfg.meta_weight_decay)
-                    if cfg.meta_update == "seed" else None)
-        batches = self._endless_batches(len(y), generator)
-        for outer in range(cfg.meta_epochs):
-            theta = [p.detach().clone() for p in kb_params]
-            weighted = [torch.zeros_like(p) for p in theta]
-            record = MetaStepRecord(theta_before=theta, theta_after=[]) if self.record_meta else None
-            acc_sum = 0.0
-            chosen = [next(batches) for _ in range(cfg.mini_tasks)]
-            if cfg.meta_vmap:
-                adapted = self._adapt_mini_tasks_vmap(t, x, y, chosen, masks_for, num_classes)
-            else:
-                adapted = (self._adapt_mini_task(t, self._input(x[idx]), y[idx], masks_for(idx), num_classes)
-                           for idx in chosen)
-            for delta, acc in adapted:
-                for w, d in zip(weighted, delta):
-                    w.add_(d, alpha=acc)
-                acc_sum += acc
-                if record is not None:
-                    record.deltas.append(delta)
-                    record.accuracies.append(acc)
-            if acc_sum == 0.0:
-                # no mini-task learned anything: there is no direction worth following
-                self._log(2, f"task {t}: meta step {outer + 1}: every mini-task at accuracy 0, KB unchanged")
-                combined = weighted
-            else:
-                combined = [w / acc_sum for w in weighted]
-            with torch.no_grad():
-                if cfg.meta_update == "reptile":
-                    for p, c in zip(kb_params, combined):
-                        p.add_(c, alpha=cfg.meta_step)
-                else:
-                    assert seed_opt is not None
-                    for p, c in zip(kb_params, combined):
-                        p.grad = c / cfg.mini_tasks
-                    seed_opt.step()
-                    seed_opt.zero_grad(set_to_none=True)
-            if not all(torch.isfinite(p).all() for p in kb_params):
-                raise NonFiniteLossError(f"the KB became NaN/inf in phase meta of task {t} (step {outer + 1}); "
-                                         "lower meta_step or lr_meta")
-            if record is not None:
-                record.theta_after = [p.detach().clone() for p in kb_params]
-                self.meta_records.append(record)
-            self._log(2, f"task {t + 1}/{self.num_tasks} meta step {outer + 1}/{cfg.meta_epochs} "
-                         f"mean mini-task acc {acc_sum / cfg.mini_tasks:.3f}")
+    # Phase 4 is ``self.meta_rule.update_kb(self, task)``: see marktune/meta_rules.py.
 
-    def _adapt_mini_task(self, t: int, xb: torch.Tensor, yb: torch.Tensor, masks: list[torch.Tensor],
+    # ------------------------------------------------------------------ the shared epoch loop
+    def train_epochs(self, task: TaskData, phase: str, *, params: list[nn.Parameter], lr: float,
+                     weight_decay: float, forward: Callable[[torch.Tensor], torch.Tensor],
+                     momentum: float | None = None,
+                     clip: Sequence[tuple[list[nn.Parameter], float]] = ()) -> "_EpochStats | None":
+        """``phase_epochs(phase)`` epochs of SGD over shuffled batches of task t's images.
+
+        ``forward(idx)`` gives the logits of the batch ``task.x[idx]``; each ``(params,
+        max_norm)`` of ``clip`` is clipped on its own. Returns the last epoch's statistics
+        (None when there were no epochs).
+        """
+        epochs = self.config.phase_epochs(phase)
+        opt = torch.optim.SGD(params, lr=lr, weight_decay=weight_decay,
+                              momentum=self.config.momentum if momentum is None else momentum)
+        stats = None
+        for epoch in range(epochs):
+            stats = _EpochStats()
+            for idx in self.batches(task):
+                with self._autocast():
+                    logits = forward(idx)
+                    loss = F.cross_entropy(logits.float(), task.y[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                for group, max_norm in clip:
+                    torch.nn.utils.clip_grad_norm_(group, max_norm)
+                opt.step()
+                stats.add(loss, logits, task.y[idx])
+            self._end_epoch(task.t, phase, epoch, epochs, stats)
+        return stats
+
+    # ------------------------------------------------------------------ what the phase-4 rules use
+    def batches(self, task: TaskData) -> Iterator[torch.Tensor]:
+        """One shuffled pass over task t's training images, in batches of ``batch_size``."""
+        order = torch.randperm(len(task.y), generator=task.generator).to(self.device)
+        for start in range(0, len(task.y), self.config.batch_size):
+            yield order[start:start + self.config.batch_size]
+
+    def first_batches(self, task: TaskData, k: int) -> list[torch.Tensor]:
+        """Phase 4's mini-task batches: a fresh shuffled pass, its first ``k`` batches (as the
+        released code; fewer when one pass has fewer)."""
+        return list(itertools.islice(self.batches(task), k))
+
+    def task_masks(self, task: TaskData, idx: torch.Tensor) -> Masks:
+        """M_t(F_t(x[idx])), or all ones with ``use_masks: false``."""
+        if not self.config.use_masks:
+            return ones_masks(self.kb, len(idx), self.device)
+        return task.mask_gen(task.features(idx))
+
+    def fixed_masks(self, task: TaskData) -> Callable[[torch.Tensor], Masks]:
+        """``masks(idx)`` while M_t and F_t do not change (phase 4): constants, no autograd."""
+        task.mask_gen.eval()
+        return self._path.fixed_masks(task)
+
+    def adapt_mini_tasks(self, task: TaskData, chosen: list[torch.Tensor],
+                         masks_for: Callable[[torch.Tensor], Masks]) -> Iterable[tuple[list[torch.Tensor], float]]:
+        """``(delta_k, a_k)`` of each mini-task: a copy of the KB and a fresh head trained on one batch."""
+        if self.config.meta_vmap:
+            return self._adapt_mini_tasks_vmap(task.t, task.x, task.y, chosen, masks_for, task.num_classes)
+        return (self._adapt_mini_task(task.t, self.images(task.x[idx]), task.y[idx], masks_for(idx),
+                                      task.num_classes) for idx in chosen)
+
+    def images(self, x_uint8: torch.Tensor) -> torch.Tensor:
+        """A uint8 batch as the network's input (layout, then normalisation)."""
+        return self.benchmark.normalize(x_uint8.contiguous(memory_format=self._path.memory_format))
+
+    def check_kb_finite(self, t: int, outer: int) -> None:
+        if not all(torch.isfinite(p).all() for p in self.kb.parameters()):
+            raise NonFiniteLossError(f"the KB became NaN/inf in phase meta of task {t} (step {outer + 1}); "
+                                     "lower meta_step or lr_meta")
+
+    def _inner_kb_decay(self) -> float:
+        """Weight decay of the KB copies in phase 4's inner loop: ``meta_weight_decay``, or 0 with
+        ``meta_decay_head_only`` (then delta_k holds no decay towards 0, only what the batch taught)."""
+        return 0.0 if self.config.meta_decay_head_only else self.config.meta_weight_decay
+
+    def _adapt_mini_task(self, t: int, xb: torch.Tensor, yb: torch.Tensor, masks: Masks,
                          num_classes: int) -> tuple[list[torch.Tensor], float]:
         """Train a copy of the KB and a fresh head on one batch; return (delta, accuracy)."""
         cfg = self.config
-        if self._fast:  # one reusable copy of the KB, refilled per mini-task
-            if self._kb_work is None:
-                self._kb_work = copy.deepcopy(self.kb)
-            kb_copy = self._kb_work
-            with torch.no_grad():
-                for pc, p in zip(kb_copy.parameters(), self.kb.parameters()):
-                    pc.copy_(p)
-                    pc.grad = None
-        else:
-            kb_copy = copy.deepcopy(self.kb)  # only the KB: F_t and M_t are not trained here
+        kb_copy = self._path.kb_copy()  # only the KB: F_t and M_t are not trained here
         kb_copy.requires_grad_(True)
         head = TaskHead(cfg.latent_dim, num_classes).to(self.device)
-        opt = self._sgd(list(kb_copy.parameters()) + list(head.parameters()), cfg.lr_meta,
-                        cfg.meta_weight_decay)
+        opt = torch.optim.SGD([{"params": list(kb_copy.parameters()), "weight_decay": self._inner_kb_decay()},
+                               {"params": list(head.parameters())}], lr=cfg.lr_meta,
+                              momentum=cfg.momentum, weight_decay=cfg.meta_weight_decay)
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, **INNER_PLATEAU)
         kb_copy.train()
         loss = None
         for _ in range(cfg.inner_steps):
@@ -358,25 +373,28 @@ class MarkLearner:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            plateau.step(loss.item())
         if loss is not None and cfg.nan_check and not torch.isfinite(loss):
             raise NonFiniteLossError(f"the loss became {loss.item()} in phase meta of task {t} "
                                      f"(inner steps); lower lr_meta (now {cfg.lr_meta})")
-        kb_copy.eval()
-        with self._frozen(), self._autocast():
+        # a_k as the released code: one more forward pass on the same batch, in train mode
+        # (dropout on), no update
+        with self._path.no_autograd(), self._autocast():
             acc = (head(kb_copy(xb, masks)).argmax(1) == yb).float().mean().item()
         delta = [pc.detach() - p.detach() for pc, p in zip(kb_copy.parameters(), self.kb.parameters())]
         return delta, acc
 
     def _adapt_mini_tasks_vmap(self, t: int, x: torch.Tensor, y: torch.Tensor, chosen: list[torch.Tensor],
-                               masks_for: Callable[[torch.Tensor], list[torch.Tensor]],
+                               masks_for: Callable[[torch.Tensor], Masks],
                                num_classes: int) -> list[tuple[list[torch.Tensor], float]]:
         """``_adapt_mini_task`` for all K mini-tasks at once (``meta_vmap``), with ``torch.func``.
 
-        Every copy has its own KB weights, head and SGD momentum; ``vmap`` runs them
-        together (``randomness="different"``: each copy draws its own dropout). The
-        heads are drawn up front, in mini-task order, so without dropout the copies
-        start exactly as the loop's do. Mini-tasks whose batches differ in size (the
-        last batch of a pass) run in separate groups.
+        Every copy has its own KB weights, head, SGD momentum and ReduceLROnPlateau (one
+        scheduler per copy, on a stand-in optimiser, so its learning rate follows that
+        copy's loss); ``vmap`` runs them together (``randomness="different"``: each copy
+        draws its own dropout). The heads are drawn up front, in mini-task order, so
+        without dropout the copies start exactly as the loop's do. Mini-tasks whose
+        batches differ in size (the last batch of a pass) run in separate groups.
         """
         from torch.func import functional_call, grad_and_value, vmap
 
@@ -385,7 +403,7 @@ class MarkLearner:
         theta = {n: p.detach() for n, p in self.kb.named_parameters()}
         heads = [TaskHead(cfg.latent_dim, num_classes).to(self.device) for _ in chosen]
 
-        def logits_of(params: dict[str, torch.Tensor], xk: torch.Tensor, mk: list[torch.Tensor]) -> torch.Tensor:
+        def logits_of(params: dict[str, torch.Tensor], xk: torch.Tensor, mk: Masks) -> torch.Tensor:
             h = functional_call(self.kb, {n: params["kb." + n] for n in names}, (xk, mk))
             return F.linear(h, params["head.weight"], params["head.bias"])
 
@@ -398,13 +416,17 @@ class MarkLearner:
             groups.setdefault(len(idx), []).append(k)
         results: list[tuple[list[torch.Tensor], float]] = [([], 0.0)] * len(chosen)
         for ks in groups.values():
-            xb = torch.stack([self._input(x[chosen[k]]) for k in ks])
+            xb = torch.stack([self.images(x[chosen[k]]) for k in ks])
             yb = torch.stack([y[chosen[k]] for k in ks])
             mb = [torch.stack(parts) for parts in zip(*(masks_for(chosen[k]) for k in ks))]
             params = {"kb." + n: torch.stack([theta[n]] * len(ks)) for n in names}
             params["head.weight"] = torch.stack([heads[k].weight.detach() for k in ks])
             params["head.bias"] = torch.stack([heads[k].bias.detach() for k in ks])
             momentum: dict[str, torch.Tensor] = {}
+            plateaus = [torch.optim.lr_scheduler.ReduceLROnPlateau(
+                torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.lr_meta), **INNER_PLATEAU)
+                for _ in ks]
+            lrs = [cfg.lr_meta] * len(ks)
             self.kb.train()
             loss = None
             for _ in range(cfg.inner_steps):
@@ -412,76 +434,83 @@ class MarkLearner:
                     grads, loss = step(params, xb, yb, mb)
                 with torch.no_grad():  # torch.optim.SGD's update, per copy
                     for n, p in params.items():
-                        d = grads[n].add(p, alpha=cfg.meta_weight_decay)
+                        decay = self._inner_kb_decay() if n.startswith("kb.") else cfg.meta_weight_decay
+                        d = grads[n].add(p, alpha=decay)
                         if n in momentum:
                             d = momentum[n].mul_(cfg.momentum).add_(d)
                         else:
                             momentum[n] = d = d.clone()
-                        params[n] = p.add(d, alpha=-cfg.lr_meta)
+                        if len(set(lrs)) == 1:  # the same kernel as torch.optim.SGD: same round-off
+                            params[n] = p.add(d, alpha=-lrs[0])
+                        else:
+                            params[n] = torch.stack([p[i].add(d[i], alpha=-lr) for i, lr in enumerate(lrs)])
+                for i, (plateau, value) in enumerate(zip(plateaus, loss.tolist())):
+                    plateau.step(value)
+                    lrs[i] = plateau.optimizer.param_groups[0]["lr"]
             if loss is not None and cfg.nan_check and not torch.isfinite(loss).all():
                 raise NonFiniteLossError(f"the loss became {loss.max().item()} in phase meta of task {t} "
                                          f"(inner steps); lower lr_meta (now {cfg.lr_meta})")
-            self.kb.eval()
-            with self._frozen(), self._autocast():
-                acc = (vmap(logits_of)(params, xb, mb).argmax(-1) == yb).float().mean(1).tolist()
-            self.kb.train()
+            # a_k: train mode, each copy its own dropout, as the loop
+            with self._path.no_autograd(), self._autocast():
+                acc = (vmap(logits_of, randomness="different")(params, xb, mb).argmax(-1) == yb
+                       ).float().mean(1).tolist()
             for i, k in enumerate(ks):
                 results[k] = ([params["kb." + n][i] - theta[n] for n in names], acc[i])
         return results
 
-    # ------------------------------------------------------------------ evaluation
+    # ------------------------------------------------------------------ evaluation and diagnostics
     def _evaluate(self, t: int) -> None:
         """Fill row t of both matrices: each task u <= t with its own F_u, M_u, C_u."""
         self.kb.eval()
         for u in range(t + 1):
             task = self.benchmark.tasks[u]
-            if self._fast:
-                self.val_matrix[t][u] = self._cached_accuracy(u, "val", task.val)
-                self.test_matrix[t][u] = self._cached_accuracy(u, "test", task.test)
-            else:
-                self.val_matrix[t][u] = self.accuracy(u, task.val)
-                self.test_matrix[t][u] = self.accuracy(u, task.test)
+            self.val_matrix[t][u] = self._path.accuracy(u, "val", task.val)
+            self.test_matrix[t][u] = self._path.accuracy(u, "test", task.test)
         self._log(1, f"task {t + 1}/{self.num_tasks} done: val acc "
-                     f"{_fmt_row(self.val_matrix[t][: t + 1])}, mean {self.report_mean(t, self.val_matrix):.4f}")
+                     f"{_fmt_row(self.val_matrix[t][: t + 1])}, mean {self.report_mean(t, self.val_matrix):.4f}, "
+                     f"test mean {self.report_mean(t, self.test_matrix):.4f}")
 
     def accuracy(self, u: int, split: Split) -> float:
-        """Accuracy of task ``u``'s path through the model on ``split``."""
-        with self._frozen():
+        """Accuracy of task ``u``'s path through the model on ``split`` (computed from scratch)."""
+        with self._path.no_autograd():
             self.kb.eval()
-            extractor, mask_gen, head = (self.extractors[u].eval(), self.mask_generators[u].eval(),
-                                         self.heads[u].eval())
+            head = self.heads[u].eval()
             correct = 0
             for start in range(0, len(split.y), EVAL_CHUNK):
-                xb = self._input(split.x[start:start + EVAL_CHUNK].to(self.device))
+                xb = self.images(split.x[start:start + EVAL_CHUNK].to(self.device))
                 yb = split.y[start:start + EVAL_CHUNK].to(self.device)
                 with self._autocast():
-                    logits = head(self.kb(xb, mask_gen(extractor(xb))))
+                    logits = head(self.kb(xb, self._masks_of(u, xb)))
                 correct += int((logits.argmax(1) == yb).sum())
             return correct / max(1, len(split.y))
 
-    @torch.inference_mode()
-    def _cached_accuracy(self, u: int, name: str, split: Split) -> float:
-        """``accuracy`` with task u's masks for this split computed once (F_u, M_u are frozen)."""
-        self.kb.eval()
-        head = self.heads[u].eval()
-        masks = self._eval_masks.get((u, name))
-        if masks is None:
-            extractor, mask_gen = self.extractors[u].eval(), self.mask_generators[u].eval()
+    def split_masks(self, u: int, split: Split) -> Masks:
+        """Task u's masks for every image of ``split`` (F_u, M_u in eval mode)."""
+        with torch.inference_mode():
             chunks = []
             for start in range(0, len(split.y), EVAL_CHUNK):
-                xb = self._input(split.x[start:start + EVAL_CHUNK].to(self.device))
+                xb = self.images(split.x[start:start + EVAL_CHUNK].to(self.device))
                 with self._autocast():
-                    chunks.append(mask_gen(extractor(xb)))
-            masks = [torch.cat(parts) for parts in zip(*chunks)] if chunks else []
-            self._eval_masks[(u, name)] = masks
-        correct = torch.zeros((), dtype=torch.long, device=self.device)
-        y = split.y.to(self.device)
-        for start in range(0, len(split.y), EVAL_CHUNK):
-            xb = self._input(split.x[start:start + EVAL_CHUNK].to(self.device))
-            with self._autocast():
-                logits = head(self.kb(xb, [m[start:start + EVAL_CHUNK] for m in masks]))
-            correct += (logits.argmax(1) == y[start:start + EVAL_CHUNK]).sum()
-        return int(correct) / max(1, len(split.y))
+                    chunks.append(self._masks_of(u, xb))
+            return [torch.cat(parts) for parts in zip(*chunks)] if chunks else []
+
+    def _masks_of(self, u: int, xb: torch.Tensor) -> Masks:
+        if not self.config.use_masks:
+            return ones_masks(self.kb, len(xb), self.device)
+        return self.mask_generators[u].eval()(self.extractors[u].eval()(xb))
+
+    def _diagnostics(self, t: int) -> dict:
+        """After task t: the KB's weight norm (total, per conv block, its Linear) and the mean
+        mask of task t per block on its validation images (a dead ReLU mask shows as 0)."""
+        def norm(params: Iterable[torch.Tensor]) -> float:
+            return math.sqrt(sum(float(p.detach().double().pow(2).sum()) for p in params))
+
+        masks = self._path.split_masks(t, "val", self.benchmark.tasks[t].val)
+        return {"task": t,
+                "kb_weight_norm": norm(self.kb.parameters()),
+                "kb_block_norms": [norm(conv.parameters()) for conv in self.kb.convs],
+                "kb_fc_norm": norm(self.kb.fc.parameters()),
+                "mask_means": [float(m.float().mean()) for m in masks]}
 
     def report_mean(self, t: int, matrix: list[list[float]]) -> float:
         return sum(matrix[t][: t + 1]) / (t + 1)
@@ -501,17 +530,19 @@ class MarkLearner:
             "val_matrix": [list(r) for r in self.val_matrix],
             "test_matrix": [list(r) for r in self.test_matrix],
             "seconds": [dict(s) for s in self.seconds],
+            "diagnostics": [dict(d) for d in self.diagnostics],
             "rng": torch.get_rng_state(),
         }
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("format") != STATE_FORMAT:
-            raise ValueError(f"unknown learner state format {state.get('format')!r}")
+            raise ValueError(f"unknown learner state format {state.get('format')!r} (this version writes "
+                             f"{STATE_FORMAT}); start the run again")
         if state["config"] != self.config.to_dict():
             diff = sorted(k for k, v in state["config"].items() if self.config.to_dict().get(k) != v)
             raise ValueError(f"the saved state was made with another config (differs in: {', '.join(diff)})")
         self.kb.load_state_dict(state["kb"])
-        self._eval_masks.clear()
+        self._path.forget_cache()
         self.extractors = nn.ModuleList()
         self.mask_generators = nn.ModuleList()
         self.heads = nn.ModuleList()
@@ -526,6 +557,7 @@ class MarkLearner:
         self.val_matrix = [list(r) for r in state["val_matrix"]]
         self.test_matrix = [list(r) for r in state["test_matrix"]]
         self.seconds = [dict(s) for s in state["seconds"]]
+        self.diagnostics = [dict(d) for d in state["diagnostics"]]
         torch.set_rng_state(state["rng"])
 
     def save(self, path) -> None:
@@ -535,6 +567,12 @@ class MarkLearner:
         self.load_state_dict(torch.load(path, map_location="cpu", weights_only=False))
 
     # ------------------------------------------------------------------ helpers
+    def _start_task(self, task: Task) -> TaskData:
+        extractor, mask_gen, head = self._new_task_modules(task)
+        return TaskData(t=task.index, x=task.train.x.to(self.device), y=task.train.y.to(self.device),
+                        num_classes=task.num_classes, extractor=extractor, mask_gen=mask_gen, head=head,
+                        generator=torch.Generator().manual_seed(self._task_seed(task.index)))
+
     def _new_task_modules(self, task: Task) -> tuple[nn.Module, MaskGenerator, TaskHead]:
         cfg = self.config
         with self._seeded(task.index, stream=1):
@@ -546,14 +584,22 @@ class MarkLearner:
                                              in_channels=self.benchmark.channels,
                                              channels=cfg.fe_channels, latent_dim=cfg.latent_dim)
             mask_gen = MaskGenerator(latent_dim=cfg.latent_dim, block_channels=self.kb.channels,
-                                     hidden=cfg.mask_hidden, activation=cfg.mask_activation)
+                                     hidden=cfg.mask_hidden, activation=cfg.mask_activation, init=cfg.mask_init)
             head = TaskHead(cfg.latent_dim, task.num_classes)
         modules = tuple(m.to(self.device) for m in (extractor, mask_gen, head))
-        modules[0].to(memory_format=self._memory_format)
+        modules[0].to(memory_format=self._path.memory_format)
         self.extractors.append(modules[0])
         self.mask_generators.append(modules[1])
         self.heads.append(modules[2])
         return modules  # type: ignore[return-value]
+
+    def _live_features(self, task: TaskData, *, train_mode: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``features(idx)`` computed on every call (F_t frozen; its BatchNorm in train or eval mode)."""
+        def compute(idx: torch.Tensor) -> torch.Tensor:
+            task.extractor.train(train_mode)
+            with torch.no_grad(), self._autocast():
+                return task.extractor(self.images(task.x[idx])).float()
+        return compute
 
     def _task_seed(self, t: int, stream: int = 0) -> int:
         return (self.config.seed * 1_000_003 + (t + 1) * 7919 + stream * 104_729) % (2 ** 63)
@@ -566,57 +612,16 @@ class MarkLearner:
             torch.manual_seed(self._task_seed(t, stream))
             yield
 
-    def _sgd(self, params, lr: float, weight_decay: float) -> torch.optim.SGD:
-        return torch.optim.SGD(params, lr=lr, momentum=self.config.momentum, weight_decay=weight_decay)
-
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16,
                               enabled=self.config.precision == "bf16")
-
-    def _input(self, x_uint8: torch.Tensor) -> torch.Tensor:
-        # the layout change happens on the uint8 batch; normalising keeps it
-        return self.benchmark.normalize(x_uint8.contiguous(memory_format=self._memory_format))
-
-    def _frozen(self):
-        """No autograd where nothing is trained (the reference path keeps autograd on)."""
-        return torch.inference_mode() if self._fast else contextlib.nullcontext()
-
-    def _batches(self, n: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
-        order = torch.randperm(n, generator=generator).to(self.device)
-        for start in range(0, n, self.config.batch_size):
-            yield order[start:start + self.config.batch_size]
-
-    def _endless_batches(self, n: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
-        """Successive training batches, reshuffled each pass (phase 4's mini-tasks)."""
-        while True:
-            yield from self._batches(n, generator)
-
-    def _feature_source(self, extractor: nn.Module, x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-        """``features(idx)`` = F_t(x[idx]): from a cache made once (fast path), or computed each time."""
-        if self._fast:
-            features = self._features(extractor, x)
-            return lambda idx: features[idx]
-
-        def compute(idx: torch.Tensor) -> torch.Tensor:
-            with self._autocast():
-                return extractor.eval()(self._input(x[idx])).float()
-        return compute
-
-    @torch.inference_mode()
-    def _features(self, extractor: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """F_t(x) for the whole task, once: F_t is frozen and in eval mode from here on."""
-        extractor.eval()
-        chunks = []
-        for start in range(0, len(x), EVAL_CHUNK):
-            with self._autocast():
-                chunks.append(extractor(self._input(x[start:start + EVAL_CHUNK])).float())
-        return torch.cat(chunks).clone()  # clone: a normal tensor, usable in autograd later
 
     def _end_epoch(self, t: int, phase: str, epoch: int, epochs: int, stats: "_EpochStats") -> None:
         loss, acc = stats.result()
         if self.config.nan_check and not math.isfinite(loss):
             hint = {"feature": "lr_task", "kb": "lr_task or set kb_grad_clip (e.g. 1.0)",
-                    "mask": "lr_mask (or lr_task)", "consolidation": "lr_mask (or lr_task)"}[phase]
+                    "mask": "lr_mask (or lr_task)", "consolidation": "lr_mask (or lr_task)",
+                    "finetune": "lr_meta"}[phase]
             raise NonFiniteLossError(f"the loss became {loss} in phase {phase} of task {t} "
                                      f"(epoch {epoch + 1}); lower {hint}")
         level = 1 if epoch + 1 == epochs else 2
@@ -626,6 +631,135 @@ class MarkLearner:
     def _log(self, level: int, message: str) -> None:
         if self.verbose >= level:
             self.log(message)
+
+
+class _FastPath:
+    """What runs (``fast: true``): the same results as :class:`_ReferencePath` up to float
+    round-off, faster. F_t's features and M_t's phase-4 masks are computed once per task
+    (both are frozen then), evaluation reuses each finished task's masks, nothing that is
+    not trained gets gradients, phase 4 refills one copy of the KB, each KB block pools
+    before its ReLU (they commute), conv tensors are channels-last (``channels_last``)."""
+
+    pool_first = True
+
+    def __init__(self, learner: MarkLearner) -> None:
+        self.learner = learner
+        self.memory_format = (torch.channels_last if learner.config.channels_last
+                              else torch.contiguous_format)
+        self._kb_work: KnowledgeBase | None = None
+        # masks M_u(F_u(x)) of each finished task's val/test images: both are frozen, so only
+        # the KB part of evaluation has to run again after later tasks
+        self._eval_masks: dict[tuple[int, str], Masks] = {}
+
+    def no_autograd(self):
+        return torch.inference_mode()
+
+    def feature_source(self, task: TaskData) -> tuple[Callable[[torch.Tensor], torch.Tensor], bool]:
+        """F_t(x) for the whole task, once (F_t frozen, eval mode): ``features(idx)`` indexes it."""
+        learner = self.learner
+        chunks = []
+        with torch.inference_mode():
+            for start in range(0, len(task.x), EVAL_CHUNK):
+                with learner._autocast():
+                    chunks.append(task.extractor(learner.images(task.x[start:start + EVAL_CHUNK])).float())
+        features = torch.cat(chunks).clone()  # outside inference mode: usable in autograd later
+        return (lambda idx: features[idx]), True
+
+    def fixed_masks(self, task: TaskData) -> Callable[[torch.Tensor], Masks]:
+        if not task.features_cached:  # F_t in train mode: masks depend on the batch
+            def live(idx: torch.Tensor) -> Masks:
+                with torch.no_grad():
+                    return [m.detach() for m in self.learner.task_masks(task, idx)]
+            return live
+        with torch.inference_mode():
+            every = torch.arange(len(task.y), device=self.learner.device)
+            masks_all = self.learner.task_masks(task, every)
+        masks_all = [m.clone() for m in masks_all]
+        return lambda idx: [m[idx] for m in masks_all]
+
+    @contextlib.contextmanager
+    def kb_frozen(self) -> Iterator[None]:
+        kb = self.learner.kb
+        kb.requires_grad_(False)
+        try:
+            yield
+        finally:
+            kb.requires_grad_(True)
+
+    def kb_copy(self) -> KnowledgeBase:
+        kb = self.learner.kb
+        if self._kb_work is None:
+            self._kb_work = copy.deepcopy(kb)
+        with torch.no_grad():
+            for pc, p in zip(self._kb_work.parameters(), kb.parameters()):
+                pc.copy_(p)
+                pc.grad = None
+        return self._kb_work
+
+    def split_masks(self, u: int, name: str, split: Split) -> Masks:
+        if (u, name) not in self._eval_masks:
+            self._eval_masks[(u, name)] = self.learner.split_masks(u, split)
+        return self._eval_masks[(u, name)]
+
+    @torch.inference_mode()
+    def accuracy(self, u: int, name: str, split: Split) -> float:
+        learner = self.learner
+        learner.kb.eval()
+        head = learner.heads[u].eval()
+        masks = self.split_masks(u, name, split)
+        correct = torch.zeros((), dtype=torch.long, device=learner.device)
+        y = split.y.to(learner.device)
+        for start in range(0, len(split.y), EVAL_CHUNK):
+            xb = learner.images(split.x[start:start + EVAL_CHUNK].to(learner.device))
+            with learner._autocast():
+                logits = head(learner.kb(xb, [m[start:start + EVAL_CHUNK] for m in masks]))
+            correct += (logits.argmax(1) == y[start:start + EVAL_CHUNK]).sum()
+        return int(correct) / max(1, len(split.y))
+
+    def forget_cache(self) -> None:
+        self._eval_masks.clear()
+
+
+class _ReferencePath:
+    """TEST ORACLE ONLY (``fast: false``): the plain reading of MARK.md, kept so that
+    tests/test_speed.py can hold :class:`_FastPath` to it. Autograd everywhere, nothing
+    cached (F_t and M_t run again for every batch), a deep copy of the KB per mini-task,
+    ReLU before max-pool, contiguous tensors. Never the faster choice."""
+
+    pool_first = False
+    memory_format = torch.contiguous_format
+
+    def __init__(self, learner: MarkLearner) -> None:
+        self.learner = learner
+
+    def no_autograd(self):
+        return contextlib.nullcontext()
+
+    def feature_source(self, task: TaskData) -> tuple[Callable[[torch.Tensor], torch.Tensor], bool]:
+        return self.learner._live_features(task, train_mode=False), False
+
+    def fixed_masks(self, task: TaskData) -> Callable[[torch.Tensor], Masks]:
+        return lambda idx: [m.detach() for m in self.learner.task_masks(task, idx)]
+
+    @contextlib.contextmanager
+    def kb_frozen(self) -> Iterator[None]:
+        try:
+            yield  # the KB's gradients are computed and dropped: only M_t and C_t are stepped
+        finally:
+            for p in self.learner.kb.parameters():
+                p.grad = None
+
+    def kb_copy(self) -> KnowledgeBase:
+        return copy.deepcopy(self.learner.kb)
+
+    def split_masks(self, u: int, name: str, split: Split) -> Masks:
+        return self.learner.split_masks(u, split)
+
+    def accuracy(self, u: int, name: str, split: Split) -> float:
+        return self.learner.accuracy(u, split)
+
+    def forget_cache(self) -> None:
+        pass
 
 
 class _EpochStats:

@@ -148,11 +148,16 @@ def resnet_trunk_state(state: object, trunk: nn.Module, *, source: str) -> dict[
 
 
 class MaskGenerator(nn.Module):
-    """M_t: maps F_t(x) to one scale per channel of each KB block (shape ``[B, C_b, 1, 1]``)."""
+    """M_t: maps F_t(x) to one scale per channel of each KB block (shape ``[B, C_b, 1, 1]``).
+
+    ``init``: ``default`` (PyTorch's, the released code's) or ``identity`` (every mask ~1).
+    """
 
     def __init__(self, *, latent_dim: int, block_channels: list[int], hidden: int = 0,
-                 activation: str = "relu") -> None:
+                 activation: str = "relu", init: str = "default") -> None:
         super().__init__()
+        if init not in ("default", "identity"):
+            raise ValueError(f"init must be default or identity (got {init!r})")
         act = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid}[activation]
 
         def one(c: int) -> nn.Module:
@@ -161,8 +166,10 @@ class MaskGenerator(nn.Module):
             return nn.Sequential(nn.Linear(latent_dim, hidden), nn.ReLU(), nn.Linear(hidden, c), act())
 
         self.nets = nn.ModuleList(one(c) for c in block_channels)
-        # Start at all-ones masks, the state the KB was warmed up in: random starts
-        # often put ReLU masks at zero, where no gradient reaches them (chance accuracy).
+        if init == "default":  # PyTorch's nn.Linear init, as the released code
+            return
+        # identity: start at all-ones masks, the state the KB was warmed up in: random starts
+        # can put ReLU masks at zero, where no gradient reaches them (chance accuracy).
         start = 1.0 if activation == "relu" else 4.0  # sigmoid(4) ~ 0.98
         for net in self.nets:
             last = [m for m in net if isinstance(m, nn.Linear)][-1]

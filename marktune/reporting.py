@@ -32,6 +32,9 @@ def results_dict(learner: MarkLearner, *, wall_seconds: float | None = None) -> 
         "bwt": metrics.backward_transfer(test) if test else math.nan,
         "val_acc": metrics.average_accuracy(val) if val else math.nan,
         "seconds_per_task": learner.seconds,
+        # after each task: the KB's weight norm (total, per conv block, its Linear) and the mean
+        # mask per block of the task just trained (on its validation images)
+        "diagnostics": [dict(d) for d in learner.diagnostics],
         "wall_seconds": wall_seconds,
     }
 
@@ -56,15 +59,35 @@ def task_scalars(report: TaskReport) -> dict[str, float]:
     for u, (v, te) in enumerate(zip(report.val_row, report.test_row)):
         out[f"val_acc_task_{u}"] = v
         out[f"test_acc_task_{u}"] = te
+    out.update(diagnostic_scalars(report))
     return out
+
+
+def diagnostic_scalars(report: TaskReport) -> dict[str, float]:
+    """The KB's weight norm and task t's mean mask per block, as flat scalars."""
+    out = {"kb_weight_norm": report.kb_weight_norm, "kb_weight_norm_fc": report.kb_fc_norm}
+    for b, value in enumerate(report.kb_block_norms):
+        out[f"kb_weight_norm_block_{b}"] = value
+    for b, value in enumerate(report.mask_means):
+        out[f"mask_mean_block_{b}"] = value
+    return out
+
+
+def tensorboard_tag(key: str) -> str:
+    """Where a scalar of :func:`task_scalars` goes in TensorBoard: ``kb/weight_norm``,
+    ``masks/mean_block_<b>``, ``per_task/...`` or ``sequence/...``."""
+    if key.startswith("kb_"):
+        return "kb/" + key[len("kb_"):]
+    if key.startswith("mask_mean_block_"):
+        return "masks/" + key[len("mask_"):]
+    return ("per_task/" if "_task_" in key else "sequence/") + key
 
 
 def log_task_to_tensorboard(writer, report: TaskReport) -> None:
     """Step = tasks done, so curves of trials with different lengths line up."""
     step = report.task + 1
     for key, value in task_scalars(report).items():
-        group = "per_task" if "_task_" in key else "sequence"
-        writer.add_scalar(f"{group}/{key}", value, step)
+        writer.add_scalar(tensorboard_tag(key), value, step)
     writer.flush()
 
 

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 from ray.tune.logger import LoggerCallback
 
+from marktune.reporting import tensorboard_tag
+
 HPARAM_METRICS = ("hparams/val_acc", "hparams/test_acc", "hparams/bwt_test", "hparams/tasks_done")
 
 
@@ -49,6 +51,9 @@ class MarkTensorBoardCallback(LoggerCallback):
             writer.add_scalar(f"per_task/val_acc_task_{u}", acc, step)
         for u, acc in enumerate(result.get("test_row", [])):
             writer.add_scalar(f"per_task/test_acc_task_{u}", acc, step)
+        for key, value in result.items():  # the learner's diagnostics: kb/weight_norm, masks/mean_block_<b>
+            if key.startswith(("kb_weight_norm", "mask_mean_block_")) and isinstance(value, (int, float)):
+                writer.add_scalar(tensorboard_tag(key), value, step)
         writer.flush()
         self._last[trial.trial_id] = result
         self._rows.setdefault(trial.trial_id, {})[step - 1] = list(result.get("val_row", []))

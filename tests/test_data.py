@@ -50,14 +50,15 @@ def _write_cifar100(root: Path, *, train_per_class: int = 3, test_per_class: int
 
 
 def _write_miniimagenet(root: Path, *, classes: int = 20, train_per_class: int = 4,
-                        test_per_class: int = 2, chw: bool = False) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+                        test_per_class: int = 2, chw: bool = False,
+                        size: int = 84) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     rng = np.random.default_rng(1)
     folder = root / "miniimagenet"
     folder.mkdir(parents=True)
     written = {}
     for part, per_class in (("train", train_per_class), ("test", test_per_class)):
         labels = rng.permutation(np.repeat(np.arange(classes) + 64, per_class))  # ids need not start at 0
-        images = rng.integers(0, 256, size=(len(labels), 84, 84, 3), dtype=np.uint8)
+        images = rng.integers(0, 256, size=(len(labels), size, size, 3), dtype=np.uint8)
         stored = images.transpose(0, 3, 1, 2).copy() if chw else images
         with open(folder / f"{part}.pkl", "wb") as f:
             pickle.dump({"images": stored, "labels": labels.tolist()}, f)
@@ -225,6 +226,79 @@ def test_miniimagenet_tiny_pickles(tmp_path, chw):
             for img, label in zip(split.x.numpy(), split.y.tolist()):
                 assert lookup[img.tobytes()] == task.classes[label]
     assert sorted(seen) == list(range(64, 84))
+
+
+@pytest.mark.parametrize("chw", [False, True], ids=["HWC", "CHW"])
+def test_miniimagenet_64px_pickles_are_resized_to_84(tmp_path, chw):
+    from torchvision.transforms.v2 import functional as TF
+
+    written = _write_miniimagenet(tmp_path, classes=10, train_per_class=3, test_per_class=2, chw=chw, size=64)
+    bench = load_benchmark("miniimagenet", data_dir=tmp_path, num_tasks=2, seed=3)
+    assert bench.image_size == 84
+    images, labels = written["test"]
+    for task in bench.tasks:
+        _check_task_shapes(task, size=84, classes=5)
+        assert task.test.x.dtype == torch.uint8
+        # each test image is its 64 px original, resized (bilinear, antialiased) to 84 x 84
+        for img, label in zip(task.test.x, task.test.y.tolist()):
+            candidates = [TF.resize(torch.from_numpy(images[i].copy()), [84, 84], antialias=True)
+                          for i in np.flatnonzero(labels == task.classes[label])]
+            assert any(torch.equal(img, c) for c in candidates)
+
+
+def test_resize_square_keeps_images_of_the_right_size():
+    images = np.random.default_rng(0).integers(0, 256, size=(3, 3, 84, 84), dtype=np.uint8)
+    assert data.resize_square(images, 84) is images
+    assert data.resize_square(images, 32).shape == (3, 3, 32, 32)
+
+
+def test_class_order_is_the_authors_for_seed_48():
+    # numpy.random.seed(48); numpy.random.permutation(100), cut into 20 tasks of 5 (MARK.md)
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(100), 2)
+    source = data._Source(rng.integers(0, 256, size=(200, 3, 4, 4), dtype=np.uint8), labels,
+                          rng.integers(0, 256, size=(100, 3, 4, 4), dtype=np.uint8), np.arange(100))
+    tasks = data._split_into_tasks(source, num_tasks=20, seed=48, val_fraction=0.5, max_train=None, max_test=None)
+    expected = np.random.RandomState(48).permutation(100)
+    assert [t.classes for t in tasks] == [expected[5 * t:5 * t + 5].tolist() for t in range(20)]
+
+
+def _digits(**kw):
+    from marktune.config import MarkConfig
+
+    return MarkConfig(benchmark="digits", kb_width=8, latent_dim=16, fe_channels=8, **kw)
+
+
+def _same_tasks(a, b) -> bool:
+    return all(ta.classes == tb.classes and all(torch.equal(getattr(ta, s).x, getattr(tb, s).x)
+                                                for s in ("train", "val", "test"))
+               for ta, tb in zip(a.tasks, b.tasks))
+
+
+def test_data_seed_sets_class_order_and_validation_split_and_nothing_else():
+    from marktune.data import load_benchmark_for
+    from marktune.learner import MarkLearner
+
+    base = load_benchmark_for(_digits(seed=0, data_seed=1))
+    other_data = load_benchmark_for(_digits(seed=0, data_seed=2))
+    other_seed = load_benchmark_for(_digits(seed=7, data_seed=1))
+    assert [t.classes for t in base.tasks] != [t.classes for t in other_data.tasks]
+    assert [t.classes for t in base.tasks] == [t.classes for t in other_seed.tasks]
+    assert _same_tasks(base, other_seed)  # seed changes neither order nor split
+    # with the classes held in place, data_seed still moves the validation split
+    order = list(range(10))
+    a = load_benchmark_for(_digits(seed=0, data_seed=1, class_order=order))
+    b = load_benchmark_for(_digits(seed=0, data_seed=2, class_order=order))
+    assert [t.classes for t in a.tasks] == [t.classes for t in b.tasks]
+    assert not torch.equal(a.tasks[0].val.x, b.tasks[0].val.x)
+    # ...and nothing else: the learner's initialisation follows seed alone
+    kb = lambda cfg, bench: MarkLearner(cfg, bench, verbose=0).kb.state_dict()  # noqa: E731
+    k1, k2 = kb(_digits(seed=0, data_seed=1), base), kb(_digits(seed=0, data_seed=2), other_data)
+    assert all(torch.equal(k1[n], k2[n]) for n in k1)
+    k3 = kb(_digits(seed=7, data_seed=1), other_seed)
+    assert not all(torch.equal(k1[n], k3[n]) for n in k1)
+    # data_seed left empty is seed (today's configs keep their meaning)
+    assert _same_tasks(load_benchmark_for(_digits(seed=1)), load_benchmark_for(_digits(seed=5, data_seed=1)))
 
 
 def test_miniimagenet_default_is_20_tasks(tmp_path):

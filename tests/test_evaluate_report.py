@@ -104,15 +104,33 @@ def test_default_configuration_rule_with_overrides_and_unknown_space(tmp_path):
     assert default.lr_meta == MarkConfig().lr_meta and default.epochs == 4 and "no space file" in rule
 
 
-def test_plan_has_top_k_default_and_ablation_with_fresh_seeds(interrupted):
+def test_plan_has_top_k_default_and_ablations_with_fresh_seeds(interrupted):
     args = evaluate.build_parser().parse_args([str(interrupted), "--top", "2", "--seeds", "3"])
     plan = evaluate.plan_from_args(args)
     kinds = [c.kind for c in plan.configs]
-    assert kinds == ["best", "best", "default", "ablation"]
+    assert kinds == ["best", "best", "default", "ablation", "ablation", "ablation"]
     assert plan.configs[0].source_trial == "aaaa0002"
-    assert plan.configs[-1].config.meta_update == "none"
-    assert plan.configs[-1].config.lr_meta == plan.configs[0].config.lr_meta
+    best = plan.configs[0].config.to_dict()
+    # each ablation is the best configuration with exactly one thing removed, said in words
+    removed = {"none": {"meta_update": "none"}, "finetune": {"meta_update": "finetune"},
+               "nomask": {"use_masks": False}}
+    for ablation, (name, change) in zip(plan.configs[3:], removed.items()):
+        assert ablation.config.to_dict() == {**best, **change}
+        assert f"{name} ablation: " in ablation.label and ablation.source_trial == "aaaa0002"
+    assert "no metalearning" in plan.configs[3].label and "no masks" in plan.configs[5].label
     assert len(plan.seeds) == 3 and 0 not in plan.seeds  # the search's seed is never reused
+
+
+def test_ablations_flag_picks_and_checks_the_ablations(interrupted):
+    args = evaluate.build_parser().parse_args([str(interrupted), "--top", "1", "--ablations", "nomask"])
+    plan = evaluate.plan_from_args(args)
+    assert [c.kind for c in plan.configs] == ["best", "default", "ablation"]
+    assert plan.configs[-1].config.use_masks is False
+    args = evaluate.build_parser().parse_args([str(interrupted), "--ablations", ""])
+    assert [c.kind for c in evaluate.plan_from_args(args).configs][-1] == "default"
+    args = evaluate.build_parser().parse_args([str(interrupted), "--ablations", "none,nometa"])
+    with pytest.raises(evaluate.EvaluateError, match="unknown ablation.*nometa.*none, finetune, nomask"):
+        evaluate.plan_from_args(args)
 
 
 def test_parameter_counts_match_the_built_model():
@@ -255,7 +273,8 @@ def evaluated(tmp_path_factory):
         ray.shutdown()
     experiment = run.experiment
     experiment = Path(experiment)
-    code = evaluate.main([str(experiment), "--top", "2", "--seeds", "2", "--num-cpus", "2", "-q"])
+    code = evaluate.main([str(experiment), "--top", "2", "--seeds", "2", "--num-cpus", "2", "-q",
+                          "--ablations", "none,nomask"])
     assert code == 0
     return experiment
 
@@ -291,15 +310,16 @@ def test_evaluation_table_has_every_configuration_seed_and_the_ablation(evaluate
     with open(evaluated / "evaluation.csv") as f:
         runs = list(csv.DictReader(f))
     configs = list(dict.fromkeys(r["configuration"] for r in runs))
-    assert len(configs) == n_best + 2  # the best ones, the default, the ablation
+    assert len(configs) == n_best + 3  # the best ones, the default, the two ablations asked for
     kinds = [next(r["kind"] for r in runs if r["configuration"] == c) for c in configs]
-    assert kinds == ["best"] * n_best + ["default", "ablation"]
+    assert kinds == ["best"] * n_best + ["default", "ablation", "ablation"]
     for c in configs:
         mine = [r for r in runs if r["configuration"] == c]
         assert sorted(int(r["seed"]) for r in mine) == [1000, 1001]
         assert all(r["status"] == "COMPLETE" for r in mine)
     ablation = [r for r in runs if r["kind"] == "ablation"]
-    assert all(json.loads(r["settings"])["meta_update"] == "none" for r in ablation)
+    assert sorted((json.loads(r["settings"])["meta_update"], json.loads(r["settings"])["use_masks"])
+                  for r in ablation) == [("none", True)] * 2 + [("reptile", False)] * 2
     summaries = evaluate.aggregate(evaluate.read_csv(evaluated / "evaluation.csv"))
     for s in summaries:
         assert s.ok == 2 and s.test_acc[1] > 0  # two different seeds, two different results
@@ -309,7 +329,8 @@ def test_evaluation_table_has_every_configuration_seed_and_the_ablation(evaluate
     md = md.split("# Evaluation of")[1]  # the per-configuration table (the paired one comes before it)
     table = [ln for ln in md.splitlines() if ln.startswith("| ") and "configuration" not in ln]
     assert len(table) == len(configs)
-    assert any("meta_update none" in ln for ln in table) and all(" ± " in ln for ln in table)
+    assert any("no metalearning" in ln for ln in table) and any("no masks" in ln for ln in table)
+    assert all(" ± " in ln for ln in table)
 
 
 @pytest.mark.slow

@@ -29,6 +29,45 @@ def test_outputs_of_a_run(tmp_path, capsys):
     assert "ACC" in printed and "BWT" in printed and "test accuracy" in printed
 
 
+def test_diagnostics_read_back_from_results_json_and_tensorboard(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    assert run.main(["--benchmark", "synthetic", *TINY_SETS, "--set", "kb_depth=2", "--out", str(out), "-q"]) == 0
+    diagnostics = json.loads((out / "results.json").read_text())["diagnostics"]
+    assert [d["task"] for d in diagnostics] == [0, 1, 2]
+    for d in diagnostics:
+        assert d["kb_weight_norm"] > 0 and len(d["kb_block_norms"]) == 2 and len(d["mask_means"]) == 2
+        # the total is the blocks' and the final Linear's norms put together
+        parts = d["kb_block_norms"] + [d["kb_fc_norm"]]
+        assert d["kb_weight_norm"] == pytest.approx(math.sqrt(sum(x * x for x in parts)), rel=1e-9)
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    # TensorBoard stores float32: compare to float32 precision
+    for tag, values in (("kb/weight_norm", [d["kb_weight_norm"] for d in diagnostics]),
+                        ("kb/weight_norm_block_1", [d["kb_block_norms"][1] for d in diagnostics]),
+                        ("masks/mean_block_0", [d["mask_means"][0] for d in diagnostics]),
+                        ("masks/mean_block_1", [d["mask_means"][1] for d in diagnostics])):
+        scalars = events.Scalars(tag)
+        assert [e.step for e in scalars] == [1, 2, 3]
+        assert [e.value for e in scalars] == pytest.approx(values, rel=1e-6)
+
+
+def test_trial_metrics_carry_the_diagnostics():
+    from marktune.config import MarkConfig
+    from marktune.data import load_benchmark_for
+    from marktune.learner import MarkLearner
+    from marktune.reporting import task_scalars
+
+    cfg = MarkConfig.from_sources(overrides=["benchmark=synthetic", *TINY_SETS[1::2], "num_tasks=1"])
+    learner = MarkLearner(cfg, load_benchmark_for(cfg), verbose=0)
+    scalars = task_scalars(learner.train_next_task())  # what runners/mark_sequence.py reports
+    d = learner.diagnostics[0]
+    assert scalars["kb_weight_norm"] == d["kb_weight_norm"] and scalars["kb_weight_norm_fc"] == d["kb_fc_norm"]
+    assert [scalars[f"kb_weight_norm_block_{b}"] for b in range(3)] == d["kb_block_norms"]
+    assert [scalars[f"mask_mean_block_{b}"] for b in range(3)] == d["mask_means"]
+
+
 def test_resume_continues_after_the_last_finished_task(tmp_path):
     full, cut = tmp_path / "full", tmp_path / "cut"
     assert run.main(["--benchmark", "synthetic", *TINY_SETS, "--out", str(full), "-q"]) == 0

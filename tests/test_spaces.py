@@ -106,3 +106,33 @@ def test_unreachable_address_is_a_clear_error():
         check_address("127.0.0.1:1", timeout=3)
     with pytest.raises(SearchError, match="expected 'auto'"):
         check_address("nonsense")
+
+
+# MARK.md, "Presets" (the released configs/*.yml), restated once: the spaces' fixed settings.
+AUTHORS_PRESETS = {
+    "cifar100": {"epochs": 50, "meta_epochs": 10, "mini_tasks": 10, "inner_steps": 40, "lr_task": 0.1,
+                 "lr_meta": 0.01, "latent_dim": 128, "fe_channels": 32, "val_fraction": 0.15,
+                 "batch_size": 128, "seed": 48},
+    "miniimagenet": {"epochs": 50, "meta_epochs": 10, "mini_tasks": 10, "inner_steps": 40, "lr_task": 0.01,
+                     "lr_meta": 0.001, "latent_dim": 256, "fe_channels": 8, "val_fraction": 0.02,
+                     "batch_size": 128, "seed": 48},
+}
+
+
+@pytest.mark.parametrize("name", sorted(AUTHORS_PRESETS))
+def test_paper_spaces_fix_the_authors_presets(name):
+    space = load_space(name)
+    assert space.fixed == AUTHORS_PRESETS[name]
+    cfg = space.default_trial_config()
+    # what MARK.md leaves to the released code stays at the learner's (released) defaults
+    assert (cfg.mask_init, cfg.meta_step, cfg.meta_weight_decay, cfg.use_masks, cfg.fe_bn_train) == \
+        ("default", 0.1, 0.1, True, False)
+    # every value says where it comes from
+    fixed_lines = space.path.read_text().split("fixed:")[1].split("search:")[0].splitlines()
+    assert all("config_" in line for line in fixed_lines if line.strip() and not line.startswith("#"))
+
+
+def test_mask_init_fixed_on_the_small_spaces_and_searched_on_cifar100():
+    for name in ("fmnist", "digits"):
+        assert load_space(name).fixed["mask_init"] == "identity"
+    assert set(load_space("cifar100").params["mask_init"].values) == {"default", "identity"}
