@@ -74,7 +74,7 @@ def compare_meta(learner: MarkLearner) -> dict[str, float]:
     out = {}
     for name, vmap in (("loop", False), ("vmap", True)):
         learner.kb.load_state_dict(kb_state)
-        learner.config.meta_vmap = vmap
+        learner.meta_vmap = vmap
         task = TaskData(t=t, x=bench_task.train.x.to(learner.device), y=bench_task.train.y.to(learner.device),
                         num_classes=bench_task.num_classes, extractor=learner.extractors[t],
                         mask_gen=learner.mask_generators[t], head=learner.heads[t],

@@ -45,6 +45,8 @@ from torch import nn
 from marktune import metrics
 from marktune.config import MarkConfig
 from marktune.data import Benchmark, Split, Task
+from marktune.devices import deterministic_mode
+from marktune.hardware import check_precision
 from marktune.meta_rules import MetaRule, meta_rule
 from marktune.model import (FeatureExtractor, KnowledgeBase, MaskGenerator,
                             ResNetFeatureExtractor, TaskHead, ones_masks)
@@ -54,6 +56,8 @@ STATE_FORMAT = 2  # 2: per-task diagnostics (KB norms, mask means)
 # Small chunks are faster per image on CPU (the conv activations stay in cache) and
 # keep peak memory low; measured with bench/sequence.py.
 EVAL_CHUNK = 128
+# On a GPU, bigger chunks: its memory is not a cache to stay inside, and fewer launches pay
+EVAL_CHUNK_CUDA = 2048
 # Phase 4's inner loop, as the released code: ReduceLROnPlateau(factor=0.5, patience=5,
 # threshold=1e-3) around each mini-task's SGD, stepped with the inner loss every step.
 INNER_PLATEAU = dict(factor=0.5, patience=5, threshold=1e-3)
@@ -139,8 +143,12 @@ class MarkLearner:
         self.verbose = verbose
         self.log = log
         self.record_meta = record_meta
+        check_precision(config.precision, self.device)  # bf16 on a CPU without it would crawl
         self.meta_records: list[MetaStepRecord] = []
         self.meta_rule: MetaRule = meta_rule(config.meta_update)
+        # meta_vmap None: batched mini-tasks where the loop is launch-bound (CUDA), the loop elsewhere
+        self.meta_vmap = config.meta_vmap if config.meta_vmap is not None else self.device.type == "cuda"
+        self.eval_chunk = EVAL_CHUNK_CUDA if self.device.type == "cuda" else EVAL_CHUNK
         self.num_tasks = config.tasks
         self.tasks_done = 0
         T = self.num_tasks
@@ -162,6 +170,10 @@ class MarkLearner:
     # ------------------------------------------------------------------ driving
     def train_next_task(self) -> TaskReport:
         """Train task ``tasks_done`` (phases 1-5), then evaluate every task seen so far."""
+        with deterministic_mode(self.config.deterministic):
+            return self._train_next_task()
+
+    def _train_next_task(self) -> TaskReport:
         t = self.tasks_done
         if t >= self.num_tasks:
             raise RuntimeError(f"all {self.num_tasks} tasks are trained already")
@@ -335,7 +347,7 @@ class MarkLearner:
     def adapt_mini_tasks(self, task: TaskData, chosen: list[torch.Tensor],
                          masks_for: Callable[[torch.Tensor], Masks]) -> Iterable[tuple[list[torch.Tensor], float]]:
         """``(delta_k, a_k)`` of each mini-task: a copy of the KB and a fresh head trained on one batch."""
-        if self.config.meta_vmap:
+        if self.meta_vmap:
             return self._adapt_mini_tasks_vmap(task.t, task.x, task.y, chosen, masks_for, task.num_classes)
         return (self._adapt_mini_task(task.t, self.images(task.x[idx]), task.y[idx], masks_for(idx),
                                       task.num_classes) for idx in chosen)
@@ -475,10 +487,11 @@ class MarkLearner:
         with self._path.no_autograd():
             self.kb.eval()
             head = self.heads[u].eval()
-            correct = 0
-            for start in range(0, len(split.y), EVAL_CHUNK):
-                xb = self.images(split.x[start:start + EVAL_CHUNK].to(self.device))
-                yb = split.y[start:start + EVAL_CHUNK].to(self.device)
+            correct, n = 0, self.eval_chunk
+            x, y = split.x.to(self.device), split.y.to(self.device)  # one copy per split, not per chunk
+            for start in range(0, len(y), n):
+                xb = self.images(x[start:start + n])
+                yb = y[start:start + n]
                 with self._autocast():
                     logits = head(self.kb(xb, self._masks_of(u, xb)))
                 correct += int((logits.argmax(1) == yb).sum())
@@ -487,9 +500,10 @@ class MarkLearner:
     def split_masks(self, u: int, split: Split) -> Masks:
         """Task u's masks for every image of ``split`` (F_u, M_u in eval mode)."""
         with torch.inference_mode():
-            chunks = []
-            for start in range(0, len(split.y), EVAL_CHUNK):
-                xb = self.images(split.x[start:start + EVAL_CHUNK].to(self.device))
+            chunks, n = [], self.eval_chunk
+            x = split.x.to(self.device)
+            for start in range(0, len(x), n):
+                xb = self.images(x[start:start + n])
                 with self._autocast():
                     chunks.append(self._masks_of(u, xb))
             return [torch.cat(parts) for parts in zip(*chunks)] if chunks else []
@@ -659,9 +673,10 @@ class _FastPath:
         learner = self.learner
         chunks = []
         with torch.inference_mode():
-            for start in range(0, len(task.x), EVAL_CHUNK):
+            n = learner.eval_chunk
+            for start in range(0, len(task.x), n):
                 with learner._autocast():
-                    chunks.append(task.extractor(learner.images(task.x[start:start + EVAL_CHUNK])).float())
+                    chunks.append(task.extractor(learner.images(task.x[start:start + n])).float())
         features = torch.cat(chunks).clone()  # outside inference mode: usable in autograd later
         return (lambda idx: features[idx]), True
 
@@ -708,12 +723,12 @@ class _FastPath:
         head = learner.heads[u].eval()
         masks = self.split_masks(u, name, split)
         correct = torch.zeros((), dtype=torch.long, device=learner.device)
-        y = split.y.to(learner.device)
-        for start in range(0, len(split.y), EVAL_CHUNK):
-            xb = learner.images(split.x[start:start + EVAL_CHUNK].to(learner.device))
+        x, y, n = split.x.to(learner.device), split.y.to(learner.device), learner.eval_chunk
+        for start in range(0, len(y), n):
+            xb = learner.images(x[start:start + n])
             with learner._autocast():
-                logits = head(learner.kb(xb, [m[start:start + EVAL_CHUNK] for m in masks]))
-            correct += (logits.argmax(1) == y[start:start + EVAL_CHUNK]).sum()
+                logits = head(learner.kb(xb, [m[start:start + n] for m in masks]))
+            correct += (logits.argmax(1) == y[start:start + n]).sum()
         return int(correct) / max(1, len(split.y))
 
     def forget_cache(self) -> None:
