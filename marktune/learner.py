@@ -21,8 +21,8 @@ reseeds its own random streams from the run's seed and the task index).
 Example:
     >>> from marktune.config import MarkConfig
     >>> from marktune.data import load_benchmark_for
-    >>> cfg = MarkConfig(benchmark="synthetic", epochs=1, meta_epochs=1, mini_tasks=2,
-    ...                  inner_steps=2, kb_width=8, latent_dim=16, fe_channels=8)
+    >>> cfg = MarkConfig(benchmark="synthetic", epochs=1, kb_epochs=4, kb_grad_clip=1.0, meta_epochs=1,
+    ...                  mini_tasks=2, inner_steps=2, kb_width=8, latent_dim=16, fe_channels=8, batch_size=16)
     >>> learner = MarkLearner(cfg, load_benchmark_for(cfg), verbose=0)
     >>> report = learner.train_next_task()
     >>> report.task, len(report.val_row), len(report.mask_means) == cfg.kb_depth

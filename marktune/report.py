@@ -386,7 +386,8 @@ def protocol_gap_section(exp: Experiment) -> str:
         for r in rows:
             if r["configuration"] not in labels:
                 labels.append(r["configuration"])
-                sources[r["configuration"]] = r.get("source_trial", "")
+                # an ablation's source trial ran other settings: the search saw nothing of it
+                sources[r["configuration"]] = "" if r.get("kind") == "ablation" else r.get("source_trial", "")
     protocol = evaluations[0][0].protocol
     searched = (f"tasks 1-{protocol.tuning_tasks}" if protocol.name == "first-k" else "the whole stream") \
         + f", data seed {protocol.searched_data_seed}"
@@ -396,7 +397,7 @@ def protocol_gap_section(exp: Experiment) -> str:
         f"<th class='l'>{html.escape(h)}</th>" if i == 0 else f"<th>{html.escape(h)}</th>" for i, h in enumerate(head))
         + "</tr>"]
     for label in labels:
-        trial = trials.get(sources.get(label, "")) if "meta_update none" not in label else None
+        trial = trials.get(sources.get(label, ""))
         cells = [f"<td class='l'>{html.escape(label)}</td>",
                  f"<td>{_pct(trial.val_acc) if trial else '-'}</td>", f"<td>{_pct(trial.test_acc) if trial else '-'}</td>"]
         for _, values in columns:
