@@ -41,11 +41,11 @@ def first_k(tmp_path_factory):
     plan = search.plan_from_args(args)
     ray.init(address="local", num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
     try:
-        results, experiment, searcher = search.run_search(plan, args)
-        search.summarize(results, plan, experiment, top=3)
+        run = search.run_search(plan, args)
+        search.summarize(run, plan, top=3)
     finally:
         ray.shutdown()
-    return Path(experiment)
+    return Path(run.experiment)
 
 
 def _rows(path: Path) -> list[dict]:
