@@ -166,14 +166,19 @@ def verdict_sentence(conclusion: Conclusion, result: ConfigurationResult | None 
     return f"{shape}, {name} {word} {reference}{where} ({numbers})."
 
 
+def paired_table_head(record: "EvaluationRecord") -> list[str]:
+    """The paired table's columns (held-out ones under first-k), for the markdown and the report."""
+    head = ["configuration", "pairs", "test ACC (%)", "BWT (%)"]
+    if record.protocol.name == "first-k":
+        head += ["held-out ACC (%)", "held-out BWT (%)"]
+    return head + ["Δ vs default (points)", "95 % CI", "verdict"]
+
+
 def format_markdown(conclusion: Conclusion) -> str:
     """The verdict sentence first, then what was selected on, the paired table and rank stability."""
     record = conclusion.record
     first_k = record.protocol.name == "first-k"
-    head = ["configuration", "pairs", "test ACC (%)", "BWT (%)"]
-    if first_k:
-        head += ["held-out ACC (%)", "held-out BWT (%)"]
-    head += ["Δ vs default (points)", "95 % CI", "verdict"]
+    head = paired_table_head(record)
     lines = [conclusion.sentence, "", f"Selection: {record.protocol.label()}.", "",
              f"Paired against the default on {headline_words(record)}: every configuration ran on the same "
              f"(data_seed, seed) pairs, data seeds {record.data_seeds} x seeds {record.seeds}. "
@@ -186,9 +191,9 @@ def format_markdown(conclusion: Conclusion) -> str:
 
 
 def result_cells(r: ConfigurationResult, *, first_k: bool) -> list[str]:
-    cells = [r.configuration, str(r.pairs), _pm(r.test_acc), _pm(r.bwt, sign=True)]
+    cells = [r.configuration, str(r.pairs), format_mean_std(r.test_acc), format_mean_std(r.bwt, sign=True)]
     if first_k:
-        cells += [_pm(r.heldout_acc), _pm(r.heldout_bwt, sign=True)]
+        cells += [format_mean_std(r.heldout_acc), format_mean_std(r.heldout_bwt, sign=True)]
     d = r.difference
     if d is None:
         cells += ["(reference)", "", ""]
@@ -312,7 +317,8 @@ def _points(value: float, digits: int) -> str:
     return f"{100 * value:+.{digits}f}".replace("-", "−")
 
 
-def _pm(ms: tuple[float, float], sign: bool = False) -> str:
+def format_mean_std(ms: tuple[float, float], sign: bool = False) -> str:
+    """``(mean, std)`` of fractions as percent: ``97.45 ± 2.05`` (``-`` when there is no mean)."""
     mean, std = ms
     if not math.isfinite(mean):
         return "-"

@@ -514,7 +514,8 @@ TABLE_HEAD = ["configuration", "seeds", "test ACC (%)", "BWT (%)", "val ACC (%)"
 
 
 def table_cells(s: Summary) -> list[str]:
-    return [s.configuration, f"{s.ok}/{s.runs}", _pm(s.test_acc), _pm(s.bwt, sign=True), _pm(s.val_acc),
+    pm = conclusions.format_mean_std
+    return [s.configuration, f"{s.ok}/{s.runs}", pm(s.test_acc), pm(s.bwt, sign=True), pm(s.val_acc),
             "-" if not math.isfinite(s.wall_seconds) else f"{s.wall_seconds:.1f}",
             _k(s.kb_params), _k(s.task_params), _settings_text(s.settings)]
 
@@ -543,14 +544,6 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     if not vals:
         return math.nan, math.nan
     return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else math.nan)
-
-
-def _pm(ms: tuple[float, float], sign: bool = False) -> str:
-    mean, std = ms
-    if not math.isfinite(mean):
-        return "-"
-    m = f"{100 * mean:+.2f}" if sign else f"{100 * mean:.2f}"
-    return m if not math.isfinite(std) else f"{m} ± {100 * std:.2f}"
 
 
 def _k(n: int) -> str:

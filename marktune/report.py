@@ -350,10 +350,7 @@ def paired_section(exp: Experiment) -> str:
         return "<p class='muted'>No paired evaluation yet (evaluation.json is written by marktune.evaluate).</p>"
     record = conclusion.record
     first_k = record.protocol.name == "first-k"
-    head = ["configuration", "pairs", "test ACC (%)", "BWT (%)"]
-    if first_k:
-        head += ["held-out ACC (%)", "held-out BWT (%)"]
-    head += ["Δ vs default (points)", "95 % CI", "verdict"]
+    head = conclusions.paired_table_head(record)
     rows = ["<table id='paired-table'><tr>" + "".join(
         f"<th class='l'>{html.escape(h)}</th>" if i == 0 else f"<th>{html.escape(h)}</th>" for i, h in enumerate(head))
         + "</tr>"]
