@@ -8,7 +8,9 @@ the learner. It prints, for the ``cifar100`` space's fixed settings (the authors
 2. phase 4 alone in fp32, TF32 (CUDA only) and bf16 (where the device has it);
 3. 1, 2 and 4 trials packed on the device as separate processes, each capped at its share of
    the GPU memory: trials per hour and each trial's peak ``torch.cuda.max_memory_allocated``;
-4. the device's name and memory, and the torch and CUDA versions.
+4. the device's name and memory, and the torch and CUDA versions;
+5. phase 4's inner loop on one mini-task: the released code's (``ReduceLROnPlateau`` read
+   back with ``loss.item()`` every step) against marktune's (the same rule on the device).
 
 A full 20-task trial at the preset (50 epochs per phase, 10 x 10 x 40 meta steps) does not fit
 in the 8 minutes this command is meant to take, so it runs ``--tasks`` tasks and extrapolates
@@ -38,7 +40,9 @@ from marktune.config import MarkConfig, load_yaml_mapping  # noqa: E402
 from marktune.data import load_benchmark_for  # noqa: E402
 from marktune.devices import cap_gpu_memory  # noqa: E402
 from marktune.hardware import cpu_has_native_bf16, cpu_model_name  # noqa: E402
+from marktune.inner_optim import released_inner_loop  # noqa: E402
 from marktune.learner import MarkLearner  # noqa: E402
+from marktune.model import TaskHead, ones_masks  # noqa: E402
 
 PHASES = ("feature", "kb", "mask", "meta", "consolidation", "eval")
 FULL_TASKS = 20
@@ -177,6 +181,48 @@ def section_packing(args: argparse.Namespace) -> dict:
     return out
 
 
+def section_inner_loop(args: argparse.Namespace, repeats: int = 5) -> dict:
+    """One mini-task's adaptation both ways, alternated, from the same KB; the median of ``repeats``."""
+    cfg = preset_config(args, num_tasks=1)
+    steps = max(cfg.inner_steps, 20)
+    cfg = preset_config(args, num_tasks=1, inner_steps=steps)
+    learner = MarkLearner(cfg, load_benchmark_for(cfg), device=args.device, verbose=0)
+    task, device = learner.benchmark.tasks[0], learner.device
+    idx = torch.arange(min(cfg.batch_size, len(task.train.y)))
+    print(f"\n5. phase 4's inner loop, one mini-task of {len(idx)} images, {steps} steps, "
+          f"median of {repeats}: the host-read plateau rule against the on-device one")
+    xb, yb = learner.images(task.train.x[idx].to(device)), task.train.y[idx].to(device)
+    masks = ones_masks(learner.kb, len(idx), device)
+
+    def released() -> None:  # _adapt_mini_task's work, with the released inner loop
+        kb_copy = learner._path.kb_copy()
+        kb_copy.requires_grad_(True)
+        head = TaskHead(cfg.latent_dim, task.num_classes).to(device)
+        kb_copy.train()
+        released_inner_loop(kb_copy, head, xb, yb, masks, lr=cfg.lr_meta, momentum=cfg.momentum,
+                            kb_decay=learner._inner_kb_decay(), head_decay=cfg.meta_weight_decay, steps=steps)
+        with torch.no_grad():
+            (head(kb_copy(xb, masks)).argmax(1) == yb).float().mean().item()
+
+    def on_device() -> None:
+        learner._adapt_mini_task(0, xb, yb, masks, task.num_classes)
+
+    times: dict[str, list[float]] = {"released": [], "on_device": []}
+    for _ in range(repeats + 1):  # the first round warms up
+        for name, run in (("released", released), ("on_device", on_device)):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            run()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - start)
+    out = {name: 1000 * sorted(ts[1:])[len(ts[1:]) // 2] / steps for name, ts in times.items()}
+    print(f"   released {out['released']:.3f} ms a step, on the device {out['on_device']:.3f} ms a step "
+          f"(on-device / released {out['on_device'] / out['released']:.2f})")
+    return out
+
+
 def worker(args: argparse.Namespace) -> int:
     """One packed trial: cap the allocator first, run, print a JSON line."""
     device = torch.device(args.device)
@@ -200,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
                              "10,10,40 on CUDA, cut by --epochs; a smoke-test 1,2,5 on a CPU)")
     parser.add_argument("--pack", type=lambda s: [int(x) for x in s.split(",")],
                         help="trials packed at once, e.g. 1,2,4 (default: 1,2,4 on CUDA, 1,2 on a CPU)")
-    parser.add_argument("--skip", default="", help="sections to skip: any of trial,precision,packing")
+    parser.add_argument("--skip", default="", help="sections to skip: any of trial,precision,packing,inner")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--fraction", type=float, default=1.0, help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path, help="also write the figures here")
@@ -234,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
         figures["precision"] = section_precision(args)
     if "packing" not in skip:
         figures["packing"] = section_packing(args)
+    if "inner" not in skip:
+        figures["inner_loop_ms_per_step"] = section_inner_loop(args)
     print(f"\nbench/gpu.py took {time.perf_counter() - started:.0f} s")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2, default=str))

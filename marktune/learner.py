@@ -47,6 +47,7 @@ from marktune.config import MarkConfig
 from marktune.data import Benchmark, Split, Task
 from marktune.devices import deterministic_mode
 from marktune.hardware import check_precision
+from marktune.inner_optim import DevicePlateau, sgd_step_
 from marktune.meta_rules import MetaRule, meta_rule
 from marktune.model import (FeatureExtractor, KnowledgeBase, MaskGenerator,
                             ResNetFeatureExtractor, TaskHead, ones_masks)
@@ -58,9 +59,6 @@ STATE_FORMAT = 2  # 2: per-task diagnostics (KB norms, mask means)
 EVAL_CHUNK = 128
 # On a GPU, bigger chunks: its memory is not a cache to stay inside, and fewer launches pay
 EVAL_CHUNK_CUDA = 2048
-# Phase 4's inner loop, as the released code: ReduceLROnPlateau(factor=0.5, patience=5,
-# threshold=1e-3) around each mini-task's SGD, stepped with the inner loss every step.
-INNER_PLATEAU = dict(factor=0.5, patience=5, threshold=1e-3)
 
 Masks = list[torch.Tensor]
 
@@ -373,19 +371,22 @@ class MarkLearner:
         kb_copy = self._path.kb_copy()  # only the KB: F_t and M_t are not trained here
         kb_copy.requires_grad_(True)
         head = TaskHead(cfg.latent_dim, num_classes).to(self.device)
-        opt = torch.optim.SGD([{"params": list(kb_copy.parameters()), "weight_decay": self._inner_kb_decay()},
-                               {"params": list(head.parameters())}], lr=cfg.lr_meta,
-                              momentum=cfg.momentum, weight_decay=cfg.meta_weight_decay)
-        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, **INNER_PLATEAU)
+        kb_params, head_params = list(kb_copy.parameters()), list(head.parameters())
+        params = kb_params + head_params
+        decays = [self._inner_kb_decay()] * len(kb_params) + [cfg.meta_weight_decay] * len(head_params)
+        momentum: list[torch.Tensor | None] = [None] * len(params)
+        # SGD under the released ReduceLROnPlateau, with its state on the device: no host sync per step
+        plateau = DevicePlateau(lr=cfg.lr_meta, shape=(), device=self.device)
         kb_copy.train()
         loss = None
         for _ in range(cfg.inner_steps):
             with self._autocast():
                 loss = F.cross_entropy(head(kb_copy(xb, masks)).float(), yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            plateau.step(loss.item())
+            grads = torch.autograd.grad(loss, params)
+            with torch.no_grad():
+                sgd_step_(params, list(grads), momentum, lr=cfg.lr_meta, scale=plateau.scale,
+                          momentum=cfg.momentum, weight_decays=decays)
+            plateau.step(loss)
         if loss is not None and cfg.nan_check and not torch.isfinite(loss):
             raise NonFiniteLossError(f"the loss became {loss.item()} in phase meta of task {t} "
                                      f"(inner steps); lower lr_meta (now {cfg.lr_meta})")
@@ -401,9 +402,9 @@ class MarkLearner:
                                num_classes: int) -> list[tuple[list[torch.Tensor], float]]:
         """``_adapt_mini_task`` for all K mini-tasks at once (``meta_vmap``), with ``torch.func``.
 
-        Every copy has its own KB weights, head, SGD momentum and ReduceLROnPlateau (one
-        scheduler per copy, on a stand-in optimiser, so its learning rate follows that
-        copy's loss); ``vmap`` runs them together (``randomness="different"``: each copy
+        Every copy has its own KB weights, head, SGD momentum and plateau rule (one
+        :class:`DevicePlateau` over K copies, so each learning rate follows its own copy's
+        loss); ``vmap`` runs them together (``randomness="different"``: each copy
         draws its own dropout). The heads are drawn up front, in mini-task order, so
         without dropout the copies start exactly as the loop's do. Mini-tasks whose
         batches differ in size (the last batch of a pass) run in separate groups.
@@ -434,31 +435,19 @@ class MarkLearner:
             params = {"kb." + n: torch.stack([theta[n]] * len(ks)) for n in names}
             params["head.weight"] = torch.stack([heads[k].weight.detach() for k in ks])
             params["head.bias"] = torch.stack([heads[k].bias.detach() for k in ks])
-            momentum: dict[str, torch.Tensor] = {}
-            plateaus = [torch.optim.lr_scheduler.ReduceLROnPlateau(
-                torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.lr_meta), **INNER_PLATEAU)
-                for _ in ks]
-            lrs = [cfg.lr_meta] * len(ks)
+            keys = list(params)
+            decays = [self._inner_kb_decay() if n.startswith("kb.") else cfg.meta_weight_decay for n in keys]
+            momentum: list[torch.Tensor | None] = [None] * len(keys)
+            plateau = DevicePlateau(lr=cfg.lr_meta, shape=(len(ks),), device=self.device)
             self.kb.train()
             loss = None
             for _ in range(cfg.inner_steps):
                 with self._autocast():
                     grads, loss = step(params, xb, yb, mb)
-                with torch.no_grad():  # torch.optim.SGD's update, per copy
-                    for n, p in params.items():
-                        decay = self._inner_kb_decay() if n.startswith("kb.") else cfg.meta_weight_decay
-                        d = grads[n].add(p, alpha=decay)
-                        if n in momentum:
-                            d = momentum[n].mul_(cfg.momentum).add_(d)
-                        else:
-                            momentum[n] = d = d.clone()
-                        if len(set(lrs)) == 1:  # the same kernel as torch.optim.SGD: same round-off
-                            params[n] = p.add(d, alpha=-lrs[0])
-                        else:
-                            params[n] = torch.stack([p[i].add(d[i], alpha=-lr) for i, lr in enumerate(lrs)])
-                for i, (plateau, value) in enumerate(zip(plateaus, loss.tolist())):
-                    plateau.step(value)
-                    lrs[i] = plateau.optimizer.param_groups[0]["lr"]
+                with torch.no_grad():  # torch.optim.SGD's update, each copy at its own rate
+                    sgd_step_([params[n] for n in keys], [grads[n] for n in keys], momentum, lr=cfg.lr_meta,
+                              scale=plateau.scale, momentum=cfg.momentum, weight_decays=decays)
+                plateau.step(loss)
             if loss is not None and cfg.nan_check and not torch.isfinite(loss).all():
                 raise NonFiniteLossError(f"the loss became {loss.max().item()} in phase meta of task {t} "
                                          f"(inner steps); lower lr_meta (now {cfg.lr_meta})")

@@ -132,25 +132,6 @@ def test_without_masks_every_mask_is_one_and_only_the_heads_train(monkeypatch):
     assert masked.diagnostics[0]["mask_means"] != [1.0] * masked.config.kb_depth
 
 
-def test_inner_loop_steps_reduce_lr_on_plateau_with_the_inner_loss(monkeypatch):
-    cfg = tiny_config(num_tasks=2, meta_epochs=1)
-    steps, made = [], []
-    real = torch.optim.lr_scheduler.ReduceLROnPlateau
-
-    class Spy(real):
-        def __init__(self, optimizer, **kwargs):
-            made.append(kwargs)
-            super().__init__(optimizer, **kwargs)
-
-        def step(self, metrics, *args, **kwargs):
-            steps.append(float(metrics))
-            return super().step(metrics, *args, **kwargs)
-    monkeypatch.setattr(torch.optim.lr_scheduler, "ReduceLROnPlateau", Spy)
-    make(cfg).run()
-    assert made == [{"factor": 0.5, "patience": 5, "threshold": 1e-3}] * (2 * cfg.mini_tasks)
-    assert len(steps) == 2 * cfg.mini_tasks * cfg.inner_steps and all(s > 0 for s in steps)
-
-
 def test_diagnostics_after_every_task():
     learner = make(tiny_config(num_tasks=2))
     for t in range(2):
