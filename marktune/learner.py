@@ -355,7 +355,7 @@ class MarkLearner:
         return self.benchmark.normalize(x_uint8.contiguous(memory_format=self._path.memory_format))
 
     def check_kb_finite(self, t: int, outer: int) -> None:
-        if not all(torch.isfinite(p).all() for p in self.kb.parameters()):
+        if not torch.stack([torch.isfinite(p).all() for p in self.kb.parameters()]).all():  # one read-back
             raise NonFiniteLossError(f"the KB became NaN/inf in phase meta of task {t} (step {outer + 1}); "
                                      "lower meta_step or lr_meta")
 

@@ -132,6 +132,18 @@ def test_without_masks_every_mask_is_one_and_only_the_heads_train(monkeypatch):
     assert masked.diagnostics[0]["mask_means"] != [1.0] * masked.config.kb_depth
 
 
+def test_phase_four_stops_when_the_kb_goes_non_finite(monkeypatch):
+    learner = make(tiny_config(num_tasks=1))
+    real_move = type(learner.meta_rule).move
+
+    def poisoned(self, learner_, kb_params, direction, mini_tasks):
+        real_move(self, learner_, kb_params, direction, mini_tasks)
+        kb_params[-1].data.view(-1)[0] = math.inf  # one weight of the last block
+    monkeypatch.setattr(type(learner.meta_rule), "move", poisoned)
+    with pytest.raises(NonFiniteLossError, match=r"the KB became NaN/inf in phase meta of task 0 \(step 1\)"):
+        learner.train_next_task()
+
+
 def test_diagnostics_after_every_task():
     learner = make(tiny_config(num_tasks=2))
     for t in range(2):
