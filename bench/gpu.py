@@ -160,7 +160,7 @@ def section_packing(args: argparse.Namespace) -> dict:
             cmd += ["--meta", ",".join(map(str, args.meta))]
         if args.epochs is not None:
             cmd += ["--epochs", str(args.epochs)]
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
         if args.device == "cpu":  # share the cores instead of oversubscribing them
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // n))
         start = time.perf_counter()

@@ -1,4 +1,5 @@
 """GPU-ready trials (issue 9): the device a trial runs on, its memory cap, loud failures, determinism."""
+import os
 import subprocess
 import sys
 
@@ -106,12 +107,18 @@ def test_gpu_benchmark_runs_end_to_end_on_the_cpu(tmp_path):
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
+    # the GPU machine has no Ray and no Optuna: here they are importable, so block them
+    # (first on PYTHONPATH, which the packed workers inherit)
+    for name in ("ray", "optuna"):
+        (tmp_path / "blocked" / name).mkdir(parents=True)
+        (tmp_path / "blocked" / name / "__init__.py").write_text(f"raise ImportError('{name} is blocked')\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "blocked")}
     proc = subprocess.run([sys.executable, str(root / "bench" / "gpu.py"), "--tasks", "2", "--epochs", "1",
                            "--device", "cpu", "--json", str(tmp_path / "gpu.json")],
-                          capture_output=True, text=True, timeout=900, cwd=root)
+                          capture_output=True, text=True, timeout=900, cwd=root, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for section in ("1. one trial", "meta_vmap off", "meta_vmap on", "2. phase 4 alone", "fp32",
-                    "3. trials packed", "1 at once", "2 at once", "4. device"):
+                    "3. trials packed", "1 at once", "2 at once", "4. device", "5. phase 4's inner loop"):
         assert section in proc.stdout, section
     assert "extrapolated from 2 measured tasks" in proc.stdout
     import json
