@@ -148,7 +148,7 @@ def test_diagnostics_after_every_task():
     learner = make(tiny_config(num_tasks=2))
     for t in range(2):
         report = learner.train_next_task()
-        kb_norm = math.sqrt(sum(float(p.double().pow(2).sum()) for p in learner.kb.parameters()))
+        kb_norm = math.sqrt(sum(float(p.detach().double().pow(2).sum()) for p in learner.kb.parameters()))
         assert report.kb_weight_norm == pytest.approx(kb_norm, rel=1e-9)
         assert report.kb_block_norms == [pytest.approx(float(torch.cat([p.flatten() for p in c.parameters()])
                                                              .double().norm()), rel=1e-9)
