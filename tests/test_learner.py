@@ -150,7 +150,7 @@ def test_diagnostics_after_every_task():
         report = learner.train_next_task()
         kb_norm = math.sqrt(sum(float(p.detach().double().pow(2).sum()) for p in learner.kb.parameters()))
         assert report.kb_weight_norm == pytest.approx(kb_norm, rel=1e-9)
-        assert report.kb_block_norms == [pytest.approx(float(torch.cat([p.flatten() for p in c.parameters()])
+        assert report.kb_block_norms == [pytest.approx(float(torch.cat([p.detach().flatten() for p in c.parameters()])
                                                              .double().norm()), rel=1e-9)
                                          for c in learner.kb.convs]
         masks = learner.split_masks(t, learner.benchmark.tasks[t].val)
