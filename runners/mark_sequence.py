@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -50,6 +51,25 @@ def trial_gpu_fraction(runtime: dict[str, Any]) -> float | None:
     return float(gpus) if gpus else None
 
 
+def drop_ignored_exits() -> None:
+    """Silence the "Exception ignored in ..." traceback of a SystemExit nobody can raise.
+
+    Ray ends a stopped trial's worker with SIGTERM, and its handler raises SystemExit. When the
+    signal lands in a weakref callback or a finaliser, Python cannot raise it there: it prints
+    the traceback (which reaches the search's quiet output) and goes on, and Ray kills the
+    process afterwards. Only the print goes; every other unraisable exception is still shown.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_exits", False):  # once per process (Tune may reuse an actor)
+        return
+
+    def hook(unraisable) -> None:
+        if not isinstance(unraisable.exc_value, SystemExit):
+            previous(unraisable)
+    hook.drops_exits = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
 def train_mark_sequence(config: dict[str, Any]) -> None:
     """Tune function trainable: ``config`` holds learner settings plus ``marktune_runtime``."""
     from ray import tune
@@ -64,6 +84,7 @@ def train_mark_sequence(config: dict[str, Any]) -> None:
     # Tune logs every checkpoint it persists; with one per task per trial that line drowns the
     # driver's own progress lines, which already say when a task is done.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
+    drop_ignored_exits()
     runtime = dict(config.get(RUNTIME_KEY) or {})
     keys = set(MarkConfig.field_names())
     mark_config = MarkConfig.from_dict({k: v for k, v in config.items() if k in keys})

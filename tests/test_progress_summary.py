@@ -1,9 +1,15 @@
 """The status line's counts and the end-of-search rows, on Tune's events and results faked
-(no Ray): what an interrupted search must and must not call its trials."""
+(no Ray): what an interrupted search must and must not call its trials. And what a trial's
+worker must not print into the search's output."""
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
+
+import pytest
 
 from marktune.metrics import METRIC, TIME_ATTR
 from marktune.progress import SearchProgress
@@ -77,3 +83,33 @@ def test_interrupted_trials_are_running_or_pending_never_pruned():
     # without the interruption, the same results read as Tune reports a finished search
     plain = {r.trial_id: r.status for r in trial_rows(results, searched=["lr_meta"], num_tasks=3)}
     assert plain["cut"] == "PRUNED"
+
+
+FINALISERS = """
+import sys
+from runners.mark_sequence import drop_ignored_exits
+if sys.argv[1] == "drop":
+    drop_ignored_exits()
+    drop_ignored_exits()  # a reused actor calls it again: still one hook
+
+class Exits:
+    def __del__(self):
+        raise SystemExit(1)  # what Ray's SIGTERM handler raises, landing in a finaliser
+
+class Breaks:
+    def __del__(self):
+        raise ValueError("a real bug")
+
+Exits(); Breaks()
+print("went on")
+"""
+
+
+@pytest.mark.parametrize("mode", ["drop", "keep"])
+def test_a_trial_killed_inside_a_finaliser_prints_no_traceback(mode):
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-c", FINALISERS, mode], capture_output=True, text=True,
+                          cwd=root, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "went on"  # ignored either way
+    assert "ValueError: a real bug" in proc.stderr  # other unraisable errors are still shown
+    assert ("SystemExit" in proc.stderr) == (mode == "keep"), proc.stderr
