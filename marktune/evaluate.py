@@ -314,7 +314,7 @@ def run_evaluation(plan: EvalPlan, args: argparse.Namespace):
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
-    from marktune.search import keep_every_checkpoint, prepare_tune, prune_checkpoints
+    from marktune.search import keep_every_checkpoint, prepare_tune, prune_checkpoints, quiet_ray_output
     from runners.mark_sequence import RUNTIME_KEY, train_mark_sequence
 
     runs = len(plan.configs) * len(plan.seeds) * len(plan.data_seeds)
@@ -340,6 +340,7 @@ def run_evaluation(plan: EvalPlan, args: argparse.Namespace):
         name=plan.name, storage_path=plan.storage, callbacks=[JsonLoggerCallback(), CSVLoggerCallback(), _progress_callback(runs)],
         failure_config=tune.FailureConfig(max_failures=args.max_failures),
         checkpoint_config=keep_every_checkpoint(), verbose=0 if args.quiet else 1)
+    quiet_ray_output(verbose=not args.quiet)  # -q: no configuration box, no trial tables
     tuner = tune.Tuner(trainable, param_space=param_space, run_config=run_config,
                        tune_config=tune.TuneConfig(max_concurrent_trials=args.max_concurrent,
                                                    trial_name_creator=_trial_name,

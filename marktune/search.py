@@ -30,7 +30,8 @@ from marktune.spaces import SearchSpace, SpaceError, available_spaces, load_spac
 from marktune.study import JOURNAL_FILE, StorageError, StudyStorage
 from marktune.summary import first_line  # noqa: F401 - marktune.evaluate imports it from here
 from marktune.summary import TrialRow, format_table, trial_rows, unfinished, write_outputs
-from marktune.tune_setup import keep_every_checkpoint, last_trial_states, prepare_tune, prune_checkpoints  # noqa: F401 - marktune.evaluate imports them from here
+from marktune.tune_setup import (keep_every_checkpoint, last_trial_states, prepare_tune,  # noqa: F401 - marktune.evaluate imports them from here
+                                 prune_checkpoints, quiet_ray_output)
 
 DEFAULT_STORAGE = "results"
 
@@ -553,14 +554,6 @@ def run_search(plan: SearchPlan, args: argparse.Namespace) -> SearchRun:
         study = None
     return SearchRun(results=results, experiment=experiment, study=study,
                      states=last_trial_states(experiment))
-
-
-def quiet_ray_output(*, verbose: bool) -> None:
-    """Ray's trial tables with --verbose only. Tune 2.60's default output engine prints its
-    configuration box at the start and a full trial table at the end even with verbose=0;
-    its legacy engine (RAY_AIR_NEW_OUTPUT=0) at verbose=0 prints nothing. Ray's warnings go
-    through logging and are shown either way. Read by Tune when the Tuner runs."""
-    os.environ["RAY_AIR_NEW_OUTPUT"] = "1" if verbose else "0"
 
 
 def _trial_name(trial) -> str:

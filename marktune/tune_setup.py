@@ -112,3 +112,11 @@ def prepare_tune(*, cpus_per_trial: float, gpus_per_trial: float | None, runs: i
     # set, not setdefault: a second search in one process (tests, notebooks) has its own slots
     os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(max(1, min(slots)))
     return gpus
+
+
+def quiet_ray_output(*, verbose: bool) -> None:
+    """Ray's trial tables with --verbose only. Tune 2.60's default output engine prints its
+    configuration box at the start and a full trial table at the end even with verbose=0;
+    its legacy engine (RAY_AIR_NEW_OUTPUT=0) at verbose=0 prints nothing. Ray's warnings go
+    through logging and are shown either way. Read by Tune when the Tuner runs."""
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "1" if verbose else "0"
