@@ -40,9 +40,9 @@ from marktune.config import MarkConfig, load_yaml_mapping  # noqa: E402
 from marktune.data import load_benchmark_for  # noqa: E402
 from marktune.devices import cap_gpu_memory  # noqa: E402
 from marktune.hardware import cpu_has_native_bf16, cpu_model_name  # noqa: E402
-from marktune.inner_optim import released_inner_loop  # noqa: E402
+from marktune.inner_optim import released_adapt_mini_task  # noqa: E402
 from marktune.learner import MarkLearner  # noqa: E402
-from marktune.model import TaskHead, ones_masks  # noqa: E402
+from marktune.model import ones_masks  # noqa: E402
 
 PHASES = ("feature", "kb", "mask", "meta", "consolidation", "eval")
 FULL_TASKS = 20
@@ -195,14 +195,7 @@ def section_inner_loop(args: argparse.Namespace, repeats: int = 5) -> dict:
     masks = ones_masks(learner.kb, len(idx), device)
 
     def released() -> None:  # _adapt_mini_task's work, with the released inner loop
-        kb_copy = learner._path.kb_copy()
-        kb_copy.requires_grad_(True)
-        head = TaskHead(cfg.latent_dim, task.num_classes).to(device)
-        kb_copy.train()
-        released_inner_loop(kb_copy, head, xb, yb, masks, lr=cfg.lr_meta, momentum=cfg.momentum,
-                            kb_decay=learner._inner_kb_decay(), head_decay=cfg.meta_weight_decay, steps=steps)
-        with torch.no_grad():
-            (head(kb_copy(xb, masks)).argmax(1) == yb).float().mean().item()
+        released_adapt_mini_task(learner, 0, xb, yb, masks, task.num_classes)
 
     def on_device() -> None:
         learner._adapt_mini_task(0, xb, yb, masks, task.num_classes)

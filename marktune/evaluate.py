@@ -314,7 +314,7 @@ def run_evaluation(plan: EvalPlan, args: argparse.Namespace):
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
-    from marktune.search import keep_every_checkpoint, prepare_tune, prune_checkpoints, quiet_ray_output
+    from marktune.tune_setup import keep_every_checkpoint, prepare_tune, prune_checkpoints, quiet_ray_output
     from runners.mark_sequence import RUNTIME_KEY, train_mark_sequence
 
     runs = len(plan.configs) * len(plan.seeds) * len(plan.data_seeds)
@@ -393,7 +393,7 @@ def _trial_name(trial) -> str:
 
 def run_records(results, plan: EvalPlan) -> list[dict[str, Any]]:
     """One dict per run (the rows of evaluation.csv), in configuration then seed order."""
-    from marktune.search import first_line
+    from marktune.summary import first_line
 
     counts = {}
     for c in plan.configs:

@@ -112,3 +112,23 @@ def released_inner_loop(kb_copy: torch.nn.Module, head: torch.nn.Module, xb: tor
         plateau.step(loss.item())
         rates.append(opt.param_groups[0]["lr"])
     return rates
+
+
+def released_adapt_mini_task(learner, t: int, xb: torch.Tensor, yb: torch.Tensor, masks: list[torch.Tensor],
+                             num_classes: int) -> tuple[list[torch.Tensor], float, list[float]]:
+    """``MarkLearner._adapt_mini_task`` (fp32) with :func:`released_inner_loop` in place of
+    marktune's: ``(delta_k, a_k, learning rate after each step)``. The oracle's whole mini-task."""
+    from marktune.model import TaskHead
+
+    cfg = learner.config
+    kb_copy = learner._path.kb_copy()
+    kb_copy.requires_grad_(True)
+    head = TaskHead(cfg.latent_dim, num_classes).to(learner.device)
+    kb_copy.train()
+    rates = released_inner_loop(kb_copy, head, xb, yb, masks, lr=cfg.lr_meta, momentum=cfg.momentum,
+                                kb_decay=learner._inner_kb_decay(), head_decay=cfg.meta_weight_decay,
+                                steps=cfg.inner_steps)
+    with torch.no_grad():
+        acc = (head(kb_copy(xb, masks)).argmax(1) == yb).float().mean().item()
+    delta = [pc.detach() - p.detach() for pc, p in zip(kb_copy.parameters(), learner.kb.parameters())]
+    return delta, acc, rates

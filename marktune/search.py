@@ -28,10 +28,9 @@ from marktune.config import ConfigError, MarkConfig, parse_overrides
 from marktune.metrics import METRIC
 from marktune.spaces import SearchSpace, SpaceError, available_spaces, load_space
 from marktune.study import JOURNAL_FILE, StorageError, StudyStorage
-from marktune.summary import first_line  # noqa: F401 - marktune.evaluate imports it from here
 from marktune.summary import TrialRow, format_table, trial_rows, unfinished, write_outputs
-from marktune.tune_setup import (keep_every_checkpoint, last_trial_states, prepare_tune,  # noqa: F401 - marktune.evaluate imports them from here
-                                 prune_checkpoints, quiet_ray_output)
+from marktune.tune_setup import (keep_every_checkpoint, last_trial_states, prepare_tune, prune_checkpoints,
+                                 quiet_ray_output)
 
 DEFAULT_STORAGE = "results"
 

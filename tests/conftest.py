@@ -20,3 +20,38 @@ def _few_threads():
 
 def tiny_config(**overrides) -> MarkConfig:
     return MarkConfig(**{**TINY, **overrides})
+
+
+def tiny_digits_space(path, *, fixed=None, search=None, defaults):
+    """Write a search space for a real but tiny digits search (the slow end-to-end tests):
+    a small KB and one short epoch per phase, ``lr_meta`` and ``meta_step`` searched."""
+    import yaml
+
+    path.write_text(yaml.safe_dump({
+        "benchmark": "digits",
+        "fixed": {"epochs": 1, "kb_epochs": 2, "batch_size": 64, "meta_epochs": 1, "mini_tasks": 2,
+                  "inner_steps": 2, "kb_width": 8, "kb_depth": 2, "latent_dim": 16, "fe_channels": 8,
+                  **(fixed or {})},
+        "search": {"lr_meta": {"type": "loguniform", "low": 1.0e-3, "high": 1.0e-1},
+                   "meta_step": {"type": "loguniform", "low": 1.0e-2, "high": 1.0}, **(search or {})},
+        "defaults": defaults,
+    }))
+    return path
+
+
+def headless_chromium(page, tmp_path, *flags: str) -> str:
+    """Open ``page`` (a file) in headless Chromium with ``flags`` (``--dump-dom``,
+    ``--screenshot=...``); its stdout. Skips the test where Chromium is not installed."""
+    import shutil
+    import subprocess
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed (Debian: apt-get install chromium; scripts/test.sh does it as root)")
+    proc = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", *flags, page.as_uri()],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout

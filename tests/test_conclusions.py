@@ -9,6 +9,7 @@ import statistics as pystats
 import pytest
 import yaml
 
+from conftest import headless_chromium
 from marktune import conclusions, evaluate, protocols, search
 from marktune import statistics as mstats
 from marktune.config import MarkConfig
@@ -235,9 +236,6 @@ def test_best_config_comment_speaks_of_its_own_trial(hand_made_csv, tmp_path):
 
 
 def test_report_opens_with_the_verdict_rendered_in_chromium(hand_made_csv, tmp_path):
-    import shutil
-    import subprocess
-
     from marktune import report
 
     exp = _protocol_experiment(tmp_path, "digits-full", "full")
@@ -249,16 +247,8 @@ def test_report_opens_with_the_verdict_rendered_in_chromium(hand_made_csv, tmp_p
     conclusions.save(exp, record, exp / "evaluation.csv")
     sentence = conclusions.conclude(evaluate.read_csv(exp / "evaluation.csv"), record).sentence
     page = report.build_report(load_experiment(exp))
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("chromium is not installed (Debian: apt-get install chromium; scripts/test.sh does it as root)")
-    proc = subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", page.as_uri()],
-        capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    body = proc.stdout[proc.stdout.index("<body"):]
+    dom = headless_chromium(page, tmp_path, "--dump-dom")
+    body = dom[dom.index("<body"):]
     # the first paragraph after the title is the verdict
     first = body[body.index("</h1>"):]
     first = first[first.index("<p"):first.index("</p>")]

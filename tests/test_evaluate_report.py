@@ -9,14 +9,13 @@ from __future__ import annotations
 import csv
 import json
 import math
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
+from conftest import headless_chromium, tiny_digits_space
 from marktune import evaluate, report
 from marktune.config import MarkConfig
 from marktune.experiment import load_experiment
@@ -249,16 +248,9 @@ def evaluated(tmp_path_factory):
     from marktune import search
 
     tmp = tmp_path_factory.mktemp("e2e")
-    space = tmp / "tiny_digits.yaml"
-    space.write_text(yaml.safe_dump({
-        "benchmark": "digits",
-        "fixed": {"epochs": 1, "kb_epochs": 2, "batch_size": 64, "meta_epochs": 1, "mini_tasks": 2,
-                  "inner_steps": 2, "kb_width": 8, "kb_depth": 2, "latent_dim": 16, "fe_channels": 8},
-        "search": {"lr_meta": {"type": "loguniform", "low": 1.0e-3, "high": 1.0e-1},
-                   "meta_step": {"type": "loguniform", "low": 1.0e-2, "high": 1.0},
-                   "lr_mask": {"type": "loguniform", "low": 1.0e-2, "high": 3.0e-1}},
-        "defaults": {"samples": 4, "grace_period": 2, "reduction_factor": 2, "cpus_per_trial": 1},
-    }))
+    space = tiny_digits_space(tmp / "tiny_digits.yaml",
+                              search={"lr_mask": {"type": "loguniform", "low": 1.0e-2, "high": 3.0e-1}},
+                              defaults={"samples": 4, "grace_period": 2, "reduction_factor": 2, "cpus_per_trial": 1})
     # the study in a SQLite database instead of the default journal file
     args = search.build_parser().parse_args(["--space", str(space), "--storage", str(tmp / "s"), "--name", "tiny",
                                              "--num-cpus", "2", "--seed", "0", "-q",
@@ -349,17 +341,8 @@ def test_report_has_every_element_and_renders_in_chromium(evaluated, tmp_path):
     for t in exp.trials:  # stopped trials' curves are shorter
         assert len(t.curve()) == t.tasks_done
 
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("chromium is not installed (Debian: apt-get install chromium; scripts/test.sh does it as root)")
     shot = tmp_path / "report.png"
-    proc = subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1200,2000",
-         (evaluated / "report.html").as_uri()],
-        capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    headless_chromium(evaluated / "report.html", tmp_path, f"--screenshot={shot}", "--window-size=1200,2000")
     import matplotlib.image
     import numpy as np
 

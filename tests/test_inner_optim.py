@@ -7,9 +7,8 @@ import torch
 
 from conftest import tiny_config
 from marktune.data import load_benchmark_for
-from marktune.inner_optim import INNER_PLATEAU, DevicePlateau, released_inner_loop, sgd_step_
+from marktune.inner_optim import INNER_PLATEAU, DevicePlateau, released_adapt_mini_task, sgd_step_
 from marktune.learner import MarkLearner
-from marktune.model import TaskHead
 
 CPU = torch.device("cpu")
 
@@ -86,21 +85,6 @@ def test_sgd_step_is_torch_sgd_bit_for_bit(momentum):
             assert torch.equal(a, b.detach())
 
 
-def released_adapt_mini_task(learner, t, xb, yb, masks, num_classes, lrs_seen):
-    """``_adapt_mini_task`` with the released code's inner loop (the oracle) in place of marktune's."""
-    cfg = learner.config
-    kb_copy = learner._path.kb_copy()
-    kb_copy.requires_grad_(True)
-    head = TaskHead(cfg.latent_dim, num_classes).to(learner.device)
-    kb_copy.train()
-    lrs_seen += released_inner_loop(kb_copy, head, xb, yb, masks, lr=cfg.lr_meta, momentum=cfg.momentum,
-                                    kb_decay=learner._inner_kb_decay(), head_decay=cfg.meta_weight_decay,
-                                    steps=cfg.inner_steps)
-    with torch.no_grad():
-        acc = (head(kb_copy(xb, masks)).argmax(1) == yb).float().mean().item()
-    return [pc.detach() - p.detach() for pc, p in zip(kb_copy.parameters(), learner.kb.parameters())], acc
-
-
 # lr_meta 0.5 with momentum: the inner loss oscillates, so the plateau rule does cut
 OSCILLATING = dict(num_tasks=2, inner_steps=15, lr_meta=0.5, momentum=0.9, kb_dropout=0.0)
 
@@ -111,8 +95,12 @@ def test_inner_loop_gives_the_released_codes_results(monkeypatch, meta_vmap):
     ours.run()
     lrs_seen = []
     released = make(tiny_config(**OSCILLATING), record_meta=True)
-    monkeypatch.setattr(released, "_adapt_mini_task",
-                        lambda *args: released_adapt_mini_task(released, *args, lrs_seen))
+
+    def released_mini_task(*args):
+        delta, acc, rates = released_adapt_mini_task(released, *args)
+        lrs_seen.extend(rates)
+        return delta, acc
+    monkeypatch.setattr(released, "_adapt_mini_task", released_mini_task)
     released.run()
     assert len(set(lrs_seen)) > 1, "the oracle never cut the rate: the test would not see the plateau rule"
     assert ours.matrices() == released.matrices()

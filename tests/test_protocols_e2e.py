@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
 
+from conftest import headless_chromium, tiny_digits_space
 from marktune import evaluate, report
 from marktune.data import DatasetMissingError, check_dataset
 
@@ -24,17 +22,10 @@ def first_k(tmp_path_factory):
     from marktune import search
 
     tmp = tmp_path_factory.mktemp("firstk")
-    space = tmp / "tiny_digits.yaml"
-    space.write_text(yaml.safe_dump({
-        "benchmark": "digits",
-        "fixed": {"epochs": 1, "kb_epochs": 2, "batch_size": 64, "meta_epochs": 1, "mini_tasks": 2,
-                  "inner_steps": 2, "kb_width": 8, "kb_depth": 2, "latent_dim": 16, "fe_channels": 8,
-                  "kb_grad_clip": 1.0, "max_train_per_task": 200, "max_test_per_task": 100},
-        "search": {"lr_meta": {"type": "loguniform", "low": 1.0e-3, "high": 1.0e-1},
-                   "meta_step": {"type": "loguniform", "low": 1.0e-2, "high": 1.0}},
+    space = tiny_digits_space(
+        tmp / "tiny_digits.yaml", fixed={"kb_grad_clip": 1.0, "max_train_per_task": 200, "max_test_per_task": 100},
         # grace_period = k: ASHA has no rung below max_t, so every trial runs its k tasks
-        "defaults": {"samples": 3, "grace_period": K, "reduction_factor": 2, "cpus_per_trial": 1},
-    }))
+        defaults={"samples": 3, "grace_period": K, "reduction_factor": 2, "cpus_per_trial": 1})
     args = search.build_parser().parse_args(["--space", str(space), "--storage", str(tmp / "s"), "--name", "fk",
                                              "--num-cpus", "2", "--seed", "0", "-q", "--protocol", "first-k",
                                              "--tuning-tasks", str(K)])
@@ -103,16 +94,7 @@ def test_report_opens_with_the_verdict_in_chromium(first_k, tmp_path):
     assert report.main([str(first_k)]) == 0
     page = (first_k / "report.html").read_text()
     assert "id='paired-table'" in page and "id='protocol-gap-table'" in page
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("chromium is not installed (Debian: apt-get install chromium; scripts/test.sh does it as root)")
-    proc = subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", (first_k / "report.html").as_uri()],
-        capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    dom = proc.stdout
+    dom = headless_chromium(first_k / "report.html", tmp_path, "--dump-dom")
     body = dom[dom.index("<body"):]
     verdict = body.index("id=\"verdict\"")
     assert sentence in body[verdict:verdict + 1000]  # the rendered page opens with it
