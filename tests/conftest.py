@@ -55,3 +55,23 @@ def headless_chromium(page, tmp_path, *flags: str) -> str:
         capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout
+
+
+def run_search(argv: list[str], *, top: int):
+    """``python -m marktune.search ARGV`` in this process, on a Ray of its own (even when another
+    program runs one on this machine), then its summary; the experiment directory."""
+    from pathlib import Path
+
+    import ray
+
+    from marktune import search
+
+    args = search.build_parser().parse_args(argv)
+    plan = search.plan_from_args(args)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
+    try:
+        run = search.run_search(plan, args)
+        search.summarize(run, plan, top=top)
+    finally:
+        ray.shutdown()
+    return Path(run.experiment)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import headless_chromium, tiny_digits_space
+from conftest import headless_chromium, run_search, tiny_digits_space
 from marktune import evaluate, report
 from marktune.config import MarkConfig
 from marktune.experiment import load_experiment
@@ -243,28 +243,13 @@ def test_no_complete_trial_is_a_clear_error(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
     """A tiny real search on digits (4 trials), then its evaluation over 2 fresh seeds."""
-    import ray
-
-    from marktune import search
-
     tmp = tmp_path_factory.mktemp("e2e")
     space = tiny_digits_space(tmp / "tiny_digits.yaml",
                               search={"lr_mask": {"type": "loguniform", "low": 1.0e-2, "high": 3.0e-1}},
                               defaults={"samples": 4, "grace_period": 2, "reduction_factor": 2, "cpus_per_trial": 1})
     # the study in a SQLite database instead of the default journal file
-    args = search.build_parser().parse_args(["--space", str(space), "--storage", str(tmp / "s"), "--name", "tiny",
-                                             "--num-cpus", "2", "--seed", "0", "-q",
-                                             "--optuna-storage", f"sqlite:///{tmp / 'studies.db'}"])
-    plan = search.plan_from_args(args)
-    # a Ray of our own even when another program runs one on this machine
-    ray.init(address="local", num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
-    try:
-        run = search.run_search(plan, args)
-        search.summarize(run, plan, top=4)
-    finally:
-        ray.shutdown()
-    experiment = run.experiment
-    experiment = Path(experiment)
+    experiment = run_search(["--space", str(space), "--storage", str(tmp / "s"), "--name", "tiny", "--num-cpus", "2",
+                             "--seed", "0", "-q", "--optuna-storage", f"sqlite:///{tmp / 'studies.db'}"], top=4)
     code = evaluate.main([str(experiment), "--top", "2", "--seeds", "2", "--num-cpus", "2", "-q",
                           "--ablations", "none,nomask"])
     assert code == 0

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import headless_chromium, tiny_digits_space
+from conftest import headless_chromium, run_search, tiny_digits_space
 from marktune import evaluate, report
 from marktune.data import DatasetMissingError, check_dataset
 
@@ -17,26 +17,13 @@ K, T = 3, 5
 
 @pytest.fixture(scope="module")
 def first_k(tmp_path_factory):
-    import ray
-
-    from marktune import search
-
     tmp = tmp_path_factory.mktemp("firstk")
     space = tiny_digits_space(
         tmp / "tiny_digits.yaml", fixed={"kb_grad_clip": 1.0, "max_train_per_task": 200, "max_test_per_task": 100},
         # grace_period = k: ASHA has no rung below max_t, so every trial runs its k tasks
         defaults={"samples": 3, "grace_period": K, "reduction_factor": 2, "cpus_per_trial": 1})
-    args = search.build_parser().parse_args(["--space", str(space), "--storage", str(tmp / "s"), "--name", "fk",
-                                             "--num-cpus", "2", "--seed", "0", "-q", "--protocol", "first-k",
-                                             "--tuning-tasks", str(K)])
-    plan = search.plan_from_args(args)
-    ray.init(address="local", num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
-    try:
-        run = search.run_search(plan, args)
-        search.summarize(run, plan, top=3)
-    finally:
-        ray.shutdown()
-    return Path(run.experiment)
+    return run_search(["--space", str(space), "--storage", str(tmp / "s"), "--name", "fk", "--num-cpus", "2",
+                       "--seed", "0", "-q", "--protocol", "first-k", "--tuning-tasks", str(K)], top=3)
 
 
 def _rows(path: Path) -> list[dict]:
