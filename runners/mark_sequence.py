@@ -119,7 +119,8 @@ def train_mark_sequence(config: dict[str, Any]) -> None:
         val, test = learner.matrices()
         metrics = {
             TIME_ATTR: report.task + 1,
-            "num_tasks": learner.num_tasks,
+            "num_tasks": run_tasks,  # what this trial runs (the search's finish line)
+            "stream_tasks": learner.num_tasks,  # the stream it is cut from
             **task_scalars(report),
             "val_row": list(report.val_row),
             "test_row": list(report.test_row),
@@ -132,8 +133,6 @@ def train_mark_sequence(config: dict[str, Any]) -> None:
             "done_all_tasks": report.done,
             "resumed_at_task": resumed_at,
         }
-        # what this trial runs (the search's finish line), and the stream it is cut from
-        metrics.update({"num_tasks": run_tasks, "stream_tasks": learner.num_tasks})
         with tempfile.TemporaryDirectory() as tmp:
             learner.save(Path(tmp) / STATE_FILE)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
