@@ -36,13 +36,13 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from marktune.config import MarkConfig, load_yaml_mapping  # noqa: E402
-from marktune.data import load_benchmark_for  # noqa: E402
-from marktune.devices import cap_gpu_memory  # noqa: E402
-from marktune.hardware import cpu_has_native_bf16, cpu_model_name  # noqa: E402
-from marktune.inner_optim import released_adapt_mini_task  # noqa: E402
-from marktune.learner import MarkLearner  # noqa: E402
-from marktune.model import ones_masks  # noqa: E402
+from marktune.mark.config import MarkConfig, load_yaml_mapping  # noqa: E402
+from marktune.data.benchmarks import load_benchmark_for  # noqa: E402
+from marktune.mark.devices import cap_gpu_memory  # noqa: E402
+from marktune.mark.hardware import cpu_has_native_bf16, cpu_model_name  # noqa: E402
+from marktune.mark.inner_optim import released_adapt_mini_task  # noqa: E402
+from marktune.mark.learner import MarkLearner  # noqa: E402
+from marktune.mark.model import ones_masks  # noqa: E402
 
 PHASES = ("feature", "kb", "mask", "meta", "consolidation", "eval")
 FULL_TASKS = 20

@@ -19,7 +19,7 @@ from torch.utils import mkldnn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from marktune.model import KnowledgeBase  # noqa: E402
+from marktune.mark.model import KnowledgeBase  # noqa: E402
 
 
 def milliseconds(step, repeat: int) -> float:

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-# Headless Chromium renders the HTML report in tests/test_evaluate_report.py (the test skips
+# Headless Chromium renders the HTML report in tests/cli/test_evaluate_report.py (the test skips
 # without it). Installed where root and apt are available; idempotent, and quiet.
 if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "[test] installing Debian's chromium (renders report.html in the tests)"
@@ -12,7 +12,7 @@ if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get 
      || { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1; }) \
      || echo "[test] could not install chromium; the report rendering test will be skipped"
 fi
-# The `ray up` test (tests/test_cluster_launcher.py) logs in over SSH to this machine as a
+# The `ray up` test (tests/cluster/test_cluster_launcher.py) logs in over SSH to this machine as a
 # dedicated user: it needs sshd, rsync (file_mounts) and setfacl (lets that user reach the
 # venv's interpreter). Installed where root and apt are available; idempotent, and quiet.
 # The package must not start a system-wide sshd: the test runs its own on a loopback port,

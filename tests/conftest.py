@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from marktune.config import MarkConfig
+from marktune.mark.config import MarkConfig
 
 # A synthetic sequence small enough for unit tests, but with every phase exercised.
 TINY = dict(benchmark="synthetic", num_tasks=3, synthetic_classes_per_task=2,
@@ -64,7 +64,7 @@ def run_search(argv: list[str], *, top: int):
 
     import ray
 
-    from marktune import search
+    from marktune.cli import search
 
     args = search.build_parser().parse_args(argv)
     plan = search.plan_from_args(args)

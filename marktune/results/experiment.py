@@ -1,0 +1,409 @@
+"""Read a finished or interrupted search from its experiment directory (no Ray needed).
+
+Shared by ``python -m marktune.evaluate`` and ``python -m marktune.report``. What is read:
+
+* ``trial_<id>/params.json``: the trial's config as Tune wrote it (learner settings plus
+  ``marktune_runtime``); ``trial_<id>/result.json``: one JSON line per finished task.
+* ``experiment_state-*.json`` (the newest): each trial's status (``RUNNING``, ``PENDING``,
+  ``TERMINATED``, ``ERROR``), its error file and the names of the searched settings
+  (``evaluated_params``). Trials listed there without a directory or a result never reported.
+* ``trials.csv`` (written by the search at its end) when present: its columns between
+  ``bwt`` and ``error`` name the searched settings too.
+
+A trial's status here: ``COMPLETE`` (reported every task), ``PRUNED`` (stopped early by ASHA),
+``ERROR``, ``RUNNING`` (unfinished: the search was interrupted while it ran or waited),
+``MISSING`` (never reported anything).
+
+The search space: when the search left ``marktune_search.json`` (its space and ``--set``
+overrides), that file says. Otherwise the space is recognised from the trials: a space file (``search_spaces/NAME.yaml``) matches
+when its benchmark is the trials' and its searched settings are the trials'. Candidates are the
+experiment name's prefix (``digits-20261123-...`` -> ``digits``), then the benchmark's name,
+then every other space file.
+"""
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from marktune.mark.config import ConfigError, MarkConfig
+from marktune.mark.metrics import METRIC, TIME_ATTR
+
+RUNTIME_KEY = "marktune_runtime"  # as marktune.tune.trainable.RUNTIME_KEY (not imported: it pulls in torch)
+SETTINGS_FILE = "marktune_search.json"  # the search's settings, where the search writes them
+
+
+class ExperimentError(ValueError):
+    """The directory is missing or is not a marktune search; the message says which."""
+
+
+@dataclass
+class Trial:
+    trial_id: str
+    status: str  # COMPLETE, PRUNED, ERROR, RUNNING, MISSING
+    config: dict[str, Any]  # learner settings only (MarkConfig keys)
+    runtime: dict[str, Any]
+    results: list[dict[str, Any]] = field(default_factory=list)  # one per reported task
+    error: str = ""
+    tune_status: str = ""  # as experiment_state says
+
+    @property
+    def tasks_done(self) -> int:
+        return int(self.results[-1].get(TIME_ATTR, 0)) if self.results else 0
+
+    def last(self, key: str) -> float:
+        if not self.results:
+            return math.nan
+        value = self.results[-1].get(key)
+        return float(value) if isinstance(value, (int, float)) else math.nan
+
+    @property
+    def val_acc(self) -> float:
+        return self.last(METRIC)
+
+    @property
+    def test_acc(self) -> float:
+        return self.last("mean_test_acc")
+
+    @property
+    def bwt(self) -> float:
+        return self.last("bwt_test")
+
+    def curve(self) -> list[float]:
+        """Mean validation accuracy after each task (the search metric)."""
+        return [float(r[METRIC]) for r in self.results if METRIC in r]
+
+    def matrix(self, split: str = "test") -> list[list[float]]:
+        """The accuracy matrix as reported so far: row t = after task t."""
+        return [list(r.get(f"{split}_row") or []) for r in self.results]
+
+
+@dataclass
+class Experiment:
+    path: Path
+    name: str
+    trials: list[Trial]
+    searched: list[str]
+    num_tasks: int
+    benchmark: str
+    space_name: str | None  # the recognised space file, if any
+    space: Any = None  # SearchSpace or None
+    overrides: dict[str, Any] = field(default_factory=dict)  # shared settings that differ from the space's
+    has_state: bool = True
+
+    def by_status(self, *statuses: str) -> list[Trial]:
+        return [t for t in self.trials if t.status in statuses]
+
+    def ranked(self) -> list[Trial]:
+        """Complete trials first (best validation first), then the others, as the search's table."""
+        order = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "ERROR": 3, "MISSING": 4}
+        return sorted(self.trials, key=lambda t: (order.get(t.status, 9), -t.tasks_done,
+                                                  -(t.val_acc if math.isfinite(t.val_acc) else -1)))
+
+    def best_complete(self, k: int = 1) -> list[Trial]:
+        done = [t for t in self.trials if t.status == "COMPLETE" and math.isfinite(t.val_acc)]
+        # a tie on validation ACC (common on easy benchmarks) goes to the trial the search wrote
+        # into best_config.yaml, so that "best 1" everywhere is the configuration that file holds
+        chosen = _best_config_trial(self.path)
+        return sorted(done, key=lambda t: (-t.val_acc, t.trial_id != chosen))[:k]
+
+    def missing_note(self) -> str:
+        """One line naming trials that are not finished, or '' when all are."""
+        parts = []
+        running = self.by_status("RUNNING")
+        missing = self.by_status("MISSING")
+        if running:
+            parts.append(f"{len(running)} unfinished (still RUNNING/PENDING when the search stopped: "
+                         f"{', '.join(t.trial_id for t in running)})")
+        if missing:
+            parts.append(f"{len(missing)} never reported a result ({', '.join(t.trial_id for t in missing)})")
+        if not parts:
+            return ""
+        return "interrupted search: " + "; ".join(parts)
+
+    def shared_settings(self) -> dict[str, Any]:
+        """Settings every trial shares, minus the searched ones."""
+        configs = [t.config for t in self.trials if t.config]
+        if not configs:
+            return {}
+        common = {}
+        for key, value in configs[0].items():
+            if key in self.searched:
+                continue
+            if all(key in c and _same(c[key], value) for c in configs[1:]):
+                common[key] = value
+        return common
+
+    def default_config(self) -> tuple[MarkConfig, str]:
+        """The space's default configuration, and the rule that made it.
+
+        * A recognised space: ``space.default_trial_config(overrides)``, where the overrides
+          are the trials' shared settings that differ from the space file's fixed ones (the
+          search's ``--set``). Without ``--set`` this is ``load_space(name).default_trial_config()``.
+        * No recognised space: the trials' shared settings with the learner's (MarkConfig's)
+          defaults for every searched setting.
+        """
+        if self.space is not None:
+            return (self.space.default_trial_config(self.overrides),
+                    f"space {self.space_name}: its fixed settings"
+                    + (f" with the search's overrides {self.overrides}" if self.overrides else "")
+                    + ", searched settings at the space's fixed values or the learner's defaults")
+        return (MarkConfig.from_dict(self.shared_settings()),
+                "no space file matches the trials: their shared settings, learner defaults for "
+                f"the searched ones ({', '.join(self.searched)})")
+
+    def runtime(self) -> dict[str, Any]:
+        for t in self.trials:
+            if t.runtime:
+                return dict(t.runtime)
+        return {}
+
+
+def load_experiment(path: str | os.PathLike) -> Experiment:
+    """Read an experiment directory; raise ExperimentError when it is missing or foreign."""
+    text = str(path)
+    if "://" in text:
+        raise ExperimentError(f"{text}: give a local directory (copy it down first, e.g. "
+                              f"`aws s3 sync {text} results/{text.rstrip('/').rsplit('/', 1)[-1]}`)")
+    root = Path(text).expanduser()
+    if not root.exists():
+        raise ExperimentError(f"no experiment directory at {root}")
+    if not root.is_dir():
+        raise ExperimentError(f"{root} is a file, not an experiment directory")
+    root = root.resolve()
+    states = sorted(glob.glob(str(root / "experiment_state-*.json")))
+    trial_dirs = sorted(p for p in root.glob("trial_*") if (p / "params.json").is_file())
+    if not states and not trial_dirs:
+        raise ExperimentError(
+            f"{root} is not a marktune search experiment: it has no experiment_state-*.json and no "
+            "trial_*/params.json. Give the directory <storage>/<name> that `python -m marktune.search` made.")
+
+    state = _read_state(Path(states[-1])) if states else {}
+    trials: dict[str, Trial] = {}
+    for tdir in trial_dirs:
+        try:
+            params = json.loads((tdir / "params.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            params = None
+        if not isinstance(params, dict) or "benchmark" not in params or RUNTIME_KEY not in params:
+            raise ExperimentError(
+                f"{root} is not a marktune search experiment: {tdir.name}/params.json has no "
+                f"'benchmark' and '{RUNTIME_KEY}' (it was not made by marktune.tune.trainable)")
+        tid = tdir.name[len("trial_"):]
+        trials[tid] = _trial(tid, params, _read_results(tdir / "result.json"))
+    for tid, info in state.items():
+        if info.get("trainable_name") not in (None, "train_mark_sequence"):
+            raise ExperimentError(f"{root} is not a marktune search experiment: its trials run "
+                                  f"{info.get('trainable_name')!r}, not train_mark_sequence")
+        if tid not in trials:
+            config = info.get("config") or {}
+            if not isinstance(config, dict):
+                config = {}
+            trials[tid] = _trial(tid, config, [])
+        trial = trials[tid]
+        trial.tune_status = str(info.get("status") or "")
+        if info.get("error_filename"):
+            trial.error = _error_text(root, info)
+    if not trials:
+        raise ExperimentError(f"{root}: the search has not started any trial yet")
+
+    num_tasks = _num_tasks(trials.values())
+    for trial in trials.values():
+        trial.status = _status(trial, num_tasks, has_state=bool(state))
+        if trial.status == "ERROR" and not trial.error:
+            trial.error = _error_text(root / f"trial_{trial.trial_id}", {})
+
+    searched = _searched(root, state)
+    if searched is None:  # no state and no trials.csv: the settings that vary
+        searched = _varying(trials.values())
+    benchmarks = {t.config.get("benchmark") for t in trials.values() if t.config}
+    if len(benchmarks) != 1:
+        raise ExperimentError(f"{root}: trials disagree on the benchmark ({sorted(map(str, benchmarks))})")
+    exp = Experiment(path=root, name=root.name, trials=list(trials.values()), searched=searched,
+                     num_tasks=num_tasks, benchmark=str(benchmarks.pop()), space_name=None,
+                     has_state=bool(state))
+    _recognise_space(exp)
+    return exp
+
+
+# ------------------------------------------------------------------ helpers
+def _trial(tid: str, params: dict[str, Any], results: list[dict[str, Any]]) -> Trial:
+    keys = set(MarkConfig.field_names())
+    return Trial(trial_id=tid, status="", config={k: v for k, v in params.items() if k in keys},
+                 runtime=dict(params.get(RUNTIME_KEY) or {}), results=results)
+
+
+def _read_results(path: Path) -> list[dict[str, Any]]:
+    """result.json lines with a task count; a torn last line (crash mid-write) is skipped."""
+    out = []
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and TIME_ATTR in record:
+            out.append(record)
+    # a retried trial (worker lost) reports its tasks again from its checkpoint: keep the last of each
+    by_task: dict[int, dict[str, Any]] = {}
+    for record in out:
+        by_task[int(record[TIME_ATTR])] = record
+    return [by_task[k] for k in sorted(by_task)]
+
+
+def _read_state(path: Path) -> dict[str, dict[str, Any]]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ExperimentError(f"{path} cannot be read: {err}") from None
+    out = {}
+    for item in data.get("trial_data") or []:
+        try:
+            info = json.loads(item[0])
+            run = json.loads(item[1]) if len(item) > 1 else {}
+        except (TypeError, ValueError, IndexError):
+            continue
+        tid = str(info.get("trial_id"))
+        out[tid] = {"status": info.get("status"), "trainable_name": info.get("trainable_name"),
+                    "config": info.get("config"), "evaluated_params": info.get("evaluated_params"),
+                    "error_filename": run.get("error_filename"), "relative_logdir": info.get("relative_logdir")}
+    return out
+
+
+def _num_tasks(trials) -> int:
+    for t in trials:
+        for r in reversed(t.results):
+            if r.get("num_tasks"):
+                return int(r["num_tasks"])
+    for t in trials:
+        if t.config:
+            try:
+                return MarkConfig.from_dict(t.config).tasks
+            except ConfigError:
+                continue
+    return 0
+
+
+def _status(trial: Trial, num_tasks: int, *, has_state: bool) -> str:
+    if trial.tune_status == "ERROR" or trial.error:
+        return "ERROR"
+    if num_tasks and trial.tasks_done >= num_tasks:
+        return "COMPLETE"
+    if not trial.results:
+        return "MISSING" if trial.tune_status in ("", "PENDING", "RUNNING", "PAUSED") else "PRUNED"
+    if trial.tune_status in ("RUNNING", "PENDING", "PAUSED"):
+        return "RUNNING"
+    if not has_state:
+        return "RUNNING"  # without Tune's state we cannot tell ASHA's stop from an interruption
+    return "PRUNED"
+
+
+def _error_text(root: Path, info: dict[str, Any]) -> str:
+    name = info.get("error_filename") or "error.txt"
+    rel = info.get("relative_logdir")
+    candidates = [root / name] + ([root / rel / name] if rel else [])
+    for path in candidates:
+        try:
+            lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+        except OSError:
+            continue
+        return lines[-1] if lines else "error"
+    return "error (no error file)"
+
+
+def _searched(root: Path, state: dict[str, dict[str, Any]]) -> list[str] | None:
+    for info in state.values():
+        params = info.get("evaluated_params")
+        if isinstance(params, dict) and params:
+            return list(params)
+    table = root / "trials.csv"
+    if table.is_file():
+        with open(table, newline="") as f:
+            head = next(csv.reader(f), [])
+        if "bwt" in head and "error" in head:
+            return head[head.index("bwt") + 1: head.index("error")]
+    return None
+
+
+def _varying(trials) -> list[str]:
+    configs = [t.config for t in trials if t.config]
+    keys = sorted({k for c in configs for k in c})
+    return [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) or isinstance(b, float):
+        try:
+            return math.isclose(float(a), float(b), rel_tol=1e-12)
+        except (TypeError, ValueError):
+            return False
+    return a == b
+
+
+def _best_config_trial(root: Path) -> str:
+    """The trial id in the search's best_config.yaml, or '' (none written, or unreadable)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load((root / "best_config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return ""
+    return str(data.get("trial_id", "")) if isinstance(data, dict) else ""
+
+
+def _saved_settings(root: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads((root / SETTINGS_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _recognise_space(exp: Experiment) -> None:
+    from marktune.mark.config import parse_overrides
+    from marktune.tune.spaces import SpaceError, available_spaces, load_space
+
+    saved = _saved_settings(exp.path)
+    if saved and saved.get("space"):
+        try:  # the search's own record (marktune_search.json): its space file and --set
+            overrides = parse_overrides(saved.get("overrides") or [])
+            space = load_space(saved["space"], overrides=overrides)
+            if space.benchmark == exp.benchmark:
+                exp.space, exp.space_name, exp.overrides = space, space.name, overrides
+                return
+        except (SpaceError, ConfigError, TypeError):
+            pass  # moved or changed since: recognise it from the trials instead
+    names = []
+    prefix = exp.name.rsplit("-", 2)[0] if exp.name.count("-") >= 2 else exp.name
+    for cand in (prefix, exp.benchmark, *available_spaces()):
+        if cand in available_spaces() and cand not in names:
+            names.append(cand)
+    shared = exp.shared_settings()
+    for name in names:
+        try:
+            space = load_space(name)
+        except SpaceError:
+            continue
+        if space.benchmark != exp.benchmark or sorted(space.params) != sorted(exp.searched):
+            continue
+        fixed = {k: v for k, v in space.fixed.items() if k not in space.params}
+        # shared settings differing from the file's: the search's --set overrides
+        overrides = {k: v for k, v in shared.items()
+                     if k != "benchmark" and not (k in fixed and _same(fixed[k], v))}
+        missing = [k for k in fixed if k not in shared]
+        if missing:
+            continue
+        try:
+            space.default_trial_config(overrides)
+        except ConfigError:
+            continue
+        exp.space, exp.space_name, exp.overrides = space, name, overrides
+        return

@@ -1,0 +1,244 @@
+"""Search spaces: one declarative YAML file per benchmark (``search_spaces/NAME.yaml``).
+
+A space file holds::
+
+    benchmark: fmnist
+    fixed:          # learner settings every trial shares (MarkConfig keys); a searched
+      epochs: 3     # key here is the space's default configuration (run --config), not a trial's
+    search:         # searched learner settings and their distributions
+      lr_meta:   {type: loguniform, low: 1.0e-3, high: 1.0e-1}
+      kb_depth:  {type: int, low: 2, high: 4}
+      mask_activation: {type: choice, values: [relu, sigmoid]}
+    defaults:       # the search's own defaults (command-line flags override them)
+      samples: 12
+      grace_period: 1       # ASHA, in tasks
+      reduction_factor: 2
+      eval_seeds: 3         # marktune.evaluate: initialisation seeds x class orders
+      eval_orders: 1
+
+Everything is checked here, before Ray starts: unknown names, ``low >= high``,
+values the learner would refuse.
+
+Example:
+    >>> space = load_space("fmnist")
+    >>> space.benchmark, "lr_meta" in space.params
+    ('fmnist', True)
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from marktune.mark.config import ConfigError, MarkConfig, _yaml_scalar
+
+SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
+KINDS = ("loguniform", "uniform", "int", "logint", "choice")
+DEFAULTS = {"samples": 12, "max_concurrent": None, "grace_period": 1, "reduction_factor": 2,
+            "cpus_per_trial": 1.0, "gpus_per_trial": None,
+            # marktune.evaluate's grid: initialisation seeds x class orders per configuration
+            "eval_seeds": 3, "eval_orders": 1}
+
+
+class SpaceError(ValueError):
+    """A search space that cannot run; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched learner setting and its distribution."""
+
+    name: str
+    kind: str
+    low: float | None = None
+    high: float | None = None
+    values: tuple | None = None
+
+    def tune_domain(self):
+        from ray import tune
+
+        if self.kind == "loguniform":
+            return tune.loguniform(self.low, self.high)
+        if self.kind == "uniform":
+            return tune.uniform(self.low, self.high)
+        if self.kind == "int":  # both ends included
+            return tune.randint(int(self.low), int(self.high) + 1)
+        if self.kind == "logint":
+            return tune.lograndint(int(self.low), int(self.high) + 1)
+        return tune.choice(list(self.values))
+
+    def extremes(self) -> list[Any]:
+        """Values that must all be acceptable to the learner."""
+        if self.kind == "choice":
+            return list(self.values)
+        if self.kind in ("int", "logint"):
+            return [int(self.low), int(self.high)]
+        return [self.low, self.high]
+
+    def describe(self) -> str:
+        if self.kind == "choice":
+            return f"{self.name}: choice {list(self.values)}"
+        return f"{self.name}: {self.kind} [{self.low:g}, {self.high:g}]"
+
+
+@dataclass
+class SearchSpace:
+    name: str
+    path: Path
+    benchmark: str
+    fixed: dict[str, Any]
+    params: dict[str, Param]
+    defaults: dict[str, Any] = field(default_factory=lambda: dict(DEFAULTS))
+
+    def base_config(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The learner settings all trials share: benchmark, fixed, then overrides."""
+        return {"benchmark": self.benchmark, **self.fixed, **dict(overrides or {})}
+
+    def learner_config(self, trial_config: Mapping[str, Any]) -> MarkConfig:
+        """The MarkConfig of one trial (its config holds fixed and sampled settings)."""
+        keys = set(MarkConfig.field_names())
+        return MarkConfig.from_dict({k: v for k, v in trial_config.items() if k in keys})
+
+    def param_space(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Tune's ``param_space``: fixed values plus a Tune domain per searched setting."""
+        space: dict[str, Any] = self.base_config(overrides)
+        for name, param in self.params.items():
+            space[name] = param.tune_domain()
+        return space
+
+    def precisions(self, overrides: Mapping[str, Any] | None = None) -> list[str]:
+        """Every ``precision`` a trial of this space can have (fixed, or each searched choice)."""
+        if "precision" in self.params and "precision" not in (overrides or {}):
+            return [str(v) for v in self.params["precision"].extremes()]
+        return [self.default_trial_config(overrides).precision]
+
+    def default_trial_config(self, overrides: Mapping[str, Any] | None = None) -> MarkConfig:
+        """Fixed settings with the learner's defaults for the searched ones."""
+        return MarkConfig.from_dict(self.base_config(overrides))
+
+
+def available_spaces() -> list[str]:
+    return sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
+
+
+def load_space(name_or_path: str | Path, *, overrides: Mapping[str, Any] | None = None) -> SearchSpace:
+    """Load and validate a space by name (``search_spaces/NAME.yaml``) or path."""
+    text = str(name_or_path)
+    if text.endswith((".yaml", ".yml")) or "/" in text:
+        path = Path(text)
+        if not path.is_file():
+            raise SpaceError(f"no search space file at {path}")
+    else:
+        path = SPACES_DIR / f"{text}.yaml"
+        if not path.is_file():
+            raise SpaceError(f"unknown search space {text!r}; available: {', '.join(available_spaces())} "
+                             "(or give a path to your own .yaml)")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise SpaceError(f"{path} is not valid YAML: {err}") from None
+    return parse_space(data, name=path.stem, path=path, overrides=overrides)
+
+
+def parse_space(data: Mapping[str, Any], *, name: str, path: Path,
+                overrides: Mapping[str, Any] | None = None) -> SearchSpace:
+    where = str(path)
+    if not isinstance(data, Mapping):
+        raise SpaceError(f"{where}: a space is a mapping with benchmark, fixed, search, defaults")
+    unknown = set(data) - {"benchmark", "fixed", "search", "defaults", "description"}
+    if unknown:
+        raise SpaceError(f"{where}: unknown top-level key(s) {', '.join(sorted(unknown))}; "
+                         "allowed: benchmark, fixed, search, defaults, description")
+    if "benchmark" not in data:
+        raise SpaceError(f"{where}: missing 'benchmark'")
+    fixed = dict(data.get("fixed") or {})
+    known = set(MarkConfig.field_names())
+    for key in fixed:
+        if key not in known:
+            raise SpaceError(f"{where}: fixed setting {key!r} is not a learner setting "
+                             f"(known: {', '.join(sorted(known))})")
+    params = {}
+    for pname, spec in (data.get("search") or {}).items():
+        params[pname] = _parse_param(where, pname, spec, known)
+    defaults = dict(DEFAULTS)
+    for key, value in (data.get("defaults") or {}).items():
+        if key not in DEFAULTS:
+            raise SpaceError(f"{where}: unknown default {key!r}; allowed: {', '.join(DEFAULTS)}")
+        defaults[key] = value
+    _check_defaults(where, defaults)
+    space = SearchSpace(name=name, path=path, benchmark=str(data["benchmark"]), fixed=fixed,
+                        params=params, defaults=defaults)
+    _check_against_learner(where, space, overrides)
+    return space
+
+
+def _parse_param(where: str, name: str, spec: Any, known: set[str]) -> Param:
+    if name not in known:
+        raise SpaceError(f"{where}: searched parameter {name!r} is not a learner setting "
+                         f"(known: {', '.join(sorted(known))})")
+    if not isinstance(spec, Mapping) or "type" not in spec:
+        raise SpaceError(f"{where}: {name} needs a mapping with 'type' (one of {', '.join(KINDS)})")
+    kind = spec["type"]
+    if kind not in KINDS:
+        raise SpaceError(f"{where}: {name}: unknown type {kind!r}; use one of {', '.join(KINDS)}")
+    if kind == "choice":
+        values = spec.get("values")
+        if not isinstance(values, list) or len(values) < 1:
+            raise SpaceError(f"{where}: {name}: choice needs a non-empty list 'values'")
+        return Param(name, kind, values=tuple(_num(v) for v in values))
+    try:
+        low, high = float(_num(spec["low"])), float(_num(spec["high"]))
+    except (KeyError, TypeError, ValueError):
+        raise SpaceError(f"{where}: {name}: {kind} needs numeric 'low' and 'high'") from None
+    if not (math.isfinite(low) and math.isfinite(high)) or low >= high:
+        raise SpaceError(f"{where}: {name}: low must be < high (got low={low:g}, high={high:g})")
+    if kind in ("loguniform", "logint") and low <= 0:
+        raise SpaceError(f"{where}: {name}: {kind} needs low > 0 (got {low:g})")
+    if kind in ("int", "logint") and not (low.is_integer() and high.is_integer()):
+        raise SpaceError(f"{where}: {name}: {kind} bounds must be whole numbers")
+    return Param(name, kind, low=low, high=high)
+
+
+def _num(value: Any) -> Any:
+    return _yaml_scalar(value) if isinstance(value, str) else value
+
+
+def _check_defaults(where: str, d: dict[str, Any]) -> None:
+    def whole(key: str, low: int, allow_none: bool = False) -> None:
+        v = d[key]
+        if v is None and allow_none:
+            return
+        if not isinstance(v, int) or isinstance(v, bool) or v < low:
+            raise SpaceError(f"{where}: defaults.{key} must be a whole number >= {low} (got {v!r})")
+
+    whole("samples", 1)
+    whole("max_concurrent", 1, allow_none=True)
+    whole("grace_period", 1)
+    whole("reduction_factor", 2)
+    whole("eval_seeds", 1)
+    whole("eval_orders", 1)
+    for key in ("cpus_per_trial", "gpus_per_trial"):
+        v = d[key]
+        if v is not None and (not isinstance(v, (int, float)) or v < 0):
+            raise SpaceError(f"{where}: defaults.{key} must be a number >= 0 (got {v!r})")
+
+
+def _check_against_learner(where: str, space: SearchSpace, overrides: Mapping[str, Any] | None) -> None:
+    """Every end of every range must make a config the learner accepts."""
+    try:
+        base = space.default_trial_config(overrides)
+    except ConfigError as err:
+        raise SpaceError(f"{where}: fixed settings: {err}") from None
+    for param in space.params.values():
+        for value in param.extremes():
+            try:
+                MarkConfig.from_dict({**space.base_config(overrides), param.name: value})
+            except ConfigError as err:
+                raise SpaceError(f"{where}: searched {param.describe()}: value {value!r} is refused: "
+                                 f"{err}") from None
+    if space.defaults["grace_period"] > base.tasks:
+        raise SpaceError(f"{where}: defaults.grace_period ({space.defaults['grace_period']}) exceeds "
+                         f"the number of tasks ({base.tasks})")

@@ -1,0 +1,147 @@
+"""What runs inside one Ray Tune trial: a whole MARK sequence, reported task by task.
+
+After every task the trial reports (``tune.report``) the tasks done, the mean
+*validation* accuracy over tasks seen (the search metric), the mean test accuracy
+(recorded, never used to select), BWT so far, the rows of both accuracy matrices
+and a checkpoint of the learner, so a restarted trial resumes at its next task
+(``tune.get_checkpoint()``: after a lost worker node, Tune retries the trial on another
+node with its last checkpoint; after a lost driver, ``--resume`` does the same). The
+learner seeds every task from the run's seed and the task index, so a task run again
+gives the same rows; ``resumed_at_task`` records where each attempt started.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from marktune.mark.metrics import TIME_ATTR
+
+STATE_FILE = "learner.pt"
+RUNTIME_KEY = "marktune_runtime"  # non-learner settings riding in the trial config
+
+
+def trial_device(*, cpu_fallback: bool = False) -> torch.device:
+    """The GPU Ray assigned to this trial, the CPU for a CPU trial (``marktune.mark.devices.choose_device``).
+
+    A trial given a GPU that CUDA cannot use fails at once (``GpuUnusableError``), unless
+    ``cpu_fallback`` (the search's ``--cpu-fallback``, for fake GPUs in tests) says otherwise.
+    """
+    import ray
+
+    from marktune.mark.devices import choose_device
+
+    return choose_device(gpu_ids=ray.get_gpu_ids(), cpu_fallback=cpu_fallback)
+
+
+def trial_gpu_fraction(runtime: dict[str, Any]) -> float | None:
+    """The share of its GPU this trial may allocate: ``--gpu-memory-fraction``, else what Ray gave it."""
+    if runtime.get("gpu_memory_fraction") is not None:
+        return float(runtime["gpu_memory_fraction"])
+    import ray
+
+    gpus = ray.get_runtime_context().get_assigned_resources().get("GPU")
+    return float(gpus) if gpus else None
+
+
+def drop_ignored_exits() -> None:
+    """Silence the "Exception ignored in ..." traceback of a SystemExit nobody can raise.
+
+    Ray ends a stopped trial's worker with SIGTERM, and its handler raises SystemExit. When the
+    signal lands in a weakref callback or a finaliser, Python cannot raise it there: it prints
+    the traceback (which reaches the search's quiet output) and goes on, and Ray kills the
+    process afterwards. Only the print goes; every other unraisable exception is still shown.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_exits", False):  # once per process (Tune may reuse an actor)
+        return
+
+    def hook(unraisable) -> None:
+        if not isinstance(unraisable.exc_value, SystemExit):
+            previous(unraisable)
+    hook.drops_exits = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
+def train_mark_sequence(config: dict[str, Any]) -> None:
+    """Tune function trainable: ``config`` holds learner settings plus ``marktune_runtime``."""
+    from ray import tune
+
+    from marktune.mark.config import MarkConfig
+    from marktune.data.benchmarks import load_benchmark_for
+    from marktune.mark.devices import TrialOutOfMemoryError, cap_gpu_memory, out_of_memory_message
+    from marktune.mark.hardware import check_precision
+    from marktune.mark.learner import MarkLearner
+    from marktune.results.records import task_scalars
+
+    # Tune logs every checkpoint it persists; with one per task per trial that line drowns the
+    # driver's own progress lines, which already say when a task is done.
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
+    drop_ignored_exits()
+    runtime = dict(config.get(RUNTIME_KEY) or {})
+    keys = set(MarkConfig.field_names())
+    mark_config = MarkConfig.from_dict({k: v for k, v in config.items() if k in keys})
+    threads = runtime.get("threads")
+    if threads:
+        torch.set_num_threads(int(threads))
+    device = trial_device(cpu_fallback=bool(runtime.get("cpu_fallback")))
+    memory_fraction = cap_gpu_memory(device, trial_gpu_fraction(runtime))  # before anything is built
+    check_precision(mark_config.precision, device)  # bf16 on a CPU without it: refuse, don't crawl
+    benchmark = load_benchmark_for(mark_config, data_dir=runtime.get("data_dir"),
+                                   download=bool(runtime.get("download", False)))
+    learner = MarkLearner(mark_config, benchmark, device=device, verbose=int(runtime.get("verbose", 0)))
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as path:
+            learner.load(Path(path) / STATE_FILE)
+    # where this attempt started: 0, or the tasks of the checkpoint it resumed from (after a
+    # lost node, a lost driver or a pause); reported so a recomputed task would show
+    resumed_at = learner.tasks_done
+
+    node = os.environ.get("RAY_NODE_ID") or _node_id()
+    # first-k protocol (marktune.results.protocols): the first k tasks of the whole stream, then stop
+    run_tasks = min(learner.num_tasks, int(runtime.get("stop_after_tasks") or learner.num_tasks))
+    while learner.tasks_done < run_tasks:
+        started = time.time()
+        try:
+            report = learner.train_next_task()
+        except torch.OutOfMemoryError as err:
+            raise TrialOutOfMemoryError(out_of_memory_message(
+                trial_settings=mark_config.to_dict(), fraction=memory_fraction, device=device, error=err)) from None
+        val, test = learner.matrices()
+        metrics = {
+            TIME_ATTR: report.task + 1,
+            "num_tasks": run_tasks,  # what this trial runs (the search's finish line)
+            "stream_tasks": learner.num_tasks,  # the stream it is cut from
+            **task_scalars(report),
+            "val_row": list(report.val_row),
+            "test_row": list(report.test_row),
+            "device": str(device),
+            "gpu_memory_fraction": memory_fraction,
+            "node_id": node,
+            "hostname": socket.gethostname(),
+            "task_started_at": started,
+            "task_finished_at": time.time(),
+            "done_all_tasks": report.done,
+            "resumed_at_task": resumed_at,
+        }
+        with tempfile.TemporaryDirectory() as tmp:
+            learner.save(Path(tmp) / STATE_FILE)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
+def _node_id() -> str:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+    except Exception:  # outside Ray (direct calls in tests)
+        return "local"

@@ -1,0 +1,69 @@
+"""``--resume --name X``: the settings a search started with come back from the experiment."""
+from __future__ import annotations
+
+import pytest
+
+from marktune.cli import search
+from marktune.cli.search import SearchError
+
+
+def _args(argv):
+    args = search.build_parser().parse_args(argv)
+    return search.apply_saved_settings(args, search.given_flags(argv))
+
+
+def test_resume_takes_space_samples_and_seed_from_the_experiment(tmp_path):
+    start = _args(["--space", "digits", "--samples", "3", "--seed", "7", "--set", "epochs=1",
+                   "--storage", str(tmp_path), "--name", "x"])
+    plan = search.plan_from_args(start)
+    search.save_settings(plan, start, str(tmp_path / "x"))
+
+    resumed = _args(["--resume", "--name", "x", "--storage", str(tmp_path)])
+    assert (resumed.space, resumed.samples, resumed.seed, resumed.overrides) == ("digits", 3, 7, ["epochs=1"])
+    assert search.plan_from_args(resumed).samples == 3
+    # the same values given again are fine; different ones are refused, naming the flag
+    assert _args(["--resume", "--name", "x", "--storage", str(tmp_path), "--samples", "3"]).samples == 3
+    with pytest.raises(SearchError, match="--samples 3"):
+        _args(["--resume", "--name", "x", "--storage", str(tmp_path), "--samples", "8"])
+    with pytest.raises(SearchError, match="--space 'digits'"):
+        _args(["--resume", "--name", "x", "--storage", str(tmp_path), "--space", "fmnist"])
+
+
+def test_resume_without_saved_settings_keeps_the_flags(tmp_path):
+    (tmp_path / "old").mkdir()
+    args = _args(["--resume", "--name", "old", "--storage", str(tmp_path), "--samples", "5"])
+    assert args.samples == 5 and args.space == "fmnist"
+
+
+def test_resume_refuses_another_max_failures(tmp_path):
+    start = _args(["--space", "digits", "--max-failures", "3", "--storage", str(tmp_path), "--name", "x"])
+    search.save_settings(search.plan_from_args(start), start, str(tmp_path / "x"))
+    assert _args(["--resume", "--name", "x", "--storage", str(tmp_path)]).max_failures == 3
+    with pytest.raises(SearchError, match="--max-failures 3"):
+        _args(["--resume", "--name", "x", "--storage", str(tmp_path), "--max-failures", "1"])
+
+
+def test_resume_takes_the_optuna_storage_and_never_writes_its_password(tmp_path):
+    db = f"sqlite:///{tmp_path / 'studies.db'}"
+    start = _args(["--space", "digits", "--storage", str(tmp_path), "--name", "x", "--optuna-storage", db])
+    search.save_settings(search.plan_from_args(start), start, str(tmp_path / "x"))
+    resumed = _args(["--resume", "--name", "x", "--storage", str(tmp_path)])
+    assert resumed.optuna_storage == db
+    assert search.plan_from_args(resumed).study_storage.url == db
+    with pytest.raises(SearchError, match="keeps its Optuna study in sqlite"):
+        _args(["--resume", "--name", "x", "--storage", str(tmp_path), "--optuna-storage", "sqlite:///other.db"])
+
+    secret = "postgresql://me:hunter2@db.example:5432/studies"
+    start = _args(["--space", "digits", "--storage", str(tmp_path), "--name", "y", "--optuna-storage", secret])
+    search.save_settings(search.plan_from_args(start), start, str(tmp_path / "y"))
+    assert "hunter2" not in (tmp_path / "y" / "marktune_search.json").read_text()
+    with pytest.raises(SearchError, match="give --optuna-storage again with the password"):
+        _args(["--resume", "--name", "y", "--storage", str(tmp_path)])
+    again = _args(["--resume", "--name", "y", "--storage", str(tmp_path), "--optuna-storage", secret])
+    assert again.optuna_storage == secret
+
+
+def test_default_study_is_a_journal_in_the_experiment(tmp_path):
+    plan = search.plan_from_args(_args(["--space", "digits", "--storage", str(tmp_path), "--name", "z"]))
+    assert plan.study_storage.journal == (tmp_path / "z" / "optuna_journal.log").resolve()
+    assert search.resume_command(plan) == f"python -m marktune.search --resume --name z --storage {tmp_path.resolve()}"

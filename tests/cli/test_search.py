@@ -1,0 +1,312 @@
+"""End-to-end searches on real data and on Ray with fake GPUs (slow: about a minute each)."""
+import csv
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from marktune.cli import run; from marktune.cli import search
+from marktune.results.summary import TrialRow
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def digits_search(tmp_path_factory):
+    """One real search on scikit-learn's digits (6 trials, 2 CPUs), run as a user runs it: the
+    command in its own process, with the default output (no -q, no --verbose)."""
+    storage = tmp_path_factory.mktemp("storage")
+    argv = ["--space", "digits", "--samples", "6", "--storage", str(storage), "--name", "digits",
+            "--num-cpus", "2", "--cpus-per-trial", "1", "--seed", "0"]
+    proc = subprocess.run([sys.executable, "-m", "marktune.search", *argv], cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    experiment = storage / "digits"
+    args = search.build_parser().parse_args(argv)
+    plan = search.plan_from_args(args)
+    with open(experiment / "trials.csv") as f:
+        table = list(csv.DictReader(f))
+    rows = [TrialRow(trial_id=r["trial_id"], status=r["status"], tasks_done=int(r["tasks_done"]),
+                     val_acc=float(r["val_acc"]), test_acc=float(r["test_acc"]), bwt=float(r["bwt"]),
+                     params={k: r[k] for k in plan.space.params}, config={}) for r in table]
+    return {"rows": rows, "experiment": experiment, "plan": plan, "stdout": proc.stdout, "stderr": proc.stderr}
+
+
+def _journal_study(experiment: Path, name: str):
+    """The study as a fresh process sees it: from the journal file, with nothing else."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(experiment / "optuna_journal.log")))
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def test_asha_stopped_trials_reach_optuna_as_pruned(digits_search):
+    from optuna.trial import TrialState
+
+    rows = digits_search["rows"]
+    study = _journal_study(digits_search["experiment"], "digits")  # named after the experiment
+    assert not (digits_search["experiment"] / "optuna_study.pkl").exists()  # no end-of-run pickle
+    num_tasks = digits_search["plan"].num_tasks
+    assert len(rows) == 6
+    stopped = [r for r in rows if r.status == "PRUNED"]
+    complete = [r for r in rows if r.status == "COMPLETE"]
+    assert stopped, "ASHA stopped no trial"
+    assert complete, "no trial ran every task"
+    assert all(r.tasks_done < num_tasks for r in stopped)
+    states = [t.state for t in study.trials]
+    assert states.count(TrialState.PRUNED) == len(stopped)
+    assert states.count(TrialState.COMPLETE) == len(complete)
+    for t in study.trials:
+        # intermediate values at step = tasks done, for every task a trial ran
+        assert sorted(t.intermediate_values) == list(range(1, len(t.intermediate_values) + 1))
+        if t.state == TrialState.COMPLETE:
+            assert len(t.intermediate_values) == num_tasks
+            assert t.value == pytest.approx(t.intermediate_values[num_tasks])
+        else:
+            assert len(t.intermediate_values) < num_tasks
+    # each trial's values are the ones its row reports (same trial, same numbers)
+    finals = sorted(round(t.intermediate_values[max(t.intermediate_values)], 4) for t in study.trials)
+    assert finals == sorted(round(r.val_acc, 4) for r in rows)
+
+
+STATUS = re.compile(r"^\[marktune\] (\d+) complete, (\d+) pruned, (\d+) errored, (\d+) running, (\d+) pending "
+                    r"of (\d+) trials; (\d+)/(\d+) tasks; elapsed \S+; ETA .+$")
+
+
+def test_progress_prints_status_lines_and_no_ray_tables(digits_search):
+    out, rows = digits_search["stdout"], digits_search["rows"]
+    num_tasks = digits_search["plan"].num_tasks
+    lines = out.splitlines()
+    status = [STATUS.match(ln) for ln in lines if STATUS.match(ln)]
+    assert len(status) >= len(rows), out[-3000:]  # one at each trial's end, at least
+    last = [int(g) for g in status[-1].groups()]
+    complete = sum(r.status == "COMPLETE" for r in rows)
+    pruned = sum(r.status == "PRUNED" for r in rows)
+    tasks = sum(r.tasks_done for r in rows)
+    assert last == [complete, pruned, 0, 0, 0, 6, tasks, tasks]
+    # counts only grow, and trials never outnumber the total
+    finished = [int(m.group(1)) + int(m.group(2)) for m in status]
+    assert finished == sorted(finished) and finished[-1] == 6
+    # one line per finished task of every trial
+    task_lines = [ln for ln in lines if re.match(r"^\[marktune\] \w+ task \d+/%d: " % num_tasks, ln)]
+    assert len(task_lines) == tasks
+    # Ray's trial tables (boxes drawn with these characters) only with --verbose
+    assert not any(ch in out for ch in "╭╰│"), out[:3000]
+    assert "Trial status:" not in out
+    assert "optuna-dashboard " in out
+
+
+def test_outputs_best_config_and_trials_csv(digits_search, tmp_path):
+    experiment, rows = digits_search["experiment"], digits_search["rows"]
+    with open(experiment / "trials.csv") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 6 and {r["status"] for r in table} <= {"COMPLETE", "PRUNED"}
+    best = yaml.safe_load((experiment / "best_config.yaml").read_text())
+    best_row = max((r for r in rows if r.status == "COMPLETE"), key=lambda r: r.val_acc)
+    assert best["trial_id"] == best_row.trial_id  # selected on validation, not test
+    # best_config.yaml runs as it is with marktune.run (two tasks to keep it short)
+    code = run.main(["--config", str(experiment / "best_config.yaml"), "--set", "num_tasks=2",
+                     "--out", str(tmp_path / "rerun"), "-q", "--device", "cpu"])
+    assert code == 0
+    assert (tmp_path / "rerun" / "results.json").is_file()
+
+
+def test_tensorboard_has_per_task_scalars_and_hparams(digits_search):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    experiment, rows = digits_search["experiment"], digits_search["rows"]
+    searched = set(digits_search["plan"].space.params)
+    for row in rows:
+        trial_dir = experiment / f"trial_{row.trial_id}"
+        acc = EventAccumulator(str(trial_dir), size_guidance={"tensors": 0, "scalars": 0})
+        acc.Reload()
+        steps = [e.step for e in acc.Scalars("sequence/mean_val_acc")]
+        assert steps == list(range(1, row.tasks_done + 1))
+        assert [e.step for e in acc.Scalars("per_task/val_acc_task_0")] == steps
+        assert "accuracy_matrix/validation" in acc.Tags()["images"]
+        plugin = acc.PluginTagToContent("hparams")
+        from tensorboard.plugins.hparams import plugin_data_pb2
+        infos = [plugin_data_pb2.HParamsPluginData.FromString(v) for v in plugin.values()]
+        session = [i.session_start_info for i in infos if i.HasField("session_start_info")]
+        assert session and searched <= set(session[0].hparams)
+        assert session[0].hparams["status"].string_value == row.status
+
+
+def _space_file(tmp_path, *, fixed, search_params, samples, grace_period=2):
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump({
+        "benchmark": "synthetic",
+        "fixed": {"num_tasks": 2, "epochs": 2, "meta_epochs": 1, "mini_tasks": 2, "inner_steps": 2,
+                  "kb_width": 8, "latent_dim": 16, "fe_channels": 8, "batch_size": 32,
+                  "synthetic_images_per_class": 60, **fixed},
+        "search": search_params,
+        "defaults": {"samples": samples, "grace_period": grace_period, "reduction_factor": 2},
+    }))
+    return path
+
+
+def _search(argv):
+    """Plan, start a local Ray, search, summarize; Ray is shut down whatever happens."""
+    import ray
+
+    args = search.build_parser().parse_args(argv)
+    plan = search.plan_from_args(args)
+    search.start_ray(args)
+    try:
+        outcome = search.run_search(plan, args)
+        rows = search.summarize(outcome, plan, top=10)
+    finally:
+        ray.shutdown()
+    return outcome.results, rows, outcome.experiment, outcome.study, plan
+
+
+def _run(argv):
+    results, rows, *_ = _search(argv)
+    return results, rows
+
+
+def test_fractional_fake_gpus_pack_four_trials_on_the_device_the_runner_picks(tmp_path):
+    # long enough trials (about 10 s each) that the start-up stagger of actors cannot hide overlap
+    # grace period = every task: ASHA stops none, so all four run to the end (this is about packing)
+    space = _space_file(tmp_path, fixed={"synthetic_images_per_class": 300, "num_tasks": 3, "epochs": 3},
+                        search_params={"lr_meta": {"type": "loguniform", "low": 0.001, "high": 0.1}}, samples=4,
+                        grace_period=3)
+    results, rows = _run(["--space", str(space), "--storage", str(tmp_path / "s"), "--name", "gpu",
+                          "--num-cpus", "4", "--num-gpus", "1", "--gpus-per-trial", "0.25",
+                          "--cpus-per-trial", "1", "--cpu-fallback", "-q"])
+    assert len(rows) == 4 and all(r.status == "COMPLETE" for r in rows)
+    spans = []
+    for result in results:
+        history = result.metrics_dataframe
+        # a fake GPU id: the CPU where torch sees no CUDA, the real GPU 0 on a CUDA host
+        assert set(history["device"]) == {"cuda:0" if torch.cuda.is_available() else "cpu"}
+        spans.append((history["task_started_at"].min(), history["task_finished_at"].max()))
+    # all four trials were running at one moment: the latest start precedes the earliest end
+    assert max(s for s, _ in spans) < min(e for _, e in spans), spans
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a CUDA host the GPU trial can use CUDA: nothing fails")
+def test_a_gpu_trial_that_cannot_use_cuda_errors_at_once_with_the_reason(tmp_path):
+    space = _space_file(tmp_path, fixed={"num_tasks": 2},
+                        search_params={"lr_meta": {"type": "loguniform", "low": 0.001, "high": 0.1}}, samples=1)
+    results, rows = _run(["--space", str(space), "--storage", str(tmp_path / "s"), "--name", "nocuda",
+                          "--num-cpus", "2", "--num-gpus", "1", "--gpus-per-trial", "0.5", "--max-failures", "0",
+                          "-q"])  # a declared (fake) GPU and no --cpu-fallback
+    assert [r.status for r in rows] == ["ERROR"]
+    assert "GpuUnusableError" in rows[0].error or "cannot use CUDA" in rows[0].error, rows[0].error
+    assert rows[0].tasks_done == 0  # it failed before training anything
+
+
+def test_nan_trial_errors_with_a_reason_and_the_search_goes_on(tmp_path, capsys):
+    space = _space_file(tmp_path, fixed={"grad_clip": 1.0e30},
+                        search_params={"lr_task": {"type": "choice", "values": [0.05, 1.0e30]}}, samples=4)
+    results, rows = _run(["--space", str(space), "--storage", str(tmp_path / "s"), "--name", "nan",
+                          "--num-cpus", "2", "--max-failures", "0", "--seed", "2", "-q"])  # TPE seed 2 draws both values
+    errored = [r for r in rows if r.status == "ERROR"]
+    fine = [r for r in rows if r.status == "COMPLETE"]
+    assert errored and fine, [(r.status, r.params) for r in rows]
+    assert all(r.params["lr_task"] == 1.0e30 for r in errored)
+    assert all("NonFiniteLossError" in r.error or "loss became" in r.error for r in errored)
+    assert "loss became" in capsys.readouterr().out
+
+
+def _synthetic_space(tmp_path, *, num_tasks, samples):
+    """Tasks of about a second (as in the cluster tests); ASHA never stops a trial (grace period
+    = every task), so any PRUNED below would be a lie."""
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump({
+        "benchmark": "synthetic",
+        "fixed": {"num_tasks": num_tasks, "epochs": 1, "meta_epochs": 40, "meta_step": 0.003, "mini_tasks": 2,
+                  "inner_steps": 10, "kb_width": 8, "latent_dim": 16, "fe_channels": 8, "batch_size": 32,
+                  "synthetic_classes_per_task": 4, "synthetic_images_per_class": 100, "synthetic_image_size": 16},
+        "search": {"lr_meta": {"type": "loguniform", "low": 0.001, "high": 0.1}},
+        "defaults": {"samples": samples, "grace_period": num_tasks, "reduction_factor": 2, "cpus_per_trial": 1},
+    }))
+    return path
+
+
+def _tasks_reported(trial_dir: Path) -> int:
+    import json
+
+    done = 0
+    path = trial_dir / "result.json"
+    for line in (path.read_text().splitlines() if path.is_file() else []):
+        try:
+            done = max(done, int(json.loads(line).get("tasks_done", 0)))
+        except ValueError:  # the line being written now
+            break
+    return done
+
+
+def test_interrupted_search_says_so_and_resume_finishes_it(tmp_path):
+    """SIGINT (Ctrl-C) once one trial has finished and another is mid-sequence: the summary says
+    the search was interrupted and how to continue; trials.csv and the study call no trial
+    PRUNED (ASHA stops none here). --resume then finishes every trial."""
+    import json
+    import signal
+    import time
+
+    from optuna.trial import TrialState
+
+
+    num_tasks, samples = 4, 4
+    space = _synthetic_space(tmp_path, num_tasks=num_tasks, samples=samples)
+    storage = tmp_path / "storage"
+    experiment = storage / "sig"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    log = open(tmp_path / "first.log", "w")
+    first = subprocess.Popen([sys.executable, "-m", "marktune.search", "--space", str(space), "--storage", str(storage),
+                              "--name", "sig", "--num-cpus", "2", "--seed", "0"],
+                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline and first.poll() is None:
+            done = [_tasks_reported(d) for d in experiment.glob("trial_*")]
+            if num_tasks in done and any(0 < n < num_tasks for n in done):
+                break
+            time.sleep(0.2)
+        assert first.poll() is None, "the search ended before it could be interrupted"
+        os.kill(first.pid, signal.SIGINT)  # what Ctrl-C sends the driver
+        code = first.wait(timeout=300)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait(timeout=60)
+        log.close()
+    out = (tmp_path / "first.log").read_text()
+    assert code == 130, out[-4000:]
+    with open(experiment / "trials.csv") as f:
+        table = list(csv.DictReader(f))
+    statuses = [r["status"] for r in table]
+    assert "PRUNED" not in statuses and "RUNNING" in statuses and "COMPLETE" in statuses, table
+    assert all(int(r["tasks_done"]) == num_tasks for r in table if r["status"] == "COMPLETE")
+    assert all(int(r["tasks_done"]) == 0 for r in table if r["status"] == "PENDING")  # listed as not started
+    assert all(r["lr_meta"] not in ("", "None") for r in table)  # settings even of trials not started
+    left = samples - statuses.count("COMPLETE")
+    assert (f"interrupted: {left} of {samples} trials unfinished; continue with "
+            f"`python -m marktune.search --resume --name sig --storage {storage}`") in out, out[-3000:]
+    assert "stopped by ASHA" in out and f"{statuses.count('COMPLETE')} complete, 0 stopped by ASHA" in out
+    states = [t.state for t in _journal_study(experiment, "sig").trials]
+    assert TrialState.PRUNED not in states and TrialState.RUNNING in states, states
+
+    resumed = subprocess.run([sys.executable, "-m", "marktune.search", "--resume", "--name", "sig", "--storage",
+                              str(storage), "--num-cpus", "2"],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, start_new_session=True)
+    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-4000:]
+    with open(experiment / "trials.csv") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == samples and {r["status"] for r in table} == {"COMPLETE"}, table
+    study = _journal_study(experiment, "sig")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * samples
+    assert all(sorted(t.intermediate_values) == list(range(1, num_tasks + 1)) for t in study.trials)
+    assert "[marktune] interrupted:" not in resumed.stdout
+    assert json.loads((experiment / "marktune_search.json").read_text())["study_name"] == "sig"
