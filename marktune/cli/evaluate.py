@@ -39,9 +39,10 @@ from typing import Any, Sequence
 
 from marktune.results import conclusions
 from marktune.mark.config import ConfigError, MarkConfig
-from marktune.results.experiment import Experiment, ExperimentError, load_experiment
+from marktune.results.experiment import Experiment, ExperimentError
 from marktune.results.protocols import SearchProtocol
 from marktune.results.statistics import heldout_accuracy, heldout_backward_transfer
+from marktune.tune.spaces import load_experiment_with_space
 
 FIRST_SEED = 1000  # evaluation seeds are the first S integers >= this that no search trial used
 TOTAL_CLASSES = {"cifar100": 100, "miniimagenet": 100, "fmnist": 10, "digits": 10}
@@ -225,7 +226,7 @@ def plan_from_args(args: argparse.Namespace) -> EvalPlan:
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise EvaluateError(f"--max-concurrent must be >= 1 (got {args.max_concurrent})")
     ablations = parse_ablations(args.ablations)
-    exp = load_experiment(args.experiment)
+    exp = load_experiment_with_space(args.experiment)
     configs = plan_configs(exp, args.top, ablations)
     cpus = args.cpus_per_trial
     if cpus is None:
@@ -443,10 +444,9 @@ def run_records(results, plan: EvalPlan) -> list[dict[str, Any]]:
 
 def test_matrix(result) -> list[list[float]]:
     """The run's test accuracy matrix (row t: after task t), from its result.json (one line per task)."""
-    from marktune.results.experiment import _read_results
+    from marktune.results.files import task_results
 
-    path = Path(str(result.path)) / "result.json"
-    rows = _read_results(path) if "://" not in str(result.path) else []
+    rows = task_results(str(result.path)) if "://" not in str(result.path) else []
     if not rows and result.metrics_dataframe is not None and "test_row" in result.metrics_dataframe:
         cells = result.metrics_dataframe["test_row"].tolist()
         return [json.loads(c) if isinstance(c, str) else list(c) for c in cells]

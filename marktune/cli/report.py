@@ -30,7 +30,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from marktune.results.experiment import Experiment, ExperimentError, Trial, load_experiment
+from marktune.results.experiment import Experiment, ExperimentError, Trial
+from marktune.tune.spaces import load_experiment_with_space
 
 STATUS_COLOURS = {"COMPLETE": "#1b7837", "PRUNED": "#b35806", "RUNNING": "#2166ac", "ERROR": "#b2182b",
                   "MISSING": "#777777"}
@@ -508,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        exp = load_experiment(args.experiment)
+        exp = load_experiment_with_space(args.experiment)
     except ExperimentError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

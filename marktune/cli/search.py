@@ -355,7 +355,7 @@ def start_ray(args: argparse.Namespace, *, own_local: bool = False) -> None:
 
 
 # ---------------------------------------------------------------- resuming
-SETTINGS_FILE = "marktune_search.json"
+from marktune.results.files import SETTINGS_FILE  # noqa: E402 - the one definition
 # what a resumed search takes from the experiment unless given again (and then must match)
 # (Tune restores the sampled-trial count, the searcher and the RunConfig's FailureConfig itself)
 KEPT_ON_RESUME = ("space", "overrides", "samples", "seed", "max_failures", "protocol", "tuning_tasks")

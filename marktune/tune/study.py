@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from marktune.results.files import read_settings
+
 if TYPE_CHECKING:
     import optuna
 
@@ -184,9 +186,6 @@ def _first_line(err: BaseException) -> str:
     return text[0] if text else ""
 
 
-SETTINGS_FILE = "marktune_search.json"  # as marktune.search writes it
-
-
 def study_of_experiment(experiment_dir: Path, *, url: str | None = None) -> tuple["optuna.Study | None", str]:
     """(the search's study or None, where it was read from or why there is none).
 
@@ -194,13 +193,8 @@ def study_of_experiment(experiment_dir: Path, *, url: str | None = None) -> tupl
     file in the experiment directory). ``url`` overrides the storage (a database whose
     password the experiment does not keep).
     """
-    import json
-
     experiment_dir = Path(experiment_dir)
-    try:
-        settings = json.loads((experiment_dir / SETTINGS_FILE).read_text())
-    except (OSError, ValueError):
-        settings = {}
+    settings = read_settings(experiment_dir) or {}
     name = settings.get("study_name") or experiment_dir.name
     url = url or settings.get("optuna_storage")
     if url and "***" in url:

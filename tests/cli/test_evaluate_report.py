@@ -18,8 +18,7 @@ import pytest
 from conftest import headless_chromium, run_search, tiny_digits_space
 from marktune.cli import evaluate; from marktune.cli import report
 from marktune.mark.config import MarkConfig
-from marktune.results.experiment import load_experiment
-from marktune.tune.spaces import load_space
+from marktune.tune.spaces import load_experiment_with_space, load_space
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -72,7 +71,7 @@ def interrupted(tmp_path):
 
 
 def test_interrupted_search_statuses_and_missing_trials(interrupted):
-    exp = load_experiment(interrupted)
+    exp = load_experiment_with_space(interrupted)
     status = {t.trial_id: t.status for t in exp.trials}
     assert status == {"aaaa0001": "COMPLETE", "aaaa0002": "COMPLETE", "aaaa0003": "PRUNED",
                       "aaaa0004": "RUNNING", "aaaa0005": "MISSING"}
@@ -90,13 +89,13 @@ def test_default_configuration_rule_with_overrides_and_unknown_space(tmp_path):
                 "kb_width": [8, 16], "mini_tasks": [2, 3], "inner_steps": [2, 3]}
     trials = {"b1": ("TERMINATED", 5, 0.9), "b2": ("TERMINATED", 5, 0.8)}
     # `--set epochs=1` in the search: the space's default configuration with that override
-    exp = load_experiment(_fake_experiment(tmp_path / "x1", trials, base=_digits_base(epochs=1), searched=searched))
+    exp = load_experiment_with_space(_fake_experiment(tmp_path / "x1", trials, base=_digits_base(epochs=1), searched=searched))
     assert exp.space_name == "digits" and exp.overrides == {"epochs": 1}
     default = exp.default_config()[0]
     assert default == load_space("digits").default_trial_config({"epochs": 1})
     assert default.mini_tasks == 2  # the space file's fixed value of a searched setting
     # searched settings of no space file: shared settings, learner defaults for the searched ones
-    exp = load_experiment(_fake_experiment(tmp_path / "x2", trials, base=_digits_base(),
+    exp = load_experiment_with_space(_fake_experiment(tmp_path / "x2", trials, base=_digits_base(),
                                            searched={"lr_meta": [0.001, 0.002]}))
     assert exp.space is None and exp.searched == ["lr_meta"]
     default, rule = exp.default_config()
@@ -156,7 +155,7 @@ def test_aggregate_mean_std_and_markdown():
 
 
 def test_report_of_an_interrupted_search_says_what_is_missing(interrupted):
-    exp = load_experiment(interrupted)
+    exp = load_experiment_with_space(interrupted)
     page = report.build_report(exp).read_text()
     for anchor in ("id='best-trials'", "id='curves'", "id='accuracy-matrix'", "id='importances'", "id='evaluation'"):
         assert anchor in page
@@ -190,7 +189,7 @@ def test_report_pareto_section_on_hand_made_trials(tmp_path):
     exp_dir = _fake_experiment(tmp_path / "digits-20260101-000000", trials,
                                base=_digits_base(kb_depth=1, mask_hidden=0),
                                searched={"kb_width": [8, 8, 16, 8], "lr_meta": [0.01, 0.02, 0.03, 0.04]})
-    exp = load_experiment(exp_dir)
+    exp = load_experiment_with_space(exp_dir)
     points = {p.label: p for p in report.search_points(exp)}
     assert set(points) == {"aaaa000a", "aaaa000b", "aaaa000c"}  # complete only: not the pruned d
     counts = {p.params for p in points.values()}
@@ -269,7 +268,7 @@ def test_study_in_a_sqlite_url_is_read_back_by_a_fresh_process(evaluated):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     trials = json.loads(proc.stdout.strip().splitlines()[-1])
-    exp = load_experiment(evaluated)
+    exp = load_experiment_with_space(evaluated)
     assert len(trials) == len(exp.trials) == 4
     expected = sorted((t.status, [round(v, 6) for v in t.curve()]) for t in exp.trials)
     seen = sorted((state, [round(values[str(k)], 6) for k in range(1, len(values) + 1)]) for state, values, _ in trials)
@@ -282,7 +281,7 @@ def test_study_in_a_sqlite_url_is_read_back_by_a_fresh_process(evaluated):
 
 @pytest.mark.slow
 def test_evaluation_table_has_every_configuration_seed_and_the_ablation(evaluated):
-    exp = load_experiment(evaluated)
+    exp = load_experiment_with_space(evaluated)
     n_best = min(2, len(exp.best_complete(2)))
     with open(evaluated / "evaluation.csv") as f:
         runs = list(csv.DictReader(f))
@@ -322,7 +321,7 @@ def test_report_has_every_element_and_renders_in_chromium(evaluated, tmp_path):
     assert {"curves.png", "accuracy_matrix.png", "pareto_search.png", "pareto_evaluation.png"} <= pngs
     assert "id='pareto'" in page and "pareto front of the search" in page and "pareto front of the evaluation" in page
     assert "id='pareto-search-table'" in page and "id='pareto-evaluation-table'" in page
-    exp = load_experiment(evaluated)
+    exp = load_experiment_with_space(evaluated)
     for t in exp.trials:  # stopped trials' curves are shorter
         assert len(t.curve()) == t.tasks_done
 

@@ -13,7 +13,7 @@ from conftest import headless_chromium
 from marktune.results import conclusions; from marktune.cli import evaluate; from marktune.results import protocols; from marktune.cli import search
 from marktune.results import statistics as mstats
 from marktune.mark.config import MarkConfig
-from marktune.results.experiment import load_experiment
+from marktune.tune.spaces import load_experiment_with_space
 from tests.cli.test_evaluate_report import _digits_base, _fake_experiment
 
 T_975_DF2 = 4.302652729696142  # Student t, 97.5 % quantile, 2 degrees of freedom (printed tables: 4.303)
@@ -221,7 +221,7 @@ def test_first_k_evaluation_runs_the_whole_stream(tmp_path):
     assert evaluate.data_runtime(plan, args).get(protocols.STOP_AFTER_KEY) == 3  # the search's trials stopped
     assert protocols.STOP_AFTER_KEY not in evaluate.trial_runtime(plan, args)  # the evaluation's runs do not
     assert all(c.config.tasks == 5 for c in plan.configs)
-    assert load_experiment(exp).num_tasks == 5
+    assert load_experiment_with_space(exp).num_tasks == 5
 
 
 def test_best_config_comment_speaks_of_its_own_trial(hand_made_csv, tmp_path):
@@ -246,7 +246,7 @@ def test_report_opens_with_the_verdict_rendered_in_chromium(hand_made_csv, tmp_p
     record = _record({"t1": 0.9, "t2": 0.8})
     conclusions.save(exp, record, exp / "evaluation.csv")
     sentence = conclusions.conclude(evaluate.read_csv(exp / "evaluation.csv"), record).sentence
-    page = report.build_report(load_experiment(exp))
+    page = report.build_report(load_experiment_with_space(exp))
     dom = headless_chromium(page, tmp_path, "--dump-dom")
     body = dom[dom.index("<body"):]
     # the first paragraph after the title is the verdict
@@ -261,20 +261,20 @@ def test_report_verdict_without_evaluation_or_with_an_old_one(tmp_path):
     from marktune.cli import report
 
     exp = _protocol_experiment(tmp_path, "digits-old", "full")
-    assert "Not evaluated yet, so no verdict" in report.verdict_paragraph(load_experiment(exp))
+    assert "Not evaluated yet, so no verdict" in report.verdict_paragraph(load_experiment_with_space(exp))
     # an evaluation.csv from before paired statistics (no data_seed column, no evaluation.json)
     (exp / "evaluation.csv").write_text("configuration,kind,source_trial,seed,status,tasks_done,test_acc,bwt,val_acc,"
                                         "wall_seconds,kb_params,task_params,device,settings,error\n"
                                         "best 1 (trial t1),best,t1,1000,COMPLETE,5,0.9,0.0,0.9,1.0,1,1,cpu,{},\n")
-    assert "no paired record" in report.verdict_paragraph(load_experiment(exp))
+    assert "no paired record" in report.verdict_paragraph(load_experiment_with_space(exp))
     assert evaluate.read_csv(exp / "evaluation.csv")[0]["data_seed"] == 1000  # then the seed set the order too
-    page = report.build_report(load_experiment(exp)).read_text()
+    page = report.build_report(load_experiment_with_space(exp)).read_text()
     assert "id='evaluation-table'" in page
 
 
 def test_a_validation_tie_goes_to_the_trial_in_best_config_yaml(tmp_path):
     exp = _fake_experiment(tmp_path / "tie", {"t1": ("TERMINATED", 5, 0.9), "t2": ("TERMINATED", 5, 0.9),
                                               "t3": ("TERMINATED", 5, 0.8)}, base=_digits_base(), searched=SEARCHED)
-    assert [t.trial_id for t in load_experiment(exp).best_complete(3)] == ["t1", "t2", "t3"]
+    assert [t.trial_id for t in load_experiment_with_space(exp).best_complete(3)] == ["t1", "t2", "t3"]
     (exp / "best_config.yaml").write_text("# Best of 3\n" + yaml.safe_dump({"trial_id": "t2", "config": {}}))
-    assert [t.trial_id for t in load_experiment(exp).best_complete(3)] == ["t2", "t1", "t3"]
+    assert [t.trial_id for t in load_experiment_with_space(exp).best_complete(3)] == ["t2", "t1", "t3"]
