@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-EVALUATION_CSV = "evaluation.csv"  # in the experiment directory
 CSV_FIELDS = ["configuration", "kind", "source_trial", "benchmark", "data_seed", "seed", "status", "tasks_done",
               "tasks_total", "test_acc", "bwt", "heldout_test_acc", "heldout_bwt", "val_acc", "wall_seconds",
               "kb_params", "task_params", "device", "settings", "error", "test_matrix"]

@@ -1,13 +1,20 @@
 """The evaluation's table: per-configuration mean ± std, its Markdown, and the parameter counts beside it."""
 from __future__ import annotations
 
+import doctest
 import math
 
 import pytest
 
 from marktune.mark.config import MarkConfig
+from marktune.results import evaluation_table
 from marktune.results.evaluation_table import aggregate, format_markdown
 from marktune.results.pareto import parameter_counts
+
+
+def test_docstring_examples_run():
+    failures, tried = doctest.testmod(evaluation_table)
+    assert tried > 0 and failures == 0
 
 
 def test_parameter_counts_match_the_built_model():

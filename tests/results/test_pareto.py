@@ -1,7 +1,15 @@
 """The Pareto front of (cost, accuracy) points."""
 from __future__ import annotations
 
+import doctest
 import math
+
+from marktune.results import pareto
+
+
+def test_docstring_examples_run():
+    failures, tried = doctest.testmod(pareto)
+    assert tried > 0 and failures == 0
 
 
 def test_pareto_front_of_hand_made_points():
