@@ -26,10 +26,8 @@ to the last task. Output, in the experiment directory: ``evaluation.csv`` (one r
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
-import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -39,15 +37,14 @@ from typing import Any, Sequence
 
 from marktune.results import conclusions
 from marktune.mark.config import ConfigError, MarkConfig
-from marktune.results.experiment import Experiment, ExperimentError, load_experiment
+from marktune.results.evaluation_table import aggregate, as_float, format_markdown, write_csv
+from marktune.results.experiment import Experiment, ExperimentError
+from marktune.results.pareto import parameter_counts
 from marktune.results.protocols import SearchProtocol
 from marktune.results.statistics import heldout_accuracy, heldout_backward_transfer
+from marktune.tune.spaces import load_experiment_with_space
 
 FIRST_SEED = 1000  # evaluation seeds are the first S integers >= this that no search trial used
-TOTAL_CLASSES = {"cifar100": 100, "miniimagenet": 100, "fmnist": 10, "digits": 10}
-CSV_FIELDS = ["configuration", "kind", "source_trial", "benchmark", "data_seed", "seed", "status", "tasks_done",
-              "tasks_total", "test_acc", "bwt", "heldout_test_acc", "heldout_bwt", "val_acc", "wall_seconds",
-              "kb_params", "task_params", "device", "settings", "error", "test_matrix"]
 DEFAULT_SEEDS, DEFAULT_ORDERS = 3, 1  # a space may set its own (defaults.eval_seeds, defaults.eval_orders)
 
 
@@ -123,38 +120,6 @@ def fresh_seeds(exp: Experiment, n: int) -> list[int]:
     return seeds
 
 
-# ---------------------------------------------------------------- parameter counts
-def classes_per_task(config: MarkConfig) -> int:
-    if config.benchmark == "synthetic":
-        return config.synthetic_classes_per_task
-    return TOTAL_CLASSES[config.benchmark] // config.tasks
-
-
-def parameter_counts(config: MarkConfig) -> tuple[int, int]:
-    """(shared KB, one task's F_t + M_t + C_t) parameters, from freshly built parts (no data, no training).
-
-    Inputs are 3-channel at the benchmark's image size (grey benchmarks are repeated to 3
-    channels). With the ResNet-18 feature extractor, F_t counts the frozen trunk too.
-    """
-    import torch
-
-    from marktune.mark.model import (FeatureExtractor, KnowledgeBase, MaskGenerator, ResNetFeatureExtractor,
-                                TaskHead, count_parameters)
-
-    with torch.device("meta"):  # shapes only: nothing is allocated or initialised
-        kb = KnowledgeBase(image_size=config.image_size, in_channels=3, depth=config.kb_depth,
-                           width=config.kb_width, latent_dim=config.latent_dim, dropout=config.kb_dropout)
-        if config.feature_extractor == "resnet18":
-            fe = ResNetFeatureExtractor(latent_dim=config.latent_dim)
-        else:
-            fe = FeatureExtractor(image_size=config.image_size, in_channels=3, channels=config.fe_channels,
-                                  latent_dim=config.latent_dim)
-        masks = MaskGenerator(latent_dim=config.latent_dim, block_channels=kb.channels,
-                              hidden=config.mask_hidden, activation=config.mask_activation)
-        head = TaskHead(config.latent_dim, classes_per_task(config))
-    return count_parameters(kb), count_parameters(fe) + count_parameters(masks) + count_parameters(head)
-
-
 # ---------------------------------------------------------------- command line
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -225,7 +190,7 @@ def plan_from_args(args: argparse.Namespace) -> EvalPlan:
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise EvaluateError(f"--max-concurrent must be >= 1 (got {args.max_concurrent})")
     ablations = parse_ablations(args.ablations)
-    exp = load_experiment(args.experiment)
+    exp = load_experiment_with_space(args.experiment)
     configs = plan_configs(exp, args.top, ablations)
     cpus = args.cpus_per_trial
     if cpus is None:
@@ -427,9 +392,9 @@ def run_records(results, plan: EvalPlan) -> list[dict[str, Any]]:
             "heldout_test_acc": heldout_accuracy(matrix, first) if first else math.nan,
             "heldout_bwt": heldout_backward_transfer(matrix, first) if first else math.nan,
             "test_matrix": json.dumps(matrix),
-            "test_acc": _f(metrics.get("mean_test_acc")) if status == "COMPLETE" else math.nan,
-            "bwt": _f(metrics.get("bwt_test")) if status == "COMPLETE" else math.nan,
-            "val_acc": _f(metrics.get("mean_val_acc")) if status == "COMPLETE" else math.nan,
+            "test_acc": as_float(metrics.get("mean_test_acc")) if status == "COMPLETE" else math.nan,
+            "bwt": as_float(metrics.get("bwt_test")) if status == "COMPLETE" else math.nan,
+            "val_acc": as_float(metrics.get("mean_val_acc")) if status == "COMPLETE" else math.nan,
             "wall_seconds": wall, "kb_params": kb, "task_params": task, "device": metrics.get("device", ""),
             "settings": json.dumps(settings, sort_keys=True),
             "error": first_line(str(result.error)) if result.error is not None else "",
@@ -443,133 +408,13 @@ def run_records(results, plan: EvalPlan) -> list[dict[str, Any]]:
 
 def test_matrix(result) -> list[list[float]]:
     """The run's test accuracy matrix (row t: after task t), from its result.json (one line per task)."""
-    from marktune.results.experiment import _read_results
+    from marktune.results.files import task_results
 
-    path = Path(str(result.path)) / "result.json"
-    rows = _read_results(path) if "://" not in str(result.path) else []
+    rows = task_results(str(result.path)) if "://" not in str(result.path) else []
     if not rows and result.metrics_dataframe is not None and "test_row" in result.metrics_dataframe:
         cells = result.metrics_dataframe["test_row"].tolist()
         return [json.loads(c) if isinstance(c, str) else list(c) for c in cells]
     return [list(r.get("test_row") or []) for r in rows]
-
-
-# ---------------------------------------------------------------- tables
-def write_csv(records: list[dict[str, Any]], path: Path) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-        writer.writeheader()
-        for r in records:
-            writer.writerow({k: _cell(r.get(k)) for k in CSV_FIELDS})
-
-
-def read_csv(path: Path) -> list[dict[str, Any]]:
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    for r in rows:
-        for k in ("test_acc", "bwt", "val_acc", "wall_seconds", "heldout_test_acc", "heldout_bwt"):
-            r[k] = _f(r.get(k))
-        for k in ("seed", "tasks_done", "kb_params", "task_params", "tasks_total"):
-            r[k] = int(r[k]) if str(r.get(k, "")).lstrip("-").isdigit() else 0
-        # evaluations before data_seed was a column: the seed set the class order too
-        r["data_seed"] = int(r["data_seed"]) if str(r.get("data_seed", "")).lstrip("-").isdigit() else r["seed"]
-        r["test_matrix"] = json.loads(r["test_matrix"]) if r.get("test_matrix") else []
-    return rows
-
-
-@dataclass
-class Summary:
-    configuration: str
-    kind: str
-    runs: int
-    ok: int
-    seeds: list[int]
-    test_acc: tuple[float, float]  # mean, std over complete runs
-    bwt: tuple[float, float]
-    val_acc: tuple[float, float]
-    wall_seconds: float  # mean
-    kb_params: int
-    task_params: int
-    settings: str
-
-
-def aggregate(records: list[dict[str, Any]]) -> list[Summary]:
-    """One Summary per configuration, in the order they first appear."""
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for r in records:
-        groups.setdefault(r["configuration"], []).append(r)
-    out = []
-    for label, runs in groups.items():
-        ok = [r for r in runs if r["status"] == "COMPLETE"]
-        out.append(Summary(
-            configuration=label, kind=runs[0]["kind"], runs=len(runs), ok=len(ok),
-            seeds=[r["seed"] for r in runs],
-            test_acc=_mean_std([r["test_acc"] for r in ok]), bwt=_mean_std([r["bwt"] for r in ok]),
-            val_acc=_mean_std([r["val_acc"] for r in ok]),
-            wall_seconds=_mean_std([r["wall_seconds"] for r in ok])[0],
-            kb_params=runs[0]["kb_params"], task_params=runs[0]["task_params"], settings=runs[0]["settings"]))
-    return out
-
-
-TABLE_HEAD = ["configuration", "seeds", "test ACC (%)", "BWT (%)", "val ACC (%)", "wall time (s)",
-              "shared KB params", "per task F+M+C params", "settings"]
-
-
-def table_cells(s: Summary) -> list[str]:
-    pm = conclusions.format_mean_std
-    return [s.configuration, f"{s.ok}/{s.runs}", pm(s.test_acc), pm(s.bwt, sign=True), pm(s.val_acc),
-            "-" if not math.isfinite(s.wall_seconds) else f"{s.wall_seconds:.1f}",
-            _k(s.kb_params), _k(s.task_params), _settings_text(s.settings)]
-
-
-def format_markdown(summaries: list[Summary], *, experiment: str, seeds: Sequence[int], note: str = "",
-                    default_rule: str = "", data_seeds: Sequence[int] | None = None) -> str:
-    over = f"seeds {list(seeds)}" if data_seeds is None else \
-        f"class orders (data seeds) {list(data_seeds)} x initialisation seeds {list(seeds)}"
-    lines = [f"# Evaluation of `{experiment}`", "",
-             f"Test ACC and BWT (GEM) after the last task, mean ± std over {over} "
-             "(sample std; the search's own initialisation seed is never reused). Validation ACC chose the configurations; "
-             "test ACC is only reported. Parameters: the shared Knowledge Base, and what each task adds "
-             "(its feature extractor F_t, mask generator M_t and classifier C_t).", ""]
-    if default_rule:
-        lines += [f"Default configuration: {default_rule}.", ""]
-    if note:
-        lines += [f"Note: {note}.", ""]
-    lines += ["| " + " | ".join(TABLE_HEAD) + " |", "|" + "---|" * len(TABLE_HEAD)]
-    for s in summaries:
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in table_cells(s)) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    vals = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
-    if not vals:
-        return math.nan, math.nan
-    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else math.nan)
-
-
-def _k(n: int) -> str:
-    return f"{n / 1000:.1f}k" if n >= 1000 else str(n)
-
-
-def _settings_text(settings: str) -> str:
-    try:
-        data = json.loads(settings)
-    except (TypeError, json.JSONDecodeError):
-        return str(settings)
-    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in data.items())
-
-
-def _f(value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
-
-
-def _cell(value: Any) -> Any:
-    if isinstance(value, float):
-        return "" if not math.isfinite(value) else repr(value)
-    return value
 
 
 # ---------------------------------------------------------------- conclusions

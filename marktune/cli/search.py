@@ -8,7 +8,7 @@ and ``trials.csv``; TensorBoard compares all trials.
 
 This module is the command line: its flags, the plan, the checks made before Ray starts,
 starting Ray and the Tuner, and the end-of-run summary. What decides trials lives in
-:mod:`marktune.tune.tuning` (Optuna searcher, resumable ASHA), where the study lives in
+:mod:`marktune.tune.searcher` (Optuna searcher) and :mod:`marktune.tune.scheduler` (resumable ASHA), where the study lives in
 :mod:`marktune.tune.study`, what is printed while trials run in :mod:`marktune.tune.progress`, and the
 end-of-run rows and files in :mod:`marktune.results.summary`.
 """
@@ -355,7 +355,7 @@ def start_ray(args: argparse.Namespace, *, own_local: bool = False) -> None:
 
 
 # ---------------------------------------------------------------- resuming
-SETTINGS_FILE = "marktune_search.json"
+from marktune.results.files import SETTINGS_FILE  # noqa: E402 - the one definition
 # what a resumed search takes from the experiment unless given again (and then must match)
 # (Tune restores the sampled-trial count, the searcher and the RunConfig's FailureConfig itself)
 KEPT_ON_RESUME = ("space", "overrides", "samples", "seed", "max_failures", "protocol", "tuning_tasks")
@@ -476,9 +476,10 @@ def run_search(plan: SearchPlan, args: argparse.Namespace) -> SearchRun:
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     from marktune.tune.progress import SearchProgress
+    from marktune.tune.scheduler import make_scheduler
+    from marktune.tune.searcher import make_searcher
     from marktune.tune.study import open_study
     from marktune.tune.tensorboard_logger import MarkTensorBoardCallback
-    from marktune.tune.tuning import make_scheduler, make_searcher
     from marktune.tune.trainable import RUNTIME_KEY, train_mark_sequence
 
     gpus = prepare_tune(cpus_per_trial=plan.cpus_per_trial, gpus_per_trial=plan.gpus_per_trial,
@@ -517,7 +518,7 @@ def run_search(plan: SearchPlan, args: argparse.Namespace) -> SearchRun:
         # (restart_errored) would run a configuration twice. The searcher comes back from the
         # experiment and reopens the study in its storage (how many trials were sampled, and
         # Optuna's trial for each); ASHA refills its rungs from every trial's results
-        # (marktune.tune.tuning.ResumableASHA). The callbacks, the progress printer among them,
+        # (marktune.tune.scheduler.ResumableASHA). The callbacks, the progress printer among them,
         # come back from the experiment too.
         tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True,
                                    resume_errored=False, restart_errored=False, param_space=param_space)

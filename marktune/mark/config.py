@@ -294,11 +294,11 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"--set expects key=value, got {item!r}")
         key, raw = item.split("=", 1)
-        out[key.strip()] = _yaml_scalar(raw)
+        out[key.strip()] = yaml_scalar(raw)
     return out
 
 
-def _yaml_scalar(raw: str) -> Any:
+def yaml_scalar(raw: str) -> Any:
     if not raw.strip():
         return None
     value = yaml.safe_load(raw)

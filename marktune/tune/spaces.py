@@ -19,6 +19,12 @@ A space file holds::
 Everything is checked here, before Ray starts: unknown names, ``low >= high``,
 values the learner would refuse.
 
+A finished search's space is recognised here too (:func:`recognise_space`): when the search left
+``marktune_search.json`` (its space and ``--set`` overrides), that file says. Otherwise a space
+file matches when its benchmark is the trials' and its searched settings are the trials'.
+Candidates are the experiment name's prefix (``digits-20261123-...`` -> ``digits``), then the
+benchmark's name, then every other space file.
+
 Example:
     >>> space = load_space("fmnist")
     >>> space.benchmark, "lr_meta" in space.params
@@ -33,7 +39,9 @@ from typing import Any, Mapping
 
 import yaml
 
-from marktune.mark.config import ConfigError, MarkConfig, _yaml_scalar
+from marktune.mark.config import ConfigError, MarkConfig, parse_overrides, yaml_scalar
+from marktune.results.experiment import Experiment, load_experiment, same_setting
+from marktune.results.files import read_settings
 
 SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 KINDS = ("loguniform", "uniform", "int", "logint", "choice")
@@ -203,7 +211,7 @@ def _parse_param(where: str, name: str, spec: Any, known: set[str]) -> Param:
 
 
 def _num(value: Any) -> Any:
-    return _yaml_scalar(value) if isinstance(value, str) else value
+    return yaml_scalar(value) if isinstance(value, str) else value
 
 
 def _check_defaults(where: str, d: dict[str, Any]) -> None:
@@ -242,3 +250,52 @@ def _check_against_learner(where: str, space: SearchSpace, overrides: Mapping[st
     if space.defaults["grace_period"] > base.tasks:
         raise SpaceError(f"{where}: defaults.grace_period ({space.defaults['grace_period']}) exceeds "
                          f"the number of tasks ({base.tasks})")
+
+
+# ---------------------------------------------------------------- a finished search's space
+def load_experiment_with_space(path) -> Experiment:
+    """``marktune.results.experiment.load_experiment`` with its space recognised
+    (:func:`recognise_space`): what ``evaluate`` and ``report`` read."""
+    return recognise_space(load_experiment(path))
+
+
+def recognise_space(exp: Experiment) -> Experiment:
+    """Set ``exp.space``, ``space_name`` and ``overrides`` to the space the search ran, when one
+    is recognised (else they stay unset); returns ``exp``."""
+    saved = read_settings(exp.path)
+    if saved and saved.get("space"):
+        try:  # the search's own record (marktune_search.json): its space file and --set
+            overrides = parse_overrides(saved.get("overrides") or [])
+            space = load_space(saved["space"], overrides=overrides)
+            if space.benchmark == exp.benchmark:
+                exp.space, exp.space_name, exp.overrides = space, space.name, overrides
+                return exp
+        except (SpaceError, ConfigError, TypeError):
+            pass  # moved or changed since: recognise it from the trials instead
+    names = []
+    prefix = exp.name.rsplit("-", 2)[0] if exp.name.count("-") >= 2 else exp.name
+    for cand in (prefix, exp.benchmark, *available_spaces()):
+        if cand in available_spaces() and cand not in names:
+            names.append(cand)
+    shared = exp.shared_settings()
+    for name in names:
+        try:
+            space = load_space(name)
+        except SpaceError:
+            continue
+        if space.benchmark != exp.benchmark or sorted(space.params) != sorted(exp.searched):
+            continue
+        fixed = {k: v for k, v in space.fixed.items() if k not in space.params}
+        # shared settings differing from the file's: the search's --set overrides
+        overrides = {k: v for k, v in shared.items()
+                     if k != "benchmark" and not (k in fixed and same_setting(fixed[k], v))}
+        missing = [k for k in fixed if k not in shared]
+        if missing:
+            continue
+        try:
+            space.default_trial_config(overrides)
+        except ConfigError:
+            continue
+        exp.space, exp.space_name, exp.overrides = space, name, overrides
+        return exp
+    return exp
