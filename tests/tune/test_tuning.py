@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,8 +17,6 @@ import pytest
 
 from marktune.mark.metrics import METRIC, TIME_ATTR
 from marktune.tune.study import StorageError, StudyStorage, open_study
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 # ---------------------------------------------------------------- storage
@@ -53,18 +50,19 @@ def test_a_new_search_refuses_a_study_that_exists_and_resume_needs_it(tmp_path):
     assert default.journal == (tmp_path / "exp" / "optuna_journal.log").resolve()
 
 
-def test_bad_optuna_storage_on_the_command_line_exits_2_before_ray(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def test_bad_optuna_storage_on_the_command_line_exits_2_before_ray(tmp_path, monkeypatch, capsys):
+    from marktune.cli import search
+
+    monkeypatch.setattr(search, "start_ray", lambda *a, **k: pytest.fail("Ray was started"))
     for url, message in [("::not a url", "not a database URL"),
                          ("postgresql://me:secret@127.0.0.1:1/studies", "cannot reach 127.0.0.1:1")]:
         started = time.monotonic()
-        proc = subprocess.run([sys.executable, "-m", "marktune.search", "--space", "digits", "--storage",
-                               str(tmp_path / "s"), "--optuna-storage", url],
-                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        code = search.main(["--space", "digits", "--storage", str(tmp_path / "s"), "--optuna-storage", url])
         took = time.monotonic() - started  # reported, not asserted: this machine may be loaded
-        out = proc.stdout + proc.stderr
-        assert proc.returncode == 2, out
-        assert message in proc.stderr and "--optuna-storage" in proc.stderr, out
+        stdout, stderr = capsys.readouterr()
+        out = stdout + stderr
+        assert code == 2, out
+        assert message in stderr and "--optuna-storage" in stderr, out
         assert "secret" not in out  # the password is not printed
         assert "Traceback" not in out and "Ray" not in out, out  # Ray never started
         assert not (tmp_path / "s").exists()  # nothing written
@@ -191,7 +189,7 @@ def _run_interrupted_then_resumed(tmp_path: Path, scheduler) -> dict[str, list[i
         trainable = tune.with_resources(_trainable, {"cpu": 0.3})
         tuner = tune.Tuner(trainable, param_space=param_space,
                            # result.json explicitly: another test in this process may have
-                           # turned Tune's automatic loggers off (marktune.cli.search.prepare_tune)
+                           # turned Tune's automatic loggers off (marktune.tune.launch.prepare_tune)
                            run_config=tune.RunConfig(name="exp", storage_path=str(tmp_path / "s"), verbose=0,
                                                      callbacks=[JsonLoggerCallback()]),
                            tune_config=tune.TuneConfig(metric=metric, mode="max", scheduler=scheduler))
