@@ -51,11 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write one self-contained HTML page (and PNG figures) summarising a search.",
         epilog="Example:\n  python -m marktune.report results/fmnist-20261123-190000\n",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("experiment", help="the search's experiment directory (<storage>/<name>)")
+    from marktune.cli import flags
+
+    flags.add_experiment_argument(p)
     p.add_argument("--out", help="HTML file to write (default: <experiment>/report.html)")
-    p.add_argument("--optuna-storage", metavar="URL",
-                   help="the study's database, when the search used --optuna-storage with a password "
-                        "(default: what the search recorded, else its optuna_journal.log)")
+    flags.add_optuna_storage_flag(
+        p, help="the study's database, when the search used --optuna-storage with a password "
+                "(default: what the search recorded, else its optuna_journal.log)")
     return p
 
 

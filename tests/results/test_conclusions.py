@@ -201,7 +201,9 @@ def test_search_protocol_flags_are_checked_and_recorded(tmp_path):
     with pytest.raises(search.SearchError, match=r"--tuning-tasks must be in 1\.\.4"):
         plan("--protocol", "first-k", "--tuning-tasks", "5")
     args = search.build_parser().parse_args(["--space", "digits", "--protocol", "other-order", "--set", "data_seed=7"])
-    search.save_settings(search.plan_from_args(args), args, str(tmp_path / "e"))
+    from marktune.tune.search_settings import save_settings
+
+    save_settings(search.plan_from_args(args), str(tmp_path / "e"))
     saved = json.loads((tmp_path / "e" / "marktune_search.json").read_text())
     assert saved["protocol"] == "other-order" and saved["searched_data_seed"] == 7 and saved["stream_tasks"] == 5
     # a resumed search keeps its protocol; another one on the command line is refused
@@ -220,8 +222,11 @@ def test_first_k_evaluation_runs_the_whole_stream(tmp_path):
     args = evaluate.build_parser().parse_args([str(exp)])
     plan = evaluate.plan_from_args(args)
     assert plan.protocol.heldout_tasks == [3, 4]
-    assert evaluate.data_runtime(plan, args).get(protocols.STOP_AFTER_KEY) == 3  # the search's trials stopped
-    assert protocols.STOP_AFTER_KEY not in evaluate.trial_runtime(plan, args)  # the evaluation's runs do not
+    from marktune.tune.plan import TrialRuntime
+
+    searched = TrialRuntime.from_dict(plan.experiment.runtime())
+    assert searched.to_dict().get(protocols.STOP_AFTER_KEY) == 3  # the search's trials stopped
+    assert protocols.STOP_AFTER_KEY not in plan.runtime.to_dict()  # the evaluation's runs do not
     assert all(c.config.tasks == 5 for c in plan.configs)
     assert load_experiment_with_space(exp).num_tasks == 5
 

@@ -5,27 +5,24 @@ test_scheduler.py.)
 """
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+import pytest
 
 
-def test_bad_optuna_storage_on_the_command_line_exits_2_before_ray(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def test_bad_optuna_storage_on_the_command_line_exits_2_before_ray(tmp_path, monkeypatch, capsys):
+    from marktune.cli import search
+
+    monkeypatch.setattr(search, "start_ray", lambda *a, **k: pytest.fail("Ray was started"))
     for url, message in [("::not a url", "not a database URL"),
                          ("postgresql://me:secret@127.0.0.1:1/studies", "cannot reach 127.0.0.1:1")]:
         started = time.monotonic()
-        proc = subprocess.run([sys.executable, "-m", "marktune.search", "--space", "digits", "--storage",
-                               str(tmp_path / "s"), "--optuna-storage", url],
-                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        code = search.main(["--space", "digits", "--storage", str(tmp_path / "s"), "--optuna-storage", url])
         took = time.monotonic() - started  # reported, not asserted: this machine may be loaded
-        out = proc.stdout + proc.stderr
-        assert proc.returncode == 2, out
-        assert message in proc.stderr and "--optuna-storage" in proc.stderr, out
+        stdout, stderr = capsys.readouterr()
+        out = stdout + stderr
+        assert code == 2, out
+        assert message in stderr and "--optuna-storage" in stderr, out
         assert "secret" not in out  # the password is not printed
         assert "Traceback" not in out and "Ray" not in out, out  # Ray never started
         assert not (tmp_path / "s").exists()  # nothing written
