@@ -22,6 +22,10 @@ to the last task. Output, in the experiment directory: ``evaluation.csv`` (one r
 ``evaluation.md`` (the verdict sentence, the paired table, one row per configuration),
 ``evaluation.json`` and ``evaluations/<protocol>.*``. The runs' own Tune directories go to
 ``<storage>/<experiment>-eval``.
+
+This module is the command line: parse the flags (shared ones in :mod:`marktune.cli.flags`),
+build the typed plan (:class:`marktune.tune.plan.EvalPlan`), check it and start Ray
+(:mod:`marktune.tune.launch`), run it (:mod:`marktune.tune.evaluation_run`), write the tables.
 """
 from __future__ import annotations
 
