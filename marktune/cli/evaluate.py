@@ -46,8 +46,10 @@ from marktune.results.experiment import Experiment, ExperimentError
 from marktune.results.pareto import parameter_counts
 from marktune.results.statistics import heldout_accuracy, heldout_backward_transfer
 from marktune.tune.evaluation_run import run_evaluation
-from marktune.tune.launch import check_evaluation, start_ray
-from marktune.tune.plan import EvalConfig, EvalPlan, PlanError, TrialRuntime, check_trial_resources, trial_threads
+from marktune.tune.experiment_lock import ExperimentLock
+from marktune.tune.launch import check_cluster_resources, check_evaluation, start_ray
+from marktune.tune.plan import (EvalConfig, EvalPlan, PlanError, TrialRuntime, check_name, check_seed,
+                                check_trial_resources, trial_threads)
 from marktune.tune.spaces import load_experiment_with_space
 
 FIRST_SEED = 1000  # evaluation seeds are the first S integers >= this that no search trial used
@@ -143,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("where the runs go")
     g.add_argument("--storage", metavar="DIR|URL",
                    help="where the runs' Tune directories go (default: next to the experiment)")
-    g.add_argument("--name", help="name of the runs' Tune experiment (default: <experiment>-eval)")
+    g.add_argument("--name", help="name of the runs' Tune experiment: one folder name of letters, digits, '.', "
+                                  "'_' and '-' (default: <experiment>-eval)")
     flags.add_resource_flags(p, unit="run")
     flags.add_ray_flags(p)
     flags.add_data_flags(p, unit="run", default_dir="the search's")
@@ -162,6 +165,8 @@ def plan_from_args(args: argparse.Namespace) -> EvalPlan:
         raise EvaluateError(f"--orders must be >= 1 (got {args.orders})")
     check_trial_resources(cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
                           max_concurrent=args.max_concurrent, max_failures=args.max_failures)
+    if args.name is not None:
+        check_name(args.name)
     ablations = parse_ablations(args.ablations)
     exp = load_experiment_with_space(args.experiment)
     configs = plan_configs(exp, args.top, ablations)
@@ -179,8 +184,12 @@ def plan_from_args(args: argparse.Namespace) -> EvalPlan:
         name = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     protocol, configs, benchmark, data_seeds = plan_pairs(exp, configs, benchmark=args.benchmark, orders=args.orders)
     defaults = exp.space.defaults if exp.space is not None else {}
-    seeds = args.seeds if args.seeds is not None else int(defaults.get("eval_seeds") or DEFAULT_SEEDS)
-    return EvalPlan(experiment=exp, configs=configs, seeds=fresh_seeds(exp, seeds), cpus_per_trial=cpus,
+    seeds = fresh_seeds(exp, args.seeds if args.seeds is not None else int(defaults.get("eval_seeds") or DEFAULT_SEEDS))
+    for seed in seeds:
+        check_seed(seed, flag="evaluation seed")
+    for seed in data_seeds:
+        check_seed(seed, flag="evaluation data seed")
+    return EvalPlan(experiment=exp, configs=configs, seeds=seeds, cpus_per_trial=cpus,
                     gpus_per_trial=gpus, storage=storage, name=name, default_rule=exp.default_config()[1],
                     runtime=runs_runtime(exp, data_dir=args.data_dir, download=args.download, cpus_per_trial=cpus),
                     data_seeds=data_seeds, protocol=protocol, benchmark=benchmark,
@@ -319,17 +328,36 @@ def conclude_and_save(plan: EvalPlan, records: list[dict[str, Any]]) -> "conclus
 
 # ---------------------------------------------------------------- main
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit status: 0 when runs ended, 1 when every run errored, 2 for bad input (also: a search
+    or another evaluation holds the experiment)."""
     args = build_parser().parse_args(argv)
+    lock = None
     try:
         plan = plan_from_args(args)
+        # evaluation.* and best_config.yaml's comment go into the search's directory: one command at a time there
+        lock = ExperimentLock(plan.experiment.path, what="evaluation").acquire()
         note = plan.experiment.missing_note()
         if note:
             print(f"[marktune] {note}; evaluating the trials that finished.", flush=True)
         check_evaluation(plan)
         start_ray(plan.ray, own_local=True)  # a Ray another program started is not joined
+        check_cluster_resources(cpus_per_trial=plan.cpus_per_trial, gpus_per_trial=plan.gpus_per_trial,
+                                address=plan.ray.address, unit="run")
     except (ExperimentError, EvaluateError, ConfigError, PlanError) as err:
+        if lock is not None:
+            lock.release()
+        if "ray" in sys.modules:
+            import ray
+            ray.shutdown()
         print(f"error: {err}", file=sys.stderr)
         return 2
+    try:
+        return _run_and_report(plan, note)
+    finally:
+        lock.release()
+
+
+def _run_and_report(plan: EvalPlan, note: str | None) -> int:
     try:
         results = run_evaluation(plan)
     finally:
@@ -352,6 +380,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"[marktune] evaluation.csv, evaluation.md and evaluation.json in {out} (this protocol's copy in "
           f"{out / conclusions.HISTORY_DIR}); best_config.yaml's comment carries the verdict")
     print(f"[marktune] next: python -m marktune.report {out}")
+    if records and all(r["status"] == "ERROR" for r in records):
+        print(f"[marktune] the evaluation failed: every run ({len(records)} of {len(records)}) errored (the "
+              "errors are above)", file=sys.stderr)
+        return 1
     return 0
 
 

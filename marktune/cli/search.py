@@ -23,9 +23,12 @@ from typing import Sequence
 from marktune.cli import flags
 from marktune.mark.config import ConfigError, parse_overrides
 from marktune.results.summary import TrialRow, format_table, trial_rows, unfinished, write_outputs
-from marktune.tune.launch import check_address, check_optuna_storage, check_search, start_ray
-from marktune.tune.plan import (DEFAULT_STORAGE, PlanError, SearchPlan, TrialRuntime, check_protocol,
-                                check_trial_resources, local_experiment_dir, trial_threads)
+from marktune.tune.experiment_lock import lock_experiment
+from marktune.tune.launch import (check_address, check_cluster_resources, check_local_resources, check_optuna_storage,
+                                  check_ray_flags, check_search, start_ray)
+from marktune.tune.plan import (DEFAULT_STORAGE, PlanError, SearchPlan, TrialRuntime, check_config_seeds,
+                                check_name, check_protocol, check_seed, check_trial_resources,
+                                local_experiment_dir, trial_threads)
 from marktune.tune.search_run import SearchRun, run_search
 from marktune.tune.search_settings import KEPT_ON_RESUME, load_settings
 from marktune.tune.spaces import SpaceError, available_spaces, load_space
@@ -58,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("where it lives")
     g.add_argument("--storage", metavar="DIR|URL", default=os.environ.get("MARKTUNE_STORAGE", DEFAULT_STORAGE),
                    help="where experiments live: a directory or s3://… (default: $MARKTUNE_STORAGE, else ./results)")
-    g.add_argument("--name", help="experiment name, also the Optuna study's (default: <space>-<time>)")
+    g.add_argument("--name", help="experiment name, also the Optuna study's: one folder name of letters, "
+                                  "digits, '.', '_' and '-' (default: <space>-<time>). One search at a time "
+                                  "per name: a second is refused while the first holds <storage>/<name>/marktune.lock")
     flags.add_optuna_storage_flag(
         g, help="the Optuna study's database, any SQLAlchemy URL: sqlite:///marktune.db on one machine, "
                 "postgresql://user@host/db or mysql://... on a cluster (default: a journal file "
@@ -82,9 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def plan_from_args(args: argparse.Namespace) -> SearchPlan:
     """Validate the space and every flag; raise SpaceError/ConfigError/PlanError."""
+    if args.name is not None:
+        check_name(args.name)
+    check_seed(args.seed, flag="--seed")
     overrides = parse_overrides(args.overrides)
     space = load_space(args.space, overrides=overrides)
     base = space.default_trial_config(overrides)
+    check_config_seeds(base, where="the trials' ")
     d = space.defaults
     samples = args.samples if args.samples is not None else d["samples"]
     if samples < 1:
@@ -102,6 +111,7 @@ def plan_from_args(args: argparse.Namespace) -> SearchPlan:
         if args.resume and not (Path(storage) / args.name).is_dir():
             raise SearchError(f"--resume: no experiment {args.name!r} in {storage}")
     name = args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    check_name(name)
     study_storage = StudyStorage.for_experiment(experiment_dir=local_experiment_dir(storage, name),
                                                 url=args.optuna_storage)
     protocol, tuning_tasks = check_protocol(args.protocol, args.tuning_tasks, stream_tasks=base.tasks)
@@ -209,29 +219,60 @@ def resume_command(plan: SearchPlan) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Exit status: 0 when every trial ended, 130 when the search was interrupted (Ctrl-C;
-    continue it with --resume), 2 for bad input."""
+    """Exit status: 0 when every trial ended and not all errored, 1 when every trial errored,
+    130 when the search was interrupted (Ctrl-C; continue it with --resume), 2 for bad input
+    (also: another search holds the experiment)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    lock = None
     try:
+        if args.name is not None:
+            check_name(args.name)  # before --resume reads <storage>/<name>
         args = apply_saved_settings(args, flags.given_destinations(parser, argv))
         # the flags on their own first, before the space is even loaded (which imports torch):
         # a mistyped or unreachable address or database is an error within seconds
+        check_ray_flags(flags.ray_settings(args))
         check_address(args.address)
         check_optuna_storage(args.optuna_storage)
         plan = plan_from_args(args)
+        check_local_resources(plan.ray, cpus_per_trial=plan.cpus_per_trial, gpus_per_trial=plan.gpus_per_trial)
+        # before anything is written to the experiment (also the study check: a second search
+        # of this name is told who runs the first), until the search ends
+        lock = lock_experiment(plan.storage, plan.name, what="search")
         check_search(plan)
-        start_ray(plan.ray)
+        start_ray(plan.ray, own_local=True)  # a Ray another program started here is joined with --address only
+        check_cluster_resources(cpus_per_trial=plan.cpus_per_trial, gpus_per_trial=plan.gpus_per_trial,
+                                address=plan.ray.address)
     except (SpaceError, ConfigError, PlanError) as err:
+        if lock is not None:
+            lock.release()
+        _shutdown_ray()  # if the refusal came once Ray was up (a trial no node can hold)
         print(f"error: {err}", file=sys.stderr)
         return 2
-    run = run_search(plan)
-    if not any(run.interrupted(tid) for tid in run.states):
-        # after Ctrl-C a trial's newest checkpoint may be newer than the one the saved state
-        # names (written, not yet registered): keep them all until the resumed run ends
-        prune_checkpoints(run.experiment)
-    rows = summarize(run, plan, top=args.top)
-    return 130 if unfinished(rows) or len(rows) < plan.samples else 0
+    try:
+        run = run_search(plan)
+        if not any(run.interrupted(tid) for tid in run.states):
+            # after Ctrl-C a trial's newest checkpoint may be newer than the one the saved state
+            # names (written, not yet registered): keep them all until the resumed run ends
+            prune_checkpoints(run.experiment)
+        rows = summarize(run, plan, top=args.top)
+    finally:
+        lock.release()
+    if unfinished(rows) or len(rows) < plan.samples:
+        return 130
+    if rows and all(r.status == "ERROR" for r in rows):
+        print(f"[marktune] the search failed: every trial ({len(rows)} of {len(rows)}) errored, so it found "
+              "nothing (the errors are above; a setting every trial shares is the likely cause)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _shutdown_ray() -> None:
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ An experiment directory (``<storage>/<name>``) holds, as Tune and the search wri
   (:data:`RESULT_FILE`: one JSON line per finished task); :func:`read_results`,
   :func:`parse_results`.
 * ``experiment_state-*.json`` (:data:`STATE_GLOB`), ``trials.csv``, ``best_config.yaml``.
+* ``marktune.lock`` (:data:`LOCK_FILE`): while a search or an evaluation runs, who runs it
+  (host, pid, start time; ``marktune.tune.experiment_lock``).
 
 Example:
     >>> parse_results('{"tasks_done": 1, "mean_val_acc": 0.5}\\n{"tasks_done": 2, "mean_va')
@@ -33,6 +35,7 @@ STATE_GLOB = "experiment_state-*.json"  # Tune's experiment state, one file per 
 TRIALS_TABLE = "trials.csv"  # written by the search at its end
 BEST_CONFIG_FILE = "best_config.yaml"  # the best complete trial, written by the search at its end
 RUNTIME_KEY = "marktune_runtime"  # a trial config's runtime settings (as marktune.tune.trainable reads them)
+LOCK_FILE = "marktune.lock"  # who runs a search or an evaluation of the experiment now (marktune.tune.experiment_lock)
 
 
 def read_settings(experiment_dir: str | os.PathLike) -> dict[str, Any] | None:

@@ -11,6 +11,7 @@ import math
 from typing import Any
 
 from marktune.tune.launch import prepare_tune, quiet_ray_output
+from marktune.tune.ray_internals import retry_transient_errors_only
 from marktune.tune.plan import RUNTIME_KEY, EvalPlan
 from marktune.tune.tune_setup import keep_every_checkpoint, prune_checkpoints
 
@@ -20,7 +21,7 @@ def run_evaluation(plan: EvalPlan):
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
-    from marktune.tune.trainable import train_mark_sequence
+    from marktune.tune.trainable import is_permanent_error, train_mark_sequence
 
     runs = plan.runs
     gpus = prepare_tune(cpus_per_trial=plan.cpus_per_trial, gpus_per_trial=plan.gpus_per_trial,
@@ -54,6 +55,8 @@ def run_evaluation(plan: EvalPlan):
           f"(data seeds {plan.data_seeds}) x {len(plan.seeds)} seeds {plan.seeds} = {runs} runs on {plan.benchmark}, "
           f"{plan.cpus_per_trial:g} CPU + {gpus:g} GPU each; "
           f"runs in {plan.tune_experiment}", flush=True)
+    # a config error or a NaN fails once; --max-failures retries what may pass on a retry (a lost worker)
+    retry_transient_errors_only(is_permanent_error)
     results = tuner.fit()
     prune_checkpoints(plan.tune_experiment)
     return results

@@ -4,7 +4,8 @@
   can be made before Ray starts, cheapest first, each within seconds: the cluster address and
   its token, the Optuna storage, the data set, bf16 and GPUs on this machine, the storage
   directory. A problem is a :class:`~marktune.tune.plan.PlanError` whose message says what to do.
-* :func:`start_ray`: join a cluster or start Ray on this machine.
+* :func:`start_ray`: join a cluster (``--address``) or start Ray of its own on this machine;
+  :func:`check_cluster_resources` then refuses trials no node of it can hold.
 * :func:`prepare_tune` / :func:`quiet_ray_output`: the environment Tune reads when a Tuner is
   built and run (our TensorBoard logger, the snapshot period, how many trials start at once,
   Ray's trial tables).
@@ -88,7 +89,99 @@ def check_optuna_storage(url: str | None) -> None:
         raise PlanError(str(err)) from None
 
 
+def is_local(address: str | None) -> bool:
+    return address in (None, "", "local")
+
+
+def check_ray_flags(ray_settings: RaySettings) -> None:
+    """--num-cpus/--num-gpus size the Ray a command starts here; a cluster has its own."""
+    if ray_settings.num_cpus is not None and ray_settings.num_cpus < 1:
+        raise PlanError(f"--num-cpus must be >= 1 (got {ray_settings.num_cpus})")
+    if is_local(ray_settings.address):
+        return
+    given = [flag for flag, value in (("--num-cpus", ray_settings.num_cpus), ("--num-gpus", ray_settings.num_gpus))
+             if value is not None]
+    if given:
+        raise PlanError(f"{' and '.join(given)} size the Ray this command starts on this machine; with --address "
+                        f"{ray_settings.address} the cluster's own nodes count: leave {' and '.join(given)} out "
+                        "(or leave out --address to run on this machine)")
+
+
 # ---------------------------------------------------------------- this machine
+def machine_cpus() -> int:
+    """CPUs this process may use: its CPU affinity, within a cgroup's CPU quota (containers)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, int(int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return cpus
+
+
+def check_local_resources(ray_settings: RaySettings, *, cpus_per_trial: float | None,
+                          gpus_per_trial: float | None, unit: str = "trial",
+                          gpu_count: Callable[[], int] | None = None) -> None:
+    """A trial that asks for more CPUs or GPUs than this machine's Ray will have would wait
+    forever: refuse it before Ray starts. A cluster (``--address``) is checked once joined
+    (:func:`check_cluster_resources`)."""
+    if not is_local(ray_settings.address):
+        return
+    cpus = ray_settings.num_cpus if ray_settings.num_cpus is not None else machine_cpus()
+    where = f"--num-cpus {cpus}" if ray_settings.num_cpus is not None else f"this machine has {cpus}"
+    if cpus_per_trial is not None and cpus_per_trial > cpus:
+        raise PlanError(f"--cpus-per-trial {cpus_per_trial:g}: more CPUs than this machine's Ray has ({where}), "
+                        f"so no {unit} could ever start; give --cpus-per-trial {cpus} or less"
+                        + ("" if ray_settings.num_cpus is None else f", or a larger --num-cpus (at most {machine_cpus()})"))
+    if gpus_per_trial:
+        if ray_settings.num_gpus is not None:
+            gpus, where = ray_settings.num_gpus, f"--num-gpus {ray_settings.num_gpus:g}"
+        else:
+            if gpu_count is None:
+                import torch
+
+                gpu_count = torch.cuda.device_count
+            gpus = gpu_count()
+            where = f"this machine has {gpus}"
+        if gpus and gpus_per_trial > gpus:
+            raise PlanError(f"--gpus-per-trial {gpus_per_trial:g}: more GPUs than this machine's Ray has ({where}), "
+                            f"so no {unit} could ever start; give --gpus-per-trial {gpus:g} or less")
+
+
+def check_cluster_resources(*, cpus_per_trial: float | None, gpus_per_trial: float | None,
+                            address: str | None, unit: str = "trial") -> None:
+    """After joining (or starting) Ray, before any Tuner: refuse a trial no node can hold.
+
+    A node that an autoscaling cluster can add counts too (its node types, as the autoscaler
+    reports them to Ray); where the cluster autoscales and its node types are not known here,
+    nothing is refused (a note says so)."""
+    import ray
+
+    from marktune.tune.ray_internals import autoscaler_node_types
+
+    nodes = [dict(n.get("Resources") or {}) for n in ray.nodes() if n.get("Alive")]
+    types = autoscaler_node_types()
+    if types is None and not is_local(address) and Path("~/ray_bootstrap_config.yaml").expanduser().exists():
+        print("[marktune] note: this cluster autoscales, and its node types are not known here: a trial's "
+              "resources are not checked against them", flush=True)
+        return
+    shapes = nodes + (types or [])
+    where = "this machine's Ray" if is_local(address) else f"the cluster at --address {address}"
+    for flag, key, asked in (("--cpus-per-trial", "CPU", cpus_per_trial), ("--gpus-per-trial", "GPU", gpus_per_trial)):
+        if not asked:
+            continue
+        largest = max((float(s.get(key, 0)) for s in shapes), default=0.0)
+        if asked > largest:
+            grown = " (also among the nodes its autoscaler can add)" if types else ""
+            raise PlanError(f"{flag} {asked:g}: no node of {where} has that many {key}s (the largest has "
+                            f"{largest:g}{grown}; see `ray status`), so no {unit} could ever start; give "
+                            f"{flag} {largest:g} or less" + ("" if largest else f", or a cluster with {key}s"))
+
+
 def check_local_precision(precisions: Sequence[str], *, address: str | None) -> None:
     """bf16 trials on this machine's CPUs need native bf16 (``marktune.mark.hardware``); refuse them
     before Ray starts. On a cluster the workers decide (a trial there refuses for itself)."""
@@ -161,6 +254,8 @@ def check_search(plan: SearchPlan) -> None:
     from marktune.tune.study import StorageError
 
     address = plan.ray.address
+    check_ray_flags(plan.ray)
+    check_local_resources(plan.ray, cpus_per_trial=plan.cpus_per_trial, gpus_per_trial=plan.gpus_per_trial)
     check_address(address)
     try:
         plan.study_storage.check(study_name=plan.name, resume=plan.resume)
@@ -178,6 +273,8 @@ def check_search(plan: SearchPlan) -> None:
 def check_evaluation(plan: EvalPlan) -> None:
     """Every check on an evaluation's input that can be made before Ray starts."""
     address = plan.ray.address
+    check_ray_flags(plan.ray)
+    check_local_resources(plan.ray, cpus_per_trial=plan.cpus_per_trial, gpus_per_trial=plan.gpus_per_trial, unit="run")
     for benchmark in sorted({c.config.benchmark for c in plan.configs}):
         check_local_data(benchmark, address=address, data_dir=plan.runtime.data_dir, download=plan.runtime.download)
     check_local_precision([c.config.precision for c in plan.configs], address=address)
@@ -190,18 +287,20 @@ def check_evaluation(plan: EvalPlan) -> None:
 def start_ray(ray_settings: RaySettings, *, own_local: bool = False) -> None:
     """Connect to the cluster at ``ray_settings.address``, else start Ray on this machine.
 
-    ``own_local``: never join a Ray that another program started here (``address="local"``).
+    ``own_local``: never join a Ray that another program started here (``address="local"``);
+    the search and the evaluation pass it: joining a running Ray is what ``--address auto`` is for.
     """
     import ray
 
     address = ray_settings.address
+    check_ray_flags(ray_settings)
     check_address(address)
     kwargs: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": True}
-    if address:
+    if not is_local(address):
         kwargs["address"] = address
     else:
         kwargs.update(num_cpus=ray_settings.num_cpus, num_gpus=ray_settings.num_gpus, include_dashboard=False)
-        if own_local:
+        if own_local or address == "local":
             kwargs["address"] = "local"
     try:
         ray.init(**kwargs)

@@ -16,6 +16,7 @@ command line sees an argparse namespace.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
@@ -30,7 +31,8 @@ if TYPE_CHECKING:
     from marktune.tune.study import StudyStorage
 
 __all__ = ["RUNTIME_KEY", "DEFAULT_STORAGE", "PlanError", "TrialRuntime", "RaySettings", "SearchPlan", "EvalConfig",
-           "EvalPlan", "check_trial_resources", "check_protocol", "local_experiment_dir", "trial_threads"]
+           "EvalPlan", "check_trial_resources", "check_protocol", "check_name", "check_seed", "check_config_seeds", "MAX_SEED",
+           "local_experiment_dir", "trial_threads"]
 
 DEFAULT_STORAGE = "results"
 
@@ -99,6 +101,38 @@ def check_trial_resources(*, cpus_per_trial: float | None, gpus_per_trial: float
         raise PlanError(f"--max-concurrent must be >= 1 (got {max_concurrent})")
     if max_failures is not None and max_failures < 0:
         raise PlanError(f"--max-failures must be >= 0 (got {max_failures})")
+
+
+_NAME = re.compile(r"[A-Za-z0-9._-]+")
+MAX_SEED = 2**32 - 1  # numpy's seeds are 0 .. 2**32 - 1
+
+
+def check_name(name: str, *, flag: str = "--name") -> None:
+    """An experiment's name is one path component: letters, digits, '.', '_' and '-' (not '.' or
+    '..'), so it stays inside --storage.
+
+    >>> check_name("fmnist-2026.v2_a")
+    >>> check_name("../x")
+    Traceback (most recent call last):
+    ...
+    marktune.tune.plan.PlanError: --name '../x': a name is one folder name of letters, digits, '.', '_' and '-' (it goes inside --storage); e.g. --name fmnist-lr-sweep
+    """
+    if not _NAME.fullmatch(name or "") or name in (".", ".."):
+        raise PlanError(f"{flag} {name!r}: a name is one folder name of letters, digits, '.', '_' and '-' "
+                        f"(it goes inside --storage); e.g. {flag} fmnist-lr-sweep")
+
+
+def check_seed(seed: int, *, flag: str) -> None:
+    """Seeds reach numpy, whose seeds are 0 .. 2**32 - 1."""
+    if not 0 <= seed <= MAX_SEED:
+        raise PlanError(f"{flag} {seed}: a seed must be in 0..{MAX_SEED} (numpy's range)")
+
+
+def check_config_seeds(config: MarkConfig, *, where: str = "") -> None:
+    """A learner configuration's ``seed`` and ``data_seed`` in numpy's range (``where``: what set them)."""
+    check_seed(config.seed, flag=f"{where}seed")
+    if config.data_seed is not None:
+        check_seed(config.data_seed, flag=f"{where}data_seed")
 
 
 def check_protocol(protocol: str | None, tuning_tasks: int | None, *, stream_tasks: int) -> tuple[str, int | None]:

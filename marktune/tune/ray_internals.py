@@ -12,6 +12,9 @@ marktune changes two of Ray Tune's classes in ways their public API does not off
   storage, Optuna trials and completed trials (``_ot_study``, ``_storage``, ``_ot_trials``,
   ``_completed_trials``), the study's name, space, mode and sampler (``_study_name``,
   ``_space``, ``_mode``, ``_sampler``) and its ``_setup_study``.
+* ``retry_transient_errors_only`` wraps Tune's ``Trial.handle_error`` and sets a trial's
+  ``max_failures`` so that Tune does not retry a trial whose error is permanent (a config error).
+* ``autoscaler_node_types`` reads the autoscaler's cluster config from ``ray._private.state``.
 * The pre-flight token check reads the gRPC metadata Ray's own clients send
   (:func:`ray_token_metadata`, from ``ray._private``).
 
@@ -127,6 +130,56 @@ def ray_token_metadata() -> tuple:
     return _get_authentication_metadata_tuple()
 
 
+# ---------------------------------------------------------------- the autoscaler's node types
+def autoscaler_node_types() -> list[dict[str, float]] | None:
+    """The resources of each node type an autoscaling cluster can add (from the cluster config its
+    autoscaler reports to the GCS, ``ray._private.state``); None when there is none, or it
+    cannot be read (a local Ray, Ray Client)."""
+    try:
+        from ray._private.state import state
+
+        config = state.get_cluster_config()
+    except Exception:  # noqa: BLE001 - not connected, Ray Client, or no such key: nothing known
+        return None
+    if config is None:
+        return None
+    return [{key: float(value) for key, value in group.resources.items()}
+            for group in config.node_group_configs if group.max_count != 0]
+
+
+# ---------------------------------------------------------------- Ray Tune's retries
+def retry_transient_errors_only(is_permanent: Callable[[BaseException | None], bool]) -> None:
+    """Make Tune retry (``FailureConfig.max_failures``) only the errors ``is_permanent`` calls
+    transient: a trial whose error is permanent (a config error, a NaN) ends at once, as if it
+    had used up its retries. Tune 2.60 retries every error; it counts a failure in
+    ``Trial.handle_error`` and asks ``Trial.should_recover`` right after
+    (``TuneController._process_trial_failure``), so the wrapper sets the trial's own
+    ``max_failures`` to its failures so far. Once per process; the newest ``is_permanent`` wins."""
+    from ray.tune.experiment import Trial
+
+    original = getattr(Trial.handle_error, "marktune_original", Trial.handle_error)
+
+    def handle_error(self, exc=None):
+        original(self, exc)
+        if is_permanent(exc):
+            stop_at = max(0, self.run_metadata.num_failures - 1)
+            self.max_failures = stop_at if self.max_failures < 0 else min(self.max_failures, stop_at)
+    handle_error.marktune_original = original  # type: ignore[attr-defined]
+    Trial.handle_error = handle_error
+
+
+def _retry_problems() -> list[str]:
+    from ray.tune.experiment import Trial
+
+    problems = _missing_parameters(Trial.handle_error, ("exc",), "Trial.handle_error")
+    if not callable(getattr(Trial, "should_recover", None)):
+        problems.append("Trial.should_recover")
+    source = inspect.getsource(Trial.should_recover) if not problems else ""
+    if source and ("max_failures" not in source or "num_failures" not in source):
+        problems.append("Trial.should_recover (no longer compares num_failures with max_failures)")
+    return problems
+
+
 # ---------------------------------------------------------------- the check
 ASHA_ATTRIBUTES = ("_trial_info", "_brackets", "_time_attr", "_metric", "_metric_op")
 BRACKET_ATTRIBUTES = ("_rungs",)
@@ -229,7 +282,7 @@ def library_internals_problems() -> list[str]:
     """Each private attribute or signature marktune uses that the installed Ray/Optuna lacks."""
     problems = []
     for library, check in (("Ray", _asha_problems), ("Ray", _optuna_search_problems), ("Optuna", _optuna_problems),
-                           ("Ray", _token_problems)):
+                           ("Ray", _token_problems), ("Ray", _retry_problems)):
         try:
             problems += [f"{library} changed {what}" for what in check()]
         except Exception as err:  # noqa: BLE001 - a check that cannot even run is a change too

@@ -12,6 +12,7 @@ from typing import Any
 
 from marktune.mark.metrics import METRIC
 from marktune.tune.launch import prepare_tune, quiet_ray_output
+from marktune.tune.ray_internals import retry_transient_errors_only
 from marktune.tune.plan import RUNTIME_KEY, SearchPlan
 from marktune.tune.search_settings import save_settings
 from marktune.tune.tune_setup import keep_every_checkpoint, last_trial_states
@@ -45,7 +46,7 @@ def run_search(plan: SearchPlan) -> SearchRun:
     from marktune.tune.searcher import make_searcher
     from marktune.tune.study import open_study
     from marktune.tune.tensorboard_logger import MarkTensorBoardCallback
-    from marktune.tune.trainable import train_mark_sequence
+    from marktune.tune.trainable import is_permanent_error, train_mark_sequence
 
     gpus = prepare_tune(cpus_per_trial=plan.cpus_per_trial, gpus_per_trial=plan.gpus_per_trial,
                         runs=plan.samples, max_concurrent=plan.max_concurrent)
@@ -106,6 +107,8 @@ def run_search(plan: SearchPlan) -> SearchRun:
     print(f"[marktune] watch the study: optuna-dashboard {plan.study_storage.describe()}", flush=True)
     if not plan.resume:
         save_settings(plan, experiment)
+    # a config error or a NaN fails once; --max-failures retries what may pass on a retry (a lost worker)
+    retry_transient_errors_only(is_permanent_error)
     results = tuner.fit()
     try:
         study = open_study(plan.study_storage, plan.name)

@@ -70,6 +70,42 @@ def drop_ignored_exits() -> None:
     sys.unraisablehook = hook
 
 
+def transient_error_types() -> tuple[type[BaseException], ...]:
+    """Errors a trial may not meet again on a retry: I/O and the network (a checkpoint's upload,
+    a download), memory (other trials share the GPU or node), a node whose GPU is unusable (the
+    retry may land elsewhere). A lost worker or node (``RayActorError``) is not raised by the
+    trial itself and Tune always retries it."""
+    from marktune.mark.devices import GpuUnusableError, TrialOutOfMemoryError
+
+    return (OSError, MemoryError, torch.OutOfMemoryError, TrialOutOfMemoryError, GpuUnusableError)
+
+
+def is_permanent_error(exc: BaseException | None) -> bool:
+    """Whether a trial's error is a verdict on the trial, never to be retried (the trial
+    fails once): any exception its own code raised (a ``ConfigError``, a NaN loss, a missing
+    data set, a bug) except the :func:`transient_error_types`. Tune's own errors and a lost
+    worker (``RayActorError``) are transient: Tune retries them up to ``--max-failures``.
+    Tune calls it with the error it caught: a ``RayTaskError`` whose ``cause`` is what the
+    trial raised."""
+    from ray.exceptions import RayActorError, RayTaskError
+
+    from marktune.data.benchmarks import DatasetMissingError
+
+    if not isinstance(exc, RayTaskError) or isinstance(exc, RayActorError):
+        return False
+    cause = getattr(exc, "cause", None)
+    for _ in range(5):  # through a wrapper Ray may add around the trial's own exception
+        if isinstance(cause, RayTaskError) and getattr(cause, "cause", None) is not None:
+            cause = cause.cause
+        else:
+            break
+    if cause is None or isinstance(cause, RayActorError):
+        return False
+    if isinstance(cause, DatasetMissingError):  # an OSError, but the data set is not there: a retry finds none
+        return True
+    return not isinstance(cause, transient_error_types())
+
+
 def train_mark_sequence(config: dict[str, Any]) -> None:
     """Tune function trainable: ``config`` holds learner settings plus the :class:`TrialRuntime`
     under ``RUNTIME_KEY``."""
