@@ -21,6 +21,7 @@ from marktune.data.benchmarks import DatasetMissingError, load_benchmark_for
 from marktune.mark.hardware import check_precision
 from marktune.mark.learner import MarkLearner, NonFiniteLossError
 from marktune.results.records import log_task_to_tensorboard, results_dict, write_json_atomic
+from marktune.tune.plan import PlanError, check_config_seeds
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -83,9 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = config_from_args(args)
+        check_config_seeds(config)  # numpy takes 0 .. 2**32 - 1
         device = resolve_device(args.device)
         check_precision(config.precision, device)  # before any data is loaded
-    except ConfigError as err:
+    except (ConfigError, PlanError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     out = args.resume or args.out or Path("runs") / f"{config.benchmark}-{time.strftime('%Y%m%d-%H%M%S')}"
