@@ -25,7 +25,8 @@ def add_resource_flags(p: argparse.ArgumentParser, *, unit: str) -> None:
                         "(default: the space's, else 0.25 where the cluster has GPUs, else 0)")
     g.add_argument("--max-concurrent", type=int, metavar="N", help=f"{unit}s at once (default: as resources allow)")
     g.add_argument("--max-failures", type=int, default=2, metavar="N",
-                   help=f"retries of a {unit} whose worker died (it resumes from its last task; default 2)")
+                   help=f"retries of a {unit} whose worker died or that met an I/O or memory error (it resumes "
+                        f"from its last task; default 2); a config error or a NaN fails at once, never retried")
 
 
 def add_gpu_runtime_flags(p: argparse.ArgumentParser) -> None:
@@ -39,10 +40,14 @@ def add_gpu_runtime_flags(p: argparse.ArgumentParser) -> None:
 
 def add_ray_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("Ray")
-    g.add_argument("--address", metavar="ADDRESS", help="Ray cluster: 'auto', HOST:PORT or ray://HOST:10001 "
-                                     "(default: start a local Ray)")
-    g.add_argument("--num-cpus", type=int, metavar="N", help="CPUs of the local Ray (default: all)")
-    g.add_argument("--num-gpus", type=float, metavar="N", help="GPUs declared to the local Ray (default: detected)")
+    g.add_argument("--address", metavar="ADDRESS",
+                   help="join a running Ray: 'auto' (the one on this machine, e.g. from `ray start`, or "
+                        "$RAY_ADDRESS), HOST:PORT or ray://HOST:10001 (default: start a Ray of its own on this "
+                        "machine, never joining one already running here)")
+    g.add_argument("--num-cpus", type=int, metavar="N",
+                   help="CPUs of the local Ray (default: all); not with --address")
+    g.add_argument("--num-gpus", type=float, metavar="N",
+                   help="GPUs declared to the local Ray (default: detected); not with --address")
 
 
 def add_data_flags(p: argparse.ArgumentParser, *, unit: str, default_dir: str) -> None:
