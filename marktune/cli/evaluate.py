@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import sys
 import time
 from itertools import count
@@ -333,9 +334,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     lock = None
     try:
+        if args.name is not None:
+            check_name(args.name)
+        if _is_experiment(Path(args.experiment)):
+            # evaluation.* and best_config.yaml's comment go into the search's directory: one command at a
+            # time there (a search that still runs is named, not only "no trial finished")
+            command = shlex.join(["python", "-m", "marktune.evaluate", *(sys.argv[1:] if argv is None else argv)])
+            lock = ExperimentLock(args.experiment, what="evaluation", command=command).acquire()
         plan = plan_from_args(args)
-        # evaluation.* and best_config.yaml's comment go into the search's directory: one command at a time there
-        lock = ExperimentLock(plan.experiment.path, what="evaluation").acquire()
         note = plan.experiment.missing_note()
         if note:
             print(f"[marktune] {note}; evaluating the trials that finished.", flush=True)
@@ -351,10 +357,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             ray.shutdown()
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except BaseException:  # Ctrl-C or a bug before the run: the lock is not left behind
+        if lock is not None:
+            lock.release()
+        raise
     try:
         return _run_and_report(plan, note)
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
+
+
+def _is_experiment(path: Path) -> bool:
+    """A search's directory (anything else is refused by plan_from_args, and gets no lock file)."""
+    from marktune.results.files import SETTINGS_FILE, STATE_GLOB
+
+    return path.is_dir() and ((path / SETTINGS_FILE).is_file() or any(path.glob(STATE_GLOB)))
 
 
 def _run_and_report(plan: EvalPlan, note: str | None) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -238,7 +239,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_local_resources(plan.ray, cpus_per_trial=plan.cpus_per_trial, gpus_per_trial=plan.gpus_per_trial)
         # before anything is written to the experiment (also the study check: a second search
         # of this name is told who runs the first), until the search ends
-        lock = lock_experiment(plan.storage, plan.name, what="search")
+        lock = lock_experiment(plan.storage, plan.name, what="search",
+                               command=shlex.join(["python", "-m", "marktune.search",
+                                                   *(sys.argv[1:] if argv is None else argv)]))
         check_search(plan)
         start_ray(plan.ray, own_local=True)  # a Ray another program started here is joined with --address only
         check_cluster_resources(cpus_per_trial=plan.cpus_per_trial, gpus_per_trial=plan.gpus_per_trial,
@@ -249,6 +252,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _shutdown_ray()  # if the refusal came once Ray was up (a trial no node can hold)
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except BaseException:  # Ctrl-C or a bug before the run: the lock is not left behind
+        if lock is not None:
+            lock.release()
+        raise
     try:
         run = run_search(plan)
         if not any(run.interrupted(tid) for tid in run.states):
@@ -262,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     if rows and all(r.status == "ERROR" for r in rows):
         print(f"[marktune] the search failed: every trial ({len(rows)} of {len(rows)}) errored, so it found "
-              "nothing (the errors are above; a setting every trial shares is the likely cause)", file=sys.stderr)
+              "nothing (the errors are above)", file=sys.stderr)
         return 1
     return 0
 

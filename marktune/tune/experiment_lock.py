@@ -157,9 +157,12 @@ class ExperimentLock:
                 f"whether another command uses this experiment. If none does, delete {self.path}.")
         if holder_alive(holder):
             elsewhere = holder.host != socket.gethostname()
+            clash = (f"a second search of it would mix its trials and files. Wait until that one ends, or give "
+                     "another --name" if self.what == "search" else
+                     f"an evaluation now would read trials that are not final and write into the same directory. "
+                     f"Wait until that {holder.what} ends")
             raise ExperimentLocked(
-                f"{self.directory}: {holder.describe()} holds this experiment; a second {self.what} of it "
-                f"would mix its trials and files. Wait until that one ends, or give another --name"
+                f"{self.directory}: {holder.describe()} holds this experiment; {clash}"
                 + (f". If host {holder.host} is gone (and the {holder.what} with it), delete {self.path}"
                    if elsewhere else "") + ".")
         stale = self.path.with_name(f".{LOCK_FILE}.gone-{uuid.uuid4().hex}")
@@ -221,10 +224,10 @@ class NoLock:
         pass
 
 
-def lock_experiment(storage: str, name: str, *, what: str) -> "ExperimentLock | NoLock":
+def lock_experiment(storage: str, name: str, *, what: str, command: str | None = None) -> "ExperimentLock | NoLock":
     """The (taken) lock of experiment ``name`` in ``storage``; on s3:// storage none, with a note."""
     if "://" in storage:
         print(f"[marktune] note: {storage} is remote storage, where marktune takes no lock: make sure no "
               f"other search or evaluation uses the experiment {name!r} at the same time", flush=True)
         return NoLock()
-    return ExperimentLock(Path(storage) / name, what=what).acquire()
+    return ExperimentLock(Path(storage) / name, what=what, command=command).acquire()

@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import math
 import os
 import socket
 from pathlib import Path
@@ -136,7 +137,8 @@ def check_local_resources(ray_settings: RaySettings, *, cpus_per_trial: float | 
     if cpus_per_trial is not None and cpus_per_trial > cpus:
         raise PlanError(f"--cpus-per-trial {cpus_per_trial:g}: more CPUs than this machine's Ray has ({where}), "
                         f"so no {unit} could ever start; give --cpus-per-trial {cpus} or less"
-                        + ("" if ray_settings.num_cpus is None else f", or a larger --num-cpus (at most {machine_cpus()})"))
+                        + (f", or --num-cpus {math.ceil(cpus_per_trial)} or more (this machine has {machine_cpus()})"
+                           if ray_settings.num_cpus is not None and machine_cpus() >= cpus_per_trial else ""))
     if gpus_per_trial:
         if ray_settings.num_gpus is not None:
             gpus, where = ray_settings.num_gpus, f"--num-gpus {ray_settings.num_gpus:g}"

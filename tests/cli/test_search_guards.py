@@ -170,3 +170,12 @@ def test_an_evaluation_in_which_every_run_errored_exits_non_zero(tmp_path, capsy
     assert code == 1, capsys.readouterr()
     assert "every run (3 of 3) errored" in capsys.readouterr().err
     assert not (exp / LOCK_FILE).exists()
+
+
+def test_ctrl_c_before_the_run_leaves_no_lock_behind(tmp_path, monkeypatch):
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(search, "start_ray", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        search.main([*T, "--storage", str(tmp_path / "st"), "--name", "x"])
+    assert not (tmp_path / "st" / "x" / LOCK_FILE).exists()
