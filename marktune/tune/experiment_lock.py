@@ -112,6 +112,9 @@ class ExperimentLock:
     def acquire(self) -> "ExperimentLock":
         if self.holder is not None:
             return self
+        if self.directory.exists() and not self.directory.is_dir():
+            raise PlanError(f"{self.directory}: there is a file of that name, not an experiment directory; give "
+                            "another --name (or --storage)")
         try:
             missing = self.directory.absolute()
             while not missing.exists() and missing != missing.parent:
@@ -141,7 +144,7 @@ class ExperimentLock:
         except OSError as err:
             self._remove_created_dir()
             raise PlanError(f"{self.directory}: cannot write the experiment's lock file "
-                            f"({err.strerror or err}); give a --storage you can write to") from None
+                            f"({err.strerror or err}); give a --storage that is a directory you can write to") from None
         except ExperimentLocked:
             self._remove_created_dir()
             raise
