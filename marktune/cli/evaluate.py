@@ -47,7 +47,7 @@ from marktune.results.experiment import Experiment, ExperimentError
 from marktune.results.pareto import parameter_counts
 from marktune.results.statistics import heldout_accuracy, heldout_backward_transfer
 from marktune.tune.evaluation_run import run_evaluation
-from marktune.tune.experiment_lock import ExperimentLock
+from marktune.tune.experiment_lock import lock_search_directory
 from marktune.tune.launch import check_cluster_resources, check_evaluation, start_ray
 from marktune.tune.plan import (EvalConfig, EvalPlan, PlanError, TrialRuntime, check_name, check_seed,
                                 check_trial_resources, trial_threads)
@@ -336,11 +336,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.name is not None:
             check_name(args.name)
-        if _is_experiment(Path(args.experiment)):
-            # evaluation.* and best_config.yaml's comment go into the search's directory: one command at a
-            # time there (a search that still runs is named, not only "no trial finished")
-            command = shlex.join(["python", "-m", "marktune.evaluate", *(sys.argv[1:] if argv is None else argv)])
-            lock = ExperimentLock(args.experiment, what="evaluation", command=command).acquire()
+        # evaluation.* and best_config.yaml's comment go into the search's directory: one command at a
+        # time there (a search that still runs is named, not only "no trial finished")
+        lock = lock_search_directory(args.experiment, what="evaluation", command=shlex.join(
+            ["python", "-m", "marktune.evaluate", *(sys.argv[1:] if argv is None else argv)]))
         plan = plan_from_args(args)
         note = plan.experiment.missing_note()
         if note:
@@ -366,13 +365,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if lock is not None:
             lock.release()
-
-
-def _is_experiment(path: Path) -> bool:
-    """A search's directory (anything else is refused by plan_from_args, and gets no lock file)."""
-    from marktune.results.files import SETTINGS_FILE, STATE_GLOB
-
-    return path.is_dir() and ((path / SETTINGS_FILE).is_file() or any(path.glob(STATE_GLOB)))
 
 
 def _run_and_report(plan: EvalPlan, note: str | None) -> int:

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from marktune.results.files import LOCK_FILE
+from marktune.results.files import LOCK_FILE, SETTINGS_FILE, STATE_GLOB
 from marktune.tune.plan import PlanError
 
 
@@ -234,3 +234,12 @@ def lock_experiment(storage: str, name: str, *, what: str, command: str | None =
               f"other search or evaluation uses the experiment {name!r} at the same time", flush=True)
         return NoLock()
     return ExperimentLock(Path(storage) / name, what=what, command=command).acquire()
+
+
+def lock_search_directory(path: str | os.PathLike, *, what: str, command: str | None = None) -> ExperimentLock | None:
+    """The (taken) lock of the search directory at ``path``; None when ``path`` is not one (no
+    settings, no Tune state: the caller refuses it, and a foreign directory gets no lock file)."""
+    path = Path(path)
+    if not (path.is_dir() and ((path / SETTINGS_FILE).is_file() or any(path.glob(STATE_GLOB)))):
+        return None
+    return ExperimentLock(path, what=what, command=command).acquire()
