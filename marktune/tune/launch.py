@@ -165,7 +165,12 @@ def check_cluster_resources(*, cpus_per_trial: float | None, gpus_per_trial: flo
 
     from marktune.tune.ray_internals import autoscaler_node_types
 
-    nodes = [dict(n.get("Resources") or {}) for n in ray.nodes() if n.get("Alive")]
+    try:
+        nodes = [dict(n.get("Resources") or {}) for n in ray.nodes() if n.get("Alive")]
+    except Exception as err:  # noqa: BLE001 - e.g. a Ray Client that cannot list nodes: Tune's own warning remains
+        print(f"[marktune] note: cannot list the cluster's nodes ({type(err).__name__}), so a trial's resources "
+              "are not checked against them", flush=True)
+        return
     types = autoscaler_node_types()
     if types is None and not is_local(address) and Path("~/ray_bootstrap_config.yaml").expanduser().exists():
         print("[marktune] note: this cluster autoscales, and its node types are not known here: a trial's "
