@@ -38,6 +38,7 @@ from marktune.mark.config import ConfigError, MarkConfig
 
 INT_VALUES_LIMIT = 5000  # an integer range of at most this many values is checked value by value
 PAIR_VALUES = 24  # values per setting in the pairwise check
+SEED_SETTINGS, SEED_MAX = ("seed", "data_seed"), 2 ** 32 - 1
 PRODUCT_LIMIT = 512  # the whole cross product is checked up to this many configurations
 FLOAT_KINDS = ("loguniform", "uniform")
 INT_KINDS = ("int", "logint")
@@ -110,7 +111,8 @@ def _of_type(where: str, name: str, typ: str, nullable: bool, value: Any) -> Any
     if typ == "str":
         if isinstance(value, str):
             return value
-        hint = f" (YAML reads a bare {str(value).lower()} as true/false: quote it)" if isinstance(value, bool) else \
+        hint = " (YAML reads a bare yes, no, on, off, true or false as true/false: quote it)" \
+            if isinstance(value, bool) else \
             f" (quote it: '{value}')"
         raise refuse(f"is not a string{hint}")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -155,7 +157,9 @@ def check_values(where: str, base: Mapping[str, Any], params: Iterable[Any]) -> 
             if len(refused) > 1 or len(values) > 2:
                 bad = {v for v, _ in refused}
                 ok = [v for v in values if v not in bad]
-                message += (f" (refused: {_listing([v for v, _ in refused])}; accepted: "
+                wide = param.kind in INT_KINDS and int(param.high) - int(param.low) + 1 > len(values)
+                message += (f" ({f'of {len(values)} values checked, ' if wide else ''}"
+                            f"refused: {_listing([v for v, _ in refused])}; accepted: "
                             f"{_listing(ok) if ok else 'none'}): narrow the range or list the accepted values")
             raise SpaceError(message)
 
@@ -197,6 +201,16 @@ def _refusal(values: Mapping[str, Any]) -> str | None:
         MarkConfig.from_dict(values)
     except ConfigError as err:
         return str(err)
+    return seed_refusal(values)
+
+
+def seed_refusal(values: Mapping[str, Any]) -> str | None:
+    """numpy's seeds are 0..2**32-1; a larger ``seed``/``data_seed`` failed in every trial (a
+    ValueError in ``RandomState``), so it is refused here too until MarkConfig bounds them."""
+    for key in SEED_SETTINGS:
+        value = values.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > SEED_MAX:
+            return f"{key} must be in 0..{SEED_MAX} (numpy's seed range; got {value!r})"
     return None
 
 

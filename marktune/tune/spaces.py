@@ -46,7 +46,7 @@ from marktune.mark.yaml_io import DuplicateKeyError, load_yaml_text
 from marktune.results.experiment import Experiment, load_experiment, same_setting
 from marktune.results.files import read_settings
 from marktune.tune.space_checks import (SpaceError, check_choice_values, check_combinations, check_kind,
-                                        check_values, setting_type)
+                                        check_values, seed_refusal, setting_type)
 
 SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 KINDS = ("loguniform", "uniform", "int", "logint", "choice")
@@ -200,6 +200,9 @@ def _parse_param(where: str, name: str, spec: Any, known: set[str]) -> Param:
     if name not in known:
         raise SpaceError(f"{where}: searched parameter {name!r} is not a learner setting "
                          f"(known: {', '.join(sorted(known))})")
+    if name == "benchmark":
+        raise SpaceError(f"{where}: benchmark cannot be searched: a space is one benchmark's (its "
+                         "top-level benchmark:); write one space file per benchmark")
     if not isinstance(spec, Mapping) or "type" not in spec:
         raise SpaceError(f"{where}: {name} needs a mapping with 'type' (one of {', '.join(KINDS)})")
     kind = spec["type"]
@@ -277,6 +280,9 @@ def _check_against_learner(where: str, space: SearchSpace, overrides: Mapping[st
         base = space.default_trial_config(overrides)
     except ConfigError as err:
         raise SpaceError(f"{where}: fixed settings: {err}") from None
+    bad_seed = seed_refusal(space.base_config(overrides))
+    if bad_seed:
+        raise SpaceError(f"{where}: fixed settings and --set: {bad_seed}")
     check_values(where, space.base_config(overrides), space.params.values())
     check_combinations(where, space.base_config(overrides), list(space.params.values()))
     if space.defaults["grace_period"] > base.tasks:

@@ -66,7 +66,7 @@ def test_uniform_for_an_integer_setting_is_refused_by_the_search_before_ray(tmp_
     ("kb_width", [8, 12.5], "choice value 12.5 .* is not a whole number"),
     ("kb_width", [8, None], "choice value None .* is empty, which kb_width may not be"),
     ("mask_activation", ["relu", 1], r"mask_activation is a string setting.*choice value 1 \(int\).*quote it"),
-    ("mask_activation", ["relu", True], "YAML reads a bare true as true/false: quote it"),
+    ("mask_activation", ["relu", True], "YAML reads a bare yes, no, on, off, true or false as true/false: quote it"),
     ("use_masks", [True, 0], r"use_masks is a true/false setting.*choice value 0 \(int\) is not true or false"),
     ("lr_meta", [0.01, "fast"], r"lr_meta is a number setting \(float\).*'fast'"),
     ("lr_meta", [0.01, [0.1]], "is not a single value"),
@@ -276,3 +276,18 @@ def test_check_values_and_combinations_directly():
     with pytest.raises(SpaceError, match="synthetic_image_size=8 together with kb_depth=3"):
         check_combinations("f", base, [size, depth])
     check_combinations("f", base, [Param("synthetic_image_size", "choice", values=(32, 64)), depth])
+
+
+def test_the_benchmark_cannot_be_searched(tmp_path):
+    with pytest.raises(SpaceError, match="benchmark cannot be searched"):
+        load_space(write_space(tmp_path, search_entries={"benchmark": {"type": "choice", "values": ["digits", "fmnist"]}}))
+
+
+def test_a_seed_beyond_numpys_range_is_refused(tmp_path, capsys, monkeypatch):
+    # every trial failed in numpy's RandomState (retried 3 times), and the search exited 0
+    with pytest.raises(SpaceError, match=r"searched seed: int \[0, 1e\+13\]: value \d+ is refused: "
+                                         r"seed must be in 0..4294967295.*of 5000 values checked"):
+        load_space(write_space(tmp_path, search_entries={"seed": {"type": "int", "low": 0, "high": 10 ** 13}}))
+    code, err = run_search(["--space", "digits", "--set", "data_seed=4294967296"], capsys, monkeypatch, tmp_path)
+    assert code == 2 and "data_seed must be in 0..4294967295" in err
+    load_space(write_space(tmp_path, search_entries={"seed": {"type": "int", "low": 0, "high": 2 ** 32 - 1}}))
