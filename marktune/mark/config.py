@@ -276,6 +276,8 @@ def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file not found: {path}")
     try:
         data = load_yaml_text(path.read_text()) or {}
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot read {path} as a UTF-8 text file: {err}") from None
     except DuplicateKeyError as err:
         raise ConfigError(f"{path}, {err}") from None
     except yaml.YAMLError as err:

@@ -151,6 +151,8 @@ def load_space(name_or_path: str | Path, *, overrides: Mapping[str, Any] | None 
                              "(or give a path to your own .yaml)")
     try:
         data = load_yaml_text(path.read_text()) or {}
+    except (OSError, UnicodeDecodeError) as err:
+        raise SpaceError(f"cannot read {path} as a UTF-8 text file: {err}") from None
     except DuplicateKeyError as err:
         raise SpaceError(f"{path}, {err}") from None
     except yaml.YAMLError as err:
@@ -184,6 +186,9 @@ def parse_space(data: Mapping[str, Any], *, name: str, path: Path,
     params = {}
     for pname, spec in (data.get("search") or {}).items():
         params[pname] = _parse_param(where, pname, spec, known)
+    if not params:
+        raise SpaceError(f"{where}: search: names no setting; a search needs at least one (one run of the "
+                         f"fixed settings is `python -m marktune.run --config {where}`)")
     defaults = dict(DEFAULTS)
     for key, value in (data.get("defaults") or {}).items():
         if key not in DEFAULTS:

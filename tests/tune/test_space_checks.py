@@ -187,7 +187,8 @@ def test_duplicate_keys_are_refused_at_every_level(tmp_path, text, message):
 
 def test_yaml_merge_keys_may_still_override(tmp_path):
     path = tmp_path / "merge.yaml"
-    path.write_text("benchmark: digits\nfixed:\n  <<: {epochs: 1, kb_epochs: 1}\n  epochs: 2\n")
+    path.write_text("benchmark: digits\nfixed:\n  <<: {epochs: 1, kb_epochs: 1}\n  epochs: 2\n"
+                    "search:\n  lr_meta: {type: loguniform, low: 1.0e-3, high: 1.0e-1}\n")
     assert load_space(path).fixed == {"epochs": 2, "kb_epochs": 1}
 
 
@@ -291,3 +292,19 @@ def test_a_seed_beyond_numpys_range_is_refused(tmp_path, capsys, monkeypatch):
     code, err = run_search(["--space", "digits", "--set", "data_seed=4294967296"], capsys, monkeypatch, tmp_path)
     assert code == 2 and "data_seed must be in 0..4294967295" in err
     load_space(write_space(tmp_path, search_entries={"seed": {"type": "int", "low": 0, "high": 2 ** 32 - 1}}))
+
+
+@pytest.mark.parametrize("text,message", [
+    # a search with nothing searched failed in Optuna after Ray had started (a raw RuntimeError)
+    ("benchmark: digits\nfixed: {epochs: 1}\nsearch: {}\n", "search: names no setting"),
+    ("benchmark: digits\nfixed: {epochs: 1}\n", "search: names no setting"),
+    ("benchmark: digits\n\xff\xfe bad\n", "as a UTF-8 text file"),
+])
+def test_an_empty_search_or_unreadable_file_is_refused(tmp_path, text, message):
+    path = tmp_path / "space.yaml"
+    path.write_bytes(text.encode("latin-1"))
+    with pytest.raises(SpaceError, match=message):
+        load_space(path)
+    if "UTF-8" in message:
+        with pytest.raises(ConfigError, match=message):
+            MarkConfig.from_sources(path=path)
