@@ -308,3 +308,13 @@ def test_an_empty_search_or_unreadable_file_is_refused(tmp_path, text, message):
     if "UTF-8" in message:
         with pytest.raises(ConfigError, match=message):
             MarkConfig.from_sources(path=path)
+
+
+def test_the_new_modules_examples_hold():
+    import doctest
+
+    from marktune.mark import yaml_io
+    from marktune.tune import space_checks
+
+    for module in (yaml_io, space_checks):
+        assert doctest.testmod(module).failed == 0, module.__name__
