@@ -128,6 +128,15 @@ class SearchSpace:
             return [str(v) for v in self.params["precision"].extremes()]
         return [self.default_trial_config(overrides).precision]
 
+    def check_tasks_searched(self, tasks: int, *, tuning: bool) -> None:
+        """ASHA's grace period must fit in the tasks a trial runs (``--tuning-tasks`` under
+        first-k); Ray's scheduler otherwise fails with an assertion after Ray has started."""
+        grace = self.defaults["grace_period"]
+        if grace > tasks:
+            raise SpaceError(f"{self.path}: defaults.grace_period ({grace}) exceeds the {tasks} tasks a "
+                             f"trial runs{' (--tuning-tasks)' if tuning else ''}; lower grace_period to "
+                             f"at most {tasks}" + (" or raise --tuning-tasks" if tuning else ""))
+
     def default_trial_config(self, overrides: Mapping[str, Any] | None = None) -> MarkConfig:
         """Fixed settings with the learner's defaults for the searched ones."""
         return MarkConfig.from_dict(self.base_config(overrides))

@@ -318,3 +318,12 @@ def test_the_new_modules_examples_hold():
 
     for module in (yaml_io, space_checks):
         assert doctest.testmod(module).failed == 0, module.__name__
+
+
+def test_a_grace_period_beyond_the_tuning_tasks_is_refused(tmp_path, capsys, monkeypatch):
+    # Ray's ASHA asserted `grace_period must be <= max_t!` after Ray had started
+    path = write_space(tmp_path, defaults={"grace_period": 3})
+    code, err = run_search(["--space", str(path), "--protocol", "first-k", "--tuning-tasks", "2"],
+                           capsys, monkeypatch, tmp_path)
+    assert code == 2
+    assert "defaults.grace_period (3) exceeds the 2 tasks a trial runs (--tuning-tasks)" in err
