@@ -274,7 +274,7 @@ def _check_defaults(where: str, d: dict[str, Any]) -> None:
             continue
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
             raise SpaceError(f"{where}: defaults.{key} must be a number >= 0 (got {v!r})"
-                             + ("; leave it out or write null for the default" if v is None else ""))
+                             + (f"; leave it out for the default ({DEFAULTS[key]})" if v is None else ""))
     gpus = d["gpus_per_trial"]
     if gpus is not None and gpus > 1 and not float(gpus).is_integer():
         raise SpaceError(f"{where}: defaults.gpus_per_trial must be a fraction in [0, 1] or a whole "

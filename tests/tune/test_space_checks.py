@@ -221,7 +221,7 @@ def test_shipped_spaces_pass_and_run_as_configs(name):
     ({"defaults": {"cpus_per_trial": True}}, r"defaults.cpus_per_trial must be a number >= 0 \(got True\)"),
     ({"defaults": {"cpus_per_trial": float("nan")}}, "defaults.cpus_per_trial must be a number >= 0"),
     ({"defaults": {"cpus_per_trial": "two"}}, "defaults.cpus_per_trial must be a number"),
-    ({"defaults": {"cpus_per_trial": None}}, "write null for the default"),
+    ({"defaults": {"cpus_per_trial": None}}, r"leave it out for the default \(1.0\)"),  # float(None) in the plan
     ({"defaults": {"gpus_per_trial": 1.5}}, "defaults.gpus_per_trial must be a fraction"),
     ({"defaults": {"gpus_per_trial": "all"}}, "defaults.gpus_per_trial must be a number"),
     ({"defaults": {"samples": 2.5}}, r"defaults.samples must be a whole number >= 1 \(got 2.5\)"),
