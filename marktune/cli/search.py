@@ -116,6 +116,7 @@ def plan_from_args(args: argparse.Namespace) -> SearchPlan:
     study_storage = StudyStorage.for_experiment(experiment_dir=local_experiment_dir(storage, name),
                                                 url=args.optuna_storage)
     protocol, tuning_tasks = check_protocol(args.protocol, args.tuning_tasks, stream_tasks=base.tasks)
+    space.check_tasks_searched(tuning_tasks or base.tasks, tuning=tuning_tasks is not None)
     runtime = TrialRuntime(data_dir=args.data_dir, download=args.download, threads=trial_threads(cpus),
                            cpu_fallback=args.cpu_fallback, gpu_memory_fraction=args.gpu_memory_fraction,
                            stop_after_tasks=tuning_tasks)  # first-k: each trial stops after k tasks

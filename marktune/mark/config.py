@@ -19,6 +19,8 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from marktune.mark.yaml_io import DuplicateKeyError, load_yaml_text
+
 META_UPDATES = ("reptile", "seed", "none", "finetune")
 BENCHMARKS = ("cifar100", "miniimagenet", "fmnist", "digits", "synthetic")
 # (tasks, image size) of each benchmark; synthetic's are free.
@@ -273,7 +275,11 @@ def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml_text(path.read_text()) or {}
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot read {path} as a UTF-8 text file: {err}") from None
+    except DuplicateKeyError as err:
+        raise ConfigError(f"{path}, {err}") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {err}") from None
     if not isinstance(data, dict):

@@ -103,7 +103,7 @@ def test_every_command_has_a_grouped_help(command, capsys):
 
 
 # ---------------------------------------------------------------- layers
-@pytest.mark.parametrize("command", ["search", "evaluate", "run"])
+@pytest.mark.parametrize("command", COMMANDS)
 def test_commands_are_peers(command):
     others = {f"marktune.cli.{c}" for c in COMMANDS if c != command}
     imported = _imports(PACKAGE / "cli" / f"{command}.py")
