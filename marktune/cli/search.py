@@ -27,8 +27,8 @@ from marktune.results.summary import TrialRow, format_table, trial_rows, unfinis
 from marktune.tune.experiment_lock import lock_experiment
 from marktune.tune.launch import (check_address, check_cluster_resources, check_local_resources, check_optuna_storage,
                                   check_ray_flags, check_search, start_ray)
-from marktune.tune.plan import (DEFAULT_STORAGE, PlanError, SearchPlan, TrialRuntime, check_config_seeds,
-                                check_name, check_protocol, check_seed, check_trial_resources,
+from marktune.tune.plan import (DEFAULT_STORAGE, PlanError, SearchPlan, TrialRuntime, check_name,
+                                check_protocol, check_seed, check_trial_resources,
                                 local_experiment_dir, trial_threads)
 from marktune.tune.search_run import SearchRun, run_search
 from marktune.tune.search_settings import KEPT_ON_RESUME, load_settings
@@ -94,7 +94,6 @@ def plan_from_args(args: argparse.Namespace) -> SearchPlan:
     overrides = parse_overrides(args.overrides)
     space = load_space(args.space, overrides=overrides)
     base = space.default_trial_config(overrides)
-    check_config_seeds(base, where="the trials' ")
     d = space.defaults
     samples = args.samples if args.samples is not None else d["samples"]
     if samples < 1:
