@@ -10,6 +10,7 @@ import io
 from pathlib import Path
 
 from marktune.results.experiment import Experiment, Trial
+from marktune.results.files import write_atomic
 
 STATUS_COLOURS = {"COMPLETE": "#1b7837", "PRUNED": "#b35806", "RUNNING": "#2166ac", "ERROR": "#b2182b",
                   "MISSING": "#777777"}
@@ -101,5 +102,5 @@ def save_png(fig, path: Path) -> str:
     fig.savefig(buf, format="png")
     plt.close(fig)
     data = buf.getvalue()
-    path.write_bytes(data)
+    write_atomic(path, data)
     return base64.b64encode(data).decode("ascii")
