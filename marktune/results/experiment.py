@@ -73,12 +73,25 @@ class Trial:
         return self.last("bwt_test")
 
     def curve(self) -> list[float]:
-        """Mean validation accuracy after each task (the search metric)."""
-        return [float(r[METRIC]) for r in self.results if METRIC in r]
+        """Mean validation accuracy after each recorded task (the search metric); see :meth:`points`."""
+        return [value for _, value in self.points()]
+
+    def points(self) -> list[tuple[int, float]]:
+        """(task number, mean validation accuracy after it) for each recorded task: a task whose
+        row is lost (a deleted or cut ``result.json``) is absent, not shifted."""
+        return [(int(r[TIME_ATTR]), float(r[METRIC])) for r in self.results if METRIC in r]
+
+    def missing_tasks(self) -> list[int]:
+        """Task numbers up to the last recorded one that have no recorded result."""
+        recorded = {int(r[TIME_ATTR]) for r in self.results}
+        return [t for t in range(1, self.tasks_done + 1) if t not in recorded]
 
     def matrix(self, split: str = "test") -> list[list[float]]:
-        """The accuracy matrix as reported so far: row t = after task t."""
-        return [list(r.get(f"{split}_row") or []) for r in self.results]
+        """The accuracy matrix as reported so far: row t-1 = after task t (empty where lost)."""
+        rows: list[list[float]] = [[] for _ in range(self.tasks_done)]
+        for r in self.results:
+            rows[int(r[TIME_ATTR]) - 1] = list(r.get(f"{split}_row") or [])
+        return rows
 
 
 @dataclass
@@ -121,9 +134,14 @@ class Experiment:
                          f"{', '.join(t.trial_id for t in running)})")
         if missing:
             parts.append(f"{len(missing)} never reported a result ({', '.join(t.trial_id for t in missing)})")
+        lost = [t for t in self.trials if t.missing_tasks()]
+        if lost:
+            parts.append("recorded results missing for " + ", ".join(
+                f"{t.trial_id} (tasks {_ranges(t.missing_tasks())} of {t.tasks_done}: its result.json lacks them)"
+                for t in lost))
         if not parts:
             return ""
-        return "interrupted search: " + "; ".join(parts)
+        return ("interrupted search: " if running or missing else "") + "; ".join(parts)
 
     def shared_settings(self) -> dict[str, Any]:
         """Settings every trial shares, minus the searched ones."""
@@ -230,6 +248,18 @@ def load_experiment(path: str | os.PathLike) -> Experiment:
 
 
 # ------------------------------------------------------------------ helpers
+def _ranges(numbers: list[int]) -> str:
+    """``1-2, 4`` for [1, 2, 4]."""
+    out, start = [], None
+    for i, n in enumerate(numbers):
+        if start is None:
+            start = n
+        if i + 1 == len(numbers) or numbers[i + 1] != n + 1:
+            out.append(f"{start}" if start == n else f"{start}-{n}")
+            start = None
+    return ", ".join(out)
+
+
 def _trial(tid: str, params: dict[str, Any], results: list[dict[str, Any]]) -> Trial:
     keys = set(MarkConfig.field_names())
     return Trial(trial_id=tid, status="", config={k: v for k, v in params.items() if k in keys},

@@ -41,6 +41,7 @@ TRIAL_DIR_PREFIX = "trial_"  # trial_<id>: one directory per trial
 STATE_GLOB = "experiment_state-*.json"  # Tune's experiment state, one file per snapshot
 TRIALS_TABLE = "trials.csv"  # written by the search at its end
 BEST_CONFIG_FILE = "best_config.yaml"  # the best complete trial, written by the search at its end
+CHECKPOINT_TASKS_FILE = "tasks_done.json"  # in each trial checkpoint: {"tasks_done": N}, the tasks it holds
 RUNTIME_KEY = "marktune_runtime"  # a trial config's runtime settings (as marktune.tune.trainable reads them)
 MIN_FREE_BYTES = 64 * 2**20  # a search refuses to start in a folder with less free space than this
 

@@ -162,6 +162,8 @@ def check_search(plan: SearchPlan) -> None:
 
     address = plan.ray.address
     check_address(address)
+    from marktune.tune.experiment_checks import check_experiment  # free space; --resume: marktune's settings file
+    check_experiment(plan)
     try:
         plan.study_storage.check(study_name=plan.name, resume=plan.resume)
     except StorageError as err:
