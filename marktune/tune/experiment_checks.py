@@ -143,12 +143,14 @@ def whole(path: Path) -> bool:
     if not data:
         return False
     try:
-        if path.suffix == ".json":
-            json.loads(data)
-        else:
-            for _ in pickletools.genops(data):
-                pass
-    except Exception:  # noqa: BLE001 - ValueError, UnicodeDecodeError, pickletools' own errors
+        json.loads(data)
+        return True
+    except ValueError:  # UnicodeDecodeError too; Tune's search_gen_state-*.json is a pickle
+        pass
+    try:
+        for _ in pickletools.genops(data):
+            pass
+    except Exception:  # noqa: BLE001 - pickletools' own errors on a cut pickle
         return False
     return True
 

@@ -44,7 +44,7 @@ def run_search(plan: SearchPlan) -> SearchRun:
     from marktune.tune.progress import SearchProgress
     from marktune.tune.scheduler import make_scheduler
     from marktune.tune.searcher import make_searcher, resuming
-    from marktune.tune.state_keeper import StateKeeper, disk_full_seen
+    from marktune.tune.state_keeper import StateKeeper, disk_full_seen, stop_watching
     from marktune.tune.study import open_study
     from marktune.tune.tensorboard_logger import MarkTensorBoardCallback
     from marktune.tune.trainable import train_mark_sequence
@@ -120,10 +120,13 @@ def run_search(plan: SearchPlan) -> SearchRun:
         with resuming(plan.study_storage):
             results = tuner.fit()
     except Exception as err:  # noqa: BLE001 - Tune wraps what its loop raised
-        full = disk_full_of(err, plan)
+        # (on a full disk Tune may also fail reading back an error file it could not write)
+        full = disk_full_of(err if not disk_full_seen() else OSError(28, "No space left on device"), plan)
         if full is not None:
             raise full from None
         raise
+    finally:
+        stop_watching()
     full = disk_full_of(_first_trial_error(results), plan)
     if full is None and disk_full_seen():
         full = disk_full_of(OSError(28, "No space left on device"), plan)

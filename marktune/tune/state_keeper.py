@@ -50,7 +50,6 @@ class StateKeeper(Callback):
     def __init__(self) -> None:
         self.full = False
         self._last = 0.0
-        self._filter = None
 
     def __getstate__(self):
         return {}  # pickled with the Tuner: nothing of one run carries over to the next
@@ -61,9 +60,10 @@ class StateKeeper(Callback):
     def setup(self, **info) -> None:
         global _disk_full_seen
         _disk_full_seen = False
-        self._filter = _DiskFullFilter(self)
-        for handler in logging.getLogger("ray").handlers + logging.getLogger().handlers:
-            handler.addFilter(self._filter)
+        stop_watching()
+        _filters.append(_DiskFullFilter(self))
+        for handler in _handlers():
+            handler.addFilter(_filters[-1])
 
     def on_step_end(self, iteration, trials, **info) -> None:
         now = time.monotonic()
@@ -80,10 +80,6 @@ class StateKeeper(Callback):
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self._check(trial)
 
-    def on_experiment_end(self, trials, **info) -> None:
-        if self._filter is not None:
-            for handler in logging.getLogger("ray").handlers + logging.getLogger().handlers:
-                handler.removeFilter(self._filter)
 
     def _check(self, trial) -> None:
         directory = _experiment_dir(trial)
@@ -107,6 +103,22 @@ class StateKeeper(Callback):
 
 
 _disk_full_seen = False  # in this driver process, by any StateKeeper
+
+
+_filters: list[logging.Filter] = []  # installed by a StateKeeper's setup, until stop_watching()
+
+
+def _handlers() -> list[logging.Handler]:
+    return logging.getLogger("ray").handlers + logging.getLogger().handlers
+
+
+def stop_watching() -> None:
+    """Take the log filter off Ray's handlers (the search calls it once Tune has returned, so
+    Tune's own closing lines about a full disk are muted too)."""
+    while _filters:
+        f = _filters.pop()
+        for handler in _handlers():
+            handler.removeFilter(f)
 
 
 def disk_full_seen() -> bool:

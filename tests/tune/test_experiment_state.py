@@ -120,16 +120,19 @@ def test_tune_state_files_cut_short_by_a_full_disk_are_put_back_from_their_kept_
     searcher = exp / "searcher-state-2026-12-01_07-59-05.pkl"
     state.write_text(json.dumps({"trial_data": [1, 2, 3]}))
     searcher.write_bytes(pickle.dumps({"a": list(range(100))}))
-    assert keep_state(exp) == 2 and keep_state(exp) == 0
+    generator = exp / "search_gen_state-2026-12-01_07-59-05.json"  # Tune's: a pickle, despite its name
+    generator.write_bytes(pickle.dumps({"counter": 2}))
+    assert keep_state(exp) == 3 and keep_state(exp) == 0
+    generator.write_bytes(generator.read_bytes()[:-3])
     good_state, good_searcher = state.read_bytes(), searcher.read_bytes()
     state.write_bytes(good_state[:10])  # what the 3 MiB tmpfs left (Tune copies in place)
     searcher.write_bytes(good_searcher[:20])
     assert not whole(state) and not whole(searcher)
     assert keep_state(exp) == 0  # a cut file never replaces its whole copy
     notes = restore_kept_state(exp)
-    assert len(notes) == 2 and all("cut short" in n and "torn-" in n for n in notes)
+    assert len(notes) == 3 and all("cut short" in n and "torn-" in n for n in notes), notes
     assert state.read_bytes() == good_state and searcher.read_bytes() == good_searcher
-    assert len(list(exp.glob("*.torn-*"))) == 2
+    assert len(list(exp.glob("*.torn-*"))) == 3 and whole(generator)
     assert restore_kept_state(exp) == []
 
 
