@@ -44,7 +44,7 @@ def run_search(plan: SearchPlan) -> SearchRun:
     from marktune.tune.progress import SearchProgress
     from marktune.tune.scheduler import make_scheduler
     from marktune.tune.searcher import make_searcher, resuming
-    from marktune.tune.state_keeper import StateKeeper, disk_full_seen, stop_watching
+    from marktune.tune.state_keeper import StateKeeper, disk_full_seen, resumed_at, stop_watching
     from marktune.tune.study import open_study
     from marktune.tune.tensorboard_logger import MarkTensorBoardCallback
     from marktune.tune.trainable import train_mark_sequence
@@ -117,7 +117,7 @@ def run_search(plan: SearchPlan) -> SearchRun:
     try:
         if not plan.resume:
             save_settings(plan, experiment)
-        with resuming(plan.study_storage):
+        with resuming(plan.study_storage), resumed_at(plan.storage, plan.name):
             results = tuner.fit()
     except Exception as err:  # noqa: BLE001 - Tune wraps what its loop raised
         # (on a full disk Tune may also fail reading back an error file it could not write)

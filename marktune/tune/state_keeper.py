@@ -15,11 +15,14 @@ then ends with one message (:class:`marktune.tune.experiment_checks.DiskFull`).
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import logging
 import os
 import signal
 import time
 from pathlib import Path
+from typing import Iterator
 
 from ray.tune import Callback
 
@@ -135,3 +138,38 @@ def _experiment_dir(trial) -> Path | None:
         return Path(path)
     except Exception:  # noqa: BLE001 - a trial without storage yet
         return None
+
+
+# ---------------------------------------------------------------- a moved experiment's new trials
+_resumed_at: tuple[str, str] | None = None  # (storage folder, experiment name) being resumed here
+
+
+@contextlib.contextmanager
+def resumed_at(storage: str, name: str) -> Iterator[None]:
+    """While a search resumes the local experiment ``<storage>/<name>``, :func:`relocate` points
+    every trial Tune adds at it."""
+    global _resumed_at
+    previous, _resumed_at = _resumed_at, ((str(Path(storage).resolve()), name) if "://" not in storage else None)
+    try:
+        yield
+    finally:
+        _resumed_at = previous
+
+
+def relocate(trial) -> None:
+    """Point a trial at the experiment being resumed. Tune moves the trials it restores to the
+    directory it resumes, but a trial its search generator creates afterwards takes the storage
+    pickled with the experiment (the original's path: a copied experiment's new trials would be
+    written into the original). Called by the scheduler as each trial is added."""
+    if _resumed_at is None:
+        return
+    folder, name = _resumed_at
+    storage = trial.storage
+    if storage is None or (storage.storage_fs_path == folder and storage.experiment_dir_name == name):
+        return
+    if type(storage.storage_filesystem).__name__ != "LocalFileSystem":
+        return
+    moved = copy.copy(storage)
+    moved.storage_fs_path = folder
+    moved.experiment_dir_name = name
+    trial.set_storage(moved)

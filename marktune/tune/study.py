@@ -78,7 +78,11 @@ def repair_journal(path: Path) -> str | None:
             return None
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         aside = path.with_name(f"{path.name}.torn-{stamp}")
-        with open(aside, "wb") as f:
+        for n in range(2, 1000):  # never over an earlier one
+            if not aside.exists():
+                break
+            aside = path.with_name(f"{path.name}.torn-{stamp}-{n}")
+        with open(aside, "xb") as f:
             f.write(last)
             f.flush()
             os.fsync(f.fileno())
@@ -153,6 +157,9 @@ class StudyStorage:
         Runs in seconds (network probes time out after CONNECT_TIMEOUT_S); call it before Ray.
         A journal file that does not exist yet is not created here.
         """
+        if self.journal is not None and self.journal.exists() and not self.journal.is_file():
+            raise StorageError(f"the study's journal {self.journal} is not a file; move it aside (the search "
+                               "keeps its Optuna study in that file)")
         if self.journal is not None and not self.journal.is_file():
             return  # created with the study; the experiment directory's own checks come first
         if self.journal is not None:

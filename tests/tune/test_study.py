@@ -120,3 +120,20 @@ def test_the_search_s_preflight_repairs_the_journal_of_a_resumed_experiment(tmp_
         cli.start_ray = saved
     assert "torn record" in capsys.readouterr().err
     assert storage.journal.read_bytes().endswith(b"\n")
+
+
+def test_a_second_repair_in_the_same_second_keeps_the_first_torn_record_and_a_folder_is_refused(tmp_path):
+    from marktune.tune.study import repair_journal
+
+    storage = _journal_with_trials(tmp_path)
+    whole = storage.journal.read_bytes()
+    storage.journal.write_bytes(whole + b'{"torn": 1')
+    assert repair_journal(storage.journal)
+    storage.journal.write_bytes(whole + b'{"torn": 2')
+    assert repair_journal(storage.journal)
+    aside = sorted(p.read_bytes() for p in storage.journal.parent.glob("*.torn-*"))
+    assert aside == [b'{"torn": 1', b'{"torn": 2']
+    folder = StudyStorage(journal=tmp_path / "d" / "optuna_journal.log")
+    folder.journal.mkdir(parents=True)
+    with pytest.raises(StorageError, match="is not a file"):
+        folder.check(study_name="d", resume=True)
