@@ -210,3 +210,51 @@ def test_the_searcher_s_checkpoint_holds_no_path_and_resumes_on_the_given_study(
     assert len(optuna.load_study(study_name="base", storage=copy.open()).trials) == 2
     with pytest.raises(RuntimeError, match="resuming"):
         pickle.loads(blob)  # outside resuming(): no journal to guess
+
+
+def test_a_full_disk_in_ray_s_logs_stops_the_search_as_ctrl_c_does_and_mutes_the_rest(monkeypatch, capsys):
+    import logging
+    import signal
+
+    from marktune.tune import state_keeper
+
+    got = []
+    previous = signal.signal(signal.SIGINT, lambda *a: got.append("SIGINT"))
+    ray_logger = logging.getLogger("ray")
+    handler = logging.StreamHandler()
+    ray_logger.addHandler(handler)
+    try:
+        keeper = state_keeper.StateKeeper()
+        keeper.setup()
+        assert not state_keeper.disk_full_seen()
+        ray_logger.warning("an ordinary warning")
+        ray_logger.error("OSError: [Errno 28] Error writing bytes to file. Detail: No space left on device")
+        ray_logger.error("Trials did not complete: [trial_x]")  # Tune's closing lines, muted too
+        state_keeper.stop_watching()
+        ray_logger.warning("after the search")
+    finally:
+        ray_logger.removeHandler(handler)
+        signal.signal(signal.SIGINT, previous)
+    err = capsys.readouterr().err
+    assert got == ["SIGINT"] and state_keeper.disk_full_seen()
+    assert "an ordinary warning" in err and "after the search" in err
+    assert "Errno 28" not in err and "did not complete" not in err
+    assert pickle.loads(pickle.dumps(keeper)).full is False  # nothing of a run rides in tuner.pkl
+
+
+def test_new_trials_of_a_resumed_experiment_are_pointed_at_it():
+    from types import SimpleNamespace
+
+    from pyarrow import fs as pafs
+
+    from marktune.tune import state_keeper
+
+    moved = []
+    trial = SimpleNamespace(storage=SimpleNamespace(storage_fs_path="/st", experiment_dir_name="base",
+                                                    storage_filesystem=pafs.LocalFileSystem()),
+                            set_storage=moved.append)
+    state_keeper.relocate(trial)  # not resuming: nothing changes
+    with state_keeper.resumed_at("/tmp/moved", "base"):
+        state_keeper.relocate(trial)
+    assert [(s.storage_fs_path, s.experiment_dir_name) for s in moved] == [("/tmp/moved", "base")]
+    assert trial.storage.storage_fs_path == "/st"  # a copy is set, the pickled one is left

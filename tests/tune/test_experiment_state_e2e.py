@@ -15,7 +15,9 @@ import pytest
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
-TINY = ["--space", "digits", "--samples", "2", "--set", "epochs=1", "--set", "kb_epochs=1", "--num-cpus", "2", "-q"]
+# a Ray of its own even where another program runs one on this machine (address="local")
+OWN_RAY = ["--address", "local"]
+TINY = ["--space", "digits", "--samples", "2", "--set", "epochs=1", "--set", "kb_epochs=1", *OWN_RAY, "-q"]
 
 
 def _env():
@@ -68,7 +70,7 @@ def test_a_copied_experiment_resumes_on_its_own_files_and_never_touches_the_orig
     before = _hashes(original)
     journal_before = (moved / "optuna_journal.log").stat().st_size
     resumed = subprocess.run([sys.executable, "-m", "marktune.search", "--resume", "--name", "base", "--storage",
-                              str(tmp_path / "moved"), "--num-cpus", "2", "-q"], cwd=ROOT, env=_env(),
+                              str(tmp_path / "moved"), *OWN_RAY, "-q"], cwd=ROOT, env=_env(),
                              capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-4000:]
     assert _hashes(original) == before
@@ -110,7 +112,7 @@ def test_a_disk_that_fills_up_mid_search_is_one_message_and_resumes_once_there_i
         assert "Traceback" not in text and text.count("\n") < 40, text[-3000:]
         (disk / "filler").unlink()
         resumed = subprocess.run([sys.executable, "-m", "marktune.search", "--resume", "--name", "full", "--storage",
-                                  str(disk), "--num-cpus", "2", "-q"], cwd=ROOT, env=_env(), capture_output=True,
+                                  str(disk), *OWN_RAY, "-q"], cwd=ROOT, env=_env(), capture_output=True,
                                  text=True, timeout=900)
         assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-4000:]
         assert (experiment / "trials.csv").is_file()
