@@ -137,7 +137,7 @@ class Experiment:
         lost = [t for t in self.trials if t.missing_tasks()]
         if lost:
             parts.append("recorded results missing for " + ", ".join(
-                f"{t.trial_id} (tasks {_ranges(t.missing_tasks())} of {t.tasks_done}: its result.json lacks them)"
+                f"{t.trial_id} (tasks {task_ranges(t.missing_tasks())} of {t.tasks_done}: its result.json lacks them)"
                 for t in lost))
         if not parts:
             return ""
@@ -248,7 +248,7 @@ def load_experiment(path: str | os.PathLike) -> Experiment:
 
 
 # ------------------------------------------------------------------ helpers
-def _ranges(numbers: list[int]) -> str:
+def task_ranges(numbers: list[int]) -> str:
     """``1-2, 4`` for [1, 2, 4]."""
     out, start = [], None
     for i, n in enumerate(numbers):

@@ -102,9 +102,14 @@ def resume_words(plan: SearchPlan) -> str:
     return f"python -m marktune.search --resume --name {plan.name} --storage {plan.storage}"
 
 
-def missing_results(experiment_dir: str | Path) -> list[tuple[str, int, int]]:
-    """(trial id, tasks in its result.json, tasks its newest checkpoint holds) for each trial
-    whose recorded results are missing or shorter than its checkpoint."""
+def missing_results(experiment_dir: str | Path, *, ended: bool = False) -> list[tuple[str, list[int], int]]:
+    """(trial id, the task numbers its result.json lacks, tasks its checkpoint holds) for each
+    trial whose recorded results are missing or shorter than its checkpoint.
+
+    Before a resumed run (``ended=False``) the newest checkpoint's own task is not asked for:
+    after Ctrl-C it may be one Tune never registered, and that task then runs again and is
+    recorded. After the run (``ended=True``) every task up to the furthest one is.
+    """
     out = []
     root = Path(experiment_dir)
     for trial in sorted(root.glob(f"{TRIAL_DIR_PREFIX}*")):
@@ -116,20 +121,24 @@ def missing_results(experiment_dir: str | Path) -> list[tuple[str, int, int]]:
             except (OSError, ValueError, KeyError, TypeError):
                 continue
         recorded = {int(r["tasks_done"]) for r in read_results(trial / RESULT_FILE)}
-        if held and not set(range(1, held + 1)) <= recorded:
-            out.append((trial.name.removeprefix(TRIAL_DIR_PREFIX), len(recorded), held))
+        last = max([held, *recorded]) if ended else held - 1
+        lost = [t for t in range(1, last + 1) if t not in recorded]
+        if lost:
+            out.append((trial.name.removeprefix(TRIAL_DIR_PREFIX), lost, held))
     return out
 
 
-def missing_results_note(experiment_dir: str | Path) -> str:
+def missing_results_note(experiment_dir: str | Path, *, ended: bool = False) -> str:
     """A line naming every trial whose recorded results lack tasks of its checkpoint, or ''."""
-    missing = missing_results(experiment_dir)
+    from marktune.results.experiment import task_ranges
+
+    missing = missing_results(experiment_dir, ended=ended)
     if not missing:
         return ""
-    parts = [f"{tid} (result.json has {n} of the {held} tasks its checkpoint holds)" for tid, n, held in missing]
-    return ("recorded results are missing for " + ", ".join(parts) + ": those tasks' rows are lost (the "
-            "trial continues from its checkpoint; the report and trials.csv show the tasks that are recorded, "
-            "each at its own task number)")
+    parts = [f"{tid} (tasks {task_ranges(lost)}; its checkpoint holds {held})" for tid, lost, held in missing]
+    return ("result.json rows are missing for " + ", ".join(parts) + ": those tasks' results are lost (a "
+            "deleted or cut result.json; the trial continues from its checkpoint, and the report and trials.csv "
+            "show the recorded tasks, each at its own task number)")
 
 
 # ---------------------------------------------------------------- Tune's state files, kept whole

@@ -127,6 +127,9 @@ def run_search(plan: SearchPlan) -> SearchRun:
         raise
     finally:
         stop_watching()
+    note = missing_results_note(plan.local_dir(), ended=True) if "://" not in plan.storage else ""
+    if note:
+        print(f"[marktune] {note}", flush=True)
     full = disk_full_of(_first_trial_error(results), plan)
     if full is None and disk_full_seen():
         full = disk_full_of(OSError(28, "No space left on device"), plan)

@@ -12,7 +12,8 @@ import pytest
 from marktune.cli import search
 from marktune.results.files import CHECKPOINT_TASKS_FILE, SETTINGS_FILE
 from marktune.tune.experiment_checks import (DiskFull, check_free_space, check_resumable, disk_full_of,
-                                             missing_results, restore_kept_state, keep_state, whole)
+                                             missing_results, missing_results_note, restore_kept_state, keep_state,
+                                             whole)
 from marktune.tune.plan import PlanError
 from marktune.tune.search_settings import save_settings
 
@@ -172,7 +173,13 @@ def test_lost_rows_are_named_and_curves_keep_their_task_numbers(tmp_path):
           if line.get_label() and not line.get_label().startswith("_")}
     assert xs["a"] == [3, 4, 5] and xs["b"] == [1, 2, 3, 4, 5]
     # on --resume: each trial whose result.json lacks tasks its checkpoint holds
-    assert missing_results(exp) == [("a", 3, 5), ("c", 0, 2)]
+    assert missing_results(exp) == [("a", [1, 2], 5), ("c", [1], 2)]
+    assert missing_results(exp, ended=True) == [("a", [1, 2], 5), ("c", [1, 2], 2)]
+    assert "a (tasks 1-2; its checkpoint holds 5)" in missing_results_note(exp)
+    # after Ctrl-C the newest checkpoint may be one task ahead of result.json (Tune never
+    # registered it, and runs that task again): not a loss
+    _trial(exp, "d", [1], checkpoint_tasks=2)
+    assert "d" not in [tid for tid, _, _ in missing_results(exp)]
 
 
 # ---------------------------------------------------------------- 4: a relocatable experiment
