@@ -32,7 +32,7 @@ from typing import Any
 from marktune.mark.config import ConfigError, MarkConfig
 from marktune.mark.metrics import METRIC, TIME_ATTR
 from marktune.results.files import (BEST_CONFIG_FILE, PARAMS_FILE, RUNTIME_KEY, STATE_GLOB, TRIAL_DIR_PREFIX,
-                                    TRIALS_TABLE, task_results)
+                                    TRIALS_TABLE, checkpoint_tasks, task_results)
 from marktune.results.status import LIVE_TUNE_STATUSES, TrialStatus, decide_status
 
 
@@ -49,6 +49,7 @@ class Trial:
     results: list[dict[str, Any]] = field(default_factory=list)  # one per reported task
     error: str = ""
     tune_status: str = ""  # as experiment_state says
+    checkpoint_tasks: int = 0  # tasks its newest checkpoint holds (0: unknown, or none)
 
     @property
     def tasks_done(self) -> int:
@@ -82,9 +83,9 @@ class Trial:
         return [(int(r[TIME_ATTR]), float(r[METRIC])) for r in self.results if METRIC in r]
 
     def missing_tasks(self) -> list[int]:
-        """Task numbers up to the last recorded one that have no recorded result."""
+        """Task numbers up to the last recorded one (or its checkpoint's) without a recorded result."""
         recorded = {int(r[TIME_ATTR]) for r in self.results}
-        return [t for t in range(1, self.tasks_done + 1) if t not in recorded]
+        return [t for t in range(1, max(self.tasks_done, self.checkpoint_tasks) + 1) if t not in recorded]
 
     def matrix(self, split: str = "test") -> list[list[float]]:
         """The accuracy matrix as reported so far: row t-1 = after task t (empty where lost)."""
@@ -137,7 +138,8 @@ class Experiment:
         lost = [t for t in self.trials if t.missing_tasks()]
         if lost:
             parts.append("recorded results missing for " + ", ".join(
-                f"{t.trial_id} (tasks {task_ranges(t.missing_tasks())} of {t.tasks_done}: its result.json lacks them)"
+                f"{t.trial_id} (tasks {task_ranges(t.missing_tasks())} of "
+                f"{max(t.tasks_done, t.checkpoint_tasks)}: its result.json lacks them)"
                 for t in lost))
         if not parts:
             return ""
@@ -213,6 +215,7 @@ def load_experiment(path: str | os.PathLike) -> Experiment:
                 f"'benchmark' and '{RUNTIME_KEY}' (it was not made by marktune.tune.trainable)")
         tid = tdir.name[len(TRIAL_DIR_PREFIX):]
         trials[tid] = _trial(tid, params, task_results(tdir))
+        trials[tid].checkpoint_tasks = checkpoint_tasks(tdir)
     for tid, info in state.items():
         if info.get("trainable_name") not in (None, "train_mark_sequence"):
             raise ExperimentError(f"{root} is not a marktune search experiment: its trials run "

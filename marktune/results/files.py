@@ -202,3 +202,14 @@ def last_per_task(results: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 def task_results(trial_dir: str | os.PathLike) -> list[dict[str, Any]]:
     """A trial directory's results, one per task (:func:`last_per_task` of its ``result.json``)."""
     return last_per_task(read_results(Path(trial_dir) / RESULT_FILE))
+
+
+def checkpoint_tasks(trial_dir: str | os.PathLike) -> int:
+    """The tasks a trial directory's newest checkpoint holds (its ``tasks_done.json``); 0 when
+    unknown (no checkpoint, or one written before checkpoints said so)."""
+    for checkpoint in sorted(Path(trial_dir).glob("checkpoint_*"), reverse=True):
+        try:
+            return int(json.loads((checkpoint / CHECKPOINT_TASKS_FILE).read_text())["tasks_done"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return 0

@@ -21,9 +21,9 @@ import pickletools
 import time
 from pathlib import Path
 
-from marktune.results.files import (CHECKPOINT_TASKS_FILE, MIN_FREE_BYTES, RESULT_FILE, SETTINGS_FILE,
-                                    TRIAL_DIR_PREFIX, disk_full_message, free_bytes, human_bytes, is_disk_full,
-                                    read_results, write_atomic)
+from marktune.results.files import (MIN_FREE_BYTES, RESULT_FILE, SETTINGS_FILE, TRIAL_DIR_PREFIX, checkpoint_tasks,
+                                    disk_full_message, free_bytes, human_bytes, is_disk_full, read_results,
+                                    write_atomic)
 from marktune.tune.plan import PlanError, SearchPlan
 
 
@@ -113,13 +113,7 @@ def missing_results(experiment_dir: str | Path, *, ended: bool = False) -> list[
     out = []
     root = Path(experiment_dir)
     for trial in sorted(root.glob(f"{TRIAL_DIR_PREFIX}*")):
-        held = 0  # checkpoints written before they said their task count tell nothing here
-        for checkpoint in sorted(trial.glob("checkpoint_*"), reverse=True):
-            try:
-                held = int(json.loads((checkpoint / CHECKPOINT_TASKS_FILE).read_text())["tasks_done"])
-                break
-            except (OSError, ValueError, KeyError, TypeError):
-                continue
+        held = checkpoint_tasks(trial)  # 0 for checkpoints written before they said their task count
         recorded = {int(r["tasks_done"]) for r in read_results(trial / RESULT_FILE)}
         last = max([held, *recorded]) if ended else held - 1
         lost = [t for t in range(1, last + 1) if t not in recorded]

@@ -71,8 +71,6 @@ def test_a_write_that_fails_leaves_the_old_file_and_no_temporary_file(tmp_path, 
 def test_the_search_s_and_evaluation_s_files_survive_a_full_disk(tmp_path, monkeypatch):
     """trials.csv, best_config.yaml, evaluation.csv, evaluation.json and report figures are
     written through the helper: a full disk mid-write leaves each as it was."""
-    import math
-
     import pytest
 
     from marktune.results import conclusions, figures
@@ -94,4 +92,4 @@ def test_the_search_s_and_evaluation_s_files_survive_a_full_disk(tmp_path, monke
     with pytest.raises(OSError):
         figures.write_atomic(tmp_path / "curves.png", b"png")
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
-    assert conclusions.write_atomic is figures.write_atomic and not math.isnan(0.0)
+    assert conclusions.write_atomic is figures.write_atomic  # the report and the evaluation use it too

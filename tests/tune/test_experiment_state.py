@@ -168,6 +168,7 @@ def test_lost_rows_are_named_and_curves_keep_their_task_numbers(tmp_path):
     assert [len(row) for row in a.matrix()] == [0, 0, 3, 4, 5]
     note = loaded.missing_note()
     assert "a (tasks 1-2 of 5: its result.json lacks them)" in note and "b (" not in note
+    assert "c (tasks 1-2 of 2: its result.json lacks them)" in note  # known from its checkpoint
     fig = figure_curves(loaded, None)
     xs = {line.get_label().split()[0]: list(line.get_xdata()) for line in fig.axes[0].get_lines()
           if line.get_label() and not line.get_label().startswith("_")}
