@@ -44,6 +44,7 @@ from marktune.results import conclusions
 from marktune.mark.config import ConfigError, MarkConfig
 from marktune.results.evaluation_table import aggregate, as_float, format_markdown, write_csv
 from marktune.results.experiment import Experiment, ExperimentError
+from marktune.results.files import write_atomic
 from marktune.results.pareto import parameter_counts
 from marktune.results.statistics import heldout_accuracy, heldout_backward_transfer
 from marktune.tune.evaluation_run import run_evaluation
@@ -381,7 +382,7 @@ def _run_and_report(plan: EvalPlan, note: str | None) -> int:
                            default_rule=plan.default_rule, data_seeds=plan.data_seeds)
     conclusion = conclude_and_save(plan, records)
     text = conclusions.format_markdown(conclusion) + "\n" + text
-    (out / "evaluation.md").write_text(text)
+    write_atomic(out / "evaluation.md", text)
     print("\n" + text)
     print(f"[marktune] {conclusion.sentence}")
     for r in records:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from marktune.results.evaluation_table import format_mean_std, read_csv
+from marktune.results.files import write_atomic
 from marktune.results.protocols import SearchProtocol, protocol_from_settings
 from marktune.results.statistics import (BETTER, METHOD, UNDECIDED, WORSE, PairedDifference, mean_std,
                                  paired_difference, paired_values, rank_stability)
@@ -220,11 +221,11 @@ def rank_sentence(conclusion: Conclusion) -> str:
 def save(directory: Path, record: EvaluationRecord, csv_path: Path) -> None:
     """``evaluation.json`` beside ``evaluation.csv``, and both under ``evaluations/<tag>.*``."""
     text = json.dumps(record.to_json(), indent=1)
-    (directory / RECORD_FILE).write_text(text)
+    write_atomic(directory / RECORD_FILE, text)
     history = directory / HISTORY_DIR
     history.mkdir(exist_ok=True)
-    (history / f"{record.tag}.json").write_text(text)
-    (history / f"{record.tag}.csv").write_bytes(csv_path.read_bytes())
+    write_atomic(history / f"{record.tag}.json", text)
+    write_atomic(history / f"{record.tag}.csv", csv_path.read_bytes())
 
 
 def load_record(path: Path) -> EvaluationRecord | None:
@@ -267,7 +268,7 @@ def rewrite_best_config_comment(path: Path, conclusion: Conclusion) -> bool:
         comment.append("# This configuration is NOT shown better than the default by that evaluation: "
                        "report it as such, or prefer the default.")
     comment += kept[1:]
-    path.write_text("\n".join(comment + body) + "\n")
+    write_atomic(path, "\n".join(comment + body) + "\n")
     return True
 
 

@@ -20,13 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from marktune.results.files import atomic_output
+
 CSV_FIELDS = ["configuration", "kind", "source_trial", "benchmark", "data_seed", "seed", "status", "tasks_done",
               "tasks_total", "test_acc", "bwt", "heldout_test_acc", "heldout_bwt", "val_acc", "wall_seconds",
               "kb_params", "task_params", "device", "settings", "error", "test_matrix"]
 
 
 def write_csv(records: list[dict[str, Any]], path: Path) -> None:
-    with open(path, "w", newline="") as f:
+    with atomic_output(path, newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
         writer.writeheader()
         for r in records:

@@ -32,7 +32,7 @@ from typing import Any
 from marktune.mark.config import ConfigError, MarkConfig
 from marktune.mark.metrics import METRIC, TIME_ATTR
 from marktune.results.files import (BEST_CONFIG_FILE, PARAMS_FILE, RUNTIME_KEY, STATE_GLOB, TRIAL_DIR_PREFIX,
-                                    TRIALS_TABLE, task_results)
+                                    TRIALS_TABLE, checkpoint_tasks, task_results)
 from marktune.results.status import LIVE_TUNE_STATUSES, TrialStatus, decide_status
 
 
@@ -49,6 +49,7 @@ class Trial:
     results: list[dict[str, Any]] = field(default_factory=list)  # one per reported task
     error: str = ""
     tune_status: str = ""  # as experiment_state says
+    checkpoint_tasks: int = 0  # tasks its newest checkpoint holds (0: unknown, or none)
 
     @property
     def tasks_done(self) -> int:
@@ -73,12 +74,25 @@ class Trial:
         return self.last("bwt_test")
 
     def curve(self) -> list[float]:
-        """Mean validation accuracy after each task (the search metric)."""
-        return [float(r[METRIC]) for r in self.results if METRIC in r]
+        """Mean validation accuracy after each recorded task (the search metric); see :meth:`points`."""
+        return [value for _, value in self.points()]
+
+    def points(self) -> list[tuple[int, float]]:
+        """(task number, mean validation accuracy after it) for each recorded task: a task whose
+        row is lost (a deleted or cut ``result.json``) is absent, not shifted."""
+        return [(int(r[TIME_ATTR]), float(r[METRIC])) for r in self.results if METRIC in r]
+
+    def missing_tasks(self) -> list[int]:
+        """Task numbers up to the last recorded one (or its checkpoint's) without a recorded result."""
+        recorded = {int(r[TIME_ATTR]) for r in self.results}
+        return [t for t in range(1, max(self.tasks_done, self.checkpoint_tasks) + 1) if t not in recorded]
 
     def matrix(self, split: str = "test") -> list[list[float]]:
-        """The accuracy matrix as reported so far: row t = after task t."""
-        return [list(r.get(f"{split}_row") or []) for r in self.results]
+        """The accuracy matrix as reported so far: row t-1 = after task t (empty where lost)."""
+        rows: list[list[float]] = [[] for _ in range(self.tasks_done)]
+        for r in self.results:
+            rows[int(r[TIME_ATTR]) - 1] = list(r.get(f"{split}_row") or [])
+        return rows
 
 
 @dataclass
@@ -121,9 +135,15 @@ class Experiment:
                          f"{', '.join(t.trial_id for t in running)})")
         if missing:
             parts.append(f"{len(missing)} never reported a result ({', '.join(t.trial_id for t in missing)})")
+        lost = [t for t in self.trials if t.missing_tasks()]
+        if lost:
+            parts.append("recorded results missing for " + ", ".join(
+                f"{t.trial_id} (tasks {task_ranges(t.missing_tasks())} of "
+                f"{max(t.tasks_done, t.checkpoint_tasks)}: its result.json lacks them)"
+                for t in lost))
         if not parts:
             return ""
-        return "interrupted search: " + "; ".join(parts)
+        return ("interrupted search: " if running or missing else "") + "; ".join(parts)
 
     def shared_settings(self) -> dict[str, Any]:
         """Settings every trial shares, minus the searched ones."""
@@ -195,6 +215,7 @@ def load_experiment(path: str | os.PathLike) -> Experiment:
                 f"'benchmark' and '{RUNTIME_KEY}' (it was not made by marktune.tune.trainable)")
         tid = tdir.name[len(TRIAL_DIR_PREFIX):]
         trials[tid] = _trial(tid, params, task_results(tdir))
+        trials[tid].checkpoint_tasks = checkpoint_tasks(tdir)
     for tid, info in state.items():
         if info.get("trainable_name") not in (None, "train_mark_sequence"):
             raise ExperimentError(f"{root} is not a marktune search experiment: its trials run "
@@ -230,6 +251,18 @@ def load_experiment(path: str | os.PathLike) -> Experiment:
 
 
 # ------------------------------------------------------------------ helpers
+def task_ranges(numbers: list[int]) -> str:
+    """``1-2, 4`` for [1, 2, 4]."""
+    out, start = [], None
+    for i, n in enumerate(numbers):
+        if start is None:
+            start = n
+        if i + 1 == len(numbers) or numbers[i + 1] != n + 1:
+            out.append(f"{start}" if start == n else f"{start}-{n}")
+            start = None
+    return ", ".join(out)
+
+
 def _trial(tid: str, params: dict[str, Any], results: list[dict[str, Any]]) -> Trial:
     keys = set(MarkConfig.field_names())
     return Trial(trial_id=tid, status="", config={k: v for k, v in params.items() if k in keys},

@@ -10,6 +10,7 @@ import io
 from pathlib import Path
 
 from marktune.results.experiment import Experiment, Trial
+from marktune.results.files import write_atomic
 
 STATUS_COLOURS = {"COMPLETE": "#1b7837", "PRUNED": "#b35806", "RUNNING": "#2166ac", "ERROR": "#b2182b",
                   "MISSING": "#777777"}
@@ -27,11 +28,12 @@ def _plt():
 def figure_curves(exp: Experiment, best: Trial | None):
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
-    trials = [t for t in exp.ranked() if t.curve()]
+    trials = [t for t in exp.ranked() if t.points()]
     styles = {"COMPLETE": "-", "PRUNED": "--", "RUNNING": ":", "ERROR": "-."}
     for t in reversed(trials):  # best drawn last, on top
-        y = t.curve()
-        x = list(range(1, len(y) + 1))
+        # each result at its own task number: tasks whose rows were lost leave a gap, never a shift
+        x = [task for task, _ in t.points()]
+        y = [value for _, value in t.points()]
         is_best = best is not None and t.trial_id == best.trial_id
         ax.plot(x, y, styles.get(t.status, "-"), color=STATUS_COLOURS.get(t.status, "#444"),
                 lw=3 if is_best else 1.4, alpha=1.0 if is_best else 0.75,
@@ -101,5 +103,5 @@ def save_png(fig, path: Path) -> str:
     fig.savefig(buf, format="png")
     plt.close(fig)
     data = buf.getvalue()
-    path.write_bytes(data)
+    write_atomic(path, data)
     return base64.b64encode(data).decode("ascii")

@@ -17,6 +17,7 @@ from typing import Any
 from marktune.results import conclusions
 from marktune.results.evaluation_table import TABLE_HEAD, aggregate, read_csv, table_cells
 from marktune.results.experiment import Experiment, Trial
+from marktune.results.files import write_atomic
 from marktune.results.figures import (STATUS_COLOURS, figure_curves, figure_importances, figure_matrix,
                                       save_png)
 
@@ -345,5 +346,5 @@ def build_report(exp: Experiment, out: Path | None = None, *, importances: Impor
     page = ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
             f"<title>marktune report: {html.escape(exp.name)}</title><style>{CSS}</style></head><body>\n"
             + "\n".join(parts) + "\n</body></html>\n")
-    out.write_text(page, encoding="utf-8")
+    write_atomic(out, page)
     return out

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 from marktune.mark import metrics
 from marktune.mark.learner import MarkLearner, TaskReport
+from marktune.results.files import write_atomic
 
 
 def results_dict(learner: MarkLearner, *, wall_seconds: float | None = None) -> dict[str, Any]:
@@ -40,11 +40,9 @@ def results_dict(learner: MarkLearner, *, wall_seconds: float | None = None) -> 
 
 
 def write_json_atomic(path: str | Path, data: Any) -> None:
-    """Write then rename, so a crash never leaves half a file behind."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_json_default))
-    os.replace(tmp, path)
+    """Write a temporary file, fsync, rename (``marktune.results.files.write_atomic``): a crash or a
+    full disk never leaves half a file behind."""
+    write_atomic(path, json.dumps(data, indent=2, default=_json_default))
 
 
 def task_scalars(report: TaskReport) -> dict[str, float]:

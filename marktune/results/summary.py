@@ -32,7 +32,7 @@ import yaml
 
 from marktune.mark.config import MarkConfig
 from marktune.mark.metrics import METRIC, TIME_ATTR
-from marktune.results.files import BEST_CONFIG_FILE, TRIAL_DIR_PREFIX, TRIALS_TABLE
+from marktune.results.files import BEST_CONFIG_FILE, TRIAL_DIR_PREFIX, TRIALS_TABLE, atomic_output, write_atomic
 from marktune.results.status import decide_status
 
 STATUS_ORDER = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "PENDING": 3, "ERROR": 4}
@@ -88,7 +88,7 @@ def unfinished(rows: Sequence[TrialRow]) -> int:
 def write_outputs(rows: list[TrialRow], out_dir: Path, *, searched: Sequence[str], space_name: str) -> Path | None:
     """trials.csv (every trial) and best_config.yaml (best complete trial); returns the latter."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / TRIALS_TABLE, "w", newline="") as f:
+    with atomic_output(out_dir / TRIALS_TABLE, newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["trial_id", "status", "tasks_done", "val_acc", "test_acc", "bwt", *searched, "error"])
         for r in rows:
@@ -99,7 +99,8 @@ def write_outputs(rows: list[TrialRow], out_dir: Path, *, searched: Sequence[str
         return None
     best = max(complete, key=lambda r: r.val_acc)
     path = out_dir / BEST_CONFIG_FILE
-    path.write_text(
+    write_atomic(
+        path,
         f"# Best of {len(complete)} complete trials by validation ACC (space {space_name}).\n"
         f"# Run it: python -m marktune.run --config {path}\n"
         + yaml.safe_dump({"trial_id": best.trial_id, "val_acc": best.val_acc, "test_acc": best.test_acc,

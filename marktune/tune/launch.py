@@ -264,6 +264,8 @@ def check_search(plan: SearchPlan) -> None:
     check_ray_flags(plan.ray)
     check_local_resources(plan.ray, cpus_per_trial=plan.cpus_per_trial, gpus_per_trial=plan.gpus_per_trial)
     check_address(address)
+    from marktune.tune.experiment_checks import check_experiment  # free space; --resume: marktune's settings file
+    check_experiment(plan)
     try:
         plan.study_storage.check(study_name=plan.name, resume=plan.resume)
     except StorageError as err:

@@ -25,6 +25,7 @@ from ray.tune.schedulers import AsyncHyperBandScheduler
 from marktune.mark.metrics import TIME_ATTR
 from marktune.results.files import RESULT_FILE, parse_results
 from marktune.tune import ray_internals
+from marktune.tune.state_keeper import relocate
 
 
 def make_scheduler(*, num_tasks: int, grace_period: int, reduction_factor: float) -> "ResumableASHA":
@@ -43,6 +44,7 @@ class ResumableASHA(AsyncHyperBandScheduler):
     """
 
     def on_trial_add(self, tune_controller, trial) -> None:
+        relocate(trial)  # a resumed (maybe moved) experiment's new trials go into it, not the original
         super().on_trial_add(tune_controller, trial)
         self.refill(trial, reported_results(trial))
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from marktune.mark.metrics import METRIC
+from marktune.tune.experiment_checks import check_resumable, disk_full_of, missing_results_note
 from marktune.tune.launch import prepare_tune, quiet_ray_output
 from marktune.tune.ray_internals import retry_transient_errors_only
 from marktune.tune.plan import RUNTIME_KEY, SearchPlan
@@ -43,7 +44,8 @@ def run_search(plan: SearchPlan) -> SearchRun:
 
     from marktune.tune.progress import SearchProgress
     from marktune.tune.scheduler import make_scheduler
-    from marktune.tune.searcher import make_searcher
+    from marktune.tune.searcher import make_searcher, resuming
+    from marktune.tune.state_keeper import StateKeeper, disk_full_seen, resumed_at, stop_watching
     from marktune.tune.study import open_study
     from marktune.tune.tensorboard_logger import MarkTensorBoardCallback
     from marktune.tune.trainable import is_permanent_error, train_mark_sequence
@@ -59,7 +61,7 @@ def run_search(plan: SearchPlan) -> SearchRun:
     progress = SearchProgress(total=plan.samples, num_tasks=plan.num_tasks, status_lines=not plan.quiet)
     callbacks = [JsonLoggerCallback(), CSVLoggerCallback(),
                  MarkTensorBoardCallback(searched=list(plan.space.params), num_tasks=plan.num_tasks),
-                 progress]
+                 progress, StateKeeper()]
     run_config = tune.RunConfig(
         name=plan.name, storage_path=plan.storage, callbacks=callbacks,
         failure_config=tune.FailureConfig(max_failures=plan.max_failures),
@@ -80,8 +82,16 @@ def run_search(plan: SearchPlan) -> SearchRun:
         # Optuna's trial for each); ASHA refills its rungs from every trial's results
         # (marktune.tune.scheduler.ResumableASHA). The callbacks, the progress printer among them,
         # come back from the experiment too.
-        tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True,
-                                   resume_errored=False, restart_errored=False, param_space=param_space)
+        # Tune unpickles the experiment's state: only from a directory marktune's settings file
+        # names as this search (the pre-flight checked it too; callers may skip the pre-flight)
+        check_resumable(plan.storage, plan.name)
+        note = missing_results_note(plan.local_dir()) if "://" not in plan.storage else ""
+        if note:
+            print(f"[marktune] {note}", flush=True)
+        # the study is the resumed experiment's (its journal, or the URL), whatever the checkpoint says
+        with resuming(plan.study_storage):
+            tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True,
+                                       resume_errored=False, restart_errored=False, param_space=param_space)
     else:
         scheduler = make_scheduler(num_tasks=plan.num_tasks, grace_period=plan.space.defaults["grace_period"],
                                    reduction_factor=plan.space.defaults["reduction_factor"])
@@ -105,17 +115,43 @@ def run_search(plan: SearchPlan) -> SearchRun:
                  "marktune.evaluate will use other orders only"))
     print(f"[marktune] compare trials: tensorboard --logdir {experiment}")
     print(f"[marktune] watch the study: optuna-dashboard {plan.study_storage.describe()}", flush=True)
-    if not plan.resume:
-        save_settings(plan, experiment)
     # a config error or a NaN fails once; --max-failures retries what may pass on a retry (a lost worker)
     retry_transient_errors_only(is_permanent_error)
-    results = tuner.fit()
+    try:
+        if not plan.resume:
+            save_settings(plan, experiment)
+        with resuming(plan.study_storage), resumed_at(plan.storage, plan.name):
+            results = tuner.fit()
+    except Exception as err:  # noqa: BLE001 - Tune wraps what its loop raised
+        # (on a full disk Tune may also fail reading back an error file it could not write)
+        full = disk_full_of(err if not disk_full_seen() else OSError(28, "No space left on device"), plan)
+        if full is not None:
+            raise full from None
+        raise
+    finally:
+        stop_watching()
+    note = missing_results_note(plan.local_dir(), ended=True) if "://" not in plan.storage else ""
+    if note:
+        print(f"[marktune] {note}", flush=True)
+    full = disk_full_of(_first_trial_error(results), plan)
+    if full is None and disk_full_seen():
+        full = disk_full_of(OSError(28, "No space left on device"), plan)
+    if full is not None:  # trials that could not write their checkpoints: the same disk
+        raise full
     try:
         study = open_study(plan.study_storage, plan.name)
     except KeyError:  # interrupted before the searcher created it
         study = None
     return SearchRun(results=results, experiment=experiment, study=study,
                      states=last_trial_states(experiment))
+
+
+def _first_trial_error(results) -> BaseException | None:
+    """The first error of a trial that ended on a full disk (else the first error, or None)."""
+    from marktune.results.files import is_disk_full
+
+    errors = [r.error for r in results if r.error is not None]
+    return next((e for e in errors if is_disk_full(e)), errors[0] if errors else None)
 
 
 def _trial_name(trial) -> str:

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from marktune.results.files import SETTINGS_FILE
+from marktune.results.files import SETTINGS_FILE, write_atomic
 from marktune.tune.plan import SearchPlan
 
 # what a resumed search takes from the experiment unless given again (and then must match)
@@ -33,12 +33,17 @@ def search_settings(plan: SearchPlan) -> dict[str, Any]:
 
 def save_settings(plan: SearchPlan, experiment: str) -> None:
     """Write ``marktune_search.json`` into the experiment directory ``experiment`` (a path or a URL)."""
+    text = json.dumps(search_settings(plan), indent=1)
+    if "://" not in experiment:  # a temporary file, fsynced, renamed: never half a settings file
+        Path(experiment).mkdir(parents=True, exist_ok=True)
+        write_atomic(Path(experiment) / SETTINGS_FILE, text)
+        return
     from pyarrow import fs as pafs
 
     filesystem, path = pafs.FileSystem.from_uri(experiment)
     filesystem.create_dir(path, recursive=True)
     with filesystem.open_output_stream(f"{path}/{SETTINGS_FILE}") as f:
-        f.write(json.dumps(search_settings(plan), indent=1).encode())
+        f.write(text.encode())
 
 
 def load_settings(storage: str, name: str) -> dict[str, Any] | None:

@@ -3,12 +3,13 @@
 :class:`MarkOptunaSearch` is Ray's ``OptunaSearch`` (which already takes a ``storage`` and a
 ``study_name``) with two changes: a trial ASHA stopped is told to Optuna as ``PRUNED`` with
 its per-task values, and its checkpoint (Tune's ``searcher-state-*.pkl``) holds the storage's
-address and Optuna's trial numbers instead of a pickled study, so ``--resume`` reopens the
-study where it lives (:class:`marktune.tune.study.StudyStorage`). What it needs of Ray's
+URL, or only "the journal" (no path), and Optuna's trial numbers instead of a pickled study, so
+``--resume`` reopens the study where it lives (:class:`marktune.tune.study.StudyStorage`): the
+search restores it inside :func:`resuming`, with the journal of the experiment being resumed. What it needs of Ray's
 private attributes is read through ``marktune.tune.ray_internals``.
 
 Example (Ray is imported by this module):
-    >>> from marktune.tune.study import StudyStorage
+    >>> from marktune.tune.study import JOURNAL_FILE, StudyStorage
     >>> import tempfile, pathlib
     >>> storage = StudyStorage(journal=pathlib.Path(tempfile.mkdtemp()) / "optuna_journal.log")
     >>> searcher = make_searcher(storage=storage, study_name="demo", num_tasks=5, seed=0)
@@ -17,18 +18,45 @@ Example (Ray is imported by this module):
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from ray.tune.search.optuna import OptunaSearch
 
 from marktune.mark.metrics import METRIC, TIME_ATTR
 from marktune.tune import ray_internals
-from marktune.tune.study import StudyStorage
+from marktune.tune.study import JOURNAL_FILE, StudyStorage
 
 if TYPE_CHECKING:
     import optuna
+
+
+_resumed_storage: StudyStorage | None = None  # set by resuming(): where the resumed experiment's study is
+
+
+@contextlib.contextmanager
+def resuming(storage: StudyStorage) -> Iterator[None]:
+    """While Tune restores an experiment's searcher (``Tuner.restore`` and ``fit``), its study is
+    the one in ``storage``, the resumed experiment's (recomputed from its directory by the search),
+    whatever path an older checkpoint may hold."""
+    global _resumed_storage
+    previous, _resumed_storage = _resumed_storage, storage
+    try:
+        yield
+    finally:
+        _resumed_storage = previous
+
+
+def _stored_spec(stored: Any) -> StudyStorage | None:
+    """The storage a checkpoint names, where it can be opened without knowing the experiment: a
+    URL; an absolute journal path of a checkpoint written before experiments were relocatable."""
+    if isinstance(stored, StudyStorage):
+        return stored
+    if isinstance(stored, dict) and stored.get("url"):
+        return StudyStorage(url=str(stored["url"]))
+    return None
 
 
 def make_searcher(*, storage: StudyStorage, study_name: str, num_tasks: int, seed: int | None):
@@ -105,10 +133,23 @@ class MarkOptunaSearch(OptunaSearch):
     # through save() into searcher-state-*.pkl as trials run. Neither holds the study: it
     # lives in its storage, and restoring reopens it there.
     def __getstate__(self) -> dict[str, Any]:
-        return ray_internals.searcher_state(self)
+        state = ray_internals.searcher_state(self)
+        # no path: a journal is the one in the experiment being resumed (a copied or moved
+        # experiment resumes on its own journal, never the original's); a URL stays the URL
+        spec: StudyStorage = state["_storage_spec"]
+        state["_storage_spec"] = {"url": spec.url} if spec.url is not None else {"journal": JOURNAL_FILE}
+        return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        spec: StudyStorage = state["_storage_spec"]
+        state = dict(state)
+        # the resumed experiment's study; else the one this searcher was made with (restore() of
+        # its own checkpoint); else what the checkpoint names (a URL, or an older absolute path)
+        spec = (_resumed_storage or self.__dict__.get("_storage_spec")
+                or _stored_spec(state.get("_storage_spec")))
+        if spec is None:
+            raise RuntimeError("this searcher keeps its study in the experiment's journal: restore it with "
+                               "marktune.tune.searcher.resuming(StudyStorage of the resumed experiment)")
+        state["_storage_spec"] = spec
         ray_internals.restore_searcher(self, state, storage=spec.open())
 
     def save(self, checkpoint_path: str) -> None:

@@ -17,7 +17,11 @@ Example:
 """
 from __future__ import annotations
 
+import json
+import os
 import socket
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +37,74 @@ CONNECT_TIMEOUT_S = 3.0  # a database that does not answer within this is report
 
 class StorageError(ValueError):
     """The Optuna storage flag is malformed, unreachable or holds a clashing study."""
+
+
+class JournalError(StorageError):
+    """The study's journal file is damaged where it cannot be repaired without losing records."""
+
+
+# ---------------------------------------------------------------- the journal file
+def repair_journal(path: Path) -> str | None:
+    """Set aside a torn last line of the Optuna journal at ``path``; a message saying what was
+    lost, or None when the journal is whole. Raise :class:`JournalError` for a damaged line
+    that is not the last (nothing is changed then).
+
+    A crash or a full disk mid-append leaves a last line without its newline (or one that is
+    not JSON). Optuna skips it on read, but its next append glues onto it, and from then on
+    every read of the journal fails. The torn bytes go to ``<journal>.torn-<UTC time>`` beside
+    it and the journal is cut back to its last whole line, under Optuna's own lock of the
+    file (a search appending to it at this moment finishes its line first).
+    """
+    from optuna.storages.journal import JournalFileSymlinkLock
+
+    path = Path(path)
+    lock = JournalFileSymlinkLock(str(path))
+    lock.acquire()
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        if not data:
+            return None
+        lines = data.splitlines(keepends=True)
+        for number, line in enumerate(lines[:-1], start=1):
+            if not _journal_record(line):
+                raise JournalError(
+                    f"the study's journal {path} is damaged at line {number} of {len(lines)} (not a JSON "
+                    f"record: {line[:60]!r}); it was not changed. Lines after it are records Optuna cannot "
+                    "read past. Restore the file from a backup, or move the experiment aside and start a "
+                    "new --name")
+        last = lines[-1]
+        if last.endswith(b"\n") and _journal_record(last):
+            return None
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        aside = path.with_name(f"{path.name}.torn-{stamp}")
+        for n in range(2, 1000):  # never over an earlier one
+            if not aside.exists():
+                break
+            aside = path.with_name(f"{path.name}.torn-{stamp}-{n}")
+        with open(aside, "xb") as f:
+            f.write(last)
+            f.flush()
+            os.fsync(f.fileno())
+        with open(path, "r+b") as f:
+            f.truncate(len(data) - len(last))
+            f.flush()
+            os.fsync(f.fileno())
+    finally:
+        lock.release()
+    why = ("it has no newline: the search stopped mid-write (a crash, a kill or a full disk)"
+           if not last.endswith(b"\n") else "it is not a JSON record (a write cut short, then appended to)")
+    return (f"the study's journal {path} ended in a torn record (line {len(lines)}, {len(last)} bytes; {why}). "
+            f"That one record (one change to the study: a trial's start, a value or its end) is lost; it "
+            f"was set aside in {aside} and the journal cut back to its {len(lines) - 1} whole records, so "
+            "the search can append to it again.")
+
+
+def _journal_record(line: bytes) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:  # UnicodeDecodeError is one too
+        return False
 
 
 # ---------------------------------------------------------------- where the study lives
@@ -85,8 +157,15 @@ class StudyStorage:
         Runs in seconds (network probes time out after CONNECT_TIMEOUT_S); call it before Ray.
         A journal file that does not exist yet is not created here.
         """
+        if self.journal is not None and self.journal.exists() and not self.journal.is_file():
+            raise StorageError(f"the study's journal {self.journal} is not a file; move it aside (the search "
+                               "keeps its Optuna study in that file)")
         if self.journal is not None and not self.journal.is_file():
             return  # created with the study; the experiment directory's own checks come first
+        if self.journal is not None:
+            note = repair_journal(self.journal)  # before Optuna reads (or appends to) it
+            if note:
+                print(f"[marktune] {note}", file=sys.stderr, flush=True)
         self.check_reachable()
         try:
             names = {s.study_name for s in self.open().get_all_studies()}

@@ -11,6 +11,7 @@ gives the same rows; ``resumed_at_task`` records where each attempt started.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -23,6 +24,7 @@ from typing import Any
 import torch
 
 from marktune.mark.metrics import TIME_ATTR
+from marktune.results.files import CHECKPOINT_TASKS_FILE
 from marktune.tune.plan import RUNTIME_KEY, TrialRuntime  # the trial config's non-learner settings
 
 STATE_FILE = "learner.pt"
@@ -171,6 +173,8 @@ def train_mark_sequence(config: dict[str, Any]) -> None:
         }
         with tempfile.TemporaryDirectory() as tmp:
             learner.save(Path(tmp) / STATE_FILE)
+            # what the checkpoint holds, readable without torch (marktune.tune.experiment_checks.missing_results)
+            (Path(tmp) / CHECKPOINT_TASKS_FILE).write_text(json.dumps({TIME_ATTR: learner.tasks_done}))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
