@@ -26,7 +26,7 @@ from marktune.mark.config import ConfigError, parse_overrides
 from marktune.results.summary import TrialRow, format_table, trial_rows, unfinished, write_outputs
 from marktune.tune.experiment_lock import lock_experiment
 from marktune.tune.launch import (check_address, check_cluster_resources, check_local_resources, check_optuna_storage,
-                                  check_ray_flags, check_search, start_ray)
+                                  check_ray_flags, check_search, open_experiment, start_ray)
 from marktune.tune.plan import (DEFAULT_STORAGE, PlanError, SearchPlan, TrialRuntime, check_name,
                                 check_protocol, check_seed, check_trial_resources,
                                 local_experiment_dir, trial_threads)
@@ -237,12 +237,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_optuna_storage(args.optuna_storage)
         plan = plan_from_args(args)
         check_local_resources(plan.ray, cpus_per_trial=plan.cpus_per_trial, gpus_per_trial=plan.gpus_per_trial)
-        # before anything is written to the experiment (also the study check: a second search
-        # of this name is told who runs the first), until the search ends
+        check_search(plan)  # reads only, then makes the storage folder
+        # before anything is written to the experiment (the study check may repair its journal:
+        # a second search of this name is told who runs the first), until the search ends
         lock = lock_experiment(plan.storage, plan.name, what="search",
                                command=shlex.join(["python", "-m", "marktune.search",
                                                    *(sys.argv[1:] if argv is None else argv)]))
-        check_search(plan)
+        open_experiment(plan)
         start_ray(plan.ray, own_local=True)  # a Ray another program started here is joined with --address only
         check_cluster_resources(cpus_per_trial=plan.cpus_per_trial, gpus_per_trial=plan.gpus_per_trial,
                                 address=plan.ray.address)

@@ -47,13 +47,19 @@ class DiskFull(SystemExit):
 
 
 def check_experiment(plan: SearchPlan) -> None:
-    """Free space in the storage folder, and on --resume the settings file (see the module)."""
+    """Free space in the storage folder. Reads only: what reads and repairs the experiment runs
+    once its lock is held (:func:`restore_experiment`)."""
     check_free_space(plan.storage)
+
+
+def restore_experiment(plan: SearchPlan) -> None:
+    """On --resume (under the experiment's lock): the settings file must identify the experiment,
+    then the whole copies of Tune's state files a full disk cut short are put back."""
     if plan.resume:
         check_resumable(plan.storage, plan.name)
-        if "://" not in plan.storage:
-            for note in restore_kept_state(plan.local_dir()):
-                print(f"[marktune] {note}", flush=True)
+    if plan.resume and "://" not in plan.storage:
+        for note in restore_kept_state(plan.local_dir()):
+            print(f"[marktune] {note}", flush=True)
 
 
 def check_free_space(storage: str, *, minimum: int | None = None) -> None:

@@ -257,26 +257,34 @@ def check_local_data(benchmark: str, *, address: str | None, data_dir: str | Non
 
 # ---------------------------------------------------------------- pre-flight of each command
 def check_search(plan: SearchPlan) -> None:
-    """Every check on a search's input that can be made before Ray starts, cheapest first."""
-    from marktune.tune.study import StorageError
-
+    """Every check on a search's input that can be made before Ray starts, cheapest first; it
+    writes nothing but the storage folder (then :func:`open_experiment`, under the lock)."""
     address = plan.ray.address
     check_ray_flags(plan.ray)
     check_local_resources(plan.ray, cpus_per_trial=plan.cpus_per_trial, gpus_per_trial=plan.gpus_per_trial)
     check_address(address)
-    from marktune.tune.experiment_checks import check_experiment  # free space; --resume: marktune's settings file
-    check_experiment(plan)
-    try:
-        plan.study_storage.check(study_name=plan.name, resume=plan.resume)
-    except StorageError as err:
-        raise PlanError(str(err)) from None
     check_local_data(plan.base_config.benchmark, address=address, data_dir=plan.runtime.data_dir,
                      download=plan.runtime.download)
     check_local_precision(plan.space.precisions(plan.overrides), address=address)
     check_local_gpus(plan.gpus_per_trial, address=address, num_gpus=plan.ray.num_gpus,
                      cpu_fallback=plan.runtime.cpu_fallback)
     check_gpu_memory_fraction(plan.runtime.gpu_memory_fraction)
-    check_storage(plan.storage)  # last: it creates the directory
+    check_storage(plan.storage)  # it creates the directory: after every check of the input
+    from marktune.tune.experiment_checks import check_experiment
+    check_experiment(plan)  # free space in that directory's disk
+
+
+def open_experiment(plan: SearchPlan) -> None:
+    """What a search checks and repairs in its experiment once it holds the experiment's lock:
+    the study (a torn journal line set aside; held exactly when resuming) and Tune's state files."""
+    from marktune.tune.experiment_checks import restore_experiment
+    from marktune.tune.study import StorageError
+
+    restore_experiment(plan)  # --resume: marktune's settings file first, before any journal is touched
+    try:
+        plan.study_storage.check(study_name=plan.name, resume=plan.resume)
+    except StorageError as err:
+        raise PlanError(str(err)) from None
 
 
 def check_evaluation(plan: EvalPlan) -> None:
