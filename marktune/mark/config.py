@@ -113,7 +113,6 @@ class MarkConfig:
     # phase 4 vectorised over mini-tasks with torch.func; None: on where the device is CUDA (the
     # loop is launch-bound there), off on the CPU (2.4x slower there, bench/sequence.py)
     meta_vmap: bool | None = None
-    fast: bool = True  # False: the plain reference path (autograd everywhere, no caching), for tests
     channels_last: bool = True  # conv tensors in channels-last layout (round-off only; faster on CPU here)
     # deterministic algorithms, no cuDNN autotuning, no TF32 (marktune.mark.devices.deterministic_mode):
     # a task run again on CUDA then gives the same rows exactly, at some speed

@@ -109,13 +109,13 @@ def test_finetune_changes_the_kb_on_every_task_without_momentum(monkeypatch):
 def test_without_masks_every_mask_is_one_and_only_the_heads_train(monkeypatch):
     learner = make(tiny_config(num_tasks=2, use_masks=False))
     made = []
-    real = learner._new_task_modules
+    real = learner.new_task_modules
 
     def new_modules(task):
         modules = real(task)
         made.append([snapshot(m) for m in modules])
         return modules
-    monkeypatch.setattr(learner, "_new_task_modules", new_modules)
+    monkeypatch.setattr(learner, "new_task_modules", new_modules)
     given = []  # every mask the KB is given, in every phase (phase 2's are ones anyway)
     learner.kb.register_forward_pre_hook(lambda module, args: given.extend(args[1]))
     learner.run()
@@ -136,8 +136,8 @@ def test_phase_four_stops_when_the_kb_goes_non_finite(monkeypatch):
     learner = make(tiny_config(num_tasks=1))
     real_move = type(learner.meta_rule).move
 
-    def poisoned(self, learner_, kb_params, direction, mini_tasks):
-        real_move(self, learner_, kb_params, direction, mini_tasks)
+    def poisoned(self, kb_params, direction, **settings):
+        real_move(self, kb_params, direction, **settings)
         kb_params[-1].data.view(-1)[0] = math.inf  # one weight of the last block
     monkeypatch.setattr(type(learner.meta_rule), "move", poisoned)
     with pytest.raises(NonFiniteLossError, match=r"the KB became NaN/inf in phase meta of task 0 \(step 1\)"):
