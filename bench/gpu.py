@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from marktune.mark.config import MarkConfig, load_yaml_mapping  # noqa: E402
-from marktune.data.benchmarks import load_benchmark_for  # noqa: E402
+from marktune.data import load_benchmark_for  # noqa: E402
 from marktune.mark.devices import cap_gpu_memory  # noqa: E402
 from marktune.mark.hardware import cpu_has_native_bf16, cpu_model_name  # noqa: E402
 from marktune.mark.learner import MarkLearner  # noqa: E402
@@ -197,10 +197,10 @@ def section_inner_loop(args: argparse.Namespace, repeats: int = 5) -> dict:
     inner = learner.inner_loop()
 
     def released() -> None:  # adapt_mini_task's work, with the released inner loop
-        released_adapt_mini_task(inner, 0, xb, yb, masks, task.num_classes)
+        released_adapt_mini_task(inner, t=0, xb=xb, yb=yb, masks=masks, num_classes=task.num_classes)
 
     def on_device() -> None:
-        adapt_mini_task(inner, 0, xb, yb, masks, task.num_classes)
+        adapt_mini_task(inner, t=0, xb=xb, yb=yb, masks=masks, num_classes=task.num_classes)
 
     times: dict[str, list[float]] = {"released": [], "on_device": []}
     for _ in range(repeats + 1):  # the first round warms up

@@ -31,8 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # marktune, and
 
 from marktune.mark import metrics# noqa: E402
 from marktune.mark.config import MarkConfig  # noqa: E402
-from marktune.data.benchmarks import load_benchmark_for  # noqa: E402
-from marktune.mark.learner import MarkLearner, TaskData  # noqa: E402
+from marktune.data import load_benchmark_for  # noqa: E402
+from marktune.mark.learner import MarkLearner  # noqa: E402
+from marktune.mark.training import TaskData  # noqa: E402
 
 ISSUE_5 = dict(benchmark="fmnist", num_tasks=5, max_train_per_task=2000, epochs=3,
                meta_epochs=2, mini_tasks=5, inner_steps=10)

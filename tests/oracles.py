@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
-from marktune.data.benchmarks import Split
+from marktune.data.base import Split
 from marktune.mark.compute import LearnerView
 from marktune.mark.inner_optim import INNER_PLATEAU
 from marktune.mark.model import KnowledgeBase, TaskHead
@@ -91,8 +91,8 @@ def released_inner_loop(kb_copy: torch.nn.Module, head: torch.nn.Module, xb: tor
     return rates
 
 
-def released_adapt_mini_task(inner: InnerLoop, t: int, xb: torch.Tensor, yb: torch.Tensor,
-                             masks: list[torch.Tensor], num_classes: int) -> tuple[list[torch.Tensor], float, list[float]]:
+def released_adapt_mini_task(inner: InnerLoop, *, t: int, xb: torch.Tensor, yb: torch.Tensor, masks: list[torch.Tensor],
+                             num_classes: int) -> tuple[list[torch.Tensor], float, list[float]]:
     """:func:`marktune.mark.phase4.adapt_mini_task` (fp32) with :func:`released_inner_loop` in place
     of marktune's: ``(delta_k, a_k, learning rate after each step)``. The oracle's whole mini-task."""
     s = inner.settings

@@ -18,7 +18,7 @@ from typing import Any, Mapping, Protocol
 import torch
 from torch import nn
 
-from marktune.data.benchmarks import Benchmark, Task
+from marktune.data.base import Benchmark, Task
 from marktune.mark.config import MarkConfig
 
 STATE_FORMAT = 2  # 2: per-task diagnostics (KB norms, mask means)

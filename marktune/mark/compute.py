@@ -21,7 +21,7 @@ from typing import Callable, ContextManager, Iterator, Protocol
 import torch
 from torch import nn
 
-from marktune.data.benchmarks import Split
+from marktune.data.base import Split
 from marktune.mark import evaluation
 from marktune.mark.config import MarkConfig
 from marktune.mark.model import KnowledgeBase

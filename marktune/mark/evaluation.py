@@ -21,7 +21,7 @@ from typing import Callable, ContextManager, Iterable
 import torch
 from torch import nn
 
-from marktune.data.benchmarks import Split
+from marktune.data.base import Split
 from marktune.mark import metrics
 from marktune.mark.model import KnowledgeBase, MaskGenerator, ones_masks
 from marktune.mark.runtime import Runtime

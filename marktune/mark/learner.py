@@ -15,7 +15,7 @@ one would (each task reseeds its own random streams from the run's seed and the 
 
 Example:
     >>> from marktune.mark.config import MarkConfig
-    >>> from marktune.data.benchmarks import load_benchmark_for
+    >>> from marktune.data import load_benchmark_for
     >>> cfg = MarkConfig(benchmark="synthetic", epochs=1, kb_epochs=4, kb_grad_clip=1.0, meta_epochs=1,
     ...                  mini_tasks=2, inner_steps=2, kb_width=8, latent_dim=16, fe_channels=8, batch_size=16)
     >>> learner = MarkLearner(cfg, load_benchmark_for(cfg), verbose=0)
@@ -32,7 +32,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from marktune.data.benchmarks import Benchmark, Split, Task
+from marktune.data.base import Benchmark, Split, Task
 from marktune.mark import checkpoint, evaluation, model
 from marktune.mark.compute import ComputePath, FastPath, LearnerView
 from marktune.mark.config import MarkConfig
@@ -227,8 +227,9 @@ class MarkLearner:
             self.val_matrix[t][u] = self.compute.accuracy(u, "val", task.val)
             self.test_matrix[t][u] = self.compute.accuracy(u, "test", task.test)
         mean = lambda matrix: sum(matrix[t][: t + 1]) / (t + 1)  # noqa: E731
-        self.progress(1, f"task {t + 1}/{self.num_tasks} done: val acc {evaluation.fmt_row(self.val_matrix[t][: t + 1])}"
-                         f", mean {mean(self.val_matrix):.4f}, test mean {mean(self.test_matrix):.4f}")
+        self.progress(1, f"task {t + 1}/{self.num_tasks} done: val acc "
+                         f"{evaluation.fmt_row(self.val_matrix[t][: t + 1])}, mean {mean(self.val_matrix):.4f}, "
+                         f"test mean {mean(self.test_matrix):.4f}")
 
     # ------------------------------------------------------------------ masks, images, accuracy
     def task_masks(self, task: TaskData, idx: torch.Tensor) -> Masks:

@@ -235,10 +235,11 @@ def adapt_mini_tasks(ctx: Phase4Context, chosen: list[torch.Tensor],
                      masks_for: MaskSource) -> Iterable[tuple[list[torch.Tensor], float]]:
     """``(delta_k, a_k)`` of each mini-task: a copy of the KB and a fresh head trained on one batch."""
     if ctx.settings.vmap:
-        return adapt_mini_tasks_vmap(ctx.inner, ctx.t, ctx.x, ctx.y, chosen, masks_for, ctx.num_classes)
+        return adapt_mini_tasks_vmap(ctx.inner, t=ctx.t, x=ctx.x, y=ctx.y, chosen=chosen, masks_for=masks_for,
+                                     num_classes=ctx.num_classes)
     # one at a time, as the loop consumes them (only one adapted copy alive)
-    return (adapt_mini_task(ctx.inner, ctx.t, ctx.inner.images(ctx.x[idx]), ctx.y[idx], masks_for(idx),
-                            ctx.num_classes) for idx in chosen)
+    return (adapt_mini_task(ctx.inner, t=ctx.t, xb=ctx.inner.images(ctx.x[idx]), yb=ctx.y[idx],
+                            masks=masks_for(idx), num_classes=ctx.num_classes) for idx in chosen)
 
 
 def inner_steps(params: list[torch.Tensor], grads_and_loss: Callable[[], tuple[Any, torch.Tensor]], *, t: int,
@@ -261,9 +262,10 @@ def inner_steps(params: list[torch.Tensor], grads_and_loss: Callable[[], tuple[A
     return loss
 
 
-def adapt_mini_task(inner: InnerLoop, t: int, xb: torch.Tensor, yb: torch.Tensor, masks: Masks,
+def adapt_mini_task(inner: InnerLoop, *, t: int, xb: torch.Tensor, yb: torch.Tensor, masks: Masks,
                     num_classes: int) -> tuple[list[torch.Tensor], float]:
-    """Train a copy of the KB and a fresh head on one batch; return (delta, accuracy)."""
+    """Train a copy of the KB and a fresh head on one batch (``xb``, network input) of task ``t``;
+    return (delta, accuracy)."""
     s = inner.settings
     kb_copy = inner.kb_copy()  # only the KB: F_t and M_t are not trained here
     kb_copy.requires_grad_(True)
@@ -288,9 +290,10 @@ def adapt_mini_task(inner: InnerLoop, t: int, xb: torch.Tensor, yb: torch.Tensor
     return delta, acc
 
 
-def adapt_mini_tasks_vmap(inner: InnerLoop, t: int, x: torch.Tensor, y: torch.Tensor, chosen: list[torch.Tensor],
+def adapt_mini_tasks_vmap(inner: InnerLoop, *, t: int, x: torch.Tensor, y: torch.Tensor, chosen: list[torch.Tensor],
                           masks_for: MaskSource, num_classes: int) -> list[tuple[list[torch.Tensor], float]]:
-    """:func:`adapt_mini_task` for all K mini-tasks at once (``meta_vmap``), with ``torch.func``.
+    """:func:`adapt_mini_task` for all K mini-tasks at once (``meta_vmap``), with ``torch.func``:
+    the batches ``x[chosen[k]]`` (uint8 images) and ``y[chosen[k]]``.
 
     Every copy has its own KB weights, head, SGD momentum and plateau rule (one
     :class:`DevicePlateau` over K copies, so each learning rate follows its own copy's

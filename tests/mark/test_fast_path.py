@@ -9,7 +9,7 @@ import copy
 
 import marktune.mark.phase4 as phase4
 from conftest import tiny_config
-from marktune.data.benchmarks import load_benchmark_for
+from marktune.data import load_benchmark_for
 from marktune.mark.compute import FastPath
 from marktune.mark.hardware import cpu_has_native_bf16
 from marktune.mark.learner import MarkLearner
@@ -127,8 +127,8 @@ def test_meta_vmap_copies_draw_their_own_dropout(monkeypatch, dropout):
     x, y = task.train.x, task.train.y
     idx = torch.arange(32)
     masks = [torch.ones(len(x), c, 1, 1) for c in learner.kb.channels]
-    (d0, _), (d1, _) = phase4.adapt_mini_tasks_vmap(learner.inner_loop(), 0, x, y, [idx, idx],
-                                                    lambda i: [m[i] for m in masks], 2)
+    (d0, _), (d1, _) = phase4.adapt_mini_tasks_vmap(learner.inner_loop(), t=0, x=x, y=y, chosen=[idx, idx],
+                                                    masks_for=lambda i: [m[i] for m in masks], num_classes=2)
     same = all(torch.equal(a, b) for a, b in zip(d0, d1))
     assert same == (dropout == 0.0)
 
