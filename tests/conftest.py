@@ -65,12 +65,13 @@ def run_search(argv: list[str], *, top: int):
     import ray
 
     from marktune.cli import search
+    from marktune.tune.search_run import run_search
 
     args = search.build_parser().parse_args(argv)
     plan = search.plan_from_args(args)
     ray.init(address="local", num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
     try:
-        run = search.run_search(plan, args)
+        run = run_search(plan)
         search.summarize(run, plan, top=top)
     finally:
         ray.shutdown()

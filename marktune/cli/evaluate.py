@@ -22,32 +22,35 @@ to the last task. Output, in the experiment directory: ``evaluation.csv`` (one r
 ``evaluation.md`` (the verdict sentence, the paired table, one row per configuration),
 ``evaluation.json`` and ``evaluations/<protocol>.*``. The runs' own Tune directories go to
 ``<storage>/<experiment>-eval``.
+
+This module is the command line: parse the flags (shared ones in :mod:`marktune.cli.flags`),
+build the typed plan (:class:`marktune.tune.plan.EvalPlan`), check it and start Ray
+(:mod:`marktune.tune.launch`), run it (:mod:`marktune.tune.evaluation_run`), write the tables.
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
-import statistics
 import sys
 import time
-from dataclasses import dataclass, field
 from itertools import count
 from pathlib import Path
 from typing import Any, Sequence
 
+from marktune.cli import flags
 from marktune.results import conclusions
 from marktune.mark.config import ConfigError, MarkConfig
-from marktune.results.experiment import Experiment, ExperimentError, load_experiment
-from marktune.results.protocols import SearchProtocol
+from marktune.results.evaluation_table import aggregate, as_float, format_markdown, write_csv
+from marktune.results.experiment import Experiment, ExperimentError
+from marktune.results.pareto import parameter_counts
 from marktune.results.statistics import heldout_accuracy, heldout_backward_transfer
+from marktune.tune.evaluation_run import run_evaluation
+from marktune.tune.launch import check_evaluation, start_ray
+from marktune.tune.plan import EvalConfig, EvalPlan, PlanError, TrialRuntime, check_trial_resources, trial_threads
+from marktune.tune.spaces import load_experiment_with_space
 
 FIRST_SEED = 1000  # evaluation seeds are the first S integers >= this that no search trial used
-TOTAL_CLASSES = {"cifar100": 100, "miniimagenet": 100, "fmnist": 10, "digits": 10}
-CSV_FIELDS = ["configuration", "kind", "source_trial", "benchmark", "data_seed", "seed", "status", "tasks_done",
-              "tasks_total", "test_acc", "bwt", "heldout_test_acc", "heldout_bwt", "val_acc", "wall_seconds",
-              "kb_params", "task_params", "device", "settings", "error", "test_matrix"]
 DEFAULT_SEEDS, DEFAULT_ORDERS = 3, 1  # a space may set its own (defaults.eval_seeds, defaults.eval_orders)
 
 
@@ -56,14 +59,6 @@ class EvaluateError(ValueError):
 
 
 # ---------------------------------------------------------------- what to run
-@dataclass
-class EvalConfig:
-    label: str
-    kind: str  # best, default, ablation
-    source_trial: str
-    config: MarkConfig
-
-
 # The ablations of the best configuration: the settings that make each, and what it removes,
 # in words (the table's label). MARK.md, "Ablations".
 ABLATIONS: dict[str, tuple[dict[str, Any], str]] = {
@@ -123,38 +118,6 @@ def fresh_seeds(exp: Experiment, n: int) -> list[int]:
     return seeds
 
 
-# ---------------------------------------------------------------- parameter counts
-def classes_per_task(config: MarkConfig) -> int:
-    if config.benchmark == "synthetic":
-        return config.synthetic_classes_per_task
-    return TOTAL_CLASSES[config.benchmark] // config.tasks
-
-
-def parameter_counts(config: MarkConfig) -> tuple[int, int]:
-    """(shared KB, one task's F_t + M_t + C_t) parameters, from freshly built parts (no data, no training).
-
-    Inputs are 3-channel at the benchmark's image size (grey benchmarks are repeated to 3
-    channels). With the ResNet-18 feature extractor, F_t counts the frozen trunk too.
-    """
-    import torch
-
-    from marktune.mark.model import (FeatureExtractor, KnowledgeBase, MaskGenerator, ResNetFeatureExtractor,
-                                TaskHead, count_parameters)
-
-    with torch.device("meta"):  # shapes only: nothing is allocated or initialised
-        kb = KnowledgeBase(image_size=config.image_size, in_channels=3, depth=config.kb_depth,
-                           width=config.kb_width, latent_dim=config.latent_dim, dropout=config.kb_dropout)
-        if config.feature_extractor == "resnet18":
-            fe = ResNetFeatureExtractor(latent_dim=config.latent_dim)
-        else:
-            fe = FeatureExtractor(image_size=config.image_size, in_channels=3, channels=config.fe_channels,
-                                  latent_dim=config.latent_dim)
-        masks = MaskGenerator(latent_dim=config.latent_dim, block_channels=kb.channels,
-                              hidden=config.mask_hidden, activation=config.mask_activation)
-        head = TaskHead(config.latent_dim, classes_per_task(config))
-    return count_parameters(kb), count_parameters(fe) + count_parameters(masks) + count_parameters(head)
-
-
 # ---------------------------------------------------------------- command line
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -164,72 +127,48 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Example:\n  python -m marktune.evaluate results/fmnist-20261123-190000 --top 3 --seeds 3\n"
                "Then: python -m marktune.report results/fmnist-20261123-190000",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("experiment", help="the search's experiment directory (<storage>/<name>)")
-    p.add_argument("--top", type=int, default=3, help="best complete trials to re-run (default 3)")
-    p.add_argument("--seeds", type=int,
+    flags.add_experiment_argument(p)
+    g = p.add_argument_group("what to run")
+    g.add_argument("--top", type=int, default=3, metavar="N", help="best complete trials to re-run (default 3)")
+    g.add_argument("--seeds", type=int, metavar="N",
                    help=f"fresh initialisation seeds per class order (default: the space's, else {DEFAULT_SEEDS})")
-    p.add_argument("--orders", type=int,
+    g.add_argument("--orders", type=int, metavar="N",
                    help=f"class orders (data seeds) per configuration (default: the space's, else {DEFAULT_ORDERS}); "
                         "the searched order first, then fresh ones; --protocol other-order searches: fresh ones only")
-    p.add_argument("--benchmark", help="evaluate on another benchmark of the same shape (e.g. a digits search "
+    g.add_argument("--benchmark", help="evaluate on another benchmark of the same shape (e.g. a digits search "
                                        "on fmnist); tasks, class order and image size come from it")
-    p.add_argument("--cpus-per-trial", type=float, help="CPUs per run (default: the space's, else 1)")
-    p.add_argument("--gpus-per-trial", type=float,
-                   help="GPUs per run (default: 0.25 where the cluster has GPUs, else 0)")
-    p.add_argument("--max-concurrent", type=int, help="runs at once (default: as resources allow)")
-    p.add_argument("--address", help="Ray cluster: 'auto', HOST:PORT or ray://HOST:10001 (default: local Ray)")
-    p.add_argument("--storage", help="where the runs' Tune directories go (default: next to the experiment)")
-    p.add_argument("--name", help="name of the runs' Tune experiment (default: <experiment>-eval)")
-    p.add_argument("--max-failures", type=int, default=2, help="retries of a run whose worker died (default 2)")
-    p.add_argument("--data-dir", help="data directory on every node (default: the search's)")
-    p.add_argument("--download", action="store_true", help="let runs download their data set")
-    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
-    p.add_argument("--num-gpus", type=float, help="GPUs declared to the local Ray (default: detected)")
-    p.add_argument("--ablations", default=",".join(DEFAULT_ABLATIONS), metavar="LIST",
+    g.add_argument("--ablations", default=",".join(DEFAULT_ABLATIONS), metavar="LIST",
                    help="ablations of the best configuration, comma-separated (default: all): "
                         + "; ".join(f"{k}: {v[1]}" for k, v in ABLATIONS.items()) + "; '' for none")
-    p.add_argument("-q", "--quiet", action="store_true", help="no Ray trial table")
+    g = p.add_argument_group("where the runs go")
+    g.add_argument("--storage", metavar="DIR|URL",
+                   help="where the runs' Tune directories go (default: next to the experiment)")
+    g.add_argument("--name", help="name of the runs' Tune experiment (default: <experiment>-eval)")
+    flags.add_resource_flags(p, unit="run")
+    flags.add_ray_flags(p)
+    flags.add_data_flags(p, unit="run", default_dir="the search's")
+    g = p.add_argument_group("output")
+    g.add_argument("-q", "--quiet", action="store_true", help="no Ray trial table")
     return p
 
 
-@dataclass
-class EvalPlan:
-    experiment: Experiment
-    configs: list[EvalConfig]
-    seeds: list[int]
-    cpus_per_trial: float
-    gpus_per_trial: float | None
-    storage: str
-    name: str
-    default_rule: str
-    # paired design (marktune.results.protocols, marktune.results.conclusions): every configuration runs every
-    # (data_seed, seed) pair
-    data_seeds: list[int] = field(default_factory=list)
-    protocol: SearchProtocol = field(default_factory=SearchProtocol)
-    benchmark: str = ""  # evaluated on: the search's, or --benchmark
-
-
 def plan_from_args(args: argparse.Namespace) -> EvalPlan:
-    """Everything checked before Ray starts; raises ExperimentError, EvaluateError or ConfigError."""
+    """Everything checked before Ray starts; raises ExperimentError, EvaluateError, PlanError or ConfigError."""
     if args.top < 1:
         raise EvaluateError(f"--top must be >= 1 (got {args.top})")
     if args.seeds is not None and args.seeds < 1:
         raise EvaluateError(f"--seeds must be >= 1 (got {args.seeds})")
     if args.orders is not None and args.orders < 1:
         raise EvaluateError(f"--orders must be >= 1 (got {args.orders})")
-    if args.cpus_per_trial is not None and (args.cpus_per_trial < 0 or not math.isfinite(args.cpus_per_trial)):
-        raise EvaluateError(f"--cpus-per-trial must be >= 0 (got {args.cpus_per_trial})")
-    gpus = args.gpus_per_trial
-    if gpus is not None and (gpus < 0 or (gpus > 1 and not float(gpus).is_integer())):
-        raise EvaluateError(f"--gpus-per-trial must be a fraction in [0, 1] or a whole number (got {gpus})")
-    if args.max_concurrent is not None and args.max_concurrent < 1:
-        raise EvaluateError(f"--max-concurrent must be >= 1 (got {args.max_concurrent})")
+    check_trial_resources(cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+                          max_concurrent=args.max_concurrent, max_failures=args.max_failures)
     ablations = parse_ablations(args.ablations)
-    exp = load_experiment(args.experiment)
+    exp = load_experiment_with_space(args.experiment)
     configs = plan_configs(exp, args.top, ablations)
     cpus = args.cpus_per_trial
     if cpus is None:
         cpus = float(exp.space.defaults["cpus_per_trial"]) if exp.space is not None else 1.0
+    gpus = args.gpus_per_trial
     if gpus is None and exp.space is not None:
         gpus = exp.space.defaults["gpus_per_trial"]
     storage = args.storage or str(exp.path.parent)
@@ -238,32 +177,37 @@ def plan_from_args(args: argparse.Namespace) -> EvalPlan:
     name = args.name or f"{exp.name}-eval"
     if args.name is None and "://" not in storage and (Path(storage) / name).exists():
         name = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    plan = EvalPlan(experiment=exp, configs=configs, seeds=[], cpus_per_trial=cpus,
-                    gpus_per_trial=gpus, storage=storage, name=name, default_rule=exp.default_config()[1])
-    return plan_pairs(plan, args)
+    protocol, configs, benchmark, data_seeds = plan_pairs(exp, configs, benchmark=args.benchmark, orders=args.orders)
+    defaults = exp.space.defaults if exp.space is not None else {}
+    seeds = args.seeds if args.seeds is not None else int(defaults.get("eval_seeds") or DEFAULT_SEEDS)
+    return EvalPlan(experiment=exp, configs=configs, seeds=fresh_seeds(exp, seeds), cpus_per_trial=cpus,
+                    gpus_per_trial=gpus, storage=storage, name=name, default_rule=exp.default_config()[1],
+                    runtime=runs_runtime(exp, data_dir=args.data_dir, download=args.download, cpus_per_trial=cpus),
+                    data_seeds=data_seeds, protocol=protocol, benchmark=benchmark,
+                    max_concurrent=args.max_concurrent, max_failures=args.max_failures,
+                    ray=flags.ray_settings(args), quiet=args.quiet)
 
 
-def plan_pairs(plan: EvalPlan, args: argparse.Namespace) -> EvalPlan:
-    """The protocol's (data_seed, seed) grid and, with --benchmark, the configurations moved there."""
+def plan_pairs(exp: Experiment, configs: list[EvalConfig], *, benchmark: str | None, orders: int | None):
+    """(protocol, configurations, benchmark, data seeds): the protocol's class orders and, with
+    --benchmark, the configurations moved there."""
     from marktune.results.protocols import ProtocolError, evaluation_data_seeds, read_protocol, retarget
 
-    exp = plan.experiment
     try:
         protocol = read_protocol(exp)
     except (ProtocolError, ConfigError) as err:
         raise EvaluateError(f"{exp.path}: {err}") from None
     defaults = exp.space.defaults if exp.space is not None else {}
-    seeds = args.seeds if args.seeds is not None else int(defaults.get("eval_seeds") or DEFAULT_SEEDS)
-    orders = args.orders if args.orders is not None else int(defaults.get("eval_orders") or DEFAULT_ORDERS)
-    benchmark = args.benchmark or exp.benchmark
-    searched_config = plan.configs[0].config
+    orders = orders if orders is not None else int(defaults.get("eval_orders") or DEFAULT_ORDERS)
+    benchmark = benchmark or exp.benchmark
+    searched_config = configs[0].config
     if benchmark != exp.benchmark:
         from marktune.mark.config import BENCHMARKS
 
         if benchmark not in BENCHMARKS:
             raise EvaluateError(f"--benchmark {benchmark!r}: unknown; choose one of {', '.join(BENCHMARKS)}")
         moved = []
-        for c in plan.configs:
+        for c in configs:
             try:
                 moved.append(EvalConfig(c.label, c.kind, c.source_trial,
                                         retarget(c.config.to_dict(), benchmark=benchmark, searched=exp.searched)))
@@ -272,123 +216,24 @@ def plan_pairs(plan: EvalPlan, args: argparse.Namespace) -> EvalPlan:
                     f"--benchmark {benchmark}: {c.label} has a setting {benchmark} cannot take: {err}. Searched "
                     f"settings ({', '.join(exp.searched)}) are kept as the search chose them; evaluate on a "
                     f"benchmark of the same shape as {exp.benchmark}.") from None
-        plan.configs = moved
+        configs = moved
     try:
         data_seeds = evaluation_data_seeds(protocol=protocol, orders=orders, searched=searched_config,
-                                           target=plan.configs[0].config if benchmark != exp.benchmark else None)
+                                           target=configs[0].config if benchmark != exp.benchmark else None)
     except ProtocolError as err:
         raise EvaluateError(str(err)) from None
-    plan.seeds, plan.data_seeds, plan.protocol, plan.benchmark = fresh_seeds(exp, seeds), data_seeds, protocol, benchmark
-    return plan
+    return protocol, configs, benchmark, data_seeds
 
 
-# ---------------------------------------------------------------- running
-def _pick(key: str, rows: list[dict[str, Any]]):
-    from ray import tune
+def runs_runtime(exp: Experiment, *, data_dir: str | None, download: bool, cpus_per_trial: float) -> TrialRuntime:
+    """Every run's runtime settings: the search's (data directory, download, GPU use) where this
+    command gives none, this command's threads, and every task (a first-k search's trials
+    stopped early; its evaluation runs the whole stream)."""
+    from dataclasses import replace
 
-    return tune.sample_from(lambda config: rows[config["eval_row"]][key])
-
-
-def data_runtime(plan: EvalPlan, args: argparse.Namespace) -> dict[str, Any]:
-    """The search's runtime settings (data directory, download), where this command gives none."""
-    runtime = dict(plan.experiment.runtime())
-    if args.data_dir:
-        runtime["data_dir"] = args.data_dir
-    if args.download:
-        runtime["download"] = True
-    return runtime
-
-
-def trial_runtime(plan: EvalPlan, args: argparse.Namespace) -> dict[str, Any]:
-    """The runtime settings every evaluation run gets: the search's data settings, threads, every task."""
-    from marktune.results.protocols import STOP_AFTER_KEY
-
-    runtime = data_runtime(plan, args)
-    runtime.pop(STOP_AFTER_KEY, None)  # a first-k search's trials stop early; its evaluation runs every task
-    runtime["threads"] = max(1, int(plan.cpus_per_trial)) if plan.cpus_per_trial else 1
-    return runtime
-
-
-def run_evaluation(plan: EvalPlan, args: argparse.Namespace):
-    """One Tune trial per (configuration, seed); returns Tune's ResultGrid."""
-    from ray import tune
-    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
-
-    from marktune.tune.tune_setup import keep_every_checkpoint, prepare_tune, prune_checkpoints, quiet_ray_output
-    from marktune.tune.trainable import RUNTIME_KEY, train_mark_sequence
-
-    runs = len(plan.configs) * len(plan.seeds) * len(plan.data_seeds)
-    gpus = prepare_tune(cpus_per_trial=plan.cpus_per_trial, gpus_per_trial=plan.gpus_per_trial,
-                        runs=runs, max_concurrent=args.max_concurrent)
-    trainable = tune.with_resources(train_mark_sequence, {"cpu": plan.cpus_per_trial, "gpu": gpus})
-
-    rows = [{k: v for k, v in c.config.to_dict().items() if k not in ("seed", "data_seed", "class_order")}
-            for c in plan.configs]
-    keys = sorted({k for r in rows for k in r})
-    labels = [c.label for c in plan.configs]
-    runtime = trial_runtime(plan, args)
-    param_space: dict[str, Any] = {
-        "eval_row": tune.grid_search(list(range(len(rows)))),
-        "data_seed": tune.grid_search(plan.data_seeds),
-        "seed": tune.grid_search(plan.seeds),
-        "class_order": _class_order(plan),
-        "eval_label": tune.sample_from(lambda config: labels[config["eval_row"]]),
-        **{k: _pick(k, rows) for k in keys},
-        RUNTIME_KEY: runtime,
-    }
-    run_config = tune.RunConfig(
-        name=plan.name, storage_path=plan.storage, callbacks=[JsonLoggerCallback(), CSVLoggerCallback(), _progress_callback(runs)],
-        failure_config=tune.FailureConfig(max_failures=args.max_failures),
-        checkpoint_config=keep_every_checkpoint(), verbose=0 if args.quiet else 1)
-    quiet_ray_output(verbose=not args.quiet)  # -q: no configuration box, no trial tables
-    tuner = tune.Tuner(trainable, param_space=param_space, run_config=run_config,
-                       tune_config=tune.TuneConfig(max_concurrent_trials=args.max_concurrent,
-                                                   trial_name_creator=_trial_name,
-                                                   trial_dirname_creator=_trial_name))
-    print(f"[marktune] evaluating {len(plan.configs)} configurations x {len(plan.data_seeds)} class orders "
-          f"(data seeds {plan.data_seeds}) x {len(plan.seeds)} seeds {plan.seeds} = {runs} runs on {plan.benchmark}, "
-          f"{plan.cpus_per_trial:g} CPU + {gpus:g} GPU each; "
-          f"runs in {plan.storage.rstrip('/')}/{plan.name}", flush=True)
-    results = tuner.fit()
-    prune_checkpoints(f"{plan.storage.rstrip('/')}/{plan.name}")
-    return results
-
-
-def _class_order(plan: EvalPlan):
-    """An explicit class order of the search holds on the searched data seed only; others draw theirs."""
-    from ray import tune
-
-    orders = [c.config.class_order for c in plan.configs]
-    searched = plan.protocol.searched_data_seed
-    return tune.sample_from(lambda config: orders[config["eval_row"]] if config["data_seed"] == searched else None)
-
-
-def _progress_callback(total: int):
-    from ray.tune import Callback
-
-    class RunProgress(Callback):
-        """One line per finished run, beside (or instead of, with -q) Ray's trial table."""
-
-        def __init__(self) -> None:
-            self.done = 0
-
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            self.done += 1
-            r = trial.last_result or {}
-            print(f"[marktune] run {self.done}/{total} done: {trial.config.get('eval_label')} data seed "
-                  f"{trial.config.get('data_seed')} seed {trial.config.get('seed')}: test ACC {r.get('mean_test_acc', math.nan):.4f}, "
-                  f"BWT {r.get('bwt_test', math.nan):+.4f}", flush=True)
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            self.done += 1
-            print(f"[marktune] run {self.done}/{total} failed: {trial.config.get('eval_label')} seed "
-                  f"{trial.config.get('seed')}", flush=True)
-
-    return RunProgress()
-
-
-def _trial_name(trial) -> str:
-    return f"run_{trial.trial_id}"
+    searched = TrialRuntime.from_dict(exp.runtime())
+    return replace(searched, data_dir=data_dir or searched.data_dir, download=download or searched.download,
+                   threads=trial_threads(cpus_per_trial), stop_after_tasks=None)
 
 
 def run_records(results, plan: EvalPlan) -> list[dict[str, Any]]:
@@ -427,9 +272,9 @@ def run_records(results, plan: EvalPlan) -> list[dict[str, Any]]:
             "heldout_test_acc": heldout_accuracy(matrix, first) if first else math.nan,
             "heldout_bwt": heldout_backward_transfer(matrix, first) if first else math.nan,
             "test_matrix": json.dumps(matrix),
-            "test_acc": _f(metrics.get("mean_test_acc")) if status == "COMPLETE" else math.nan,
-            "bwt": _f(metrics.get("bwt_test")) if status == "COMPLETE" else math.nan,
-            "val_acc": _f(metrics.get("mean_val_acc")) if status == "COMPLETE" else math.nan,
+            "test_acc": as_float(metrics.get("mean_test_acc")) if status == "COMPLETE" else math.nan,
+            "bwt": as_float(metrics.get("bwt_test")) if status == "COMPLETE" else math.nan,
+            "val_acc": as_float(metrics.get("mean_val_acc")) if status == "COMPLETE" else math.nan,
             "wall_seconds": wall, "kb_params": kb, "task_params": task, "device": metrics.get("device", ""),
             "settings": json.dumps(settings, sort_keys=True),
             "error": first_line(str(result.error)) if result.error is not None else "",
@@ -443,133 +288,13 @@ def run_records(results, plan: EvalPlan) -> list[dict[str, Any]]:
 
 def test_matrix(result) -> list[list[float]]:
     """The run's test accuracy matrix (row t: after task t), from its result.json (one line per task)."""
-    from marktune.results.experiment import _read_results
+    from marktune.results.files import task_results
 
-    path = Path(str(result.path)) / "result.json"
-    rows = _read_results(path) if "://" not in str(result.path) else []
+    rows = task_results(str(result.path)) if "://" not in str(result.path) else []
     if not rows and result.metrics_dataframe is not None and "test_row" in result.metrics_dataframe:
         cells = result.metrics_dataframe["test_row"].tolist()
         return [json.loads(c) if isinstance(c, str) else list(c) for c in cells]
     return [list(r.get("test_row") or []) for r in rows]
-
-
-# ---------------------------------------------------------------- tables
-def write_csv(records: list[dict[str, Any]], path: Path) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-        writer.writeheader()
-        for r in records:
-            writer.writerow({k: _cell(r.get(k)) for k in CSV_FIELDS})
-
-
-def read_csv(path: Path) -> list[dict[str, Any]]:
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    for r in rows:
-        for k in ("test_acc", "bwt", "val_acc", "wall_seconds", "heldout_test_acc", "heldout_bwt"):
-            r[k] = _f(r.get(k))
-        for k in ("seed", "tasks_done", "kb_params", "task_params", "tasks_total"):
-            r[k] = int(r[k]) if str(r.get(k, "")).lstrip("-").isdigit() else 0
-        # evaluations before data_seed was a column: the seed set the class order too
-        r["data_seed"] = int(r["data_seed"]) if str(r.get("data_seed", "")).lstrip("-").isdigit() else r["seed"]
-        r["test_matrix"] = json.loads(r["test_matrix"]) if r.get("test_matrix") else []
-    return rows
-
-
-@dataclass
-class Summary:
-    configuration: str
-    kind: str
-    runs: int
-    ok: int
-    seeds: list[int]
-    test_acc: tuple[float, float]  # mean, std over complete runs
-    bwt: tuple[float, float]
-    val_acc: tuple[float, float]
-    wall_seconds: float  # mean
-    kb_params: int
-    task_params: int
-    settings: str
-
-
-def aggregate(records: list[dict[str, Any]]) -> list[Summary]:
-    """One Summary per configuration, in the order they first appear."""
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for r in records:
-        groups.setdefault(r["configuration"], []).append(r)
-    out = []
-    for label, runs in groups.items():
-        ok = [r for r in runs if r["status"] == "COMPLETE"]
-        out.append(Summary(
-            configuration=label, kind=runs[0]["kind"], runs=len(runs), ok=len(ok),
-            seeds=[r["seed"] for r in runs],
-            test_acc=_mean_std([r["test_acc"] for r in ok]), bwt=_mean_std([r["bwt"] for r in ok]),
-            val_acc=_mean_std([r["val_acc"] for r in ok]),
-            wall_seconds=_mean_std([r["wall_seconds"] for r in ok])[0],
-            kb_params=runs[0]["kb_params"], task_params=runs[0]["task_params"], settings=runs[0]["settings"]))
-    return out
-
-
-TABLE_HEAD = ["configuration", "seeds", "test ACC (%)", "BWT (%)", "val ACC (%)", "wall time (s)",
-              "shared KB params", "per task F+M+C params", "settings"]
-
-
-def table_cells(s: Summary) -> list[str]:
-    pm = conclusions.format_mean_std
-    return [s.configuration, f"{s.ok}/{s.runs}", pm(s.test_acc), pm(s.bwt, sign=True), pm(s.val_acc),
-            "-" if not math.isfinite(s.wall_seconds) else f"{s.wall_seconds:.1f}",
-            _k(s.kb_params), _k(s.task_params), _settings_text(s.settings)]
-
-
-def format_markdown(summaries: list[Summary], *, experiment: str, seeds: Sequence[int], note: str = "",
-                    default_rule: str = "", data_seeds: Sequence[int] | None = None) -> str:
-    over = f"seeds {list(seeds)}" if data_seeds is None else \
-        f"class orders (data seeds) {list(data_seeds)} x initialisation seeds {list(seeds)}"
-    lines = [f"# Evaluation of `{experiment}`", "",
-             f"Test ACC and BWT (GEM) after the last task, mean ± std over {over} "
-             "(sample std; the search's own initialisation seed is never reused). Validation ACC chose the configurations; "
-             "test ACC is only reported. Parameters: the shared Knowledge Base, and what each task adds "
-             "(its feature extractor F_t, mask generator M_t and classifier C_t).", ""]
-    if default_rule:
-        lines += [f"Default configuration: {default_rule}.", ""]
-    if note:
-        lines += [f"Note: {note}.", ""]
-    lines += ["| " + " | ".join(TABLE_HEAD) + " |", "|" + "---|" * len(TABLE_HEAD)]
-    for s in summaries:
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in table_cells(s)) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    vals = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
-    if not vals:
-        return math.nan, math.nan
-    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else math.nan)
-
-
-def _k(n: int) -> str:
-    return f"{n / 1000:.1f}k" if n >= 1000 else str(n)
-
-
-def _settings_text(settings: str) -> str:
-    try:
-        data = json.loads(settings)
-    except (TypeError, json.JSONDecodeError):
-        return str(settings)
-    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in data.items())
-
-
-def _f(value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
-
-
-def _cell(value: Any) -> Any:
-    if isinstance(value, float):
-        return "" if not math.isfinite(value) else repr(value)
-    return value
 
 
 # ---------------------------------------------------------------- conclusions
@@ -594,29 +319,19 @@ def conclude_and_save(plan: EvalPlan, records: list[dict[str, Any]]) -> "conclus
 
 # ---------------------------------------------------------------- main
 def main(argv: Sequence[str] | None = None) -> int:
-    from marktune.cli.search import (SearchError, check_local_data, check_local_gpus, check_local_precision,
-                                 check_storage, start_ray)
-
     args = build_parser().parse_args(argv)
     try:
         plan = plan_from_args(args)
         note = plan.experiment.missing_note()
         if note:
             print(f"[marktune] {note}; evaluating the trials that finished.", flush=True)
-        runtime = data_runtime(plan, args)
-        for benchmark in sorted({c.config.benchmark for c in plan.configs}):
-            check_local_data(benchmark, address=args.address, data_dir=runtime.get("data_dir"),
-                             download=bool(runtime.get("download")))
-        check_local_precision([c.config.precision for c in plan.configs], address=args.address)
-        check_storage(plan.storage)
-        check_local_gpus(plan.gpus_per_trial, address=args.address, num_gpus=args.num_gpus,
-                         cpu_fallback=bool(runtime.get("cpu_fallback")))
-        start_ray(args, own_local=True)  # a Ray another program started is not joined
-    except (ExperimentError, EvaluateError, ConfigError, SearchError) as err:
+        check_evaluation(plan)
+        start_ray(plan.ray, own_local=True)  # a Ray another program started is not joined
+    except (ExperimentError, EvaluateError, ConfigError, PlanError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     try:
-        results = run_evaluation(plan, args)
+        results = run_evaluation(plan)
     finally:
         import ray
         ray.shutdown()

@@ -22,6 +22,7 @@ import yaml
 # the benchmarks and what is known of each without reading data (tasks, image size, classes),
 # so that a bad split is refused at once; torch-free. BENCHMARKS is re-exported for the CLI.
 from marktune.data.registry import BENCHMARKS, FACTS
+from marktune.mark.yaml_io import DuplicateKeyError, load_yaml_text
 
 META_UPDATES = ("reptile", "seed", "none", "finetune")
 
@@ -265,7 +266,11 @@ def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml_text(path.read_text()) or {}
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot read {path} as a UTF-8 text file: {err}") from None
+    except DuplicateKeyError as err:
+        raise ConfigError(f"{path}, {err}") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {err}") from None
     if not isinstance(data, dict):
@@ -286,11 +291,11 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"--set expects key=value, got {item!r}")
         key, raw = item.split("=", 1)
-        out[key.strip()] = _yaml_scalar(raw)
+        out[key.strip()] = yaml_scalar(raw)
     return out
 
 
-def _yaml_scalar(raw: str) -> Any:
+def yaml_scalar(raw: str) -> Any:
     if not raw.strip():
         return None
     value = yaml.safe_load(raw)

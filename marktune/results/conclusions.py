@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from marktune.results.evaluation_table import format_mean_std, read_csv
 from marktune.results.protocols import SearchProtocol, protocol_from_settings
 from marktune.results.statistics import (BETTER, METHOD, UNDECIDED, WORSE, PairedDifference, mean_std,
                                  paired_difference, paired_values, rank_stability)
@@ -235,8 +236,6 @@ def load_record(path: Path) -> EvaluationRecord | None:
 
 def load_all(directory: Path) -> list[tuple[EvaluationRecord, list[dict[str, Any]]]]:
     """Every evaluation kept under ``evaluations/`` (one per protocol and target benchmark)."""
-    from marktune.cli.evaluate import read_csv
-
     out = []
     for meta in sorted((directory / HISTORY_DIR).glob("*.json")):
         record = load_record(meta)
@@ -315,12 +314,3 @@ def gap_columns(record: EvaluationRecord, rows: Sequence[Mapping[str, Any]]) -> 
 
 def _points(value: float, digits: int) -> str:
     return f"{100 * value:+.{digits}f}".replace("-", "−")
-
-
-def format_mean_std(ms: tuple[float, float], sign: bool = False) -> str:
-    """``(mean, std)`` of fractions as percent: ``97.45 ± 2.05`` (``-`` when there is no mean)."""
-    mean, std = ms
-    if not math.isfinite(mean):
-        return "-"
-    m = f"{100 * mean:+.2f}" if sign else f"{100 * mean:.2f}"
-    return m if not math.isfinite(std) else f"{m} ± {100 * std:.2f}"

@@ -14,11 +14,9 @@ A trial's status here: ``COMPLETE`` (reported every task), ``PRUNED`` (stopped e
 ``ERROR``, ``RUNNING`` (unfinished: the search was interrupted while it ran or waited),
 ``MISSING`` (never reported anything).
 
-The search space: when the search left ``marktune_search.json`` (its space and ``--set``
-overrides), that file says. Otherwise the space is recognised from the trials: a space file (``search_spaces/NAME.yaml``) matches
-when its benchmark is the trials' and its searched settings are the trials'. Candidates are the
-experiment name's prefix (``digits-20261123-...`` -> ``digits``), then the benchmark's name,
-then every other space file.
+The search space (``Experiment.space``, ``space_name``, ``overrides``) is left unset here:
+spaces live a layer up, and ``marktune.tune.spaces.recognise_space`` (or
+``load_experiment_with_space``) fills them in.
 """
 from __future__ import annotations
 
@@ -33,9 +31,9 @@ from typing import Any
 
 from marktune.mark.config import ConfigError, MarkConfig
 from marktune.mark.metrics import METRIC, TIME_ATTR
-
-RUNTIME_KEY = "marktune_runtime"  # as marktune.tune.trainable.RUNTIME_KEY (not imported: it pulls in torch)
-SETTINGS_FILE = "marktune_search.json"  # the search's settings, where the search writes them
+from marktune.results.files import (BEST_CONFIG_FILE, PARAMS_FILE, RUNTIME_KEY, STATE_GLOB, TRIAL_DIR_PREFIX,
+                                    TRIALS_TABLE, task_results)
+from marktune.results.status import LIVE_TUNE_STATUSES, TrialStatus, decide_status
 
 
 class ExperimentError(ValueError):
@@ -91,8 +89,9 @@ class Experiment:
     searched: list[str]
     num_tasks: int
     benchmark: str
-    space_name: str | None  # the recognised space file, if any
-    space: Any = None  # SearchSpace or None
+    # the search space, once marktune.tune.spaces.recognise_space has recognised it (else None)
+    space_name: str | None
+    space: Any = None  # marktune.tune.spaces.SearchSpace or None
     overrides: dict[str, Any] = field(default_factory=dict)  # shared settings that differ from the space's
     has_state: bool = True
 
@@ -135,7 +134,7 @@ class Experiment:
         for key, value in configs[0].items():
             if key in self.searched:
                 continue
-            if all(key in c and _same(c[key], value) for c in configs[1:]):
+            if all(key in c and same_setting(c[key], value) for c in configs[1:]):
                 common[key] = value
         return common
 
@@ -176,8 +175,8 @@ def load_experiment(path: str | os.PathLike) -> Experiment:
     if not root.is_dir():
         raise ExperimentError(f"{root} is a file, not an experiment directory")
     root = root.resolve()
-    states = sorted(glob.glob(str(root / "experiment_state-*.json")))
-    trial_dirs = sorted(p for p in root.glob("trial_*") if (p / "params.json").is_file())
+    states = sorted(glob.glob(str(root / STATE_GLOB)))
+    trial_dirs = sorted(p for p in root.glob(f"{TRIAL_DIR_PREFIX}*") if (p / PARAMS_FILE).is_file())
     if not states and not trial_dirs:
         raise ExperimentError(
             f"{root} is not a marktune search experiment: it has no experiment_state-*.json and no "
@@ -187,15 +186,15 @@ def load_experiment(path: str | os.PathLike) -> Experiment:
     trials: dict[str, Trial] = {}
     for tdir in trial_dirs:
         try:
-            params = json.loads((tdir / "params.json").read_text())
+            params = json.loads((tdir / PARAMS_FILE).read_text())
         except (OSError, json.JSONDecodeError):
             params = None
         if not isinstance(params, dict) or "benchmark" not in params or RUNTIME_KEY not in params:
             raise ExperimentError(
-                f"{root} is not a marktune search experiment: {tdir.name}/params.json has no "
+                f"{root} is not a marktune search experiment: {tdir.name}/{PARAMS_FILE} has no "
                 f"'benchmark' and '{RUNTIME_KEY}' (it was not made by marktune.tune.trainable)")
-        tid = tdir.name[len("trial_"):]
-        trials[tid] = _trial(tid, params, _read_results(tdir / "result.json"))
+        tid = tdir.name[len(TRIAL_DIR_PREFIX):]
+        trials[tid] = _trial(tid, params, task_results(tdir))
     for tid, info in state.items():
         if info.get("trainable_name") not in (None, "train_mark_sequence"):
             raise ExperimentError(f"{root} is not a marktune search experiment: its trials run "
@@ -216,7 +215,7 @@ def load_experiment(path: str | os.PathLike) -> Experiment:
     for trial in trials.values():
         trial.status = _status(trial, num_tasks, has_state=bool(state))
         if trial.status == "ERROR" and not trial.error:
-            trial.error = _error_text(root / f"trial_{trial.trial_id}", {})
+            trial.error = _error_text(root / f"{TRIAL_DIR_PREFIX}{trial.trial_id}", {})
 
     searched = _searched(root, state)
     if searched is None:  # no state and no trials.csv: the settings that vary
@@ -227,7 +226,6 @@ def load_experiment(path: str | os.PathLike) -> Experiment:
     exp = Experiment(path=root, name=root.name, trials=list(trials.values()), searched=searched,
                      num_tasks=num_tasks, benchmark=str(benchmarks.pop()), space_name=None,
                      has_state=bool(state))
-    _recognise_space(exp)
     return exp
 
 
@@ -236,27 +234,6 @@ def _trial(tid: str, params: dict[str, Any], results: list[dict[str, Any]]) -> T
     keys = set(MarkConfig.field_names())
     return Trial(trial_id=tid, status="", config={k: v for k, v in params.items() if k in keys},
                  runtime=dict(params.get(RUNTIME_KEY) or {}), results=results)
-
-
-def _read_results(path: Path) -> list[dict[str, Any]]:
-    """result.json lines with a task count; a torn last line (crash mid-write) is skipped."""
-    out = []
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return out
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict) and TIME_ATTR in record:
-            out.append(record)
-    # a retried trial (worker lost) reports its tasks again from its checkpoint: keep the last of each
-    by_task: dict[int, dict[str, Any]] = {}
-    for record in out:
-        by_task[int(record[TIME_ATTR])] = record
-    return [by_task[k] for k in sorted(by_task)]
 
 
 def _read_state(path: Path) -> dict[str, dict[str, Any]]:
@@ -293,17 +270,12 @@ def _num_tasks(trials) -> int:
 
 
 def _status(trial: Trial, num_tasks: int, *, has_state: bool) -> str:
-    if trial.tune_status == "ERROR" or trial.error:
-        return "ERROR"
-    if num_tasks and trial.tasks_done >= num_tasks:
-        return "COMPLETE"
-    if not trial.results:
-        return "MISSING" if trial.tune_status in ("", "PENDING", "RUNNING", "PAUSED") else "PRUNED"
-    if trial.tune_status in ("RUNNING", "PENDING", "PAUSED"):
-        return "RUNNING"
-    if not has_state:
-        return "RUNNING"  # without Tune's state we cannot tell ASHA's stop from an interruption
-    return "PRUNED"
+    # without Tune's state an ASHA stop cannot be told from an interruption: both read as unfinished;
+    # a trial Tune's state does not list and that never reported is missing, one that did is pruned
+    interrupted = (trial.tune_status in LIVE_TUNE_STATUSES or not has_state
+                   or (not trial.results and not trial.tune_status))
+    return decide_status(errored=trial.tune_status == "ERROR" or bool(trial.error), tasks_done=trial.tasks_done,
+                         num_tasks=num_tasks, interrupted=interrupted, never_reported=TrialStatus.MISSING).value
 
 
 def _error_text(root: Path, info: dict[str, Any]) -> str:
@@ -324,7 +296,7 @@ def _searched(root: Path, state: dict[str, dict[str, Any]]) -> list[str] | None:
         params = info.get("evaluated_params")
         if isinstance(params, dict) and params:
             return list(params)
-    table = root / "trials.csv"
+    table = root / TRIALS_TABLE
     if table.is_file():
         with open(table, newline="") as f:
             head = next(csv.reader(f), [])
@@ -339,7 +311,8 @@ def _varying(trials) -> list[str]:
     return [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]
 
 
-def _same(a: Any, b: Any) -> bool:
+def same_setting(a: Any, b: Any) -> bool:
+    """Whether two values of one setting are equal (floats up to rounding)."""
     if isinstance(a, float) or isinstance(b, float):
         try:
             return math.isclose(float(a), float(b), rel_tol=1e-12)
@@ -353,57 +326,7 @@ def _best_config_trial(root: Path) -> str:
     import yaml
 
     try:
-        data = yaml.safe_load((root / "best_config.yaml").read_text())
+        data = yaml.safe_load((root / BEST_CONFIG_FILE).read_text())
     except (OSError, yaml.YAMLError):
         return ""
     return str(data.get("trial_id", "")) if isinstance(data, dict) else ""
-
-
-def _saved_settings(root: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads((root / SETTINGS_FILE).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _recognise_space(exp: Experiment) -> None:
-    from marktune.mark.config import parse_overrides
-    from marktune.tune.spaces import SpaceError, available_spaces, load_space
-
-    saved = _saved_settings(exp.path)
-    if saved and saved.get("space"):
-        try:  # the search's own record (marktune_search.json): its space file and --set
-            overrides = parse_overrides(saved.get("overrides") or [])
-            space = load_space(saved["space"], overrides=overrides)
-            if space.benchmark == exp.benchmark:
-                exp.space, exp.space_name, exp.overrides = space, space.name, overrides
-                return
-        except (SpaceError, ConfigError, TypeError):
-            pass  # moved or changed since: recognise it from the trials instead
-    names = []
-    prefix = exp.name.rsplit("-", 2)[0] if exp.name.count("-") >= 2 else exp.name
-    for cand in (prefix, exp.benchmark, *available_spaces()):
-        if cand in available_spaces() and cand not in names:
-            names.append(cand)
-    shared = exp.shared_settings()
-    for name in names:
-        try:
-            space = load_space(name)
-        except SpaceError:
-            continue
-        if space.benchmark != exp.benchmark or sorted(space.params) != sorted(exp.searched):
-            continue
-        fixed = {k: v for k, v in space.fixed.items() if k not in space.params}
-        # shared settings differing from the file's: the search's --set overrides
-        overrides = {k: v for k, v in shared.items()
-                     if k != "benchmark" and not (k in fixed and _same(fixed[k], v))}
-        missing = [k for k in fixed if k not in shared]
-        if missing:
-            continue
-        try:
-            space.default_trial_config(overrides)
-        except ConfigError:
-            continue
-        exp.space, exp.space_name, exp.overrides = space, name, overrides
-        return

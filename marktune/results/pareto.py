@@ -5,6 +5,9 @@ MARK's claim is accuracy with fewer parameters; a trial's price is compute time.
 and is strictly better in one of the two. Plain functions over plain numbers, so the front of
 a search and of an evaluation are found the same way.
 
+:func:`parameter_counts` counts a configuration's parameters (its shared KB and what each
+task adds) from freshly built parts, without data or training.
+
 Example:
     >>> points = [(100, 0.80), (200, 0.85), (150, 0.79), (300, 0.85), (50, 0.60)]
     >>> pareto_front(points)
@@ -15,6 +18,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from typing import Sequence
+
+from marktune.mark.config import MarkConfig
 
 
 @dataclass(frozen=True)
@@ -77,3 +82,38 @@ def figure(points: Sequence[Point], *, title: str, accuracy_label: str):
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+TOTAL_CLASSES = {"cifar100": 100, "miniimagenet": 100, "fmnist": 10, "digits": 10}
+
+
+# ---------------------------------------------------------------- a configuration's parameters
+def classes_per_task(config: MarkConfig) -> int:
+    if config.benchmark == "synthetic":
+        return config.synthetic_classes_per_task
+    return TOTAL_CLASSES[config.benchmark] // config.tasks
+
+
+def parameter_counts(config: MarkConfig) -> tuple[int, int]:
+    """(shared KB, one task's F_t + M_t + C_t) parameters, from freshly built parts (no data, no training).
+
+    Inputs are 3-channel at the benchmark's image size (grey benchmarks are repeated to 3
+    channels). With the ResNet-18 feature extractor, F_t counts the frozen trunk too.
+    """
+    import torch
+
+    from marktune.mark.model import (FeatureExtractor, KnowledgeBase, MaskGenerator, ResNetFeatureExtractor,
+                                     TaskHead, count_parameters)
+
+    with torch.device("meta"):  # shapes only: nothing is allocated or initialised
+        kb = KnowledgeBase(image_size=config.image_size, in_channels=3, depth=config.kb_depth,
+                           width=config.kb_width, latent_dim=config.latent_dim, dropout=config.kb_dropout)
+        if config.feature_extractor == "resnet18":
+            fe = ResNetFeatureExtractor(latent_dim=config.latent_dim)
+        else:
+            fe = FeatureExtractor(image_size=config.image_size, in_channels=3, channels=config.fe_channels,
+                                  latent_dim=config.latent_dim)
+        masks = MaskGenerator(latent_dim=config.latent_dim, block_channels=kb.channels,
+                              hidden=config.mask_hidden, activation=config.mask_activation)
+        head = TaskHead(config.latent_dim, classes_per_task(config))
+    return count_parameters(kb), count_parameters(fe) + count_parameters(masks) + count_parameters(head)

@@ -18,16 +18,15 @@ Example:
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from marktune.results.files import SETTINGS_FILE, read_settings
+
 PROTOCOLS = ("full", "first-k", "other-order")
 DEFAULT_TUNING_TASKS = 3
-SETTINGS_FILE = "marktune_search.json"
 STOP_AFTER_KEY = "stop_after_tasks"  # runtime setting: a trial runs the first k tasks of its stream
 FIRST_OTHER_DATA_SEED = 2000  # class orders an evaluation adds are the first data seeds >= this
 # settings a target benchmark brings itself (evaluate --benchmark) unless the search searched them
@@ -95,18 +94,14 @@ def read_protocol(experiment: Any) -> SearchProtocol:
     """The protocol of a loaded ``marktune.results.experiment.Experiment``."""
     from marktune.mark.config import MarkConfig
 
-    try:
-        settings = json.loads((Path(experiment.path) / SETTINGS_FILE).read_text())
-    except (OSError, json.JSONDecodeError):
-        settings = {}
+    settings = read_settings(experiment.path) or {}
     seed, order = 0, None
     for trial in experiment.trials:
         if trial.config:
             config = MarkConfig.from_dict(trial.config)
             seed, order = config.split_seed, config.class_order
             break
-    return protocol_from_settings(settings if isinstance(settings, dict) else {},
-                                  stream_tasks=experiment.num_tasks, searched_data_seed=seed,
+    return protocol_from_settings(settings, stream_tasks=experiment.num_tasks, searched_data_seed=seed,
                                   searched_class_order=order)
 
 

@@ -32,6 +32,8 @@ import yaml
 
 from marktune.mark.config import MarkConfig
 from marktune.mark.metrics import METRIC, TIME_ATTR
+from marktune.results.files import BEST_CONFIG_FILE, TRIAL_DIR_PREFIX, TRIALS_TABLE
+from marktune.results.status import decide_status
 
 STATUS_ORDER = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "PENDING": 3, "ERROR": 4}
 UNFINISHED = ("RUNNING", "PENDING")
@@ -56,24 +58,18 @@ def trial_rows(results, *, searched: Sequence[str], num_tasks: int,
     """One row per Tune result, best first.
 
     ``interrupted(trial_id)``: whether the search stopped while the trial ran or waited (then
-    RUNNING or, without a result, PENDING); a trial that ended with fewer tasks than planned
-    is PRUNED. ``configs``: trial id -> its config, for trials that never wrote one.
+    RUNNING or, without a result, PENDING, unless it had reported every task); a trial that
+    ended with fewer tasks than planned is PRUNED (``marktune.results.status``). ``configs``: trial id -> its config, for trials that never wrote one.
     """
     rows = []
     keys = set(MarkConfig.field_names())
     for result in results:
         metrics = result.metrics or {}
-        trial_id = str(metrics.get("trial_id") or Path(result.path).name.removeprefix("trial_"))
+        trial_id = str(metrics.get("trial_id") or Path(result.path).name.removeprefix(TRIAL_DIR_PREFIX))
         tasks_done = int(metrics.get(TIME_ATTR, 0) or 0)
         config = {k: v for k, v in ((result.config or (configs or {}).get(trial_id)) or {}).items() if k in keys}
-        if result.error is not None:
-            status = "ERROR"
-        elif interrupted is not None and interrupted(trial_id):
-            status = "RUNNING" if tasks_done > 0 else "PENDING"
-        elif tasks_done >= num_tasks:
-            status = "COMPLETE"
-        else:
-            status = "PRUNED"
+        status = decide_status(errored=result.error is not None, tasks_done=tasks_done, num_tasks=num_tasks,
+                               interrupted=interrupted is not None and interrupted(trial_id)).value
         rows.append(TrialRow(
             trial_id=trial_id, status=status, tasks_done=tasks_done,
             val_acc=float(metrics.get(METRIC, math.nan)), test_acc=float(metrics.get("mean_test_acc", math.nan)),
@@ -92,7 +88,7 @@ def unfinished(rows: Sequence[TrialRow]) -> int:
 def write_outputs(rows: list[TrialRow], out_dir: Path, *, searched: Sequence[str], space_name: str) -> Path | None:
     """trials.csv (every trial) and best_config.yaml (best complete trial); returns the latter."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / "trials.csv", "w", newline="") as f:
+    with open(out_dir / TRIALS_TABLE, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["trial_id", "status", "tasks_done", "val_acc", "test_acc", "bwt", *searched, "error"])
         for r in rows:
@@ -102,7 +98,7 @@ def write_outputs(rows: list[TrialRow], out_dir: Path, *, searched: Sequence[str
     if not complete:
         return None
     best = max(complete, key=lambda r: r.val_acc)
-    path = out_dir / "best_config.yaml"
+    path = out_dir / BEST_CONFIG_FILE
     path.write_text(
         f"# Best of {len(complete)} complete trials by validation ACC (space {space_name}).\n"
         f"# Run it: python -m marktune.run --config {path}\n"

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from ray.tune import Callback
 
 from marktune.mark.metrics import METRIC, TIME_ATTR
+from marktune.results.status import decide_status
 from marktune.results.summary import error_reason
 
 STATUS_EVERY_S = 30.0
@@ -149,7 +150,7 @@ class SearchProgress(Callback):
 
     # ------------------------------------------------------------ what it knows
     def _verdict(self, tasks_done: int) -> str:
-        return "COMPLETE" if tasks_done >= self.num_tasks else "PRUNED"
+        return decide_status(errored=False, tasks_done=tasks_done, num_tasks=self.num_tasks, interrupted=False).value
 
     def counts(self, trials: list | None = None) -> TrialCounts:
         if trials is not None:

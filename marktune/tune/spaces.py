@@ -16,8 +16,16 @@ A space file holds::
       eval_seeds: 3         # marktune.evaluate: initialisation seeds x class orders
       eval_orders: 1
 
-Everything is checked here, before Ray starts: unknown names, ``low >= high``,
-values the learner would refuse.
+Everything is checked here, before Ray starts: unknown names, a key given twice (at any level,
+with its line), ``low >= high``, a distribution that does not suit the setting's type, and every
+value a search can propose that the learner would refuse (``marktune.tune.space_checks`` says
+which values and combinations are tried).
+
+A finished search's space is recognised here too (:func:`recognise_space`): when the search left
+``marktune_search.json`` (its space and ``--set`` overrides), that file says. Otherwise a space
+file matches when its benchmark is the trials' and its searched settings are the trials'.
+Candidates are the experiment name's prefix (``digits-20261123-...`` -> ``digits``), then the
+benchmark's name, then every other space file.
 
 Example:
     >>> space = load_space("fmnist")
@@ -33,7 +41,12 @@ from typing import Any, Mapping
 
 import yaml
 
-from marktune.mark.config import ConfigError, MarkConfig, _yaml_scalar
+from marktune.mark.config import ConfigError, MarkConfig, parse_overrides, yaml_scalar
+from marktune.mark.yaml_io import DuplicateKeyError, load_yaml_text
+from marktune.results.experiment import Experiment, load_experiment, same_setting
+from marktune.results.files import read_settings
+from marktune.tune.space_checks import (SpaceError, check_choice_values, check_combinations, check_kind,
+                                        check_values, seed_refusal, setting_type)
 
 SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 KINDS = ("loguniform", "uniform", "int", "logint", "choice")
@@ -42,9 +55,9 @@ DEFAULTS = {"samples": 12, "max_concurrent": None, "grace_period": 1, "reduction
             # marktune.evaluate's grid: initialisation seeds x class orders per configuration
             "eval_seeds": 3, "eval_orders": 1}
 
-
-class SpaceError(ValueError):
-    """A search space that cannot run; the message names the file and the problem."""
+SPEC_KEYS = {"choice": ("type", "values"), "range": ("type", "low", "high")}
+__all__ = ["SpaceError", "Param", "SearchSpace", "available_spaces", "load_space", "parse_space",
+           "load_experiment_with_space", "recognise_space"]
 
 
 @dataclass(frozen=True)
@@ -115,6 +128,15 @@ class SearchSpace:
             return [str(v) for v in self.params["precision"].extremes()]
         return [self.default_trial_config(overrides).precision]
 
+    def check_tasks_searched(self, tasks: int, *, tuning: bool) -> None:
+        """ASHA's grace period must fit in the tasks a trial runs (``--tuning-tasks`` under
+        first-k); Ray's scheduler otherwise fails with an assertion after Ray has started."""
+        grace = self.defaults["grace_period"]
+        if grace > tasks:
+            raise SpaceError(f"{self.path}: defaults.grace_period ({grace}) exceeds the {tasks} tasks a "
+                             f"trial runs{' (--tuning-tasks)' if tuning else ''}; lower grace_period to "
+                             f"at most {tasks}" + (" or raise --tuning-tasks" if tuning else ""))
+
     def default_trial_config(self, overrides: Mapping[str, Any] | None = None) -> MarkConfig:
         """Fixed settings with the learner's defaults for the searched ones."""
         return MarkConfig.from_dict(self.base_config(overrides))
@@ -137,7 +159,11 @@ def load_space(name_or_path: str | Path, *, overrides: Mapping[str, Any] | None 
             raise SpaceError(f"unknown search space {text!r}; available: {', '.join(available_spaces())} "
                              "(or give a path to your own .yaml)")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml_text(path.read_text()) or {}
+    except (OSError, UnicodeDecodeError) as err:
+        raise SpaceError(f"cannot read {path} as a UTF-8 text file: {err}") from None
+    except DuplicateKeyError as err:
+        raise SpaceError(f"{path}, {err}") from None
     except yaml.YAMLError as err:
         raise SpaceError(f"{path} is not valid YAML: {err}") from None
     return parse_space(data, name=path.stem, path=path, overrides=overrides)
@@ -154,6 +180,12 @@ def parse_space(data: Mapping[str, Any], *, name: str, path: Path,
                          "allowed: benchmark, fixed, search, defaults, description")
     if "benchmark" not in data:
         raise SpaceError(f"{where}: missing 'benchmark'")
+    if not isinstance(data["benchmark"], str):
+        raise SpaceError(f"{where}: benchmark must be a name (got {data['benchmark']!r})")
+    for key in ("fixed", "search", "defaults"):
+        if not isinstance(data.get(key) or {}, Mapping):
+            raise SpaceError(f"{where}: {key} must be a mapping of key: value lines "
+                             f"(got {type(data[key]).__name__} {data[key]!r})")
     fixed = dict(data.get("fixed") or {})
     known = set(MarkConfig.field_names())
     for key in fixed:
@@ -163,6 +195,9 @@ def parse_space(data: Mapping[str, Any], *, name: str, path: Path,
     params = {}
     for pname, spec in (data.get("search") or {}).items():
         params[pname] = _parse_param(where, pname, spec, known)
+    if not params:
+        raise SpaceError(f"{where}: search: names no setting; a search needs at least one (one run of the "
+                         f"fixed settings is `python -m marktune.run --config {where}`)")
     defaults = dict(DEFAULTS)
     for key, value in (data.get("defaults") or {}).items():
         if key not in DEFAULTS:
@@ -179,16 +214,28 @@ def _parse_param(where: str, name: str, spec: Any, known: set[str]) -> Param:
     if name not in known:
         raise SpaceError(f"{where}: searched parameter {name!r} is not a learner setting "
                          f"(known: {', '.join(sorted(known))})")
+    if name == "benchmark":
+        raise SpaceError(f"{where}: benchmark cannot be searched: a space is one benchmark's (its "
+                         "top-level benchmark:); write one space file per benchmark")
     if not isinstance(spec, Mapping) or "type" not in spec:
         raise SpaceError(f"{where}: {name} needs a mapping with 'type' (one of {', '.join(KINDS)})")
     kind = spec["type"]
     if kind not in KINDS:
         raise SpaceError(f"{where}: {name}: unknown type {kind!r}; use one of {', '.join(KINDS)}")
+    allowed = SPEC_KEYS["choice" if kind == "choice" else "range"]
+    extra = [str(k) for k in spec if k not in allowed]
+    if extra:
+        raise SpaceError(f"{where}: {name}: {kind} takes only {', '.join(allowed)}, not {', '.join(extra)}"
+                         + ("; for a stepped range list the values: `type: choice, values: [...]`"
+                            if "step" in extra or "q" in extra else ""))
     if kind == "choice":
         values = spec.get("values")
         if not isinstance(values, list) or len(values) < 1:
             raise SpaceError(f"{where}: {name}: choice needs a non-empty list 'values'")
-        return Param(name, kind, values=tuple(_num(v) for v in values))
+        check_kind(where, name, kind)
+        if setting_type(name)[0] != "str":  # YAML 1.1 reads 1e-3 as a string; a string setting keeps it
+            values = [_num(v) for v in values]
+        return Param(name, kind, values=check_choice_values(where, name, values))
     try:
         low, high = float(_num(spec["low"])), float(_num(spec["high"]))
     except (KeyError, TypeError, ValueError):
@@ -199,11 +246,12 @@ def _parse_param(where: str, name: str, spec: Any, known: set[str]) -> Param:
         raise SpaceError(f"{where}: {name}: {kind} needs low > 0 (got {low:g})")
     if kind in ("int", "logint") and not (low.is_integer() and high.is_integer()):
         raise SpaceError(f"{where}: {name}: {kind} bounds must be whole numbers")
+    check_kind(where, name, kind, low, high)
     return Param(name, kind, low=low, high=high)
 
 
 def _num(value: Any) -> Any:
-    return _yaml_scalar(value) if isinstance(value, str) else value
+    return yaml_scalar(value) if isinstance(value, str) else value
 
 
 def _check_defaults(where: str, d: dict[str, Any]) -> None:
@@ -222,23 +270,84 @@ def _check_defaults(where: str, d: dict[str, Any]) -> None:
     whole("eval_orders", 1)
     for key in ("cpus_per_trial", "gpus_per_trial"):
         v = d[key]
-        if v is not None and (not isinstance(v, (int, float)) or v < 0):
-            raise SpaceError(f"{where}: defaults.{key} must be a number >= 0 (got {v!r})")
+        if v is None and key == "gpus_per_trial":
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise SpaceError(f"{where}: defaults.{key} must be a number >= 0 (got {v!r})"
+                             + (f"; leave it out for the default ({DEFAULTS[key]})" if v is None else ""))
+    gpus = d["gpus_per_trial"]
+    if gpus is not None and gpus > 1 and not float(gpus).is_integer():
+        raise SpaceError(f"{where}: defaults.gpus_per_trial must be a fraction in [0, 1] or a whole "
+                         f"number (got {gpus!r})")
 
 
 def _check_against_learner(where: str, space: SearchSpace, overrides: Mapping[str, Any] | None) -> None:
-    """Every end of every range must make a config the learner accepts."""
+    """Every value a trial can be given must make a config the learner accepts
+    (``marktune.tune.space_checks``: each value alone, then combinations)."""
+    searched = [key for key in (overrides or {}) if key in space.params]
+    if searched:
+        key = searched[0]
+        raise SpaceError(f"--set {key}={overrides[key]!r}: {key} is searched by {where} "
+                         f"({space.params[key].describe()}), and a search overwrites it in every trial; "
+                         f"drop the --set, or copy the space file and move {key} from search: to fixed:")
     try:
         base = space.default_trial_config(overrides)
     except ConfigError as err:
         raise SpaceError(f"{where}: fixed settings: {err}") from None
-    for param in space.params.values():
-        for value in param.extremes():
-            try:
-                MarkConfig.from_dict({**space.base_config(overrides), param.name: value})
-            except ConfigError as err:
-                raise SpaceError(f"{where}: searched {param.describe()}: value {value!r} is refused: "
-                                 f"{err}") from None
+    bad_seed = seed_refusal(space.base_config(overrides))
+    if bad_seed:
+        raise SpaceError(f"{where}: fixed settings and --set: {bad_seed}")
+    check_values(where, space.base_config(overrides), space.params.values())
+    check_combinations(where, space.base_config(overrides), list(space.params.values()))
     if space.defaults["grace_period"] > base.tasks:
         raise SpaceError(f"{where}: defaults.grace_period ({space.defaults['grace_period']}) exceeds "
                          f"the number of tasks ({base.tasks})")
+
+
+# ---------------------------------------------------------------- a finished search's space
+def load_experiment_with_space(path) -> Experiment:
+    """``marktune.results.experiment.load_experiment`` with its space recognised
+    (:func:`recognise_space`): what ``evaluate`` and ``report`` read."""
+    return recognise_space(load_experiment(path))
+
+
+def recognise_space(exp: Experiment) -> Experiment:
+    """Set ``exp.space``, ``space_name`` and ``overrides`` to the space the search ran, when one
+    is recognised (else they stay unset); returns ``exp``."""
+    saved = read_settings(exp.path)
+    if saved and saved.get("space"):
+        try:  # the search's own record (marktune_search.json): its space file and --set
+            overrides = parse_overrides(saved.get("overrides") or [])
+            space = load_space(saved["space"], overrides=overrides)
+            if space.benchmark == exp.benchmark:
+                exp.space, exp.space_name, exp.overrides = space, space.name, overrides
+                return exp
+        except (SpaceError, ConfigError, TypeError):
+            pass  # moved or changed since: recognise it from the trials instead
+    names = []
+    prefix = exp.name.rsplit("-", 2)[0] if exp.name.count("-") >= 2 else exp.name
+    for cand in (prefix, exp.benchmark, *available_spaces()):
+        if cand in available_spaces() and cand not in names:
+            names.append(cand)
+    shared = exp.shared_settings()
+    for name in names:
+        try:
+            space = load_space(name)
+        except SpaceError:
+            continue
+        if space.benchmark != exp.benchmark or sorted(space.params) != sorted(exp.searched):
+            continue
+        fixed = {k: v for k, v in space.fixed.items() if k not in space.params}
+        # shared settings differing from the file's: the search's --set overrides
+        overrides = {k: v for k, v in shared.items()
+                     if k != "benchmark" and not (k in fixed and same_setting(fixed[k], v))}
+        missing = [k for k in fixed if k not in shared]
+        if missing:
+            continue
+        try:
+            space.default_trial_config(overrides)
+        except ConfigError:
+            continue
+        exp.space, exp.space_name, exp.overrides = space, name, overrides
+        return exp
+    return exp

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from marktune.results.files import read_settings
+
 if TYPE_CHECKING:
     import optuna
 
@@ -184,9 +186,6 @@ def _first_line(err: BaseException) -> str:
     return text[0] if text else ""
 
 
-SETTINGS_FILE = "marktune_search.json"  # as marktune.search writes it
-
-
 def study_of_experiment(experiment_dir: Path, *, url: str | None = None) -> tuple["optuna.Study | None", str]:
     """(the search's study or None, where it was read from or why there is none).
 
@@ -194,13 +193,8 @@ def study_of_experiment(experiment_dir: Path, *, url: str | None = None) -> tupl
     file in the experiment directory). ``url`` overrides the storage (a database whose
     password the experiment does not keep).
     """
-    import json
-
     experiment_dir = Path(experiment_dir)
-    try:
-        settings = json.loads((experiment_dir / SETTINGS_FILE).read_text())
-    except (OSError, ValueError):
-        settings = {}
+    settings = read_settings(experiment_dir) or {}
     name = settings.get("study_name") or experiment_dir.name
     url = url or settings.get("optuna_storage")
     if url and "***" in url:
@@ -215,3 +209,23 @@ def study_of_experiment(experiment_dir: Path, *, url: str | None = None) -> tupl
     except Exception as err:  # noqa: BLE001 - an unreachable database is reported, not fatal
         return None, f"{storage.describe()} cannot be read ({type(err).__name__}: {_first_line(err)})"
     return study, f"study {name!r} in {storage.describe()}"
+
+
+def param_importances(study: "optuna.Study") -> tuple[dict[str, float] | None, str]:
+    """(the study's parameter importances or None, a sentence saying how they were computed or why none)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    if len(complete) < 2:
+        return None, (f"Too few complete trials for parameter importances: {len(complete)} of "
+                      f"{len(study.trials)} trials ran every task (at least 2 are needed; more make them meaningful).")
+    try:
+        values = optuna.importance.get_param_importances(study)
+    except Exception as err:  # noqa: BLE001 - e.g. every complete trial has the same settings
+        return None, f"Optuna could not compute parameter importances: {type(err).__name__}: {err}"
+    if not values:
+        return None, "Optuna returned no importances (no setting varies across the complete trials)."
+    note = (f"fANOVA importances over {len(complete)} complete trials (of {len(study.trials)}); "
+            "with few trials they are rough.")
+    return dict(values), note

@@ -14,7 +14,9 @@ from typing import Any
 import numpy as np
 from ray.tune.logger import LoggerCallback
 
+from marktune.results.files import RESULT_FILE, read_results
 from marktune.results.records import tensorboard_tag
+from marktune.results.status import decide_status
 
 HPARAM_METRICS = ("hparams/val_acc", "hparams/test_acc", "hparams/bwt_test", "hparams/tasks_done")
 
@@ -75,8 +77,8 @@ class MarkTensorBoardCallback(LoggerCallback):
 
         params = {k: _hparam_value(trial.config.get(k)) for k in self.searched}
         tasks_done = int(last.get("tasks_done", 0))
-        status = "ERROR" if failed else ("COMPLETE" if tasks_done == self.num_tasks else "PRUNED")
-        params["status"] = status
+        params["status"] = decide_status(errored=failed, tasks_done=tasks_done, num_tasks=self.num_tasks,
+                                         interrupted=False).value
         values = {
             "hparams/val_acc": float(last.get("mean_val_acc", math.nan)),
             "hparams/test_acc": float(last.get("mean_test_acc", math.nan)),
@@ -109,21 +111,11 @@ def matrix_image(rows: dict[int, list[float]], num_tasks: int, *, cell: int = 12
 def _rows_from_result_log(trial) -> dict[int, list[float]]:
     """Rows reported before a driver restart: this callback's memory of them is gone,
     but Tune's JSON logger kept every result in the trial's ``result.json``."""
-    import json
     from pathlib import Path
 
-    rows: dict[int, list[float]] = {}
-    path = Path(trial.local_path or "") / "result.json"
-    if not path.is_file():
-        return rows
-    for line in path.read_text().splitlines():
-        try:
-            result = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut off by a crash
-        if "tasks_done" in result and "val_row" in result:
-            rows[int(result["tasks_done"]) - 1] = list(result["val_row"])
-    return rows
+    # a line cut off by a crash is skipped; a task reported twice (a retried trial) keeps its last row
+    return {int(result["tasks_done"]) - 1: list(result["val_row"])
+            for result in read_results(Path(trial.local_path or "") / RESULT_FILE) if "val_row" in result}
 
 
 def _hparam_value(value: Any) -> Any:

@@ -23,9 +23,9 @@ from typing import Any
 import torch
 
 from marktune.mark.metrics import TIME_ATTR
+from marktune.tune.plan import RUNTIME_KEY, TrialRuntime  # the trial config's non-learner settings
 
 STATE_FILE = "learner.pt"
-RUNTIME_KEY = "marktune_runtime"  # non-learner settings riding in the trial config
 
 
 def trial_device(*, cpu_fallback: bool = False) -> torch.device:
@@ -41,10 +41,10 @@ def trial_device(*, cpu_fallback: bool = False) -> torch.device:
     return choose_device(gpu_ids=ray.get_gpu_ids(), cpu_fallback=cpu_fallback)
 
 
-def trial_gpu_fraction(runtime: dict[str, Any]) -> float | None:
+def trial_gpu_fraction(runtime: TrialRuntime) -> float | None:
     """The share of its GPU this trial may allocate: ``--gpu-memory-fraction``, else what Ray gave it."""
-    if runtime.get("gpu_memory_fraction") is not None:
-        return float(runtime["gpu_memory_fraction"])
+    if runtime.gpu_memory_fraction is not None:
+        return runtime.gpu_memory_fraction
     import ray
 
     gpus = ray.get_runtime_context().get_assigned_resources().get("GPU")
@@ -71,7 +71,8 @@ def drop_ignored_exits() -> None:
 
 
 def train_mark_sequence(config: dict[str, Any]) -> None:
-    """Tune function trainable: ``config`` holds learner settings plus ``marktune_runtime``."""
+    """Tune function trainable: ``config`` holds learner settings plus the :class:`TrialRuntime`
+    under ``RUNTIME_KEY``."""
     from ray import tune
 
     from marktune.mark.config import MarkConfig
@@ -85,18 +86,17 @@ def train_mark_sequence(config: dict[str, Any]) -> None:
     # driver's own progress lines, which already say when a task is done.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     drop_ignored_exits()
-    runtime = dict(config.get(RUNTIME_KEY) or {})
+    runtime = TrialRuntime.from_dict(config.get(RUNTIME_KEY))
     keys = set(MarkConfig.field_names())
     mark_config = MarkConfig.from_dict({k: v for k, v in config.items() if k in keys})
-    threads = runtime.get("threads")
-    if threads:
-        torch.set_num_threads(int(threads))
-    device = trial_device(cpu_fallback=bool(runtime.get("cpu_fallback")))
+    if runtime.threads:
+        torch.set_num_threads(runtime.threads)
+    device = trial_device(cpu_fallback=runtime.cpu_fallback)
     memory_fraction = cap_gpu_memory(device, trial_gpu_fraction(runtime))  # before anything is built
     check_precision(mark_config.precision, device)  # bf16 on a CPU without it: refuse, don't crawl
-    benchmark = load_benchmark_for(mark_config, data_dir=runtime.get("data_dir"),
-                                   download=bool(runtime.get("download", False)))
-    learner = MarkLearner(mark_config, benchmark, device=device, verbose=int(runtime.get("verbose", 0)))
+    benchmark = load_benchmark_for(mark_config, data_dir=runtime.data_dir, download=runtime.download)
+    # quiet learner: the driver prints one line per finished task (marktune.tune.progress)
+    learner = MarkLearner(mark_config, benchmark, device=device, verbose=0)
 
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -108,7 +108,7 @@ def train_mark_sequence(config: dict[str, Any]) -> None:
 
     node = os.environ.get("RAY_NODE_ID") or _node_id()
     # first-k protocol (marktune.results.protocols): the first k tasks of the whole stream, then stop
-    run_tasks = min(learner.num_tasks, int(runtime.get("stop_after_tasks") or learner.num_tasks))
+    run_tasks = min(learner.num_tasks, runtime.stop_after_tasks or learner.num_tasks)
     while learner.tasks_done < run_tasks:
         started = time.time()
         try:

@@ -1,7 +1,7 @@
-"""Ray Tune settings shared by the search and the evaluation, and what Tune left on disk.
+"""Ray Tune's checkpoints for the search and the evaluation, and what Tune left on disk.
 
-* :func:`prepare_tune`: environment settings Tune reads when a Tuner is built (our own
-  TensorBoard logger, the snapshot period, how many trials may start at once).
+(The environment Tune reads when a Tuner is built is set in :mod:`marktune.tune.launch`.)
+
 * :func:`keep_every_checkpoint` / :func:`prune_checkpoints`: the checkpoint policy (every
   checkpoint while trials run, the newest only afterwards).
 * :func:`last_trial_states`: each trial's status and config in the newest experiment state.
@@ -10,7 +10,6 @@ Works on local paths and ``s3://`` (through pyarrow's filesystems).
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 
@@ -48,7 +47,7 @@ def last_trial_states(experiment: str) -> dict[str, dict]:
 # trial's older checkpoint when it registers a new one and only then snapshots the experiment
 # state: a driver killed in between leaves a state that points at a deleted checkpoint, and on
 # --resume that trial fails ("Could not recover from checkpoint", seen in CI). Instead the state
-# is snapshotted every second (TUNE_GLOBAL_CHECKPOINT_S, in prepare_tune), so a resumed trial
+# is snapshotted every second (TUNE_GLOBAL_CHECKPOINT_S, in marktune.tune.launch.prepare_tune), so a resumed trial
 # may redo the tasks of its last second (deterministically, the same rows), and
 # prune_checkpoints() removes the older checkpoints once the run is over.
 def keep_every_checkpoint():
@@ -77,46 +76,3 @@ def prune_checkpoints(experiment: str) -> int:
             filesystem.delete_dir(path)
             deleted += 1
     return deleted
-
-
-def prepare_tune(*, cpus_per_trial: float, gpus_per_trial: float | None, runs: int,
-                 max_concurrent: int | None = None) -> float:
-    """Tune settings shared by the search and the evaluation; returns the GPUs per trial.
-
-    ``gpus_per_trial=None`` means 0.25 where the cluster has GPUs, else 0. Call after
-    ``ray.init`` and before building the Tuner (Tune reads these variables then).
-    """
-    import ray
-
-    # Our TensorBoard callback replaces Tune's: one set of curves per trial, with HParams.
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    # one checkpoint per task is our design, not a problem worth a warning each time
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # The experiment state (what --resume restores) at most a second behind the trials; see
-    # keep_every_checkpoint for why Tune's own "snapshot every num_to_keep checkpoints" is not used.
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
-    total = ray.cluster_resources()
-    gpus = gpus_per_trial
-    if gpus is None:
-        gpus = 0.25 if total.get("GPU", 0) > 0 else 0.0
-    # With a searcher, Tune starts one trial at a time (one pending placement group) by
-    # default, so trials on free slots wait for each other's actor start-up. Let as many
-    # start at once as the cluster has slots for.
-    slots = [runs]
-    if cpus_per_trial > 0:
-        slots.append(int(total.get("CPU", 0) // cpus_per_trial))
-    if gpus > 0:
-        slots.append(int(total.get("GPU", 0) // gpus))
-    if max_concurrent:
-        slots.append(max_concurrent)
-    # set, not setdefault: a second search in one process (tests, notebooks) has its own slots
-    os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(max(1, min(slots)))
-    return gpus
-
-
-def quiet_ray_output(*, verbose: bool) -> None:
-    """Ray's trial tables with --verbose only. Tune 2.60's default output engine prints its
-    configuration box at the start and a full trial table at the end even with verbose=0;
-    its legacy engine (RAY_AIR_NEW_OUTPUT=0) at verbose=0 prints nothing. Ray's warnings go
-    through logging and are shown either way. Read by Tune when the Tuner runs."""
-    os.environ["RAY_AIR_NEW_OUTPUT"] = "1" if verbose else "0"

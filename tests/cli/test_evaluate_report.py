@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import subprocess
 import sys
 from pathlib import Path
@@ -18,8 +17,10 @@ import pytest
 from conftest import headless_chromium, run_search, tiny_digits_space
 from marktune.cli import evaluate; from marktune.cli import report
 from marktune.mark.config import MarkConfig
-from marktune.results.experiment import load_experiment
-from marktune.tune.spaces import load_space
+from marktune.results import html as report_html
+from marktune.results.evaluation_table import aggregate, read_csv
+from marktune.results.pareto import parameter_counts
+from marktune.tune.spaces import load_experiment_with_space, load_space
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -72,7 +73,7 @@ def interrupted(tmp_path):
 
 
 def test_interrupted_search_statuses_and_missing_trials(interrupted):
-    exp = load_experiment(interrupted)
+    exp = load_experiment_with_space(interrupted)
     status = {t.trial_id: t.status for t in exp.trials}
     assert status == {"aaaa0001": "COMPLETE", "aaaa0002": "COMPLETE", "aaaa0003": "PRUNED",
                       "aaaa0004": "RUNNING", "aaaa0005": "MISSING"}
@@ -90,13 +91,13 @@ def test_default_configuration_rule_with_overrides_and_unknown_space(tmp_path):
                 "kb_width": [8, 16], "mini_tasks": [2, 3], "inner_steps": [2, 3]}
     trials = {"b1": ("TERMINATED", 5, 0.9), "b2": ("TERMINATED", 5, 0.8)}
     # `--set epochs=1` in the search: the space's default configuration with that override
-    exp = load_experiment(_fake_experiment(tmp_path / "x1", trials, base=_digits_base(epochs=1), searched=searched))
+    exp = load_experiment_with_space(_fake_experiment(tmp_path / "x1", trials, base=_digits_base(epochs=1), searched=searched))
     assert exp.space_name == "digits" and exp.overrides == {"epochs": 1}
     default = exp.default_config()[0]
     assert default == load_space("digits").default_trial_config({"epochs": 1})
     assert default.mini_tasks == 2  # the space file's fixed value of a searched setting
     # searched settings of no space file: shared settings, learner defaults for the searched ones
-    exp = load_experiment(_fake_experiment(tmp_path / "x2", trials, base=_digits_base(),
+    exp = load_experiment_with_space(_fake_experiment(tmp_path / "x2", trials, base=_digits_base(),
                                            searched={"lr_meta": [0.001, 0.002]}))
     assert exp.space is None and exp.searched == ["lr_meta"]
     default, rule = exp.default_config()
@@ -132,31 +133,8 @@ def test_ablations_flag_picks_and_checks_the_ablations(interrupted):
         evaluate.plan_from_args(args)
 
 
-def test_parameter_counts_match_the_built_model():
-    from marktune.mark.model import FeatureExtractor, KnowledgeBase, MaskGenerator, TaskHead, count_parameters
-
-    cfg = MarkConfig()  # the paper's CIFAR-100 model, 5 classes per task
-    kb, task = evaluate.parameter_counts(cfg)
-    real_kb = KnowledgeBase()
-    assert kb == count_parameters(real_kb)
-    assert task == (count_parameters(FeatureExtractor()) + count_parameters(TaskHead(128, 5))
-                    + count_parameters(MaskGenerator(latent_dim=128, block_channels=real_kb.channels)))
-
-
-def test_aggregate_mean_std_and_markdown():
-    recs = [{"configuration": "a", "kind": "best", "seed": s, "status": "COMPLETE", "test_acc": acc, "bwt": -0.01,
-             "val_acc": acc, "wall_seconds": 2.0, "kb_params": 1000, "task_params": 500, "settings": "{}"}
-            for s, acc in ((1000, 0.8), (1001, 0.9))]
-    recs.append({**recs[0], "configuration": "b", "seed": 1000, "status": "ERROR", "test_acc": math.nan})
-    a, b = evaluate.aggregate(recs)
-    assert a.ok == 2 and a.test_acc[0] == pytest.approx(0.85) and a.test_acc[1] == pytest.approx(0.0707, abs=1e-4)
-    assert b.ok == 0 and math.isnan(b.test_acc[0])
-    text = evaluate.format_markdown([a, b], experiment="e", seeds=[1000, 1001])
-    assert "| a | 2/2 | 85.00 ± 7.07 | -1.00 ± 0.00 |" in text and "| b | 0/1 | - |" in text
-
-
 def test_report_of_an_interrupted_search_says_what_is_missing(interrupted):
-    exp = load_experiment(interrupted)
+    exp = load_experiment_with_space(interrupted)
     page = report.build_report(exp).read_text()
     for anchor in ("id='best-trials'", "id='curves'", "id='accuracy-matrix'", "id='importances'", "id='evaluation'"):
         assert anchor in page
@@ -167,21 +145,6 @@ def test_report_of_an_interrupted_search_says_what_is_missing(interrupted):
                                                                          "pareto_search.png"}
 
 
-def test_pareto_front_of_hand_made_points():
-    from marktune.results.pareto import pareto_front, total_parameters
-
-    # (cost, accuracy): c beats b (cheaper, as accurate); d is beaten by a; e ties a exactly;
-    # f is the most accurate; g has no cost; h is the cheapest, least accurate
-    points = {"a": (100, 0.80), "b": (250, 0.85), "c": (200, 0.85), "d": (120, 0.79), "e": (100, 0.80),
-              "f": (400, 0.90), "g": (math.nan, 0.99), "h": (10, 0.10), "i": (400, 0.89)}
-    names = list(points)
-    front = [names[i] for i in pareto_front(list(points.values()))]
-    assert front[0] == "h" and front[-1] == "f"  # cheapest first
-    assert sorted(front) == ["a", "c", "e", "f", "h"]
-    assert pareto_front([]) == []
-    assert total_parameters(1000, 10, 5) == 1050
-
-
 def test_report_pareto_section_on_hand_made_trials(tmp_path):
     # three complete trials: c is bigger (kb_width 16) and no more accurate than b, so only a
     # and b are on the parameters front; trial times make c the slowest
@@ -190,12 +153,12 @@ def test_report_pareto_section_on_hand_made_trials(tmp_path):
     exp_dir = _fake_experiment(tmp_path / "digits-20260101-000000", trials,
                                base=_digits_base(kb_depth=1, mask_hidden=0),
                                searched={"kb_width": [8, 8, 16, 8], "lr_meta": [0.01, 0.02, 0.03, 0.04]})
-    exp = load_experiment(exp_dir)
-    points = {p.label: p for p in report.search_points(exp)}
+    exp = load_experiment_with_space(exp_dir)
+    points = {p.label: p for p in report_html.search_points(exp)}
     assert set(points) == {"aaaa000a", "aaaa000b", "aaaa000c"}  # complete only: not the pruned d
     counts = {p.params for p in points.values()}
     assert points["aaaa000a"].params == points["aaaa000b"].params < points["aaaa000c"].params, counts
-    kb, task = evaluate.parameter_counts(MarkConfig.from_dict(exp.trials[2].config))
+    kb, task = parameter_counts(MarkConfig.from_dict(exp.trials[2].config))
     assert points["aaaa000c"].params == kb + 5 * task
     page = report.build_report(exp).read_text()
     table = page[page.index("id='pareto-search-table'"):]
@@ -269,7 +232,7 @@ def test_study_in_a_sqlite_url_is_read_back_by_a_fresh_process(evaluated):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     trials = json.loads(proc.stdout.strip().splitlines()[-1])
-    exp = load_experiment(evaluated)
+    exp = load_experiment_with_space(evaluated)
     assert len(trials) == len(exp.trials) == 4
     expected = sorted((t.status, [round(v, 6) for v in t.curve()]) for t in exp.trials)
     seen = sorted((state, [round(values[str(k)], 6) for k in range(1, len(values) + 1)]) for state, values, _ in trials)
@@ -282,7 +245,7 @@ def test_study_in_a_sqlite_url_is_read_back_by_a_fresh_process(evaluated):
 
 @pytest.mark.slow
 def test_evaluation_table_has_every_configuration_seed_and_the_ablation(evaluated):
-    exp = load_experiment(evaluated)
+    exp = load_experiment_with_space(evaluated)
     n_best = min(2, len(exp.best_complete(2)))
     with open(evaluated / "evaluation.csv") as f:
         runs = list(csv.DictReader(f))
@@ -297,7 +260,7 @@ def test_evaluation_table_has_every_configuration_seed_and_the_ablation(evaluate
     ablation = [r for r in runs if r["kind"] == "ablation"]
     assert sorted((json.loads(r["settings"])["meta_update"], json.loads(r["settings"])["use_masks"])
                   for r in ablation) == [("none", True)] * 2 + [("reptile", False)] * 2
-    summaries = evaluate.aggregate(evaluate.read_csv(evaluated / "evaluation.csv"))
+    summaries = aggregate(read_csv(evaluated / "evaluation.csv"))
     for s in summaries:
         assert s.ok == 2 and s.test_acc[1] > 0  # two different seeds, two different results
         assert s.kb_params > 0 and s.task_params > 0 and s.wall_seconds > 0
@@ -322,7 +285,7 @@ def test_report_has_every_element_and_renders_in_chromium(evaluated, tmp_path):
     assert {"curves.png", "accuracy_matrix.png", "pareto_search.png", "pareto_evaluation.png"} <= pngs
     assert "id='pareto'" in page and "pareto front of the search" in page and "pareto front of the evaluation" in page
     assert "id='pareto-search-table'" in page and "id='pareto-evaluation-table'" in page
-    exp = load_experiment(evaluated)
+    exp = load_experiment_with_space(evaluated)
     for t in exp.trials:  # stopped trials' curves are shorter
         assert len(t.curve()) == t.tasks_done
 

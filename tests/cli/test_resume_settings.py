@@ -5,6 +5,7 @@ import pytest
 
 from marktune.cli import search
 from marktune.cli.search import SearchError
+from marktune.tune.search_settings import save_settings
 
 
 def _args(argv):
@@ -16,7 +17,7 @@ def test_resume_takes_space_samples_and_seed_from_the_experiment(tmp_path):
     start = _args(["--space", "digits", "--samples", "3", "--seed", "7", "--set", "epochs=1",
                    "--storage", str(tmp_path), "--name", "x"])
     plan = search.plan_from_args(start)
-    search.save_settings(plan, start, str(tmp_path / "x"))
+    save_settings(plan, str(tmp_path / "x"))
 
     resumed = _args(["--resume", "--name", "x", "--storage", str(tmp_path)])
     assert (resumed.space, resumed.samples, resumed.seed, resumed.overrides) == ("digits", 3, 7, ["epochs=1"])
@@ -37,7 +38,7 @@ def test_resume_without_saved_settings_keeps_the_flags(tmp_path):
 
 def test_resume_refuses_another_max_failures(tmp_path):
     start = _args(["--space", "digits", "--max-failures", "3", "--storage", str(tmp_path), "--name", "x"])
-    search.save_settings(search.plan_from_args(start), start, str(tmp_path / "x"))
+    save_settings(search.plan_from_args(start), str(tmp_path / "x"))
     assert _args(["--resume", "--name", "x", "--storage", str(tmp_path)]).max_failures == 3
     with pytest.raises(SearchError, match="--max-failures 3"):
         _args(["--resume", "--name", "x", "--storage", str(tmp_path), "--max-failures", "1"])
@@ -46,7 +47,7 @@ def test_resume_refuses_another_max_failures(tmp_path):
 def test_resume_takes_the_optuna_storage_and_never_writes_its_password(tmp_path):
     db = f"sqlite:///{tmp_path / 'studies.db'}"
     start = _args(["--space", "digits", "--storage", str(tmp_path), "--name", "x", "--optuna-storage", db])
-    search.save_settings(search.plan_from_args(start), start, str(tmp_path / "x"))
+    save_settings(search.plan_from_args(start), str(tmp_path / "x"))
     resumed = _args(["--resume", "--name", "x", "--storage", str(tmp_path)])
     assert resumed.optuna_storage == db
     assert search.plan_from_args(resumed).study_storage.url == db
@@ -55,7 +56,7 @@ def test_resume_takes_the_optuna_storage_and_never_writes_its_password(tmp_path)
 
     secret = "postgresql://me:hunter2@db.example:5432/studies"
     start = _args(["--space", "digits", "--storage", str(tmp_path), "--name", "y", "--optuna-storage", secret])
-    search.save_settings(search.plan_from_args(start), start, str(tmp_path / "y"))
+    save_settings(search.plan_from_args(start), str(tmp_path / "y"))
     assert "hunter2" not in (tmp_path / "y" / "marktune_search.json").read_text()
     with pytest.raises(SearchError, match="give --optuna-storage again with the password"):
         _args(["--resume", "--name", "y", "--storage", str(tmp_path)])

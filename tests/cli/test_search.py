@@ -12,6 +12,8 @@ import yaml
 
 from marktune.cli import run; from marktune.cli import search
 from marktune.results.summary import TrialRow
+from marktune.tune.launch import start_ray
+from marktune.tune.search_run import run_search
 
 pytestmark = pytest.mark.slow
 
@@ -160,9 +162,9 @@ def _search(argv):
 
     args = search.build_parser().parse_args(argv)
     plan = search.plan_from_args(args)
-    search.start_ray(args)
+    start_ray(plan.ray)
     try:
-        outcome = search.run_search(plan, args)
+        outcome = run_search(plan)
         rows = search.summarize(outcome, plan, top=10)
     finally:
         ray.shutdown()

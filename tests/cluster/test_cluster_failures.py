@@ -22,6 +22,8 @@ import pytest
 import yaml
 
 from marktune.cli import search
+from marktune.tune.launch import start_ray
+from marktune.tune.search_run import run_search
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -119,14 +121,14 @@ def test_trials_spread_over_workers_and_survive_a_lost_node(cluster, tmp_path):
     args = search.build_parser().parse_args(argv)
     plan = search.plan_from_args(args)
 
-    search.start_ray(args)
+    start_ray(plan.ray)
     # The search runs in a thread: adding a node must happen in the main thread (Ray sets
     # signal handlers), and the main thread watches the trials' results as Tune writes them.
     outcome: dict = {}
 
     def run() -> None:
         try:
-            run = search.run_search(plan, args)
+            run = run_search(plan)
             outcome["rows"] = search.summarize(run, plan, top=5)
         except BaseException as err:  # noqa: BLE001 - re-raised in the test below
             outcome["error"] = err

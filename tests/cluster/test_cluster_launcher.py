@@ -507,7 +507,7 @@ def test_search_without_token_mode_says_a_token_is_needed(launched, tmp_path):
 @pytest.mark.slow
 def test_right_token_passes_the_check(launched, tmp_path):
     # the checks above must refuse only wrong tokens
-    result = run([sys.executable, "-c", "from marktune.cli.search import check_address; "
+    result = run([sys.executable, "-c", "from marktune.tune.launch import check_address; "
                   f"check_address('127.0.0.1:{launched.gcs_port}')"],
                  env=dict(launched.env, PYTHONPATH=str(ROOT)), timeout=30, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -11,7 +11,8 @@ from marktune.data.benchmarks import load_benchmark_for
 from marktune.mark.devices import (GpuUnusableError, cap_gpu_memory, choose_device, deterministic_mode,
                               out_of_memory_message)
 from marktune.mark.learner import MarkLearner
-from marktune.cli.search import SearchError, check_local_gpus
+from marktune.cli.search import SearchError
+from marktune.tune.launch import check_local_gpus
 
 
 def test_a_cpu_trial_runs_on_the_cpu_and_a_gpu_trial_on_its_gpu():
@@ -74,12 +75,15 @@ def test_gpu_trials_on_a_local_ray_without_a_gpu_are_refused_before_ray_starts()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a CUDA host a GPU is visible: nothing to refuse")
-def test_search_with_gpus_per_trial_and_no_gpu_exits_before_ray(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "marktune.search", "--space", "digits", "--gpus-per-trial", "0.5",
-                           "--storage", str(tmp_path / "r")], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert "no GPU is visible" in proc.stderr and "Traceback" not in proc.stderr
-    assert "Started a local Ray instance" not in proc.stderr + proc.stdout
+def test_search_with_gpus_per_trial_and_no_gpu_exits_before_ray(tmp_path, monkeypatch, capsys):
+    from marktune.cli import search
+
+    monkeypatch.setattr(search, "start_ray", lambda *a, **k: pytest.fail("Ray was started"))
+    code = search.main(["--space", "digits", "--gpus-per-trial", "0.5", "--storage", str(tmp_path / "r")])
+    out, err = capsys.readouterr()
+    assert code == 2, out + err
+    assert "no GPU is visible" in err and "Traceback" not in err
+    assert "Started a local Ray instance" not in err + out
 
 
 def test_deterministic_runs_give_identical_matrices_and_leave_torch_as_it_was():

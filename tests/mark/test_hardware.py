@@ -1,6 +1,4 @@
 """bf16 only where the CPU has it: refused before any data is loaded or Ray starts (issue 12)."""
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -81,19 +79,25 @@ def test_search_refuses_a_space_that_searches_bf16(cpuinfo, monkeypatch, tmp_pat
     assert "no native bfloat16" in capsys.readouterr().err
 
 
-def test_unwritable_storage_is_a_clear_error_before_ray_starts(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "marktune.search", "--space", "digits",
-                           "--storage", "/proc/nope"], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert "--storage /proc/nope: cannot create this directory" in proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert "Started a local Ray instance" not in proc.stderr + proc.stdout
+def test_unwritable_storage_is_a_clear_error_before_ray_starts(tmp_path, monkeypatch, capsys):
+    from marktune.cli import search
+
+    monkeypatch.setattr(search, "start_ray", lambda *a, **k: pytest.fail("Ray was started"))
+    code = search.main(["--space", "digits", "--storage", "/proc/nope"])
+    out, err = capsys.readouterr()
+    assert code == 2, out + err
+    assert "--storage /proc/nope: cannot create this directory" in err
+    assert "Traceback" not in err
+    assert "Started a local Ray instance" not in err + out
 
 
-def test_a_split_the_benchmark_cannot_make_is_refused_before_ray_starts(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "marktune.search", "--space", "cifar100", "--set", "num_tasks=3",
-                           "--storage", str(tmp_path / "r")], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert "100 classes of cifar100 cannot be cut into 3 tasks" in proc.stderr
-    assert "Traceback" not in proc.stderr and "Started a local Ray instance" not in proc.stderr + proc.stdout
+def test_a_split_the_benchmark_cannot_make_is_refused_before_ray_starts(tmp_path, monkeypatch, capsys):
+    from marktune.cli import search
+
+    monkeypatch.setattr(search, "start_ray", lambda *a, **k: pytest.fail("Ray was started"))
+    code = search.main(["--space", "cifar100", "--set", "num_tasks=3", "--storage", str(tmp_path / "r")])
+    out, err = capsys.readouterr()
+    assert code == 2, out + err
+    assert "100 classes of cifar100 cannot be cut into 3 tasks" in err
+    assert "Traceback" not in err and "Started a local Ray instance" not in err + out
     assert not (tmp_path / "r").exists()

@@ -11,9 +11,11 @@ import yaml
 
 from conftest import headless_chromium
 from marktune.results import conclusions; from marktune.cli import evaluate; from marktune.results import protocols; from marktune.cli import search
+from marktune.results import evaluation_table
+from marktune.results import html as report_html
 from marktune.results import statistics as mstats
 from marktune.mark.config import MarkConfig
-from marktune.results.experiment import load_experiment
+from marktune.tune.spaces import load_experiment_with_space
 from tests.cli.test_evaluate_report import _digits_base, _fake_experiment
 
 T_975_DF2 = 4.302652729696142  # Student t, 97.5 % quantile, 2 degrees of freedom (printed tables: 4.303)
@@ -47,7 +49,7 @@ def hand_made_csv(tmp_path):
                                     ("default (digits)", "default", "", DEFAULT)):
         rows += [_row(name, kind, trial, ds, s, acc) for (ds, s), acc in zip(PAIRS, accs)]
     path = tmp_path / "evaluation.csv"
-    evaluate.write_csv(rows, path)
+    evaluation_table.write_csv(rows, path)
     return path
 
 
@@ -59,7 +61,7 @@ def _record(search_val=None, **kw):
 
 
 def test_better_on_every_pair_reads_better_and_a_sign_change_reads_not_distinguishable(hand_made_csv):
-    result = conclusions.conclude(evaluate.read_csv(hand_made_csv), _record())
+    result = conclusions.conclude(evaluation_table.read_csv(hand_made_csv), _record())
     by_name = {r.configuration: r for r in result.results}
     assert by_name["best 1 (trial a)"].difference.verdict == "better"
     assert by_name["best 2 (trial b)"].difference.verdict == "not distinguishable"
@@ -71,7 +73,7 @@ def test_better_on_every_pair_reads_better_and_a_sign_change_reads_not_distingui
 
 
 def test_interval_equals_a_hand_computation(hand_made_csv):
-    result = conclusions.conclude(evaluate.read_csv(hand_made_csv), _record())
+    result = conclusions.conclude(evaluation_table.read_csv(hand_made_csv), _record())
     d = next(r for r in result.results if r.configuration == "best 2 (trial b)").difference
     diffs = [m - b for m, b in zip(MIXED, DEFAULT)]  # +0.03, -0.02, 0.00
     mean = pystats.fmean(diffs)
@@ -83,20 +85,20 @@ def test_interval_equals_a_hand_computation(hand_made_csv):
 
 def test_kendall_tau_on_a_known_ranking(hand_made_csv):
     # the search ranks a > b > c; the evaluation's means: a 90.33, b 88.67, c 83.33 -> same order
-    result = conclusions.conclude(evaluate.read_csv(hand_made_csv), _record())
+    result = conclusions.conclude(evaluation_table.read_csv(hand_made_csv), _record())
     assert result.tau == pytest.approx(1.0)
     # the search ranked them c > a > b: of the 3 pairs, (c,a) and (c,b) are swapped, (a,b) agrees
-    result = conclusions.conclude(evaluate.read_csv(hand_made_csv), _record({"a": 0.98, "b": 0.97, "c": 0.99}))
+    result = conclusions.conclude(evaluation_table.read_csv(hand_made_csv), _record({"a": 0.98, "b": 0.97, "c": 0.99}))
     assert result.tau == pytest.approx(-1 / 3)
     assert "Kendall's tau = -0.33" in conclusions.format_markdown(result)
     # a tie in the search's validation ACC between two configurations: tau-b is undefined, and says why
-    rows = [r for r in evaluate.read_csv(hand_made_csv) if r["source_trial"] != "c"]
+    rows = [r for r in evaluation_table.read_csv(hand_made_csv) if r["source_trial"] != "c"]
     result = conclusions.conclude(rows, _record({"a": 0.99, "b": 0.99}))
     assert math.isnan(result.tau) and "tie, so no pair is ordered" in conclusions.rank_sentence(result)
 
 
 def test_markdown_opens_with_the_verdict_and_best_config_says_not_better(hand_made_csv, tmp_path):
-    rows = [r for r in evaluate.read_csv(hand_made_csv) if r["source_trial"] in ("b", "")]
+    rows = [r for r in evaluation_table.read_csv(hand_made_csv) if r["source_trial"] in ("b", "")]
     for r in rows:
         if r["source_trial"] == "b":
             r["kind"], r["configuration"] = "best", "best 1 (trial b)"
@@ -199,7 +201,9 @@ def test_search_protocol_flags_are_checked_and_recorded(tmp_path):
     with pytest.raises(search.SearchError, match=r"--tuning-tasks must be in 1\.\.4"):
         plan("--protocol", "first-k", "--tuning-tasks", "5")
     args = search.build_parser().parse_args(["--space", "digits", "--protocol", "other-order", "--set", "data_seed=7"])
-    search.save_settings(search.plan_from_args(args), args, str(tmp_path / "e"))
+    from marktune.tune.search_settings import save_settings
+
+    save_settings(search.plan_from_args(args), str(tmp_path / "e"))
     saved = json.loads((tmp_path / "e" / "marktune_search.json").read_text())
     assert saved["protocol"] == "other-order" and saved["searched_data_seed"] == 7 and saved["stream_tasks"] == 5
     # a resumed search keeps its protocol; another one on the command line is refused
@@ -218,15 +222,18 @@ def test_first_k_evaluation_runs_the_whole_stream(tmp_path):
     args = evaluate.build_parser().parse_args([str(exp)])
     plan = evaluate.plan_from_args(args)
     assert plan.protocol.heldout_tasks == [3, 4]
-    assert evaluate.data_runtime(plan, args).get(protocols.STOP_AFTER_KEY) == 3  # the search's trials stopped
-    assert protocols.STOP_AFTER_KEY not in evaluate.trial_runtime(plan, args)  # the evaluation's runs do not
+    from marktune.tune.plan import TrialRuntime
+
+    searched = TrialRuntime.from_dict(plan.experiment.runtime())
+    assert searched.to_dict().get(protocols.STOP_AFTER_KEY) == 3  # the search's trials stopped
+    assert protocols.STOP_AFTER_KEY not in plan.runtime.to_dict()  # the evaluation's runs do not
     assert all(c.config.tasks == 5 for c in plan.configs)
-    assert load_experiment(exp).num_tasks == 5
+    assert load_experiment_with_space(exp).num_tasks == 5
 
 
 def test_best_config_comment_speaks_of_its_own_trial(hand_made_csv, tmp_path):
     # best_config.yaml holds trial c (worse than the default), the evaluation's "best 1" is trial a (better)
-    result = conclusions.conclude(evaluate.read_csv(hand_made_csv), _record())
+    result = conclusions.conclude(evaluation_table.read_csv(hand_made_csv), _record())
     best = tmp_path / "best_config.yaml"
     best.write_text("# Best of 3 complete trials.\n" + yaml.safe_dump({"trial_id": "c", "config": {}}))
     conclusions.rewrite_best_config_comment(best, result)
@@ -239,14 +246,14 @@ def test_report_opens_with_the_verdict_rendered_in_chromium(hand_made_csv, tmp_p
     from marktune.cli import report
 
     exp = _protocol_experiment(tmp_path, "digits-full", "full")
-    rows = evaluate.read_csv(hand_made_csv)
+    rows = evaluation_table.read_csv(hand_made_csv)
     for r in rows:  # the experiment's trials are t1 and t2
         r["source_trial"] = {"a": "t1", "b": "t2"}.get(r["source_trial"], r["source_trial"])
-    evaluate.write_csv(rows, exp / "evaluation.csv")
+    evaluation_table.write_csv(rows, exp / "evaluation.csv")
     record = _record({"t1": 0.9, "t2": 0.8})
     conclusions.save(exp, record, exp / "evaluation.csv")
-    sentence = conclusions.conclude(evaluate.read_csv(exp / "evaluation.csv"), record).sentence
-    page = report.build_report(load_experiment(exp))
+    sentence = conclusions.conclude(evaluation_table.read_csv(exp / "evaluation.csv"), record).sentence
+    page = report.build_report(load_experiment_with_space(exp))
     dom = headless_chromium(page, tmp_path, "--dump-dom")
     body = dom[dom.index("<body"):]
     # the first paragraph after the title is the verdict
@@ -261,20 +268,20 @@ def test_report_verdict_without_evaluation_or_with_an_old_one(tmp_path):
     from marktune.cli import report
 
     exp = _protocol_experiment(tmp_path, "digits-old", "full")
-    assert "Not evaluated yet, so no verdict" in report.verdict_paragraph(load_experiment(exp))
+    assert "Not evaluated yet, so no verdict" in report_html.verdict_paragraph(load_experiment_with_space(exp))
     # an evaluation.csv from before paired statistics (no data_seed column, no evaluation.json)
     (exp / "evaluation.csv").write_text("configuration,kind,source_trial,seed,status,tasks_done,test_acc,bwt,val_acc,"
                                         "wall_seconds,kb_params,task_params,device,settings,error\n"
                                         "best 1 (trial t1),best,t1,1000,COMPLETE,5,0.9,0.0,0.9,1.0,1,1,cpu,{},\n")
-    assert "no paired record" in report.verdict_paragraph(load_experiment(exp))
-    assert evaluate.read_csv(exp / "evaluation.csv")[0]["data_seed"] == 1000  # then the seed set the order too
-    page = report.build_report(load_experiment(exp)).read_text()
+    assert "no paired record" in report_html.verdict_paragraph(load_experiment_with_space(exp))
+    assert evaluation_table.read_csv(exp / "evaluation.csv")[0]["data_seed"] == 1000  # then the seed set the order too
+    page = report.build_report(load_experiment_with_space(exp)).read_text()
     assert "id='evaluation-table'" in page
 
 
 def test_a_validation_tie_goes_to_the_trial_in_best_config_yaml(tmp_path):
     exp = _fake_experiment(tmp_path / "tie", {"t1": ("TERMINATED", 5, 0.9), "t2": ("TERMINATED", 5, 0.9),
                                               "t3": ("TERMINATED", 5, 0.8)}, base=_digits_base(), searched=SEARCHED)
-    assert [t.trial_id for t in load_experiment(exp).best_complete(3)] == ["t1", "t2", "t3"]
+    assert [t.trial_id for t in load_experiment_with_space(exp).best_complete(3)] == ["t1", "t2", "t3"]
     (exp / "best_config.yaml").write_text("# Best of 3\n" + yaml.safe_dump({"trial_id": "t2", "config": {}}))
-    assert [t.trial_id for t in load_experiment(exp).best_complete(3)] == ["t2", "t1", "t3"]
+    assert [t.trial_id for t in load_experiment_with_space(exp).best_complete(3)] == ["t2", "t1", "t3"]

@@ -5,7 +5,9 @@ import sys
 import pytest
 import yaml
 
-from marktune.cli.search import SearchError, build_parser, check_address, plan_from_args
+from marktune.cli import search
+from marktune.cli.search import SearchError, build_parser, plan_from_args
+from marktune.tune.launch import check_address
 from marktune.tune.spaces import SpaceError, available_spaces, load_space
 
 
@@ -79,6 +81,7 @@ def test_bad_flags_are_refused_by_the_plan(argv, message):
 
 
 def test_bad_input_fails_fast_before_ray_starts(tmp_path):
+    # the one search in its own process here: the exit status and the message of `python -m`
     proc = subprocess.run([sys.executable, "-m", "marktune.search", "--space", "digits", "--set", "kb_depth=7",
                            "--storage", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
@@ -87,16 +90,16 @@ def test_bad_input_fails_fast_before_ray_starts(tmp_path):
     assert not any(tmp_path.iterdir())  # nothing was written
 
 
-def test_missing_data_set_fails_before_ray_starts(tmp_path):
+def test_missing_data_set_fails_before_ray_starts(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(search, "start_ray", lambda *a, **k: pytest.fail("Ray was started"))
     empty = tmp_path / "no-data"
     empty.mkdir()
-    proc = subprocess.run([sys.executable, "-m", "marktune.search", "--space", "cifar100",
-                           "--data-dir", str(empty), "--storage", str(tmp_path / "results")],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert "CIFAR-100 not found" in proc.stderr and str(empty / "cifar-100-python") in proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert "Started a local Ray instance" not in proc.stderr + proc.stdout
+    code = search.main(["--space", "cifar100", "--data-dir", str(empty), "--storage", str(tmp_path / "results")])
+    out, err = capsys.readouterr()
+    assert code == 2, out + err
+    assert "CIFAR-100 not found" in err and str(empty / "cifar-100-python") in err
+    assert "Traceback" not in err
+    assert "Started a local Ray instance" not in err + out
     assert not (tmp_path / "results").exists()
 
 

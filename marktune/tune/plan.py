@@ -1,0 +1,212 @@
+"""Typed plans: everything a command decided before Ray starts, and what rides in each trial.
+
+The command line (``marktune.cli``) parses its flags, builds one of these frozen records and
+hands it to the library (``marktune.tune.launch`` checks it and starts Ray,
+``marktune.tune.search_run`` / ``marktune.tune.evaluation_run`` run it). No function below the
+command line sees an argparse namespace.
+
+* :class:`TrialRuntime`: the non-learner settings of one trial (data, threads, GPU use, where
+  a first-k trial stops). It travels inside the Tune config as a plain dict under
+  :data:`RUNTIME_KEY` (Tune writes it to each trial's ``params.json``, where
+  ``marktune.results.experiment`` reads it back), so :meth:`TrialRuntime.to_dict` keeps the keys
+  and values of the experiments written before it existed.
+* :class:`RaySettings`: which Ray to join or start.
+* :class:`SearchPlan` and :class:`EvalPlan`: one search, one evaluation.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+from marktune.results.files import RUNTIME_KEY
+from marktune.results.protocols import DEFAULT_TUNING_TASKS, STOP_AFTER_KEY, SearchProtocol
+
+if TYPE_CHECKING:
+    from marktune.mark.config import MarkConfig
+    from marktune.results.experiment import Experiment
+    from marktune.tune.spaces import SearchSpace
+    from marktune.tune.study import StudyStorage
+
+__all__ = ["RUNTIME_KEY", "DEFAULT_STORAGE", "PlanError", "TrialRuntime", "RaySettings", "SearchPlan", "EvalConfig",
+           "EvalPlan", "check_trial_resources", "check_protocol", "local_experiment_dir", "trial_threads"]
+
+DEFAULT_STORAGE = "results"
+
+
+class PlanError(ValueError):
+    """A flag or an environment problem found before any trial starts."""
+
+
+# ---------------------------------------------------------------- inside every trial
+@dataclass(frozen=True, kw_only=True)
+class TrialRuntime:
+    """A trial's settings that are not the learner's (``marktune.tune.trainable`` reads them)."""
+
+    data_dir: str | None = None  # where the data sets are on the trial's node (None: $MARKTUNE_DATA or cache)
+    download: bool = False  # let the trial download its data set
+    threads: int | None = None  # torch threads of the trial (None: torch's own choice)
+    cpu_fallback: bool = False  # a trial given a GPU that CUDA cannot use runs on the CPU (fake GPUs in tests)
+    gpu_memory_fraction: float | None = None  # share of its GPU the trial may allocate (None: its GPUs)
+    stop_after_tasks: int | None = None  # first-k protocol: run the first k tasks of the stream, then stop
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plain dict under ``RUNTIME_KEY`` in the trial config, as searches have always written it
+        (the first-k key only under first-k)."""
+        out: dict[str, Any] = {"data_dir": self.data_dir, "download": self.download, "threads": self.threads,
+                               "cpu_fallback": self.cpu_fallback, "gpu_memory_fraction": self.gpu_memory_fraction}
+        if self.stop_after_tasks is not None:
+            out[STOP_AFTER_KEY] = self.stop_after_tasks
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> "TrialRuntime":
+        """Read back what ``to_dict`` wrote, also an older experiment's dict with fewer keys."""
+        data = data or {}
+        fraction = data.get("gpu_memory_fraction")
+        return cls(data_dir=data.get("data_dir"), download=bool(data.get("download", False)),
+                   threads=int(data["threads"]) if data.get("threads") else None,
+                   cpu_fallback=bool(data.get("cpu_fallback", False)),
+                   gpu_memory_fraction=float(fraction) if fraction is not None else None,
+                   stop_after_tasks=int(data[STOP_AFTER_KEY]) if data.get(STOP_AFTER_KEY) else None)
+
+
+def trial_threads(cpus_per_trial: float) -> int:
+    """Torch threads of a trial: its whole CPUs, at least one."""
+    return max(1, int(cpus_per_trial)) if cpus_per_trial else 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class RaySettings:
+    """The Ray a command runs on: a cluster at ``address``, else one started on this machine."""
+
+    address: str | None = None  # 'auto', HOST:PORT or ray://HOST:PORT; None: a local Ray
+    num_cpus: int | None = None  # of the local Ray (None: all)
+    num_gpus: float | None = None  # declared to the local Ray (None: detected; set: fake GPUs pass the checks)
+
+
+# ---------------------------------------------------------------- checks shared by the commands
+def check_trial_resources(*, cpus_per_trial: float | None, gpus_per_trial: float | None,
+                          max_concurrent: int | None, max_failures: int | None) -> None:
+    """What a trial (or an evaluation run) may ask for; ``None`` is "not given" and passes."""
+    if cpus_per_trial is not None and (cpus_per_trial < 0 or not math.isfinite(cpus_per_trial)):
+        raise PlanError(f"--cpus-per-trial must be >= 0 (got {cpus_per_trial})")
+    gpus = gpus_per_trial
+    if gpus is not None and (gpus < 0 or (gpus > 1 and not float(gpus).is_integer())):
+        raise PlanError(f"--gpus-per-trial must be a fraction in [0, 1] or a whole number (got {gpus})")
+    if max_concurrent is not None and max_concurrent < 1:
+        raise PlanError(f"--max-concurrent must be >= 1 (got {max_concurrent})")
+    if max_failures is not None and max_failures < 0:
+        raise PlanError(f"--max-failures must be >= 0 (got {max_failures})")
+
+
+def check_protocol(protocol: str | None, tuning_tasks: int | None, *, stream_tasks: int) -> tuple[str, int | None]:
+    """(protocol, k for first-k else None); a bad combination is a PlanError."""
+    protocol = protocol or "full"
+    k = tuning_tasks
+    if protocol != "first-k":
+        if k is not None:
+            raise PlanError(f"--tuning-tasks {k} needs --protocol first-k (got --protocol {protocol})")
+        return protocol, None
+    k = DEFAULT_TUNING_TASKS if k is None else k
+    if not 1 <= k < stream_tasks:
+        raise PlanError(f"--tuning-tasks must be in 1..{stream_tasks - 1} for a stream of {stream_tasks} tasks "
+                        f"(got {k}): first-k keeps at least one task the search never sees; "
+                        "--protocol full searches on every task")
+    return protocol, k
+
+
+def local_experiment_dir(storage: str, name: str) -> Path:
+    """The experiment directory, or ./results/<name> on this machine for an s3:// storage (its
+    trials.csv, best_config.yaml and default Optuna journal live there)."""
+    if "://" in storage:
+        return Path(DEFAULT_STORAGE).resolve() / name
+    return Path(storage) / name
+
+
+# ---------------------------------------------------------------- a search
+@dataclass(frozen=True, kw_only=True)
+class SearchPlan:
+    """Everything a search decided before Ray starts."""
+
+    space: SearchSpace
+    space_given: str  # --space as given: a shipped space's name, or a file path
+    overrides: dict[str, Any]  # --set, parsed
+    override_flags: tuple[str, ...]  # --set as given (KEY=VALUE), recorded for --resume
+    base_config: MarkConfig
+    samples: int
+    seed: int  # of the sampler (trials use the space's seed)
+    max_concurrent: int | None
+    cpus_per_trial: float
+    gpus_per_trial: float | None  # None: 0.25 where the cluster has GPUs, else 0
+    max_failures: int
+    storage: str
+    name: str
+    num_tasks: int  # tasks each trial runs (ASHA's max_t): the stream's, or k under first-k
+    study_storage: StudyStorage  # where the Optuna study (named after the experiment) lives
+    runtime: TrialRuntime
+    ray: RaySettings = field(default_factory=RaySettings)
+    resume: bool = False
+    protocol: str = "full"
+    tuning_tasks: int | None = None  # first-k only
+    stream_tasks: int = 0  # tasks of the whole stream
+    verbose: bool = False  # Ray's trial tables too
+    quiet: bool = False  # no status lines
+
+    @property
+    def experiment(self) -> str:
+        return f"{self.storage.rstrip('/')}/{self.name}"
+
+    def local_dir(self) -> Path:
+        return local_experiment_dir(self.storage, self.name)
+
+    def search_protocol(self) -> SearchProtocol:
+        """The protocol as ``marktune_search.json`` records it (read by ``marktune.results.protocols``)."""
+        return SearchProtocol(name=self.protocol, tuning_tasks=self.tuning_tasks, stream_tasks=self.stream_tasks,
+                              searched_data_seed=self.base_config.split_seed,
+                              searched_class_order=self.base_config.class_order)
+
+
+# ---------------------------------------------------------------- an evaluation
+@dataclass(frozen=True)
+class EvalConfig:
+    """One configuration an evaluation re-runs, and the row it makes."""
+
+    label: str
+    kind: str  # best, default, ablation
+    source_trial: str
+    config: MarkConfig
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalPlan:
+    """Everything an evaluation decided before Ray starts."""
+
+    experiment: Experiment
+    configs: list[EvalConfig]
+    seeds: list[int]
+    cpus_per_trial: float
+    gpus_per_trial: float | None
+    storage: str
+    name: str
+    default_rule: str
+    runtime: TrialRuntime  # every run's: the search's data settings, this command's threads, every task
+    # paired design (marktune.results.protocols, marktune.results.conclusions): every configuration runs every
+    # (data_seed, seed) pair
+    data_seeds: list[int] = field(default_factory=list)
+    protocol: SearchProtocol = field(default_factory=SearchProtocol)
+    benchmark: str = ""  # evaluated on: the search's, or --benchmark
+    max_concurrent: int | None = None
+    max_failures: int = 2
+    ray: RaySettings = field(default_factory=RaySettings)
+    quiet: bool = False  # no Ray trial table
+
+    @property
+    def runs(self) -> int:
+        return len(self.configs) * len(self.seeds) * len(self.data_seeds)
+
+    @property
+    def tune_experiment(self) -> str:
+        """Where the runs' own Tune directories go."""
+        return f"{self.storage.rstrip('/')}/{self.name}"

@@ -1,0 +1,91 @@
+"""Which trials stop: ASHA on tasks done, with rungs that survive ``--resume``.
+
+:class:`ResumableASHA` is Ray's ``AsyncHyperBandScheduler`` whose rungs a resumed search refills:
+Tune never calls a scheduler's ``save``/``restore`` (ray-project/ray#30838), so every trial Tune
+restores refills the rungs from the results it reported (its ``result.json``). The bookkeeping
+is apart from Ray: :func:`replayable` picks a trial's results to replay (pure),
+:func:`reported_results` reads them, and ``marktune.tune.ray_internals`` is the only place
+that touches ASHA's brackets.
+
+Example (Ray is imported by this module):
+    >>> scheduler = make_scheduler(num_tasks=5, grace_period=1, reduction_factor=2)
+    >>> sorted(scheduler.rungs()[0])  # milestones, in tasks done
+    [1, 2, 4]
+    >>> replayable([{"t": 2, "m": 0.5}, {"t": 1, "m": 0.4}, {"t": 3, "m": None}], time_attr="t", metric="m")
+    [(1, 0.4), (2, 0.5)]
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from ray.tune.schedulers import AsyncHyperBandScheduler
+
+from marktune.mark.metrics import TIME_ATTR
+from marktune.results.files import RESULT_FILE, parse_results
+from marktune.tune import ray_internals
+
+
+def make_scheduler(*, num_tasks: int, grace_period: int, reduction_factor: float) -> "ResumableASHA":
+    """ASHA on tasks done; the metric and mode come from the Tuner's TuneConfig (METRIC, max)."""
+    return ResumableASHA(time_attr=TIME_ATTR, max_t=num_tasks, grace_period=grace_period,
+                         reduction_factor=reduction_factor)
+
+
+class ResumableASHA(AsyncHyperBandScheduler):
+    """ASHA whose rungs a resumed search refills from what every trial already reported.
+
+    Tune hands every trial it restores (finished, stopped, interrupted) to ``on_trial_add``;
+    each one's reported results are replayed into its bracket, which records the value at
+    each rung the trial reached exactly as it did live (recording does not depend on other
+    trials). Replaying is idempotent: a rung never records a trial twice.
+    """
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        super().on_trial_add(tune_controller, trial)
+        self.refill(trial, reported_results(trial))
+
+    def refill(self, trial, results: Iterable[Mapping[str, Any]]) -> None:
+        """Record ``trial``'s past ``results`` (dicts with the time attribute and the metric) in
+        its bracket's rungs. The trial must have been added (``on_trial_add``)."""
+        bracket = ray_internals.asha_bracket(self, trial.trial_id)
+        sign = ray_internals.asha_metric_sign(self)
+        for time, value in replayable(results, time_attr=ray_internals.asha_time_attr(self),
+                                      metric=ray_internals.asha_metric(self)):
+            ray_internals.bracket_record(bracket, trial, time=time, signed_value=sign * value)
+
+    def rungs(self) -> list[dict[int | float, dict[str, float]]]:
+        """Per bracket: milestone -> {trial id: recorded value (signed as ASHA compares)}."""
+        return ray_internals.asha_rungs(self)
+
+
+def replayable(results: Iterable[Mapping[str, Any]], *, time_attr: str,
+               metric: str) -> list[tuple[int | float, float]]:
+    """(time, value) of each result that has both and a finite value, in time order (a stable
+    sort: a task reported twice keeps the order written, and a rung keeps the first)."""
+    ordered = sorted((r for r in results if time_attr in r and metric in r), key=lambda r: r[time_attr])
+    out = []
+    for result in ordered:
+        value = result[metric]
+        if value is None or not math.isfinite(float(value)):
+            continue
+        out.append((result[time_attr], float(value)))
+    return out
+
+
+def reported_results(trial) -> list[dict[str, Any]]:
+    """What a Tune trial reported so far: its ``result.json`` lines (driver copy, else storage)."""
+    if not getattr(trial, "has_reported_at_least_once", True):
+        return []  # a new trial (it has no directory yet), or a restored one that never reported
+    texts = []
+    try:
+        texts.append((Path(trial.local_path) / RESULT_FILE).read_text())
+    except (OSError, RuntimeError, TypeError):  # no driver copy (RuntimeError: no directory name yet)
+        try:
+            filesystem = trial.storage.storage_filesystem
+            with filesystem.open_input_stream(f"{trial.path}/{RESULT_FILE}") as f:
+                texts.append(f.readall().decode())
+        except Exception:  # noqa: BLE001 - nothing reported anywhere
+            pass
+    return parse_results("".join(texts))

@@ -1,0 +1,55 @@
+"""The settings a search started with (``marktune_search.json``), so ``--resume --name X`` needs nothing else.
+
+Written once when a new search starts; read back by ``--resume`` (the command line fills in
+the flags it names), by ``marktune.results.protocols`` (the protocol) and by
+``marktune.tune.study.study_of_experiment`` (the study). Local paths and ``s3://``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from marktune.results.files import SETTINGS_FILE
+from marktune.tune.plan import SearchPlan
+
+# what a resumed search takes from the experiment unless given again (and then must match)
+# (Tune restores the sampled-trial count, the searcher and the RunConfig's FailureConfig itself)
+KEPT_ON_RESUME = ("space", "overrides", "samples", "seed", "max_failures", "protocol", "tuning_tasks")
+
+
+def search_settings(plan: SearchPlan) -> dict[str, Any]:
+    """What ``marktune_search.json`` holds for this plan."""
+    space = plan.space_given
+    if str(space).endswith((".yaml", ".yml")) or "/" in str(space):
+        space = str(Path(plan.space.path).resolve())
+    return {"space": space, "overrides": list(plan.override_flags), "samples": plan.samples, "seed": plan.seed,
+            "num_tasks": plan.num_tasks, "max_failures": plan.max_failures,
+            # the study: None = the journal file in the experiment directory; a URL's password is
+            # not written here (a resumed search then needs --optuna-storage again)
+            "optuna_storage": plan.study_storage.describe() if plan.study_storage.url else None,
+            "study_name": plan.name, **plan.search_protocol().to_settings()}
+
+
+def save_settings(plan: SearchPlan, experiment: str) -> None:
+    """Write ``marktune_search.json`` into the experiment directory ``experiment`` (a path or a URL)."""
+    from pyarrow import fs as pafs
+
+    filesystem, path = pafs.FileSystem.from_uri(experiment)
+    filesystem.create_dir(path, recursive=True)
+    with filesystem.open_output_stream(f"{path}/{SETTINGS_FILE}") as f:
+        f.write(json.dumps(search_settings(plan), indent=1).encode())
+
+
+def load_settings(storage: str, name: str) -> dict[str, Any] | None:
+    """The settings of experiment ``name`` in ``storage``; None where there are none."""
+    from pyarrow import fs as pafs
+
+    if "://" not in storage:
+        storage = str(Path(storage).expanduser().resolve())
+    try:
+        filesystem, path = pafs.FileSystem.from_uri(f"{storage.rstrip('/')}/{name}")
+        with filesystem.open_input_stream(f"{path}/{SETTINGS_FILE}") as f:
+            return json.loads(f.readall())
+    except (OSError, ValueError):
+        return None

@@ -1,0 +1,41 @@
+"""The searcher: trials ASHA stopped are PRUNED in the study, and its checkpoint reopens the study."""
+from __future__ import annotations
+
+import doctest
+
+from marktune.mark.metrics import METRIC, TIME_ATTR
+from marktune.tune import searcher as searcher_module
+from marktune.tune.searcher import make_searcher
+from marktune.tune.study import StudyStorage, open_study
+
+
+def test_docstring_examples_run():
+    failures, tried = doctest.testmod(searcher_module)
+    assert tried > 0 and failures == 0
+
+
+def test_searcher_checkpoint_reopens_the_study_in_its_storage(tmp_path):
+    from optuna.trial import TrialState
+    from ray import tune
+
+
+    storage = StudyStorage(journal=tmp_path / "optuna_journal.log")
+    searcher = make_searcher(storage=storage, study_name="exp", num_tasks=3, seed=0)
+    searcher.set_search_properties(None, None, {"lr": tune.loguniform(1e-3, 1e-1)})
+    for tid in ("a", "b", "c"):
+        searcher.suggest(tid)
+    searcher.on_trial_result("a", {TIME_ATTR: 1, METRIC: 0.5})
+    searcher.on_trial_complete("b", {TIME_ATTR: 1, METRIC: 0.6})  # stopped by ASHA after 1 of 3 tasks
+    checkpoint = tmp_path / "searcher-state.pkl"
+    searcher.save(str(checkpoint))
+    assert b"optuna.study" not in checkpoint.read_bytes()  # the study is not pickled, its address is
+
+    again = make_searcher(storage=storage, study_name="exp", num_tasks=3, seed=0)
+    again.restore(str(checkpoint))
+    again.on_trial_result("a", {TIME_ATTR: 2, METRIC: 0.7})
+    again.on_trial_complete("a", {TIME_ATTR: 3, METRIC: 0.8})
+    study = open_study(storage, "exp")  # as another process reads it
+    by_number = {t.number: t for t in study.trials}
+    assert by_number[0].state == TrialState.COMPLETE and by_number[0].intermediate_values == {1: 0.5, 2: 0.7, 3: 0.8}
+    assert by_number[1].state == TrialState.PRUNED and by_number[1].intermediate_values == {1: 0.6}
+    assert by_number[2].state == TrialState.RUNNING  # c never ran: not pruned, not complete
