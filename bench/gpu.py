@@ -37,12 +37,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from marktune.mark.config import MarkConfig, load_yaml_mapping  # noqa: E402
-from marktune.data.benchmarks import load_benchmark_for  # noqa: E402
+from marktune.data import load_benchmark_for  # noqa: E402
 from marktune.mark.devices import cap_gpu_memory  # noqa: E402
 from marktune.mark.hardware import cpu_has_native_bf16, cpu_model_name  # noqa: E402
-from marktune.mark.inner_optim import released_adapt_mini_task  # noqa: E402
 from marktune.mark.learner import MarkLearner  # noqa: E402
 from marktune.mark.model import ones_masks  # noqa: E402
+from marktune.mark.phase4 import adapt_mini_task  # noqa: E402
+from tests.oracles import released_adapt_mini_task  # noqa: E402
 
 PHASES = ("feature", "kb", "mask", "meta", "consolidation", "eval")
 FULL_TASKS = 20
@@ -193,12 +194,13 @@ def section_inner_loop(args: argparse.Namespace, repeats: int = 5) -> dict:
           f"median of {repeats}: the host-read plateau rule against the on-device one")
     xb, yb = learner.images(task.train.x[idx].to(device)), task.train.y[idx].to(device)
     masks = ones_masks(learner.kb, len(idx), device)
+    inner = learner.inner_loop()
 
-    def released() -> None:  # _adapt_mini_task's work, with the released inner loop
-        released_adapt_mini_task(learner, 0, xb, yb, masks, task.num_classes)
+    def released() -> None:  # adapt_mini_task's work, with the released inner loop
+        released_adapt_mini_task(inner, t=0, xb=xb, yb=yb, masks=masks, num_classes=task.num_classes)
 
     def on_device() -> None:
-        learner._adapt_mini_task(0, xb, yb, masks, task.num_classes)
+        adapt_mini_task(inner, t=0, xb=xb, yb=yb, masks=masks, num_classes=task.num_classes)
 
     times: dict[str, list[float]] = {"released": [], "on_device": []}
     for _ in range(repeats + 1):  # the first round warms up

@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from marktune.mark.config import MarkConfig  # noqa: E402
-from marktune.data.benchmarks import load_benchmark_for  # noqa: E402
+from marktune.data import load_benchmark_for  # noqa: E402
 from marktune.mark.learner import MarkLearner  # noqa: E402
 
 QUICK = dict(benchmark="cifar100", epochs=1, meta_epochs=1, mini_tasks=2, inner_steps=2)

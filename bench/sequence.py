@@ -11,7 +11,7 @@ once vectorised (``meta_vmap``) from the same starting state, and prints the rat
 
     .venv/bin/python bench/sequence.py                           # fp32, the default
     .venv/bin/python bench/sequence.py --set precision=bf16      # bfloat16 autocast
-    .venv/bin/python bench/sequence.py --set fast=false          # the plain reference path
+    .venv/bin/python bench/sequence.py --reference               # the plain reference path (tests/oracles.py)
     .venv/bin/python bench/sequence.py --compare-meta            # plus loop-vs-vmap phase 4
 """
 from __future__ import annotations
@@ -27,12 +27,13 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # marktune, and tests.oracles
 
 from marktune.mark import metrics# noqa: E402
 from marktune.mark.config import MarkConfig  # noqa: E402
-from marktune.data.benchmarks import load_benchmark_for  # noqa: E402
-from marktune.mark.learner import MarkLearner, TaskData  # noqa: E402
+from marktune.data import load_benchmark_for  # noqa: E402
+from marktune.mark.learner import MarkLearner  # noqa: E402
+from marktune.mark.training import TaskData  # noqa: E402
 
 ISSUE_5 = dict(benchmark="fmnist", num_tasks=5, max_train_per_task=2000, epochs=3,
                meta_epochs=2, mini_tasks=5, inner_steps=10)
@@ -79,9 +80,9 @@ def compare_meta(learner: MarkLearner) -> dict[str, float]:
                         num_classes=bench_task.num_classes, extractor=learner.extractors[t],
                         mask_gen=learner.mask_generators[t], head=learner.heads[t],
                         generator=torch.Generator().manual_seed(123))
-        task.features, task.features_cached = learner._path.feature_source(task)
+        task.features, task.features_cached = learner.compute.feature_source(task)
         start = time.perf_counter()
-        learner.meta_rule.update_kb(learner, task)
+        learner.meta_rule.update_kb(learner.phase4_context(task))
         out[name] = time.perf_counter() - start
     learner.kb.load_state_dict(kb_state)
     return out
@@ -93,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--compare-meta", action="store_true")
+    parser.add_argument("--reference", action="store_true",
+                        help="run the plain reference path (the test oracle of tests/oracles.py) instead")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("-v", "--verbose", type=int, default=1)
     args = parser.parse_args(argv)
@@ -103,11 +106,15 @@ def main(argv: list[str] | None = None) -> int:
     changed = {k: v for k, v in cfg.to_dict().items() if v != MarkConfig(benchmark=cfg.benchmark).to_dict()[k]}
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
           f"torch {torch.__version__}, device {args.device}")
-    print(f"config (non-default): {changed}")
+    print(f"config (non-default): {changed}" + (", reference path" if args.reference else ""))
     t0 = time.perf_counter()
     benchmark = load_benchmark_for(cfg)
     load_s = time.perf_counter() - t0
-    learner = MarkLearner(cfg, benchmark, device=args.device, verbose=args.verbose)
+    extra = {}
+    if args.reference:
+        from tests.oracles import ReferencePath
+        extra["compute"] = ReferencePath
+    learner = MarkLearner(cfg, benchmark, device=args.device, verbose=args.verbose, **extra)
     load_before = os.getloadavg()[0]
     start, cpu_start = time.perf_counter(), time.process_time()
     learner.run()

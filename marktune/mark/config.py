@@ -19,20 +19,12 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+# the benchmarks and what is known of each without reading data (tasks, image size, classes),
+# so that a bad split is refused at once; torch-free. BENCHMARKS is re-exported for the CLI.
+from marktune.data.registry import BENCHMARKS, FACTS
 from marktune.mark.yaml_io import DuplicateKeyError, load_yaml_text
 
 META_UPDATES = ("reptile", "seed", "none", "finetune")
-BENCHMARKS = ("cifar100", "miniimagenet", "fmnist", "digits", "synthetic")
-# (tasks, image size) of each benchmark; synthetic's are free.
-# (tasks, image size, classes) of each benchmark; synthetic's are free (classes: tasks x
-# synthetic_classes_per_task). Known without reading data, so a bad split is refused at once.
-BENCHMARK_DEFAULTS = {
-    "cifar100": {"num_tasks": 20, "image_size": 32, "classes": 100},
-    "miniimagenet": {"num_tasks": 20, "image_size": 84, "classes": 100},
-    "fmnist": {"num_tasks": 5, "image_size": 32, "classes": 10},
-    "digits": {"num_tasks": 5, "image_size": 32, "classes": 10},
-    "synthetic": {"num_tasks": 3, "image_size": 32, "classes": None},
-}
 
 
 class ConfigError(ValueError):
@@ -115,7 +107,6 @@ class MarkConfig:
     # phase 4 vectorised over mini-tasks with torch.func; None: on where the device is CUDA (the
     # loop is launch-bound there), off on the CPU (2.4x slower there, bench/sequence.py)
     meta_vmap: bool | None = None
-    fast: bool = True  # False: the plain reference path (autograd everywhere, no caching), for tests
     channels_last: bool = True  # conv tensors in channels-last layout (round-off only; faster on CPU here)
     # deterministic algorithms, no cuDNN autotuning, no TF32 (marktune.mark.devices.deterministic_mode):
     # a task run again on CUDA then gives the same rows exactly, at some speed
@@ -128,7 +119,7 @@ class MarkConfig:
 
     @property
     def tasks(self) -> int:
-        return self.num_tasks if self.num_tasks is not None else BENCHMARK_DEFAULTS[self.benchmark]["num_tasks"]
+        return self.num_tasks if self.num_tasks is not None else FACTS[self.benchmark].num_tasks
 
     @property
     def split_seed(self) -> int:
@@ -140,13 +131,13 @@ class MarkConfig:
         """Classes of the whole benchmark, known without reading any data."""
         if self.benchmark == "synthetic":
             return self.tasks * self.synthetic_classes_per_task
-        return BENCHMARK_DEFAULTS[self.benchmark]["classes"]
+        return FACTS[self.benchmark].classes
 
     @property
     def image_size(self) -> int:
         if self.benchmark == "synthetic":
             return self.synthetic_image_size
-        return BENCHMARK_DEFAULTS[self.benchmark]["image_size"]
+        return FACTS[self.benchmark].image_size
 
     @property
     def mask_lr(self) -> float:

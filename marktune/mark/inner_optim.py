@@ -27,7 +27,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 # ReduceLROnPlateau's settings in the released code (mode "min", threshold_mode "rel",
 # cooldown 0, min_lr 0, eps 1e-8 are torch's defaults).
@@ -91,44 +90,3 @@ def sgd_step_(params: list[torch.Tensor], grads: list[torch.Tensor], momentum_bu
                 d = buf.mul_(momentum).add_(d)
         s = scale if scale.dim() == 0 else scale.view(-1, *(1,) * (p.dim() - 1))
         p.add_(d * s.to(d.dtype), alpha=-lr)
-
-
-def released_inner_loop(kb_copy: torch.nn.Module, head: torch.nn.Module, xb: torch.Tensor, yb: torch.Tensor,
-                        masks: list[torch.Tensor], *, lr: float, momentum: float, kb_decay: float,
-                        head_decay: float, steps: int) -> list[float]:
-    """The released code's inner loop, kept as the oracle that ``DevicePlateau`` and ``sgd_step_``
-    are checked against (tests/mark/test_inner_optim.py) and timed against (bench/gpu.py): SGD and
-    ``ReduceLROnPlateau`` stepped with ``loss.item()``, one host sync a step. Returns the
-    learning rate after each step."""
-    opt = torch.optim.SGD([{"params": list(kb_copy.parameters()), "weight_decay": kb_decay},
-                           {"params": list(head.parameters())}], lr=lr, momentum=momentum, weight_decay=head_decay)
-    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, **INNER_PLATEAU)
-    rates = []
-    for _ in range(steps):
-        loss = F.cross_entropy(head(kb_copy(xb, masks)).float(), yb)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        plateau.step(loss.item())
-        rates.append(opt.param_groups[0]["lr"])
-    return rates
-
-
-def released_adapt_mini_task(learner, t: int, xb: torch.Tensor, yb: torch.Tensor, masks: list[torch.Tensor],
-                             num_classes: int) -> tuple[list[torch.Tensor], float, list[float]]:
-    """``MarkLearner._adapt_mini_task`` (fp32) with :func:`released_inner_loop` in place of
-    marktune's: ``(delta_k, a_k, learning rate after each step)``. The oracle's whole mini-task."""
-    from marktune.mark.model import TaskHead
-
-    cfg = learner.config
-    kb_copy = learner._path.kb_copy()
-    kb_copy.requires_grad_(True)
-    head = TaskHead(cfg.latent_dim, num_classes).to(learner.device)
-    kb_copy.train()
-    rates = released_inner_loop(kb_copy, head, xb, yb, masks, lr=cfg.lr_meta, momentum=cfg.momentum,
-                                kb_decay=learner._inner_kb_decay(), head_decay=cfg.meta_weight_decay,
-                                steps=cfg.inner_steps)
-    with torch.no_grad():
-        acc = (head(kb_copy(xb, masks)).argmax(1) == yb).float().mean().item()
-    delta = [pc.detach() - p.detach() for pc, p in zip(kb_copy.parameters(), learner.kb.parameters())]
-    return delta, acc, rates

@@ -15,9 +15,13 @@ Example:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:  # the config is torch-free; the model only reads it
+    from marktune.mark.config import MarkConfig
 
 
 # torch-free, so that MarkConfig can check a KB depth without importing torch
@@ -190,6 +194,20 @@ class TaskHead(nn.Linear):
 def ones_masks(kb: KnowledgeBase, batch: int, device: torch.device | str) -> list[torch.Tensor]:
     """Masks of all ones: the KB used without any task's selection (phase 2)."""
     return [torch.ones(batch, c, 1, 1, device=device) for c in kb.channels]
+
+
+def new_task_modules(config: "MarkConfig", *, image_size: int, in_channels: int, block_channels: list[int],
+                     num_classes: int) -> tuple[nn.Module, MaskGenerator, TaskHead]:
+    """A task's fresh F_t (``feature_extractor``), M_t and C_t, drawn from torch's random state."""
+    if config.feature_extractor == "resnet18":
+        extractor: nn.Module = ResNetFeatureExtractor(latent_dim=config.latent_dim,
+                                                      weights_path=config.resnet_weights)
+    else:
+        extractor = FeatureExtractor(image_size=image_size, in_channels=in_channels,
+                                     channels=config.fe_channels, latent_dim=config.latent_dim)
+    mask_gen = MaskGenerator(latent_dim=config.latent_dim, block_channels=block_channels,
+                             hidden=config.mask_hidden, activation=config.mask_activation, init=config.mask_init)
+    return extractor, mask_gen, TaskHead(config.latent_dim, num_classes)
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -118,7 +118,7 @@ def task_sequence(config: Any) -> tuple[tuple[int, ...], ...]:
     classes = config.num_classes
     if config.class_order is not None:
         order = list(config.class_order)
-    else:  # the rule of marktune.data.benchmarks._split_into_tasks (the authors')
+    else:  # the rule of marktune.data.base.split_into_tasks (the authors')
         order = np.arange(classes)[np.random.RandomState(config.split_seed).permutation(classes)].tolist()
     per = classes // config.tasks
     return tuple(tuple(sorted(int(c) for c in order[t * per:(t + 1) * per])) for t in range(config.tasks))

@@ -73,3 +73,12 @@ def test_valid_splits_and_orders_are_accepted():
     cfg = MarkConfig.from_sources(overrides=["benchmark=digits", "class_order=[9,8,7,6,5,4,3,2,1,0]"])
     assert cfg.class_order == list(range(9, -1, -1)) and cfg.split_seed == cfg.seed
     assert MarkConfig(benchmark="digits", seed=3, data_seed=7).split_seed == 7
+
+
+def test_the_reference_path_is_not_a_setting():
+    # the plain reference path is a test oracle (tests/oracles.py), injected as MarkLearner(compute=...):
+    # a config or a space that asks for it with the old key meets the ordinary unknown-key error
+    with pytest.raises(ConfigError, match=r"unknown config key\(s\): fast\. Known keys: benchmark"):
+        MarkConfig.from_dict({"benchmark": "synthetic", "fast": False})
+    with pytest.raises(ConfigError, match="unknown config key"):
+        MarkConfig.from_sources(overrides=["fast=false"])

@@ -5,12 +5,16 @@ Timing lives in ``bench/sequence.py``; these tests assert behaviour only.
 import pytest
 import torch
 
-import marktune.mark.learner as learner_module
+import copy
+
+import marktune.mark.phase4 as phase4
 from conftest import tiny_config
-from marktune.data.benchmarks import load_benchmark_for
+from marktune.data import load_benchmark_for
+from marktune.mark.compute import FastPath
 from marktune.mark.hardware import cpu_has_native_bf16
 from marktune.mark.learner import MarkLearner
 from marktune.mark.model import KnowledgeBase
+from tests.oracles import ReferencePath
 
 
 def make(cfg, **kw):
@@ -33,9 +37,9 @@ def test_fast_path_equals_reference_path(extra):
     # the reference: autograd everywhere, no caching, ReLU before max-pool, deep copies in
     # phase 4, contiguous tensors; the fast path must agree up to float round-off
     fast = make(tiny_config(**extra))
-    reference = make(tiny_config(fast=False, **extra))
-    assert isinstance(fast._path, learner_module._FastPath)
-    assert isinstance(reference._path, learner_module._ReferencePath)
+    reference = make(tiny_config(**extra), compute=ReferencePath)
+    assert isinstance(fast.compute, FastPath)
+    assert isinstance(reference.compute, ReferencePath)
     kb_start = [p.detach().clone() for p in reference.kb.parameters()]
     fast.run()
     reference.run()
@@ -104,13 +108,13 @@ def test_meta_vmap_handles_uneven_batches_and_momentum():
 
 
 def _identical_heads(monkeypatch):
-    real = learner_module.TaskHead
+    real = phase4.TaskHead
 
     def same_init(latent_dim, num_classes):
         with torch.random.fork_rng():
             torch.manual_seed(0)
             return real(latent_dim, num_classes)
-    monkeypatch.setattr(learner_module, "TaskHead", same_init)
+    monkeypatch.setattr(phase4, "TaskHead", same_init)
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.5])
@@ -123,7 +127,8 @@ def test_meta_vmap_copies_draw_their_own_dropout(monkeypatch, dropout):
     x, y = task.train.x, task.train.y
     idx = torch.arange(32)
     masks = [torch.ones(len(x), c, 1, 1) for c in learner.kb.channels]
-    (d0, _), (d1, _) = learner._adapt_mini_tasks_vmap(0, x, y, [idx, idx], lambda i: [m[i] for m in masks], 2)
+    (d0, _), (d1, _) = phase4.adapt_mini_tasks_vmap(learner.inner_loop(), t=0, x=x, y=y, chosen=[idx, idx],
+                                                    masks_for=lambda i: [m[i] for m in masks], num_classes=2)
     same = all(torch.equal(a, b) for a, b in zip(d0, d1))
     assert same == (dropout == 0.0)
 
@@ -145,8 +150,8 @@ def test_evaluation_reuses_frozen_masks_and_matches_uncached_accuracy():
 def test_phase_4_reuses_one_copy_of_the_kb(monkeypatch):
     learner = make(tiny_config(num_tasks=2))
     deep_copies = []
-    real = learner_module.copy.deepcopy
-    monkeypatch.setattr(learner_module.copy, "deepcopy", lambda obj, *a: (deep_copies.append(type(obj)), real(obj, *a))[1])
+    real = copy.deepcopy
+    monkeypatch.setattr(copy, "deepcopy", lambda obj, *a: (deep_copies.append(type(obj)), real(obj, *a))[1])
     learner.run()
     assert deep_copies == [KnowledgeBase]
 

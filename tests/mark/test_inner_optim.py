@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from marktune.data.benchmarks import load_benchmark_for
-from marktune.mark.inner_optim import INNER_PLATEAU, DevicePlateau, released_adapt_mini_task, sgd_step_
+from marktune.data import load_benchmark_for
+import marktune.mark.phase4 as phase4
+from marktune.mark.inner_optim import INNER_PLATEAU, DevicePlateau, sgd_step_
 from marktune.mark.learner import MarkLearner
+from tests.oracles import released_adapt_mini_task
 
 CPU = torch.device("cpu")
 
@@ -96,11 +98,11 @@ def test_inner_loop_gives_the_released_codes_results(monkeypatch, meta_vmap):
     lrs_seen = []
     released = make(tiny_config(**OSCILLATING), record_meta=True)
 
-    def released_mini_task(*args):
-        delta, acc, rates = released_adapt_mini_task(released, *args)
+    def released_mini_task(inner, **mini_task):
+        delta, acc, rates = released_adapt_mini_task(inner, **mini_task)
         lrs_seen.extend(rates)
         return delta, acc
-    monkeypatch.setattr(released, "_adapt_mini_task", released_mini_task)
+    monkeypatch.setattr(phase4, "adapt_mini_task", released_mini_task)
     released.run()
     assert len(set(lrs_seen)) > 1, "the oracle never cut the rate: the test would not see the plateau rule"
     assert ours.matrices() == released.matrices()
@@ -139,11 +141,13 @@ def test_inner_loop_reads_nothing_back_per_step(monkeypatch, meta_vmap):
         chosen = [torch.arange(32), torch.arange(32, 64)]
         masks = [torch.ones(len(x), c, 1, 1) for c in learner.kb.channels]
         counter = HostReads(monkeypatch)
+        inner = learner.inner_loop()
         if meta_vmap:
-            learner._adapt_mini_tasks_vmap(0, x, y, chosen, lambda i: [m[i] for m in masks], 2)
+            phase4.adapt_mini_tasks_vmap(inner, t=0, x=x, y=y, chosen=chosen,
+                                         masks_for=lambda i: [m[i] for m in masks], num_classes=2)
         else:
-            learner._adapt_mini_task(0, learner.images(x[chosen[0]]), y[chosen[0]],
-                                     [m[chosen[0]] for m in masks], 2)
+            phase4.adapt_mini_task(inner, t=0, xb=learner.images(x[chosen[0]]), yb=y[chosen[0]],
+                                   masks=[m[chosen[0]] for m in masks], num_classes=2)
         reads[steps] = counter.count
         monkeypatch.undo()
     assert reads[2] == reads[12] > 0, reads
