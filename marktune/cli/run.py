@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from marktune.mark import metrics
+from marktune.mark.checkpoint import CheckpointError
 from marktune.mark.config import ConfigError, MarkConfig
 from marktune.data.benchmarks import DatasetMissingError, load_benchmark_for
 from marktune.mark.hardware import check_precision
@@ -101,7 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     config.save_yaml(out / "config.yaml")
     learner = MarkLearner(config, benchmark, device=device, verbose=verbose)
     if args.resume is not None and (out / CHECKPOINT).is_file():
-        learner.load(out / CHECKPOINT)
+        try:
+            learner.load(out / CHECKPOINT)
+        except CheckpointError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         print(f"resumed {out} after task {learner.tasks_done}/{learner.num_tasks}")
     if verbose:
         print(f"MARK on {benchmark.name}: {learner.num_tasks} tasks, device {device}, output {out}")

@@ -4,13 +4,12 @@
 """
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import numpy as np
 
 from marktune.data.base import Source
-from marktune.data.files import DataProblem, locate_folder, obtain, torchvision_fetch
+from marktune.data.files import DataProblem, load_data_pickle, locate_folder, obtain, torchvision_fetch
 from marktune.data.registry import FACTS
 
 CIFAR_FOLDER = "cifar-100-python"
@@ -41,7 +40,7 @@ def read(root: Path) -> Source:
 def _read_pickle(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         with open(path, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")  # the originals are Python 2 pickles
+            entry = load_data_pickle(f)  # the originals are Python 2 pickles
         entry = {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
         data = np.asarray(entry["data"], dtype=np.uint8)
         labels = np.asarray(entry["fine_labels"], dtype=np.int64)

@@ -12,10 +12,45 @@ Example:
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, BinaryIO, Callable, Sequence
 
 from marktune.data.base import DatasetMissingError, Source
+
+
+# What a data set's own pickle may build: numpy arrays and plain containers. Anything else (a
+# crafted file's os.system, say) is refused before it is called: unpickling otherwise runs code.
+_PICKLE_ALLOWED = {
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("builtins", "list"), ("builtins", "dict"), ("builtins", "tuple"), ("builtins", "bytearray"),
+    ("_codecs", "encode"), ("copy_reg", "_reconstructor"), ("copyreg", "_reconstructor"),
+    ("__builtin__", "object"), ("builtins", "object"),
+}
+
+
+class _DataUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _PICKLE_ALLOWED:
+            raise pickle.UnpicklingError(
+                f"it asks to build {module}.{name}, which a data set's pickle never holds (only numpy "
+                "arrays, lists and dicts are read: unpickling anything else could run code)")
+        return super().find_class(module, name)
+
+
+def load_data_pickle(f: BinaryIO) -> Any:
+    """``pickle.load(f, encoding="latin1")`` for a data set's own files (CIFAR-100's Python 2
+    pickles, MiniImageNet's): only numpy arrays and plain containers are built, so a crafted
+    file cannot run code. Keys and shapes are the caller's to check.
+
+    >>> import io, numpy as np
+    >>> load_data_pickle(io.BytesIO(pickle.dumps({"labels": np.arange(3)})))["labels"].tolist()
+    [0, 1, 2]
+    """
+    return _DataUnpickler(f, encoding="latin1").load()
 
 
 def default_data_dir() -> Path:

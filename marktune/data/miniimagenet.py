@@ -4,14 +4,13 @@ There is no download (no canonical copy to fetch); the pickles' layout is in ``H
 """
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from marktune.data.base import Source
-from marktune.data.files import DataProblem, locate_folder, obtain, require_keys
+from marktune.data.files import DataProblem, load_data_pickle, locate_folder, obtain, require_keys
 from marktune.data.registry import FACTS
 
 MINIIMAGENET_FOLDER = "miniimagenet"
@@ -64,7 +63,7 @@ def resize_square(images: np.ndarray, size: int) -> np.ndarray:
 def _read_pickle(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         with open(path, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")
+            entry = load_data_pickle(f)
     except Exception as err:  # truncated or not a pickle
         raise DataProblem([path], f"{path.name}: {type(err).__name__}: {err}") from None
     entry = require_keys(path, entry, ("images", "labels"), MINIIMAGENET_HOLDS)

@@ -22,6 +22,10 @@ from marktune.data.base import Benchmark, Task
 from marktune.mark.config import MarkConfig
 
 STATE_FORMAT = 2  # 2: per-task diagnostics (KB norms, mask means)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that is not one marktune wrote (or is damaged): refused, never unpickled."""
 TASK_MODULES = ("extractors", "mask_generators", "heads")  # F_t, M_t, C_t of every finished task
 
 
@@ -89,3 +93,28 @@ def restore(learner: LearnerState, state: Mapping[str, Any]) -> None:
     learner.seconds = [dict(s) for s in state["seconds"]]
     learner.diagnostics = [dict(d) for d in state["diagnostics"]]
     torch.set_rng_state(state["rng"])
+
+
+def save(state: Mapping[str, Any], path) -> None:
+    """Write a learner's state (:func:`state_of`) with ``torch.save``: tensors and plain values only."""
+    torch.save(dict(state), path)
+
+
+def load(path) -> dict:
+    """Read a checkpoint :func:`save` wrote, on the CPU, with ``weights_only=True``: a file that holds
+    anything but tensors and plain values (a crafted pickle that would run code) is refused with
+    :class:`CheckpointError` before any of it runs."""
+    import pickle
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, ImportError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"{path}: not a checkpoint marktune wrote, or a damaged one ({first}); it was not loaded, "
+            "since unpickling anything but tensors and plain values can run code. Remove the file to "
+            "start the run over, or resume from a checkpoint you trust") from None
+    if not isinstance(state, dict) or "format" not in state:
+        raise CheckpointError(f"{path}: not a checkpoint marktune wrote (no 'format' entry); remove it to "
+                              "start the run over")
+    return state

@@ -274,10 +274,12 @@ class MarkLearner:
         self.compute.forget_cache()
 
     def save(self, path) -> None:
-        torch.save(self.state_dict(), path)
+        checkpoint.save(self.state_dict(), path)
 
     def load(self, path) -> None:
-        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=False))
+        """Continue from a saved state; a file that is not one (a crafted pickle among them) is
+        refused with :class:`marktune.mark.checkpoint.CheckpointError` before any of it runs."""
+        self.load_state_dict(checkpoint.load(path))
 
     # ------------------------------------------------------------------ a task's modules and seeds
     def start_task(self, task: Task) -> TaskData:

@@ -162,3 +162,24 @@ def test_digits_space_trains_a_config_whose_kb_warm_up_blew_up_without_a_clip(tm
     results = json.loads((out / "results.json").read_text())
     assert min(results["test_matrix"][-1]) >= 0.7, results["test_matrix"][-1]
     assert results["acc"] >= 0.85
+
+
+def test_resume_from_a_crafted_checkpoint_is_refused_without_running_it(tmp_path, capsys):
+    import torch
+
+    out = tmp_path / "r"
+    assert run.main(["--benchmark", "synthetic", *TINY_SETS, "--set", "num_tasks=1", "--out", str(out), "-q"]) == 0
+    ran = tmp_path / "payload-ran"
+
+    class Payload:
+        def __reduce__(self):
+            import pathlib
+
+            return (pathlib.Path.touch, (ran,))
+
+    torch.save({"format": 2, "payload": Payload()}, out / "checkpoint.pt")
+    capsys.readouterr()
+    assert run.main(["--resume", str(out), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "not a checkpoint marktune wrote" in err and "Traceback" not in err
+    assert not ran.exists()

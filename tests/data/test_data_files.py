@@ -73,3 +73,47 @@ def test_fetch_that_never_completes_is_an_error(tmp_path):
     with pytest.raises(DatasetMissingError, match="fetched 2 times"):
         ensure_dataset(tmp_path, "fake", is_complete=lambda: False, fetch=lambda: calls.append(1))
     assert len(calls) == 2
+
+
+class _Payload:
+    """A crafted pickle's payload: unpickling it would create ``path``."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.path),))
+
+
+@pytest.mark.parametrize("benchmark,file", [("cifar100", "cifar-100-python/train"),
+                                            ("miniimagenet", "miniimagenet/train.pkl")])
+def test_a_crafted_data_pickle_is_refused_and_never_runs(tmp_path, benchmark, file):
+    import pickle
+
+    from marktune.data import load_benchmark
+    from tests.data.layouts import write_cifar100, write_miniimagenet
+
+    (write_cifar100 if benchmark == "cifar100" else write_miniimagenet)(tmp_path)
+    ran = tmp_path / "payload-ran"
+    with open(tmp_path / file, "wb") as f:
+        pickle.dump({"data": _Payload(ran), "images": _Payload(ran), "labels": [0]}, f)
+    with pytest.raises(DatasetMissingError, match="only numpy arrays, lists and dicts are read"):
+        load_benchmark(benchmark, data_dir=tmp_path, seed=0)
+    assert not ran.exists()
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_a_data_sets_own_pickle_loads_at_every_protocol(protocol):
+    import io
+    import pickle
+
+    import numpy as np
+
+    from marktune.data.files import load_data_pickle
+
+    entry = {b"data": np.arange(12, dtype=np.uint8).reshape(3, 4), "fine_labels": [1, 2, 3], "name": "x"}
+    back = load_data_pickle(io.BytesIO(pickle.dumps(entry, protocol=protocol)))
+    assert back["fine_labels"] == [1, 2, 3] and back["name"] == "x"
+    assert back[b"data"].tolist() == entry[b"data"].tolist()
