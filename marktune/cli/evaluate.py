@@ -64,7 +64,7 @@ class EvaluateError(ValueError):
 
 # ---------------------------------------------------------------- what to run
 # The ablations of the best configuration: the settings that make each, and what it removes,
-# in words (the table's label). MARK.md, "Ablations".
+# in words (the table's label). docs/method.md, "Ablations".
 ABLATIONS: dict[str, tuple[dict[str, Any], str]] = {
     "none": ({"meta_update": "none"},
              "no metalearning (phase 4 skipped, phase 5 kept: the KB learns on task 1 only)"),

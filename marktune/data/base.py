@@ -3,7 +3,7 @@
 A benchmark module (:mod:`marktune.data.cifar100`, ...) reads its files into a :class:`Source`
 (the whole data set as uint8 arrays); :func:`split_into_tasks` permutes its classes with the
 run's seed and cuts them into equal tasks, labels remapped to ``0..n-1`` within a task
-(``../shared/MARK.md``, "Benchmarks"). Normalisation is left to the learner
+(``docs/method.md``, "Benchmarks"). Normalisation is left to the learner
 (:meth:`Benchmark.normalize`, on the device, per batch), so nothing here runs per image.
 
 Example:

@@ -41,7 +41,7 @@ def read(root: Path) -> Source:
                   resize_square(test_x, MINIIMAGENET_SIZE), test_y)
 
 
-# MARK.md: MiniImageNet images are 84 x 84 whatever size the pickles hold (some copies are 64 x 64).
+# docs/method.md: MiniImageNet images are 84 x 84 whatever size the pickles hold (some copies are 64 x 64).
 MINIIMAGENET_SIZE = 84
 RESIZE_CHUNK = 2048  # images per resize call: bounds the float copy torchvision makes
 

@@ -1,6 +1,6 @@
 """The typed configuration of one MARK sequence.
 
-Defaults are the paper's for 20-Split CIFAR-100 (``../shared/MARK.md``). A config
+Defaults are the paper's for 20-Split CIFAR-100 (``docs/method.md``). A config
 comes from YAML and ``key=value`` overrides; every key and value is checked here,
 before any data is loaded, so that a typo costs seconds rather than a trial.
 
@@ -98,7 +98,7 @@ class MarkConfig:
     # 0.1 over 40 steps a Reptile step shrinks the KB by a fixed fraction every outer step)
     meta_decay_head_only: bool = False
     # Released code: F_t stays in train mode (batch statistics, running statistics updated) in
-    # phases 3-5 of its task. MARK.md overrides that (eval mode after phase 1); true restores
+    # phases 3-5 of its task. The method (docs/method.md) overrides that (eval mode after phase 1); true restores
     # the released behaviour for reproductions (no feature cache then: slower)
     fe_bn_train: bool = False
 

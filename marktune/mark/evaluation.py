@@ -3,7 +3,7 @@
 Every function here runs without training anything, ``runtime.eval_chunk`` images at a time
 (:mod:`marktune.mark.runtime`). Row t of the accuracy matrices holds every task u <= t
 scored with its own F_u, M_u and C_u through the KB as it is after task t
-(``../shared/MARK.md``, "Evaluation"); :func:`task_report` turns the rows so far into a
+(``docs/method.md``, "Evaluation and metrics"); :func:`task_report` turns the rows so far into a
 :class:`TaskReport`.
 
 Example:

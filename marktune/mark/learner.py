@@ -1,9 +1,9 @@
 """MARK, one task at a time: the order of the tasks, the learner's state, and the five phases.
 
 Read it top to bottom: :meth:`MarkLearner.train_next_task` runs the phases of one task in
-order (``../shared/MARK.md``), each phase one method below it. They share one epoch loop
+order (``docs/method.md``), each phase one method below it. They share one epoch loop
 (:mod:`marktune.mark.training`); phase 4's rules get a context of their own
-(:mod:`marktune.mark.phase4`); evaluation is :mod:`marktune.mark.evaluation`. Where MARK.md
+(:mod:`marktune.mark.phase4`); evaluation is :mod:`marktune.mark.evaluation`. Where the method (docs/method.md)
 is silent the released code decides (its section "Where the authors' code decides"); the
 comments say where. What does not train is computed by the fast path
 (:mod:`marktune.mark.compute`); tests hand in another (``compute=``) to check it against.
@@ -166,7 +166,7 @@ class MarkLearner:
             # the released code: batch statistics until the task ends, so no cache either
             task.features, task.features_cached = live_features(task, self.runtime, train_mode=True), False
         else:
-            task.extractor.eval()  # MARK.md: running statistics from here on
+            task.extractor.eval()  # the method (docs/method.md): running statistics from here on
             task.features, task.features_cached = self.compute.feature_source(task)
 
     def phase_kb_warmup(self, task: TaskData) -> None:

@@ -1,4 +1,4 @@
-"""The four parts of MARK (``../shared/MARK.md``, "The model").
+"""The four parts of MARK (``docs/method.md``, "The model").
 
 * :class:`KnowledgeBase` - D masked conv blocks shared by all tasks.
 * :class:`FeatureExtractor` - per-task F_t (small CNN, or a frozen ResNet-18 trunk).

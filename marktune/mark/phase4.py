@@ -3,9 +3,9 @@
 A rule sees a :class:`Phase4Context` (the KB, task t's images and C_t, the mini-task
 batches, the epoch loop, its :class:`Phase4Settings`, a progress callable) and never the
 learner; it has one method, ``update_kb(context)``, called between phase 3 and phase 5
-of each task (``../shared/MARK.md``; like Optuna's samplers over ``BaseSampler``):
+of each task (``docs/method.md``; like Optuna's samplers over ``BaseSampler``):
 
-* :class:`Reptile` (``reptile``, MARK.md's rule): K mini-tasks per outer step, then
+* :class:`Reptile` (``reptile``, the method's rule, docs/method.md): K mini-tasks per outer step, then
   ``theta += meta_step * sum_k (a_k / sum_j a_j) * delta_k``.
 * :class:`SeedRule` (``seed``, the released code's rule, exactly): the same weighted
   delta, divided by K, handed to a fresh momentum-free ``SGD(lr=0.1*lr_meta,
