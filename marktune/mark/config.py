@@ -22,7 +22,7 @@ import yaml
 # the benchmarks and what is known of each without reading data (tasks, image size, classes),
 # so that a bad split is refused at once; torch-free. BENCHMARKS is re-exported for the CLI.
 from marktune.data.registry import BENCHMARKS, FACTS
-from marktune.mark.yaml_io import DuplicateKeyError, load_yaml_text
+from marktune.mark.yaml_io import load_yaml_file
 
 META_UPDATES = ("reptile", "seed", "none", "finetune")
 
@@ -265,14 +265,7 @@ def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    try:
-        data = load_yaml_text(path.read_text()) or {}
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"cannot read {path} as a UTF-8 text file: {err}") from None
-    except DuplicateKeyError as err:
-        raise ConfigError(f"{path}, {err}") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    data = load_yaml_file(path, error=ConfigError) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of config keys, not {type(data).__name__}")
     # best_config.yaml written by a search nests the learner settings under "config"

@@ -15,6 +15,7 @@ Example:
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -72,3 +73,16 @@ class UniqueKeyLoader(yaml.SafeLoader):
 def load_yaml_text(text: str) -> Any:
     """``yaml.safe_load`` that raises :class:`DuplicateKeyError` for a repeated key."""
     return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def load_yaml_file(path: Path, *, error: type[Exception]) -> Any:
+    """The YAML in ``path`` (None for an empty file), read with :func:`load_yaml_text`; an
+    unreadable file, a repeated key or bad YAML raises ``error`` with the path and what is wrong."""
+    try:
+        return load_yaml_text(path.read_text())
+    except (OSError, UnicodeDecodeError) as err:
+        raise error(f"cannot read {path} as a UTF-8 text file: {err}") from None
+    except DuplicateKeyError as err:
+        raise error(f"{path}, {err}") from None
+    except yaml.YAMLError as err:
+        raise error(f"{path} is not valid YAML: {err}") from None

@@ -39,10 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
 from marktune.mark.config import ConfigError, MarkConfig, parse_overrides, yaml_scalar
-from marktune.mark.yaml_io import DuplicateKeyError, load_yaml_text
+from marktune.mark.yaml_io import load_yaml_file
 from marktune.results.experiment import Experiment, load_experiment, same_setting
 from marktune.results.files import read_settings
 from marktune.tune.space_checks import (SpaceError, check_choice_values, check_combinations, check_kind,
@@ -158,14 +156,7 @@ def load_space(name_or_path: str | Path, *, overrides: Mapping[str, Any] | None 
         if not path.is_file():
             raise SpaceError(f"unknown search space {text!r}; available: {', '.join(available_spaces())} "
                              "(or give a path to your own .yaml)")
-    try:
-        data = load_yaml_text(path.read_text()) or {}
-    except (OSError, UnicodeDecodeError) as err:
-        raise SpaceError(f"cannot read {path} as a UTF-8 text file: {err}") from None
-    except DuplicateKeyError as err:
-        raise SpaceError(f"{path}, {err}") from None
-    except yaml.YAMLError as err:
-        raise SpaceError(f"{path} is not valid YAML: {err}") from None
+    data = load_yaml_file(path, error=SpaceError) or {}
     return parse_space(data, name=path.stem, path=path, overrides=overrides)
 
 
