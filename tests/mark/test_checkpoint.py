@@ -61,7 +61,7 @@ def test_a_crafted_checkpoint_is_refused_and_its_payload_never_runs(tmp_path):
     assert not ran.exists()
 
 
-@pytest.mark.parametrize("content", [b"", b"not a torch file at all", b"\x80\x04K\x01."])
+@pytest.mark.parametrize("content", [b"", b"junk", b"not a torch file at all", b"\x80\x04K\x01."])
 def test_a_damaged_or_foreign_file_is_refused_in_words(tmp_path, content):
     path = tmp_path / "checkpoint.pt"
     path.write_bytes(content)
