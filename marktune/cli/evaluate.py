@@ -30,6 +30,7 @@ build the typed plan (:class:`marktune.tune.plan.EvalPlan`), check it and start 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import shlex
@@ -49,7 +50,7 @@ from marktune.results.pareto import parameter_counts
 from marktune.results.statistics import heldout_accuracy, heldout_backward_transfer
 from marktune.tune.evaluation_run import run_evaluation
 from marktune.tune.experiment_lock import lock_search_directory
-from marktune.tune.launch import check_cluster_resources, check_evaluation, start_ray
+from marktune.tune.launch import check_cluster_resources, check_evaluation, shutdown_ray, start_ray
 from marktune.tune.plan import (EvalConfig, EvalPlan, PlanError, TrialRuntime, check_name, check_seed,
                                 check_trial_resources, trial_threads)
 from marktune.tune.spaces import load_experiment_with_space
@@ -333,39 +334,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Exit status: 0 when runs ended, 1 when every run errored, 2 for bad input (also: a search
     or another evaluation holds the experiment)."""
     args = build_parser().parse_args(argv)
-    lock = None
-    try:
-        if args.name is not None:
-            check_name(args.name)
-        # evaluation.* and best_config.yaml's comment go into the search's directory: one command at a
-        # time there (a search that still runs is named, not only "no trial finished")
-        lock = lock_search_directory(args.experiment, what="evaluation", command=shlex.join(
-            ["python", "-m", "marktune.evaluate", *(sys.argv[1:] if argv is None else argv)]))
-        plan = plan_from_args(args)
-        note = plan.experiment.missing_note()
-        if note:
-            print(f"[marktune] {note}; evaluating the trials that finished.", flush=True)
-        check_evaluation(plan)
-        start_ray(plan.ray, own_local=True)  # a Ray another program started is not joined
-        check_cluster_resources(cpus_per_trial=plan.cpus_per_trial, gpus_per_trial=plan.gpus_per_trial,
-                                address=plan.ray.address, unit="run")
-    except (ExperimentError, EvaluateError, ConfigError, PlanError) as err:
-        if lock is not None:
-            lock.release()
-        if "ray" in sys.modules:
-            import ray
-            ray.shutdown()
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except BaseException:  # Ctrl-C or a bug before the run: the lock is not left behind
-        if lock is not None:
-            lock.release()
-        raise
-    try:
+    # the lock, once taken, is released on every way out: a refusal, Ctrl-C, a bug, the end
+    with contextlib.ExitStack() as held:
+        try:
+            if args.name is not None:
+                check_name(args.name)
+            # evaluation.* and best_config.yaml's comment go into the search's directory: one command
+            # at a time there (a search that still runs is named, not only "no trial finished")
+            lock = lock_search_directory(args.experiment, what="evaluation", command=shlex.join(
+                ["python", "-m", "marktune.evaluate", *(sys.argv[1:] if argv is None else argv)]))
+            if lock is not None:
+                held.callback(lock.release)
+            plan = plan_from_args(args)
+            note = plan.experiment.missing_note()
+            if note:
+                print(f"[marktune] {note}; evaluating the trials that finished.", flush=True)
+            check_evaluation(plan)
+            start_ray(plan.ray, own_local=True)  # a Ray another program started is not joined
+            check_cluster_resources(cpus_per_trial=plan.cpus_per_trial, gpus_per_trial=plan.gpus_per_trial,
+                                    address=plan.ray.address, unit="run")
+        except (ExperimentError, EvaluateError, ConfigError, PlanError) as err:
+            shutdown_ray()
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         return _run_and_report(plan, note)
-    finally:
-        if lock is not None:
-            lock.release()
 
 
 def _run_and_report(plan: EvalPlan, note: str | None) -> int:

@@ -14,6 +14,7 @@ end-of-run summary (rows and files from :mod:`marktune.results.summary`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shlex
 import sys
@@ -26,7 +27,7 @@ from marktune.mark.config import ConfigError, parse_overrides
 from marktune.results.summary import TrialRow, format_table, trial_rows, unfinished, write_outputs
 from marktune.tune.experiment_lock import lock_experiment
 from marktune.tune.launch import (check_address, check_cluster_resources, check_local_resources, check_optuna_storage,
-                                  check_ray_flags, check_search, open_experiment, start_ray)
+                                  check_ray_flags, check_search, open_experiment, shutdown_ray, start_ray)
 from marktune.tune.plan import (DEFAULT_STORAGE, PlanError, SearchPlan, TrialRuntime, check_name,
                                 check_protocol, check_seed, check_trial_resources,
                                 local_experiment_dir, trial_threads)
@@ -225,47 +226,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     (also: another search holds the experiment)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    lock = None
-    try:
-        if args.name is not None:
-            check_name(args.name)  # before --resume reads <storage>/<name>
-        args = apply_saved_settings(args, flags.given_destinations(parser, argv))
-        # the flags on their own first, before the space is even loaded (which imports torch):
-        # a mistyped or unreachable address or database is an error within seconds
-        check_ray_flags(flags.ray_settings(args))
-        check_address(args.address)
-        check_optuna_storage(args.optuna_storage)
-        plan = plan_from_args(args)
-        check_local_resources(plan.ray, cpus_per_trial=plan.cpus_per_trial, gpus_per_trial=plan.gpus_per_trial)
-        check_search(plan)  # reads only, then makes the storage folder
-        # before anything is written to the experiment (the study check may repair its journal:
-        # a second search of this name is told who runs the first), until the search ends
-        lock = lock_experiment(plan.storage, plan.name, what="search",
-                               command=shlex.join(["python", "-m", "marktune.search",
-                                                   *(sys.argv[1:] if argv is None else argv)]))
-        open_experiment(plan)
-        start_ray(plan.ray, own_local=True)  # a Ray another program started here is joined with --address only
-        check_cluster_resources(cpus_per_trial=plan.cpus_per_trial, gpus_per_trial=plan.gpus_per_trial,
-                                address=plan.ray.address)
-    except (SpaceError, ConfigError, PlanError) as err:
-        if lock is not None:
-            lock.release()
-        _shutdown_ray()  # if the refusal came once Ray was up (a trial no node can hold)
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except BaseException:  # Ctrl-C or a bug before the run: the lock is not left behind
-        if lock is not None:
-            lock.release()
-        raise
-    try:
+    # the experiment's lock, once taken, is released on every way out: a refusal, Ctrl-C, a bug, the end
+    with contextlib.ExitStack() as held:
+        try:
+            if args.name is not None:
+                check_name(args.name)  # before --resume reads <storage>/<name>
+            args = apply_saved_settings(args, flags.given_destinations(parser, argv))
+            # the flags on their own first, before the space is even loaded (which imports torch):
+            # a mistyped or unreachable address or database is an error within seconds
+            check_ray_flags(flags.ray_settings(args))
+            check_address(args.address)
+            check_optuna_storage(args.optuna_storage)
+            plan = plan_from_args(args)
+            check_local_resources(plan.ray, cpus_per_trial=plan.cpus_per_trial, gpus_per_trial=plan.gpus_per_trial)
+            check_search(plan)  # reads only, then makes the storage folder
+            # before anything is written to the experiment (the study check may repair its journal:
+            # a second search of this name is told who runs the first), until the search ends
+            lock = lock_experiment(plan.storage, plan.name, what="search",
+                                   command=shlex.join(["python", "-m", "marktune.search",
+                                                       *(sys.argv[1:] if argv is None else argv)]))
+            held.callback(lock.release)
+            open_experiment(plan)
+            start_ray(plan.ray, own_local=True)  # a Ray another program started here is joined with --address only
+            check_cluster_resources(cpus_per_trial=plan.cpus_per_trial, gpus_per_trial=plan.gpus_per_trial,
+                                    address=plan.ray.address)
+        except (SpaceError, ConfigError, PlanError) as err:
+            shutdown_ray()  # if the refusal came once Ray was up (a trial no node can hold)
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         run = run_search(plan)
         if not any(run.interrupted(tid) for tid in run.states):
             # after Ctrl-C a trial's newest checkpoint may be newer than the one the saved state
             # names (written, not yet registered): keep them all until the resumed run ends
             prune_checkpoints(run.experiment)
         rows = summarize(run, plan, top=args.top)
-    finally:
-        lock.release()
     if unfinished(rows) or len(rows) < plan.samples:
         return 130
     if rows and all(r.status == "ERROR" for r in rows):
@@ -273,14 +267,6 @@ def main(argv: Sequence[str] | None = None) -> int:
               "nothing (the errors are above)", file=sys.stderr)
         return 1
     return 0
-
-
-def _shutdown_ray() -> None:
-    if "ray" in sys.modules:
-        import ray
-
-        if ray.is_initialized():
-            ray.shutdown()
 
 
 if __name__ == "__main__":

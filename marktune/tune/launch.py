@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import socket
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -323,6 +324,15 @@ def start_ray(ray_settings: RaySettings, *, own_local: bool = False) -> None:
         ray.init(**kwargs)
     except ConnectionError as err:
         raise PlanError(f"--address {address}: {err}") from None
+
+
+def shutdown_ray() -> None:
+    """Stop this process's Ray if it started one (a refusal that came once Ray was up)."""
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
 
 
 def prepare_tune(*, cpus_per_trial: float, gpus_per_trial: float | None, runs: int,
