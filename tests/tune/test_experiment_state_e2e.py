@@ -102,8 +102,16 @@ def test_a_disk_that_fills_up_mid_search_is_one_message_and_resumes_once_there_i
             while time.time() < deadline and proc.poll() is None and not any(
                     _tasks(d) >= 1 for d in experiment.glob("trial_*")):
                 time.sleep(0.2)
-            free = shutil.disk_usage(disk).free
-            subprocess.run(["fallocate", "-l", str(free - 300 * 1024), str(disk / "filler")], check=True)
+            # fill the disk to the brim, then give back 300 KiB: measuring the free space and then
+            # allocating it raced the search's own writes (fallocate failed with ENOSPC once)
+            with open(disk / "filler", "wb", buffering=0) as filler:  # unbuffered: close has nothing left
+                try:
+                    while filler.write(b"\0" * 2**16):
+                        pass
+                except OSError:
+                    pass
+            size = (disk / "filler").stat().st_size
+            os.truncate(disk / "filler", max(0, size - 300 * 1024))
             code = proc.wait(timeout=400)
         text = log.read_text()
         assert code == 1, text[-3000:]
