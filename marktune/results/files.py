@@ -8,7 +8,7 @@ An experiment directory (``<storage>/<name>``) holds, as Tune and the search wri
   config, with the runtime settings under :data:`RUNTIME_KEY`) and ``result.json``
   (:data:`RESULT_FILE`: one JSON line per finished task); :func:`read_results`,
   :func:`parse_results`.
-* ``experiment_state-*.json`` (:data:`STATE_GLOB`), ``trials.csv``, ``best_config.yaml``.
+* ``experiment_state-*.json`` (:data:`STATE_GLOB`), ``trials.csv``, ``curves.csv``, ``best_config.yaml``.
 * ``marktune.lock`` (:data:`LOCK_FILE`): while a search or an evaluation runs, who runs it
   (host, pid, start time; ``marktune.tune.experiment_lock``).
 
@@ -42,6 +42,7 @@ PARAMS_FILE = "params.json"  # a trial's config, as Tune wrote it
 TRIAL_DIR_PREFIX = "trial_"  # trial_<id>: one directory per trial
 STATE_GLOB = "experiment_state-*.json"  # Tune's experiment state, one file per snapshot
 TRIALS_TABLE = "trials.csv"  # written by the search at its end
+CURVES_TABLE = "curves.csv"  # every trial's per-task curve, next to trials.csv (marktune.results.curves)
 BEST_CONFIG_FILE = "best_config.yaml"  # the best complete trial, written by the search at its end
 CHECKPOINT_TASKS_FILE = "tasks_done.json"  # in each trial checkpoint: {"tasks_done": N}, the tasks it holds
 RUNTIME_KEY = "marktune_runtime"  # a trial config's runtime settings (as marktune.tune.trainable reads them)

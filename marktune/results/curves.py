@@ -1,0 +1,129 @@
+"""The curves table (``curves.csv``): every trial's per-task curve, one row per (trial, task).
+
+A search writes it next to ``trials.csv``; the replay bench (``bench/replay.py``) reads it back
+and replays searches offline. Columns: ``trial_id``, ``status``, the searched settings (one
+column each, in the space's order), ``task`` (tasks done, 1..n), ``val_acc`` and ``test_acc``
+(mean accuracy over the tasks seen, as reported after that task: the search's metric and its
+test twin) and ``seconds`` (wall seconds of that task). An optional ``seed`` column tells apart
+curves of the same settings recorded at different learner seeds.
+
+Example:
+    >>> import tempfile, pathlib
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "curves.csv"
+    >>> rows = [CurveRow(trial_id="a", status="COMPLETE", params={"lr": 0.1}, task=1, val_acc=0.9,
+    ...                  test_acc=0.88, seconds=2.5)]
+    >>> write_curves(path, rows, searched=["lr"])
+    >>> table = read_curves(path)
+    >>> table.searched, table.rows[0].params, table.rows[0].val_acc
+    (['lr'], {'lr': 0.1}, 0.9)
+"""
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from marktune.results.files import atomic_output
+
+FIXED_COLUMNS = ("trial_id", "status")
+VALUE_COLUMNS = ("task", "val_acc", "test_acc", "seconds")
+SEED_COLUMN = "seed"
+
+
+@dataclass(frozen=True)
+class CurveRow:
+    """One trial after one task."""
+
+    trial_id: str
+    status: str  # the trial's status at the end of the search (COMPLETE, PRUNED, ...)
+    params: dict[str, Any]  # the searched settings
+    task: int  # tasks done, 1..n
+    val_acc: float  # mean validation ACC over the tasks seen
+    test_acc: float
+    seconds: float  # wall seconds of this task
+    seed: int | None = None
+
+
+@dataclass
+class CurvesTable:
+    searched: list[str]
+    rows: list[CurveRow] = field(default_factory=list)
+
+    def curves(self) -> dict[tuple[str, int | None], list[CurveRow]]:
+        """(trial id, seed) -> its rows in task order."""
+        out: dict[tuple[str, int | None], list[CurveRow]] = {}
+        for row in sorted(self.rows, key=lambda r: (r.trial_id, -1 if r.seed is None else r.seed, r.task)):
+            out.setdefault((row.trial_id, row.seed), []).append(row)
+        return out
+
+
+class CurvesError(ValueError):
+    """A curves table that cannot be read: the message names the file, the row and what is wrong."""
+
+
+def write_curves(path: str | Path, rows: Sequence[CurveRow], *, searched: Sequence[str]) -> None:
+    """Write ``rows`` atomically; a ``seed`` column only when some row has a seed."""
+    with_seed = any(r.seed is not None for r in rows)
+    with atomic_output(path, newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow([*FIXED_COLUMNS, *searched, *VALUE_COLUMNS, *([SEED_COLUMN] if with_seed else [])])
+        for r in rows:
+            writer.writerow([r.trial_id, r.status, *[_cell(r.params.get(k)) for k in searched], r.task,
+                             _num(r.val_acc), _num(r.test_acc), _num(r.seconds),
+                             *([r.seed if r.seed is not None else ""] if with_seed else [])])
+
+
+def read_curves(path: str | Path) -> CurvesTable:
+    """Read a table :func:`write_curves` wrote; settings come back typed (int, float, bool, str)."""
+    path = Path(path)
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise CurvesError(f"{path} is empty; expected a header {', '.join(FIXED_COLUMNS)}, ...") from None
+        missing = [c for c in (*FIXED_COLUMNS, *VALUE_COLUMNS) if c not in header]
+        if missing:
+            raise CurvesError(f"{path}: the header lacks column(s) {', '.join(missing)}")
+        start, end = len(FIXED_COLUMNS), header.index(VALUE_COLUMNS[0])
+        searched = header[start:end]
+        table = CurvesTable(searched=searched)
+        for line, cells in enumerate(reader, start=2):
+            if len(cells) != len(header):
+                raise CurvesError(f"{path}, line {line}: {len(cells)} cells, the header has {len(header)}")
+            record = dict(zip(header, cells))
+            try:
+                seed = record.get(SEED_COLUMN) or None
+                table.rows.append(CurveRow(
+                    trial_id=record["trial_id"], status=record["status"],
+                    params={k: _typed(record[k]) for k in searched}, task=int(record["task"]),
+                    val_acc=_float(record["val_acc"]), test_acc=_float(record["test_acc"]),
+                    seconds=_float(record["seconds"]), seed=int(seed) if seed is not None else None))
+            except ValueError as err:
+                raise CurvesError(f"{path}, line {line}: {err}") from None
+    return table
+
+
+def _cell(value: Any) -> Any:
+    return "" if value is None else value
+
+
+def _num(value: float | None) -> str:
+    return "" if value is None or not math.isfinite(value) else repr(float(value))
+
+
+def _float(text: str) -> float:
+    return float(text) if text != "" else math.nan
+
+
+def _typed(text: str) -> Any:
+    if text == "":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return {"True": True, "False": False}.get(text, text)
