@@ -1,10 +1,12 @@
 """The search service: ``python -m marktune.search --space NAME`` (also ``marktune search``).
 
 Ray Tune runs one trial per configuration (a whole MARK sequence, see
-``marktune/tune/trainable.py``); Optuna's TPE proposes configurations; ASHA stops weak
-trials on the mean validation accuracy reported after every task. At the end: a table
-of the best trials, ``best_config.yaml`` (runnable with ``python -m marktune.run --config``)
-and ``trials.csv``; TensorBoard compares all trials.
+``marktune/tune/trainable.py``); Optuna proposes configurations (TPE, or at random with
+``--searcher random``); ASHA stops weak trials on the mean validation accuracy reported after
+every task (none with ``--scheduler none``: every trial runs to its last task). At the end: a
+table of the best trials, ``best_config.yaml`` (runnable with ``python -m marktune.run
+--config``), ``trials.csv`` and ``curves.csv`` (every trial's value after every task);
+TensorBoard compares all trials.
 
 This module is the command line: parse the flags (shared ones in :mod:`marktune.cli.flags`),
 build the typed plan (:class:`marktune.tune.plan.SearchPlan`), check it and start Ray
@@ -24,6 +26,8 @@ from typing import Sequence
 
 from marktune.cli import flags
 from marktune.mark.config import ConfigError, parse_overrides
+from marktune.results.curves import write_search_curves
+from marktune.results.files import CURVES_TABLE
 from marktune.results.summary import TrialRow, format_table, trial_rows, unfinished, write_outputs
 from marktune.tune.experiment_lock import lock_experiment
 from marktune.tune.launch import (check_address, check_cluster_resources, check_local_resources, check_optuna_storage,
@@ -33,7 +37,7 @@ from marktune.tune.plan import (DEFAULT_STORAGE, PlanError, SearchPlan, TrialRun
                                 local_experiment_dir, trial_threads)
 from marktune.tune.search_run import SearchRun, run_search
 from marktune.tune.search_settings import KEPT_ON_RESUME, load_settings
-from marktune.tune.spaces import SpaceError, available_spaces, load_space
+from marktune.tune.spaces import SCHEDULERS, SEARCHERS, SpaceError, available_spaces, load_space
 from marktune.tune.study import JOURNAL_FILE, StudyStorage, hide_password
 from marktune.tune.tune_setup import prune_checkpoints
 
@@ -44,7 +48,8 @@ SearchError = PlanError  # what a search's bad flag or environment raises (the n
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m marktune.search",
-        description="Search MARK's hyperparameters with Ray Tune, Optuna (TPE) and ASHA.",
+        description="Search MARK's hyperparameters with Ray Tune and Optuna (TPE or random search), "
+                    "stopping weak trials with ASHA (or not at all).",
         epilog="Examples:\n"
                "  python -m marktune.search --space fmnist                 # minutes on a laptop CPU\n"
                "  python -m marktune.search --space cifar100 --address auto --storage s3://bucket/marktune\n"
@@ -58,6 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: fmnist)")
     g.add_argument("--samples", type=int, metavar="N", help="trials to run (default: the space's)")
     g.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the sampler (trials use the space's seed)")
+    g.add_argument("--searcher", choices=SEARCHERS,
+                   help="who proposes the trials: tpe (Optuna's TPESampler) or random (its RandomSampler) "
+                        "(default: the space's, else tpe)")
+    g.add_argument("--n-startup-trials", type=int, metavar="N",
+                   help="TPE: trials drawn at random before it models the others (default: the space's, "
+                        "else 10, Optuna's)")
+    g.add_argument("--scheduler", choices=SCHEDULERS,
+                   help="early stopping: asha (stops weak trials at its rungs) or none (every trial runs "
+                        "every task, recording its whole curve) (default: the space's, else asha)")
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a fixed learner setting for every trial (repeatable)")
     g = p.add_argument_group("where it lives")
@@ -72,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
                 f"<storage>/<name>/{JOURNAL_FILE})")
     g.add_argument("--resume", action="store_true",
                    help="continue the experiment --name in --storage with the space, --set, --samples, "
-                        "--seed, --max-failures, --optuna-storage, --protocol and --tuning-tasks it started with")
+                        "--seed, --searcher, --n-startup-trials, --scheduler, --max-failures, --optuna-storage, "
+                        "--protocol and --tuning-tasks it started with")
     flags.add_protocol_flags(p)
     flags.add_resource_flags(p, unit="trial")
     flags.add_gpu_runtime_flags(p)
@@ -99,6 +114,11 @@ def plan_from_args(args: argparse.Namespace) -> SearchPlan:
     samples = args.samples if args.samples is not None else d["samples"]
     if samples < 1:
         raise SearchError(f"--samples must be >= 1 (got {samples})")
+    searcher = args.searcher or d["searcher"]
+    scheduler = args.scheduler or d["scheduler"]
+    startup = args.n_startup_trials if args.n_startup_trials is not None else d["n_startup_trials"]
+    if startup < 0:
+        raise SearchError(f"--n-startup-trials must be >= 0 (got {startup})")
     max_concurrent = args.max_concurrent if args.max_concurrent is not None else d["max_concurrent"]
     cpus = args.cpus_per_trial if args.cpus_per_trial is not None else float(d["cpus_per_trial"])
     gpus = args.gpus_per_trial if args.gpus_per_trial is not None else d["gpus_per_trial"]
@@ -116,12 +136,13 @@ def plan_from_args(args: argparse.Namespace) -> SearchPlan:
     study_storage = StudyStorage.for_experiment(experiment_dir=local_experiment_dir(storage, name),
                                                 url=args.optuna_storage)
     protocol, tuning_tasks = check_protocol(args.protocol, args.tuning_tasks, stream_tasks=base.tasks)
-    space.check_tasks_searched(tuning_tasks or base.tasks, tuning=tuning_tasks is not None)
+    space.check_tasks_searched(tuning_tasks or base.tasks, tuning=tuning_tasks is not None, scheduler=scheduler)
     runtime = TrialRuntime(data_dir=args.data_dir, download=args.download, threads=trial_threads(cpus),
                            cpu_fallback=args.cpu_fallback, gpu_memory_fraction=args.gpu_memory_fraction,
                            stop_after_tasks=tuning_tasks)  # first-k: each trial stops after k tasks
     return SearchPlan(space=space, space_given=args.space, overrides=overrides, override_flags=tuple(args.overrides),
-                      base_config=base, samples=samples, seed=args.seed, max_concurrent=max_concurrent,
+                      base_config=base, samples=samples, seed=args.seed, searcher=searcher, scheduler=scheduler,
+                      n_startup_trials=startup, max_concurrent=max_concurrent,
                       cpus_per_trial=cpus, gpus_per_trial=gpus, max_failures=args.max_failures,
                       storage=storage, name=name, num_tasks=tuning_tasks or base.tasks, study_storage=study_storage,
                       runtime=runtime, ray=flags.ray_settings(args), resume=bool(args.resume), protocol=protocol,
@@ -135,8 +156,8 @@ def given_flags(argv: Sequence[str] | None) -> set[str]:
 
 
 def apply_saved_settings(args: argparse.Namespace, given: set[str]) -> argparse.Namespace:
-    """On --resume, take the space, --set, --samples, --seed and --max-failures the experiment
-    started with.
+    """On --resume, take the space, --set, --samples, --seed, --searcher, --n-startup-trials,
+    --scheduler and --max-failures the experiment started with.
 
     Tune restores the number of trials, the searcher and the failure settings from the
     experiment anyway, so a different value on resume would be silently ignored: refuse it.
@@ -159,8 +180,9 @@ def apply_saved_settings(args: argparse.Namespace, given: set[str]) -> argparse.
         if mine != saved[key]:
             flag = "--set" if key == "overrides" else f"--{key.replace('_', '-')}"
             raise SearchError(f"--resume: experiment {args.name!r} was started with {flag} {saved[key]!r}, "
-                              f"not {values[key]!r}; a resumed search keeps its space, --set, "
-                              "--samples, --seed, --max-failures, --protocol and --tuning-tasks (leave the flag out)")
+                              f"not {values[key]!r}; a resumed search keeps its space, --set, --samples, "
+                              "--seed, --searcher, --n-startup-trials, --scheduler, --max-failures, --protocol "
+                              "and --tuning-tasks (leave the flag out)")
     _resume_study_storage(args, saved.get("optuna_storage"), given="optuna_storage" in given)
     return args
 
@@ -181,16 +203,18 @@ def _resume_study_storage(args: argparse.Namespace, saved: str | None, *, given:
 
 # ---------------------------------------------------------------- the end
 def summarize(run: SearchRun, plan: SearchPlan, *, top: int) -> list[TrialRow]:
-    """Print the best-trials table (and, after Ctrl-C, how to continue); write trials.csv and
-    best_config.yaml next to the experiment."""
+    """Print the best-trials table (and, after Ctrl-C, how to continue); write trials.csv,
+    curves.csv and best_config.yaml next to the experiment."""
     searched = list(plan.space.params)
     rows = trial_rows(run.results, searched=searched, num_tasks=plan.num_tasks, interrupted=run.interrupted,
                       configs=run.configs())
     out_dir = plan.local_dir()
     best = write_outputs(rows, out_dir, searched=searched, space_name=plan.space.name)
+    write_search_curves(out_dir / CURVES_TABLE, rows, searched=searched, experiment=run.experiment)
     counts = {s: sum(r.status == s for r in rows) for s in ("COMPLETE", "PRUNED", "ERROR", "RUNNING", "PENDING")}
     left = unfinished(rows) + max(0, plan.samples - len(rows))
-    line = (f"\n[marktune] {len(rows)} trials: {counts['COMPLETE']} complete, {counts['PRUNED']} stopped by ASHA, "
+    stopped = "stopped by ASHA" if plan.scheduler == "asha" else "stopped early"
+    line = (f"\n[marktune] {len(rows)} trials: {counts['COMPLETE']} complete, {counts['PRUNED']} {stopped}, "
             f"{counts['ERROR']} errored")
     if left:
         line += (f", {counts['RUNNING']} unfinished, {counts['PENDING'] + max(0, plan.samples - len(rows))} "
@@ -201,6 +225,7 @@ def summarize(run: SearchRun, plan: SearchPlan, *, top: int) -> list[TrialRow]:
         if r.status == "ERROR":
             print(f"[marktune] {r.trial_id} errored: {r.error}")
     print(f"[marktune] trials.csv: {out_dir / 'trials.csv'}")
+    print(f"[marktune] {CURVES_TABLE} (every trial's values after every task): {out_dir / CURVES_TABLE}")
     if best:
         print(f"[marktune] best_config.yaml: {best}  (python -m marktune.run --config {best})")
     else:

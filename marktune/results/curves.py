@@ -1,6 +1,7 @@
 """The curves table (``curves.csv``): every trial's per-task curve, one row per (trial, task).
 
-A search writes it next to ``trials.csv``; the replay bench (``bench/replay.py``) reads it back
+A search writes it next to ``trials.csv`` (:func:`write_search_curves`, from every trial's own
+``result.json``, also after Ctrl-C); the replay bench (``bench/replay.py``) reads it back
 and replays searches offline. Columns: ``trial_id``, ``status``, the searched settings (one
 column each, in the space's order), ``task`` (tasks done, 1..n), ``val_acc`` and ``test_acc``
 (mean accuracy over the tasks seen, as reported after that task: the search's metric and its
@@ -23,9 +24,11 @@ import csv
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
-from marktune.results.files import atomic_output
+from marktune.mark.metrics import METRIC, TIME_ATTR
+from marktune.results.files import (RESULT_FILE, TRIAL_DIR_PREFIX, atomic_output, last_per_task, parse_results,
+                                    task_results)
 
 FIXED_COLUMNS = ("trial_id", "status")
 VALUE_COLUMNS = ("task", "val_acc", "test_acc", "seconds")
@@ -75,6 +78,64 @@ def write_curves(path: str | Path, rows: Sequence[CurveRow], *, searched: Sequen
                              *([r.seed if r.seed is not None else ""] if with_seed else [])])
 
 
+class SearchedTrial(Protocol):
+    """What a curve needs of a trial (``marktune.results.summary.TrialRow`` has it)."""
+
+    trial_id: str
+    status: str
+    params: dict[str, Any]
+
+
+def search_curve_rows(trials: Sequence[SearchedTrial],
+                      results_of: Callable[[str], Sequence[Mapping[str, Any]]], *,
+                      searched: Sequence[str]) -> list[CurveRow]:
+    """One row per (trial, task it finished), ordered by trial id then task.
+
+    ``results_of(trial_id)``: the trial's results, one per task (the last written, as
+    :func:`marktune.results.files.task_results` gives them). The values are what the trial
+    reported: ``mean_val_acc`` (the search's metric), ``mean_test_acc`` and ``task_seconds``.
+
+    >>> from types import SimpleNamespace as T
+    >>> trial = T(trial_id="a", status="PRUNED", params={"lr": 0.1})
+    >>> rows = search_curve_rows([trial], lambda _: [{"tasks_done": 1, "mean_val_acc": 0.9}], searched=["lr"])
+    >>> rows[0].task, rows[0].val_acc, rows[0].status, math.isnan(rows[0].seconds)
+    (1, 0.9, 'PRUNED', True)
+    """
+    out = []
+    for trial in sorted(trials, key=lambda t: t.trial_id):
+        for result in results_of(trial.trial_id):
+            out.append(CurveRow(trial_id=trial.trial_id, status=trial.status,
+                                params={k: trial.params.get(k) for k in searched}, task=int(result[TIME_ATTR]),
+                                val_acc=_value(result.get(METRIC)), test_acc=_value(result.get("mean_test_acc")),
+                                seconds=_value(result.get("task_seconds"))))
+    return out
+
+
+def write_search_curves(path: str | Path, trials: Sequence[SearchedTrial], *, searched: Sequence[str],
+                        experiment: str | Path) -> list[CurveRow]:
+    """Write the curves table at ``path`` from every trial's ``result.json`` in ``experiment``
+    (its directory, or an ``s3://`` URL); returns its rows."""
+    rows = search_curve_rows(trials, lambda trial_id: trial_results(experiment, trial_id), searched=searched)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_curves(path, rows, searched=searched)
+    return rows
+
+
+def trial_results(experiment: str | Path, trial_id: str) -> list[dict[str, Any]]:
+    """A trial's results, one per task, from its directory in ``experiment`` (a directory or a
+    URL); [] when it has none (a trial that never started)."""
+    if "://" not in str(experiment):
+        return task_results(Path(experiment) / f"{TRIAL_DIR_PREFIX}{trial_id}")
+    from pyarrow import fs as pafs
+
+    try:
+        filesystem, root = pafs.FileSystem.from_uri(str(experiment))
+        with filesystem.open_input_stream(f"{root}/{TRIAL_DIR_PREFIX}{trial_id}/{RESULT_FILE}") as f:
+            return last_per_task(parse_results(f.readall().decode()))
+    except (OSError, ValueError):
+        return []
+
+
 def read_curves(path: str | Path) -> CurvesTable:
     """Read a table :func:`write_curves` wrote; settings come back typed (int, float, bool, str)."""
     path = Path(path)
@@ -112,6 +173,13 @@ def _cell(value: Any) -> Any:
 
 def _num(value: float | None) -> str:
     return "" if value is None or not math.isfinite(value) else repr(float(value))
+
+
+def _value(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
 
 
 def _float(text: str) -> float:

@@ -171,6 +171,9 @@ class SearchPlan:
     base_config: MarkConfig
     samples: int
     seed: int  # of the sampler (trials use the space's seed)
+    searcher: str = "tpe"  # marktune.tune.spaces.SEARCHERS: tpe or random
+    scheduler: str = "asha"  # marktune.tune.spaces.SCHEDULERS: asha or none (every trial runs every task)
+    n_startup_trials: int = 10  # TPE's random trials before it models (Optuna's default); unused by random
     max_concurrent: int | None
     cpus_per_trial: float
     gpus_per_trial: float | None  # None: 0.25 where the cluster has GPUs, else 0
@@ -194,6 +197,24 @@ class SearchPlan:
 
     def local_dir(self) -> Path:
         return local_experiment_dir(self.storage, self.name)
+
+    def strategy(self) -> str:
+        """Which trials run and which stop, in words (the search prints it as it starts).
+
+        TPE draws its first ``n_startup_trials`` at random: a search of no more samples than
+        that is random search, and this says so."""
+        if self.searcher == "random":
+            searcher = "Optuna's random sampler"
+        elif self.samples <= self.n_startup_trials:
+            searcher = (f"Optuna's TPE, which draws its first {self.n_startup_trials} trials at random: "
+                        f"all {self.samples} of these are random")
+        else:
+            searcher = f"Optuna's TPE (its first {self.n_startup_trials} trials random)"
+        if self.scheduler == "none":
+            return f"{searcher}; no early stopping (every trial runs its {self.num_tasks} tasks)"
+        d = self.space.defaults
+        return (f"{searcher}; ASHA stops weak trials (grace period {d['grace_period']} tasks, "
+                f"reduction factor {d['reduction_factor']})")
 
     def search_protocol(self) -> SearchProtocol:
         """The protocol as ``marktune_search.json`` records it (read by ``marktune.results.protocols``)."""

@@ -1,4 +1,7 @@
-"""Which trials stop: ASHA on tasks done, with rungs that survive ``--resume``.
+"""Which trials stop: ASHA on tasks done, with rungs that survive ``--resume``; or none.
+
+``--scheduler none`` (or ``scheduler: none`` in a space's defaults) is :class:`NoStopping`: Tune's
+FIFO scheduler, so every trial runs to its last task and records its whole curve.
 
 :class:`ResumableASHA` is Ray's ``AsyncHyperBandScheduler`` whose rungs a resumed search refills:
 Tune never calls a scheduler's ``save``/``restore`` (ray-project/ray#30838), so every trial Tune
@@ -11,6 +14,8 @@ Example (Ray is imported by this module):
     >>> scheduler = make_scheduler(num_tasks=5, grace_period=1, reduction_factor=2)
     >>> sorted(scheduler.rungs()[0])  # milestones, in tasks done
     [1, 2, 4]
+    >>> type(make_scheduler(num_tasks=5, grace_period=1, reduction_factor=2, kind="none")).__name__
+    'NoStopping'
     >>> replayable([{"t": 2, "m": 0.5}, {"t": 1, "m": 0.4}, {"t": 3, "m": None}], time_attr="t", metric="m")
     [(1, 0.4), (2, 0.5)]
 """
@@ -20,7 +25,7 @@ import math
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from ray.tune.schedulers import AsyncHyperBandScheduler
+from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
 
 from marktune.mark.metrics import TIME_ATTR
 from marktune.results.files import RESULT_FILE, parse_results
@@ -28,10 +33,25 @@ from marktune.tune import ray_internals
 from marktune.tune.state_keeper import relocate
 
 
-def make_scheduler(*, num_tasks: int, grace_period: int, reduction_factor: float) -> "ResumableASHA":
-    """ASHA on tasks done; the metric and mode come from the Tuner's TuneConfig (METRIC, max)."""
+def make_scheduler(*, num_tasks: int, grace_period: int, reduction_factor: float,
+                   kind: str = "asha") -> "ResumableASHA | NoStopping":
+    """``kind`` asha: ASHA on tasks done (the metric and mode come from the Tuner's TuneConfig:
+    METRIC, max); none: no early stopping (grace period and reduction factor unused)."""
+    if kind == "none":
+        return NoStopping()
+    if kind != "asha":
+        raise ValueError(f"unknown scheduler {kind!r}; one of asha, none")
     return ResumableASHA(time_attr=TIME_ATTR, max_t=num_tasks, grace_period=grace_period,
                          reduction_factor=reduction_factor)
+
+
+class NoStopping(FIFOScheduler):
+    """Tune's FIFO scheduler: no trial is stopped early. Only relocates new trials on ``--resume``
+    as :class:`ResumableASHA` does (a FIFO scheduler has no rungs to refill)."""
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        relocate(trial)
+        super().on_trial_add(tune_controller, trial)
 
 
 class ResumableASHA(AsyncHyperBandScheduler):

@@ -79,8 +79,9 @@ def run_search(plan: SearchPlan) -> SearchRun:
         # and ignores anything it reports later, and restarting it from scratch
         # (restart_errored) would run a configuration twice. The searcher comes back from the
         # experiment and reopens the study in its storage (how many trials were sampled, and
-        # Optuna's trial for each); ASHA refills its rungs from every trial's results
-        # (marktune.tune.scheduler.ResumableASHA). The callbacks, the progress printer among them,
+        # Optuna's trial for each), with its sampler (TPE or random); ASHA refills its rungs from
+        # every trial's results (marktune.tune.scheduler.ResumableASHA; without ASHA there are none).
+        # The callbacks, the progress printer among them,
         # come back from the experiment too.
         # Tune unpickles the experiment's state: only from a directory marktune's settings file
         # names as this search (the pre-flight checked it too; callers may skip the pre-flight)
@@ -93,10 +94,11 @@ def run_search(plan: SearchPlan) -> SearchRun:
             tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True,
                                        resume_errored=False, restart_errored=False, param_space=param_space)
     else:
+        # --scheduler none: Tune's FIFO scheduler, so every trial runs to its last task
         scheduler = make_scheduler(num_tasks=plan.num_tasks, grace_period=plan.space.defaults["grace_period"],
-                                   reduction_factor=plan.space.defaults["reduction_factor"])
+                                   reduction_factor=plan.space.defaults["reduction_factor"], kind=plan.scheduler)
         searcher = make_searcher(storage=plan.study_storage, study_name=plan.name, num_tasks=plan.num_tasks,
-                                 seed=plan.seed)
+                                 seed=plan.seed, kind=plan.searcher, n_startup_trials=plan.n_startup_trials)
         tuner = tune.Tuner(
             trainable, param_space=param_space, run_config=run_config,
             tune_config=tune.TuneConfig(metric=METRIC, mode="max", num_samples=plan.samples,
@@ -106,6 +108,7 @@ def run_search(plan: SearchPlan) -> SearchRun:
                                         trial_name_creator=_trial_name, trial_dirname_creator=_trial_name))
     print(f"[marktune] experiment {experiment}: {plan.samples} trials of {plan.space.name} "
           f"({plan.num_tasks} tasks each), {resources['cpu']:g} CPU + {gpus:g} GPU per trial")
+    print(f"[marktune] strategy: {plan.strategy()}")
     if plan.protocol != "full":
         print(f"[marktune] protocol {plan.protocol}: "
               + (f"trials run tasks 1-{plan.tuning_tasks} of {plan.stream_tasks}; tasks "

@@ -1,4 +1,5 @@
-"""Which trials run: Optuna TPE behind Tune, pruned-aware, its study in a persistent storage.
+"""Which trials run: Optuna's TPE (or its random sampler) behind Tune, pruned-aware, its study in
+a persistent storage.
 
 :class:`MarkOptunaSearch` is Ray's ``OptunaSearch`` (which already takes a ``storage`` and a
 ``study_name``) with two changes: a trial ASHA stopped is told to Optuna as ``PRUNED`` with
@@ -15,6 +16,8 @@ Example (Ray is imported by this module):
     >>> searcher = make_searcher(storage=storage, study_name="demo", num_tasks=5, seed=0)
     >>> searcher.study is None  # created when Tune hands it the search space
     True
+    >>> type(make_searcher(storage=storage, study_name="demo2", num_tasks=5, seed=0, kind="random").sampler).__name__
+    'RandomSampler'
 """
 from __future__ import annotations
 
@@ -59,11 +62,19 @@ def _stored_spec(stored: Any) -> StudyStorage | None:
     return None
 
 
-def make_searcher(*, storage: StudyStorage, study_name: str, num_tasks: int, seed: int | None):
-    """Optuna TPE behind Tune, its study in ``storage`` under ``study_name``."""
+def make_searcher(*, storage: StudyStorage, study_name: str, num_tasks: int, seed: int | None,
+                  kind: str = "tpe", n_startup_trials: int = 10) -> "MarkOptunaSearch":
+    """Optuna behind Tune, its study in ``storage`` under ``study_name``: ``kind`` tpe is
+    ``TPESampler`` (random for its first ``n_startup_trials`` trials), random is ``RandomSampler``.
+    Either way the study, its pruned trials and ``--resume`` are the same."""
     import optuna
 
-    sampler = optuna.samplers.TPESampler(seed=seed)
+    if kind == "tpe":
+        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials)
+    elif kind == "random":
+        sampler = optuna.samplers.RandomSampler(seed=seed)
+    else:
+        raise ValueError(f"unknown searcher {kind!r}; one of tpe, random")
     return MarkOptunaSearch(storage=storage, study_name=study_name, num_tasks=num_tasks, sampler=sampler)
 
 
@@ -80,6 +91,7 @@ class MarkOptunaSearch(OptunaSearch):
     def __init__(self, *, storage: StudyStorage, study_name: str, num_tasks: int, sampler) -> None:
         self._storage_spec = storage
         self._num_tasks = num_tasks
+        self.sampler = sampler  # the one the study is created with (Tune keeps it privately)
         super().__init__(metric=METRIC, mode="max", sampler=sampler, study_name=study_name,
                          storage=storage.open())
 

@@ -11,6 +11,9 @@ A space file holds::
       mask_activation: {type: choice, values: [relu, sigmoid]}
     defaults:       # the search's own defaults (command-line flags override them)
       samples: 12
+      searcher: tpe         # tpe (Optuna's TPESampler) or random (its RandomSampler)
+      n_startup_trials: 10  # TPE's random trials before it models (Optuna's default)
+      scheduler: asha       # asha (stops weak trials) or none (every trial runs every task)
       grace_period: 1       # ASHA, in tasks
       reduction_factor: 2
       eval_seeds: 3         # marktune.evaluate: initialisation seeds x class orders
@@ -47,14 +50,20 @@ from marktune.tune.space_checks import (SpaceError, check_choice_values, check_c
                                         check_values, seed_refusal, setting_type)
 
 SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
+# which trials run (marktune.tune.searcher) and which stop early (marktune.tune.scheduler)
+SEARCHERS = ("tpe", "random")  # Optuna's TPESampler, or its RandomSampler
+SCHEDULERS = ("asha", "none")  # ASHA on tasks done, or none: every trial runs to its last task
 KINDS = ("loguniform", "uniform", "int", "logint", "choice")
-DEFAULTS = {"samples": 12, "max_concurrent": None, "grace_period": 1, "reduction_factor": 2,
+DEFAULTS = {"samples": 12, "max_concurrent": None,
+            # which trials run, which stop early (the --searcher, --n-startup-trials, --scheduler flags)
+            "searcher": "tpe", "n_startup_trials": 10, "scheduler": "asha",
+            "grace_period": 1, "reduction_factor": 2,
             "cpus_per_trial": 1.0, "gpus_per_trial": None,
             # marktune.evaluate's grid: initialisation seeds x class orders per configuration
             "eval_seeds": 3, "eval_orders": 1}
 
 SPEC_KEYS = {"choice": ("type", "values"), "range": ("type", "low", "high")}
-__all__ = ["SpaceError", "Param", "SearchSpace", "available_spaces", "load_space", "parse_space",
+__all__ = ["SEARCHERS", "SCHEDULERS", "SpaceError", "Param", "SearchSpace", "available_spaces", "load_space", "parse_space",
            "load_experiment_with_space", "recognise_space"]
 
 
@@ -126,11 +135,12 @@ class SearchSpace:
             return [str(v) for v in self.params["precision"].extremes()]
         return [self.default_trial_config(overrides).precision]
 
-    def check_tasks_searched(self, tasks: int, *, tuning: bool) -> None:
+    def check_tasks_searched(self, tasks: int, *, tuning: bool, scheduler: str = "asha") -> None:
         """ASHA's grace period must fit in the tasks a trial runs (``--tuning-tasks`` under
-        first-k); Ray's scheduler otherwise fails with an assertion after Ray has started."""
+        first-k); Ray's scheduler otherwise fails with an assertion after Ray has started.
+        Without ASHA (``scheduler`` none) the grace period is not used."""
         grace = self.defaults["grace_period"]
-        if grace > tasks:
+        if scheduler == "asha" and grace > tasks:
             raise SpaceError(f"{self.path}: defaults.grace_period ({grace}) exceeds the {tasks} tasks a "
                              f"trial runs{' (--tuning-tasks)' if tuning else ''}; lower grace_period to "
                              f"at most {tasks}" + (" or raise --tuning-tasks" if tuning else ""))
@@ -253,7 +263,11 @@ def _check_defaults(where: str, d: dict[str, Any]) -> None:
         if not isinstance(v, int) or isinstance(v, bool) or v < low:
             raise SpaceError(f"{where}: defaults.{key} must be a whole number >= {low} (got {v!r})")
 
+    for key, allowed in (("searcher", SEARCHERS), ("scheduler", SCHEDULERS)):
+        if d[key] not in allowed:
+            raise SpaceError(f"{where}: defaults.{key} must be one of {', '.join(allowed)} (got {d[key]!r})")
     whole("samples", 1)
+    whole("n_startup_trials", 0)
     whole("max_concurrent", 1, allow_none=True)
     whole("grace_period", 1)
     whole("reduction_factor", 2)
@@ -290,7 +304,7 @@ def _check_against_learner(where: str, space: SearchSpace, overrides: Mapping[st
         raise SpaceError(f"{where}: fixed settings and --set: {bad_seed}")
     check_values(where, space.base_config(overrides), space.params.values())
     check_combinations(where, space.base_config(overrides), list(space.params.values()))
-    if space.defaults["grace_period"] > base.tasks:
+    if space.defaults["scheduler"] == "asha" and space.defaults["grace_period"] > base.tasks:
         raise SpaceError(f"{where}: defaults.grace_period ({space.defaults['grace_period']}) exceeds "
                          f"the number of tasks ({base.tasks})")
 

@@ -68,3 +68,16 @@ def test_default_study_is_a_journal_in_the_experiment(tmp_path):
     plan = search.plan_from_args(_args(["--space", "digits", "--storage", str(tmp_path), "--name", "z"]))
     assert plan.study_storage.journal == (tmp_path / "z" / "optuna_journal.log").resolve()
     assert search.resume_command(plan) == f"python -m marktune.search --resume --name z --storage {tmp_path.resolve()}"
+
+
+def test_resume_keeps_the_searcher_the_scheduler_and_tpes_startup_trials(tmp_path):
+    start = _args(["--space", "digits", "--searcher", "random", "--scheduler", "none", "--n-startup-trials", "3",
+                   "--storage", str(tmp_path), "--name", "x"])
+    save_settings(search.plan_from_args(start), str(tmp_path / "x"))
+    resumed = _args(["--resume", "--name", "x", "--storage", str(tmp_path)])
+    plan = search.plan_from_args(resumed)
+    assert (plan.searcher, plan.scheduler, plan.n_startup_trials) == ("random", "none", 3)
+    for flag, value, saved in (("--searcher", "tpe", "'random'"), ("--scheduler", "asha", "'none'"),
+                               ("--n-startup-trials", "10", "3")):
+        with pytest.raises(SearchError, match=f"started with {flag} {saved}, not"):
+            _args(["--resume", "--name", "x", "--storage", str(tmp_path), flag, value])

@@ -179,3 +179,51 @@ def test_ctrl_c_before_the_run_leaves_no_lock_behind(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         search.main([*T, "--storage", str(tmp_path / "st"), "--name", "x"])
     assert not (tmp_path / "st" / "x" / LOCK_FILE).exists()
+
+
+@pytest.mark.parametrize("key, value, allowed", [("searcher", "bayes", "tpe, random"),
+                                                 ("scheduler", "hyperband", "asha, none")])
+def test_a_bad_searcher_or_scheduler_in_a_space_file_is_refused_before_ray_starts(tmp_path, capsys, no_ray,
+                                                                                  key, value, allowed):
+    import yaml
+
+    from marktune.tune.spaces import SPACES_DIR
+
+    space = yaml.safe_load((SPACES_DIR / "digits.yaml").read_text())
+    space["defaults"][key] = value
+    path = tmp_path / "my_space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    code = search.main([*T, "--space", str(path), "--storage", str(tmp_path / "st")])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{path}: defaults.{key} must be one of {allowed} (got {value!r})" in err, err
+    assert not (tmp_path / "st").exists()
+
+
+def test_a_bad_searcher_or_scheduler_flag_is_refused_by_argparse(capsys):
+    for flag, value in (("--searcher", "bayes"), ("--scheduler", "hyperband")):
+        with pytest.raises(SystemExit) as stop:
+            search.build_parser().parse_args(["--space", "digits", flag, value])
+        assert stop.value.code == 2 and f"argument {flag}: invalid choice: '{value}'" in capsys.readouterr().err
+
+
+def test_searcher_scheduler_and_startup_trials_come_from_the_space_unless_given(tmp_path):
+    import yaml
+
+    from marktune.tune.spaces import SPACES_DIR
+
+    base = ["--storage", str(tmp_path), "--name", "x"]
+    plan = search.plan_from_args(search.build_parser().parse_args(["--space", "digits", *base]))
+    assert (plan.searcher, plan.scheduler, plan.n_startup_trials) == ("tpe", "asha", 10)  # Optuna's default
+    assert "TPE, which draws its first 10 trials at random: all 8 of these are random" in plan.strategy()
+    space = yaml.safe_load((SPACES_DIR / "digits.yaml").read_text())
+    space["defaults"].update(searcher="random", scheduler="none", n_startup_trials=4)
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(space))
+    plan = search.plan_from_args(search.build_parser().parse_args(["--space", str(path), *base]))
+    assert (plan.searcher, plan.scheduler, plan.n_startup_trials) == ("random", "none", 4)
+    assert "TPE" not in plan.strategy() and "ASHA" not in plan.strategy()
+    plan = search.plan_from_args(search.build_parser().parse_args(
+        ["--space", str(path), *base, "--searcher", "tpe", "--scheduler", "asha", "--n-startup-trials", "2"]))
+    assert (plan.searcher, plan.scheduler, plan.n_startup_trials) == ("tpe", "asha", 2)
+    with pytest.raises(PlanError, match="--n-startup-trials must be >= 0"):
+        search.plan_from_args(search.build_parser().parse_args(["--space", "digits", *base, "--n-startup-trials", "-1"]))

@@ -142,3 +142,20 @@ def test_resumed_search_keeps_pruning(tmp_path, monkeypatch):
     tasks = _run_interrupted_then_resumed(tmp_path, scheduler)
     assert tasks[0] == 4 and tasks[1] == 4
     assert tasks[2] == 1
+
+
+def test_no_stopping_never_stops_a_trial_that_asha_would():
+    from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+    trials = [SimpleNamespace(trial_id=str(i), storage=None, has_reported_at_least_once=False) for i in range(3)]
+    asha = make_scheduler(num_tasks=3, grace_period=1, reduction_factor=2)
+    fifo = make_scheduler(num_tasks=3, grace_period=1, reduction_factor=2, kind="none")
+    assert isinstance(fifo, FIFOScheduler)
+    decisions = {"asha": [], "none": []}
+    for kind, scheduler in (("asha", asha), ("none", fifo)):
+        scheduler.set_search_properties(METRIC, "max")
+        for trial, value in zip(trials, (0.9, 0.8, 0.1)):
+            scheduler.on_trial_add(None, trial)
+            decisions[kind].append(scheduler.on_trial_result(None, trial, {TIME_ATTR: 1, METRIC: value}))
+    assert TrialScheduler.STOP in decisions["asha"]  # the same values: ASHA stops the weakest
+    assert decisions["none"] == [TrialScheduler.CONTINUE] * 3

@@ -39,3 +39,22 @@ def test_searcher_checkpoint_reopens_the_study_in_its_storage(tmp_path):
     assert by_number[0].state == TrialState.COMPLETE and by_number[0].intermediate_values == {1: 0.5, 2: 0.7, 3: 0.8}
     assert by_number[1].state == TrialState.PRUNED and by_number[1].intermediate_values == {1: 0.6}
     assert by_number[2].state == TrialState.RUNNING  # c never ran: not pruned, not complete
+
+
+def test_random_and_tpe_samplers_behind_the_same_searcher(tmp_path):
+    import optuna
+    import pytest
+    from ray import tune
+
+    storage = StudyStorage(journal=tmp_path / "optuna_journal.log")
+    tpe = make_searcher(storage=storage, study_name="tpe", num_tasks=2, seed=0, n_startup_trials=3)
+    assert isinstance(tpe.sampler, optuna.samplers.TPESampler) and tpe.sampler._n_startup_trials == 3
+    rnd = make_searcher(storage=storage, study_name="rnd", num_tasks=2, seed=0, kind="random")
+    rnd.set_search_properties(None, None, {"lr": tune.loguniform(1e-3, 1e-1)})
+    assert isinstance(rnd.study.sampler, optuna.samplers.RandomSampler)  # the study's own sampler
+    rnd.suggest("a")
+    rnd.on_trial_complete("a", {TIME_ATTR: 1, METRIC: 0.6})  # stopped early: pruned, as under TPE
+    from optuna.trial import TrialState
+    assert [t.state for t in open_study(storage, "rnd").trials] == [TrialState.PRUNED]
+    with pytest.raises(ValueError, match="unknown searcher 'bayes'"):
+        make_searcher(storage=storage, study_name="x", num_tasks=2, seed=0, kind="bayes")
