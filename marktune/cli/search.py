@@ -210,7 +210,9 @@ def summarize(run: SearchRun, plan: SearchPlan, *, top: int) -> list[TrialRow]:
                       configs=run.configs())
     out_dir = plan.local_dir()
     best = write_outputs(rows, out_dir, searched=searched, space_name=plan.space.name)
-    write_search_curves(out_dir / CURVES_TABLE, rows, searched=searched, experiment=run.experiment)
+    made = {trial_id: i for i, trial_id in enumerate(run.states)}  # Tune's state lists the trials as made
+    in_order = sorted(rows, key=lambda r: (made.get(r.trial_id, len(made)), r.trial_id))
+    write_search_curves(out_dir / CURVES_TABLE, in_order, searched=searched, experiment=run.experiment)
     counts = {s: sum(r.status == s for r in rows) for s in ("COMPLETE", "PRUNED", "ERROR", "RUNNING", "PENDING")}
     left = unfinished(rows) + max(0, plan.samples - len(rows))
     stopped = "stopped by ASHA" if plan.scheduler == "asha" else "stopped early"

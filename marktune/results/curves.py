@@ -89,7 +89,7 @@ class SearchedTrial(Protocol):
 def search_curve_rows(trials: Sequence[SearchedTrial],
                       results_of: Callable[[str], Sequence[Mapping[str, Any]]], *,
                       searched: Sequence[str]) -> list[CurveRow]:
-    """One row per (trial, task it finished), ordered by trial id then task.
+    """One row per (trial, task it finished): the trials in the order given, each one's tasks in order.
 
     ``results_of(trial_id)``: the trial's results, one per task (the last written, as
     :func:`marktune.results.files.task_results` gives them). The values are what the trial
@@ -102,7 +102,7 @@ def search_curve_rows(trials: Sequence[SearchedTrial],
     (1, 0.9, 'PRUNED', True)
     """
     out = []
-    for trial in sorted(trials, key=lambda t: t.trial_id):
+    for trial in trials:
         for result in results_of(trial.trial_id):
             out.append(CurveRow(trial_id=trial.trial_id, status=trial.status,
                                 params={k: trial.params.get(k) for k in searched}, task=int(result[TIME_ATTR]),
@@ -114,7 +114,8 @@ def search_curve_rows(trials: Sequence[SearchedTrial],
 def write_search_curves(path: str | Path, trials: Sequence[SearchedTrial], *, searched: Sequence[str],
                         experiment: str | Path) -> list[CurveRow]:
     """Write the curves table at ``path`` from every trial's ``result.json`` in ``experiment``
-    (its directory, or an ``s3://`` URL); returns its rows."""
+    (its directory, or an ``s3://`` URL), ``trials`` in the order given (a search gives the order
+    its trials were made in); returns its rows."""
     rows = search_curve_rows(trials, lambda trial_id: trial_results(experiment, trial_id), searched=searched)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     write_curves(path, rows, searched=searched)

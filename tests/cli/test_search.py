@@ -122,6 +122,64 @@ def test_outputs_best_config_and_trials_csv(digits_search, tmp_path):
     assert (tmp_path / "rerun" / "results.json").is_file()
 
 
+def test_curves_csv_holds_every_finished_task_of_every_trial_as_its_result_json(digits_search):
+    from marktune.results.curves import read_curves
+    from marktune.results.files import task_results
+
+    experiment, rows, plan = digits_search["experiment"], digits_search["rows"], digits_search["plan"]
+    assert f"curves.csv (every trial's values after every task): {experiment / 'curves.csv'}" in digits_search["stdout"]
+    table = read_curves(experiment / "curves.csv")
+    assert table.searched == list(plan.space.params)
+    expected = []
+    for row in sorted(rows, key=lambda r: r.trial_id):
+        reported = task_results(experiment / f"trial_{row.trial_id}")
+        assert [int(r["tasks_done"]) for r in reported] == list(range(1, row.tasks_done + 1))
+        expected += [(row.trial_id, row.status, int(r["tasks_done"]), r["mean_val_acc"], r["mean_test_acc"],
+                      r["task_seconds"]) for r in reported]
+    seen = [(r.trial_id, r.status, r.task, r.val_acc, r.test_acc, r.seconds) for r in table.rows]
+    assert sorted(seen) == sorted(expected) and len(seen) == sum(r.tasks_done for r in rows)
+    # the settings are each trial's (trials.csv has them too)
+    with open(experiment / "trials.csv") as f:
+        settings = {r["trial_id"]: r for r in csv.DictReader(f)}
+    for r in table.rows:
+        assert {k: str(v) for k, v in r.params.items()} == {k: settings[r.trial_id][k] for k in r.params}
+
+
+def test_without_asha_every_trial_runs_to_the_end_and_random_search_uses_optunas_random_sampler(tmp_path, capsys):
+    """Sequential trials (the same on every machine), grace period 1; Optuna's RandomSampler at
+    seed 6 draws lr_task 0.05, 0.05, then 1e-7 (which learns nothing): ASHA stops the third trial
+    after its second task (it does when --scheduler none is ignored). With --scheduler none
+    every trial runs its 3 tasks and its whole curve is in curves.csv."""
+    import json
+
+    from optuna.trial import TrialState
+
+    from marktune.results.curves import read_curves
+
+    space = _space_file(tmp_path, fixed={"num_tasks": 3, "synthetic_images_per_class": 100},
+                        search_params={"lr_task": {"type": "choice", "values": [0.05, 1.0e-7]}},
+                        samples=3, grace_period=1)
+    argv = ["--space", str(space), "--storage", str(tmp_path / "s"), "--name", "full", "--num-cpus", "2",
+            "--max-concurrent", "1", "--seed", "6", "-q", "--searcher", "random", "--scheduler", "none"]
+    _, rows, experiment, study, plan = _search(argv)
+    out = capsys.readouterr().out
+    assert sorted(r.params["lr_task"] for r in rows) == [1.0e-7, 0.05, 0.05]  # the draws ASHA would prune
+    assert [r.status for r in rows] == ["COMPLETE"] * 3 and all(r.tasks_done == 3 for r in rows)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
+    assert "strategy: Optuna's random sampler; no early stopping (every trial runs its 3 tasks)" in out
+    assert "3 complete, 0 stopped early, 0 errored" in out and "TPE" not in out and "ASHA" not in out
+    settings = json.loads((Path(experiment) / "marktune_search.json").read_text())
+    assert (settings["searcher"], settings["scheduler"]) == ("random", "none")
+    # the searcher Tune checkpointed holds Optuna's RandomSampler, not TPE
+    pickles = b"".join(p.read_bytes() for p in Path(experiment).glob("searcher-state-*.pkl"))
+    assert b"RandomSampler" in pickles and b"TPESampler" not in pickles
+    curves = read_curves(Path(experiment) / "curves.csv")
+    # in the order the trials were made (the sampler's draws), each trial's tasks in order
+    assert [(r.params["lr_task"], r.task) for r in curves.rows] == [(lr, t) for lr in (0.05, 0.05, 1.0e-7)
+                                                                    for t in (1, 2, 3)]
+    assert sorted({r.trial_id for r in curves.rows}) == sorted(r.trial_id for r in rows)
+
+
 def test_tensorboard_has_per_task_scalars_and_hparams(digits_search):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -293,6 +351,17 @@ def test_interrupted_search_says_so_and_resume_finishes_it(tmp_path):
     assert all(int(r["tasks_done"]) == num_tasks for r in table if r["status"] == "COMPLETE")
     assert all(int(r["tasks_done"]) == 0 for r in table if r["status"] == "PENDING")  # listed as not started
     assert all(r["lr_meta"] not in ("", "None") for r in table)  # settings even of trials not started
+    # the interrupted search's curves too: every task each trial finished, with its status
+    from marktune.results.curves import read_curves
+
+    curves = read_curves(experiment / "curves.csv")
+    status = {r["trial_id"]: r["status"] for r in table}
+    tasks: dict[str, list[int]] = {}
+    for row in curves.rows:
+        assert row.status == status[row.trial_id]
+        tasks.setdefault(row.trial_id, []).append(row.task)
+    assert {t for t, s in status.items() if s in ("RUNNING", "COMPLETE")} <= set(tasks)
+    assert all(done == list(range(1, len(done) + 1)) for done in tasks.values())
     left = samples - statuses.count("COMPLETE")
     assert (f"interrupted: {left} of {samples} trials unfinished; continue with "
             f"`python -m marktune.search --resume --name sig --storage {storage}`") in out, out[-3000:]

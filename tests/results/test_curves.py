@@ -42,7 +42,7 @@ def _experiment(root: Path) -> tuple[Path, list[TrialRow]]:
         folder.mkdir()
         text = "".join(json.dumps(r) + "\n" for r in results)
         (folder / "result.json").write_text(text + ('{"tasks_done": 4, "mean_va' if trial_id == "b_00001" else ""))
-    rows = [_row("b_00001", "COMPLETE", 3, 0.01), _row("a_00000", "PRUNED", 1, 0.002),
+    rows = [_row("a_00000", "PRUNED", 1, 0.002), _row("b_00001", "COMPLETE", 3, 0.01),
             _row("c_00002", "RUNNING", 2, 0.05), _row("d_00003", "PENDING", 0, 0.03)]  # d never started
     return root, rows
 
@@ -53,7 +53,7 @@ def test_the_table_holds_every_finished_task_of_every_trial_as_its_result_json_s
     written = write_search_curves(experiment / "curves.csv", rows, searched=searched, experiment=experiment)
     table = read_curves(experiment / "curves.csv")
     assert table.searched == searched and table.rows == written
-    # ordered by trial, then task; the trial that never started has no row
+    # the trials in the order given, each one's tasks in order; the trial that never started has no row
     assert [(r.trial_id, r.task) for r in table.rows] == [("a_00000", 1), ("b_00001", 1), ("b_00001", 2),
                                                           ("b_00001", 3), ("c_00002", 1), ("c_00002", 2)]
     by_trial = {r.trial_id: r for r in rows}
