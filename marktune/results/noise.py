@@ -142,6 +142,8 @@ class Ties:
     images: int | None
     seed_sd: float | None
     measured: str | None = None
+    others: int = 0  # the other complete trials it was compared with
+    reach: int = 0  # how many of the best-ranked trials (by val_acc) hold the best and every tied one
 
     @property
     def known(self) -> bool:
@@ -163,6 +165,8 @@ class Ties:
 
     def sentence(self, experiment: str) -> str:
         """What the summary and the report say under the table."""
+        if self.others == 0:
+            return f"The best, {self.best}, is the only complete trial ({self.noise_words()})."
         if not self.known:
             return (f"The noise of the best, {self.best}, is unknown ({self.noise_words()}; no seed_sd in the "
                     "space), so no trial is marked as tied with it. Check the best on fresh seeds: "
@@ -172,7 +176,7 @@ class Ties:
             return f"No trial is within the noise of the best, {self.best} ({self.noise_words()})."
         return (f"{n} trial{' is' if n == 1 else 's are'} within the noise of the best, {self.best} "
                 f"({self.noise_words()}): {', '.join(self.tied)}. Tell them apart on fresh seeds: "
-                f"python -m marktune.evaluate {experiment} --top {n + 1} --seeds 3")
+                f"python -m marktune.evaluate {experiment} --top {max(self.reach, n + 1)} --seeds 3")
 
 
 def find_ties(trials: Sequence[Scored], *, seed_sd: float | None, measured: str | None = None,
@@ -186,14 +190,15 @@ def find_ties(trials: Sequence[Scored], *, seed_sd: float | None, measured: str 
     if not scored:
         return None
     top = next((t for t in scored if t.trial_id == best), None) or max(scored, key=lambda t: t.val_acc)
-    tied = []
+    tied, reach = [], 1
     if math.isfinite(top.se) or seed_sd is not None:
-        for t in sorted(scored, key=lambda t: -t.val_acc):
-            if t.trial_id != top.trial_id and top.val_acc - t.val_acc < tie_margin(
-                    se_best=top.se, se_other=t.se, seed_sd=seed_sd):
+        ranked = [top] + sorted((t for t in scored if t is not top), key=lambda t: -t.val_acc)
+        for rank, t in enumerate(ranked[1:], start=2):
+            if top.val_acc - t.val_acc < tie_margin(se_best=top.se, se_other=t.se, seed_sd=seed_sd):
                 tied.append(t.trial_id)
+                reach = rank  # evaluate --top takes the best-ranked: as far as the last tied one
     return Ties(best=top.trial_id, tied=tuple(tied), se=top.se, images=top.images, seed_sd=seed_sd,
-                measured=measured)
+                measured=measured, others=len(scored) - 1, reach=reach)
 
 
 def scored_from_result(trial_id: str, result: dict[str, Any] | None) -> Scored:

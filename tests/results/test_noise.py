@@ -74,6 +74,7 @@ def test_old_experiments_without_counts_say_unknown_and_mark_nothing():
     ties = mark_ties(rows)
     assert ties.tied == () and [r.tied for r in rows] == ["best", "", ""]
     assert "binomial SE unknown" in ties.sentence("x") and "no trial is marked" in ties.sentence("x")
+    assert mark_ties(rows[:1]).sentence("x").startswith("The best, best, is the only complete trial")
     # a seed SD alone is enough to mark ties
     assert mark_ties(rows, noise=SeedNoise(seed_sd=0.011, measured="m.md")).tied == ("near",)
 
@@ -103,3 +104,13 @@ def test_a_trial_reports_the_validation_images_of_the_tasks_seen():
     assert results_dict(learner)["val_counts"] == sizes  # marktune.run's results.json
     scored = scored_from_result("t", {**scalars, "val_row": second.val_row, "val_counts": second.val_counts})
     assert scored.images == sum(sizes) and scored.se == pytest.approx(binomial_se(second.val_row, sizes))
+
+
+def test_the_evaluate_command_reaches_the_last_tied_trial():
+    from marktune.results.noise import Scored, find_ties
+
+    # b is closer but measured precisely (not tied); c is further but on few images (tied):
+    # marktune.evaluate --top takes the best-ranked, so it must reach c, the third
+    ties = find_ties([Scored("a", 0.99, 0.001, 10_000), Scored("b", 0.985, 0.001, 10_000),
+                      Scored("c", 0.98, 0.02, 50)], seed_sd=None)
+    assert ties.tied == ("c",) and "--top 3 --seeds 3" in ties.sentence("x")
