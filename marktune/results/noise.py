@@ -159,7 +159,8 @@ class Ties:
         return TIED if trial_id in self.tied else NOT_TIED
 
     def noise_words(self) -> str:
-        binomial = (f"binomial SE {self.se:.4f} on {self.images:,} validation images" if math.isfinite(self.se)
+        on = f" on {self.images:,} validation images" if self.images else ""
+        binomial = (f"binomial SE {self.se:.4f}{on}" if math.isfinite(self.se)
                     else "binomial SE unknown: the trials did not record their validation counts")
         return f"{binomial}; {SeedNoise(self.seed_sd, self.measured).describe()}"
 
@@ -170,7 +171,7 @@ class Ties:
         if not self.known:
             return (f"The noise of the best, {self.best}, is unknown ({self.noise_words()}; no seed_sd in the "
                     "space), so no trial is marked as tied with it. Check the best on fresh seeds: "
-                    f"python -m marktune.evaluate {experiment} --top 3 --seeds 3")
+                    f"python -m marktune.evaluate {experiment} --top {min(3, self.others + 1)} --seeds 3")
         n = len(self.tied)
         if n == 0:
             return f"No trial is within the noise of the best, {self.best} ({self.noise_words()})."

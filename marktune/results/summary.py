@@ -1,4 +1,4 @@
-"""The end of a search: one row per trial, ``trials.csv``, ``best_config.yaml`` and the table.
+"""The end of a search: one row per trial, ties with the best, ``trials.csv``, ``best_config.yaml``, the table.
 
 A trial's status here: ``COMPLETE`` (ran every task), ``PRUNED`` (ASHA stopped it), ``ERROR``,
 and, when the search was interrupted, ``RUNNING`` (it had reported tasks and will continue on
