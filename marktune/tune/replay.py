@@ -173,6 +173,7 @@ class ReplayOutcome:
     task_trainings: int = 0
     wall_s: float = 0.0
     events: list[tuple[float, str, int]] = field(default_factory=list)  # (clock, trial id, tasks done)
+    study: Any = None  # the searcher's Optuna study (None for proposals drawn from the table)
 
     def pick(self, fraction: float) -> ReplayedTrial | None:
         """The finished trial of best val ACC among those that ended within ``fraction`` of the
@@ -273,6 +274,7 @@ def replay(*, table: ReplayTable, space: SearchSpace, strategy: Strategy, sample
             if searcher is not None:
                 searcher.on_trial_result(trial.trial_id, result)
             heapq.heappush(queue, (now + trial.curve.seconds[k], order, i))
+        outcome.study = searcher.study if searcher is not None else None
     return outcome
 
 
