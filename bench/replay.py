@@ -18,15 +18,13 @@ import math
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from marktune.mark.hardware import cpu_model_name  # noqa: E402
 from marktune.results.curves import read_curves, write_curves  # noqa: E402
-from marktune.tune.replay import (FRACTIONS, Interval, Strategy, StrategyResult, replay_strategy,  # noqa: E402
+from marktune.tune.replay import (FRACTIONS, Interval, Strategy, StrategyResult, replay_strategies,  # noqa: E402
                                   standard_strategies)
 from marktune.tune.replay_table import NearestRecorded, ReplayTable, synthetic_curves  # noqa: E402
 from marktune.tune.spaces import load_space  # noqa: E402
@@ -70,12 +68,6 @@ def markdown_table(header: list[str], body: list[list[str]]) -> str:
                       *["| " + " | ".join(row) + " |" for row in body]])
 
 
-def _replay_one(args) -> StrategyResult:
-    table, space, strategy, samples, workers, seeds, surrogate = args
-    return replay_strategy(table=table, space=space, strategy=strategy, samples=samples, workers=workers,
-                           seeds=seeds, surrogate=surrogate)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("curves", nargs="?", type=Path, help="a curves table (curves.csv); or --synthetic")
@@ -109,12 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.random_from == "sampler":
         strategies = [Strategy(**{**s.__dict__, "proposals": "random-sampler"}) if s.proposals == "table"
                       and s.stop_after is None else s for s in strategies]
-    work = [(table, space, s, samples, args.workers, seeds, surrogate) for s in strategies]
-    if args.jobs > 1:
-        with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("fork")) as pool:
-            results = list(pool.map(_replay_one, work))
-    else:
-        results = [_replay_one(w) for w in work]
+    results = replay_strategies(table=table, space=space, strategies=strategies, samples=samples,
+                                workers=args.workers, seeds=seeds, surrogate=surrogate, jobs=args.jobs)
     loo, loo_mean = surrogate.leave_one_out()
     best = max(table.configs, key=lambda c: c.final_test)
     source = "synthetic table" if args.synthetic else str(args.curves)

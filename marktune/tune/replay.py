@@ -330,3 +330,23 @@ def replay_strategy(*, table: ReplayTable, space: SearchSpace, strategy: Strateg
         regrets={f: Interval.of([o.regret(f) for o in outcomes]) for f in fractions},
         trainings=Interval.of([o.task_trainings / o.budget for o in outcomes]),
         wall_s=Interval.of([o.wall_s for o in outcomes]), seeds=len(outcomes))
+
+
+def _replay_strategy_args(args: tuple) -> StrategyResult:
+    table, space, strategy, samples, workers, seeds, surrogate = args
+    return replay_strategy(table=table, space=space, strategy=strategy, samples=samples, workers=workers,
+                           seeds=seeds, surrogate=surrogate)
+
+
+def replay_strategies(*, table: ReplayTable, space: SearchSpace, strategies: Sequence[Strategy], samples: int,
+                      workers: int, seeds: Sequence[int], surrogate: NearestRecorded | None = None,
+                      jobs: int = 1) -> list[StrategyResult]:
+    """:func:`replay_strategy` for each strategy, in ``jobs`` forked processes (in order)."""
+    work = [(table, space, s, samples, workers, list(seeds), surrogate) for s in strategies]
+    if jobs <= 1:
+        return [_replay_strategy_args(w) for w in work]
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("fork")) as pool:
+        return list(pool.map(_replay_strategy_args, work))
