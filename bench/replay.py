@@ -68,6 +68,16 @@ def markdown_table(header: list[str], body: list[list[str]]) -> str:
                       *["| " + " | ".join(row) + " |" for row in body]])
 
 
+def _startups(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected whole numbers separated by commas, got {text!r}") from None
+    if any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError("n_startup_trials cannot be negative")
+    return values
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("curves", nargs="?", type=Path, help="a curves table (curves.csv); or --synthetic")
@@ -77,8 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="simulated parallel workers")
     parser.add_argument("--replay-seeds", type=int, default=20)
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="processes")
-    parser.add_argument("--tpe-startup", type=int, default=None,
-                        help="TPE's n_startup_trials (default: Optuna's, 10, as the search)")
+    parser.add_argument("--tpe-startup", type=_startups, default=[None], metavar="N[,N...]",
+                        help="TPE's n_startup_trials, one TPE strategy set per value (default: Optuna's, "
+                        "10, as the search)")
     parser.add_argument("--random-from", choices=("table", "sampler"), default="table")
     parser.add_argument("--synthetic", type=int, default=None, metavar="N",
                         help="replay a synthetic table of N configurations instead of a file")
@@ -97,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     surrogate = NearestRecorded(table=table, space=space)
     samples = args.samples or int(space.defaults["samples"])
     seeds = list(range(args.replay_seeds))
-    strategies = standard_strategies(num_tasks=table.num_tasks, n_startup_trials=args.tpe_startup)
+    strategies = standard_strategies(num_tasks=table.num_tasks, tpe_startups=args.tpe_startup)
     if args.random_from == "sampler":
         strategies = [Strategy(**{**s.__dict__, "proposals": "random-sampler"}) if s.proposals == "table"
                       and s.stop_after is None else s for s in strategies]
@@ -113,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(seeds)} replay seeds x {samples} samples on {args.workers} simulated workers; budget "
         f"{samples * table.num_tasks} task-trainings ({samples} samples x {table.num_tasks} tasks)",
         f"proposals: {RANDOM_FROM_TABLE if args.random_from == 'table' else RANDOM_FROM_SAMPLER}; TPE "
-        f"(n_startup_trials {args.tpe_startup or 'Optuna default 10'}) through MarkOptunaSearch",
+        f"(n_startup_trials {', '.join(str(n or 10) for n in args.tpe_startup)}) through MarkOptunaSearch; "
+        "ASHA through make_scheduler",
         f"surrogate for proposals outside the table: {surrogate.name}; leave-one-out mean absolute error of "
         f"the final val ACC {points(loo)} points (predicting the mean of the others: {points(loo_mean)})",
         f"best final test ACC in the table: {best.final_test:.4f} ({best.key})",

@@ -79,18 +79,21 @@ class Strategy:
         return self.grace_period is not None
 
 
-def standard_strategies(*, num_tasks: int, n_startup_trials: int | None = None) -> list[Strategy]:
-    """Random and TPE, each without pruning and with ASHA (grace 1 and 2 x reduction 2 and 3),
-    then first-k for k = 1 .. tasks - 1."""
+def standard_strategies(*, num_tasks: int, tpe_startups: Sequence[int | None] = (None,)) -> list[Strategy]:
+    """Random and TPE (once per ``n_startup_trials`` in ``tpe_startups``; None: Optuna's 10), each
+    without pruning and with ASHA (grace 1 and 2 x reduction 2 and 3), then first-k for
+    k = 1 .. tasks - 1."""
+    labelled = [("table", "random", None)]
+    labelled += [("tpe", "tpe" if len(tpe_startups) == 1 else f"tpe s{startup or 10}", startup)
+                 for startup in tpe_startups]
     out = []
-    for proposals, label in (("table", "random"), ("tpe", "tpe")):
-        out.append(Strategy(name=label, proposals=proposals, n_startup_trials=n_startup_trials))
+    for proposals, label, startup in labelled:
+        out.append(Strategy(name=label, proposals=proposals, n_startup_trials=startup))
         for grace in (1, 2):
             for factor in (2, 3):
                 if grace <= num_tasks:
                     out.append(Strategy(name=f"{label} + asha g{grace} r{factor}", proposals=proposals,
-                                        grace_period=grace, reduction_factor=factor,
-                                        n_startup_trials=n_startup_trials))
+                                        grace_period=grace, reduction_factor=factor, n_startup_trials=startup))
     out += [Strategy(name=f"first-{k}", proposals="table", stop_after=k) for k in range(1, num_tasks)]
     return out
 
@@ -111,17 +114,18 @@ class InMemoryStudyStorage:
 
 
 def replay_searcher(strategy: Strategy, *, num_tasks: int, seed: int):
-    """The search's searcher with the strategy's sampler, its study in memory. (When make_searcher
-    takes a sampler choice, this becomes make_searcher(..., sampler=..., n_startup_trials=...).)"""
+    """The search's searcher with the strategy's sampler, its study in memory."""
     import optuna
 
     from marktune.tune.searcher import MarkOptunaSearch
 
-    if strategy.proposals == "tpe":
-        extra = {} if strategy.n_startup_trials is None else {"n_startup_trials": strategy.n_startup_trials}
-        sampler = optuna.samplers.TPESampler(seed=seed, **extra)
-    else:
-        sampler = optuna.samplers.RandomSampler(seed=seed)
+    kind = "tpe" if strategy.proposals == "tpe" else "random"
+    startup = strategy.n_startup_trials or 10  # Optuna's default, the search's
+    # once make_searcher takes the sampler (branch `curves`), the rest is this one call:
+    # return make_searcher(storage=InMemoryStudyStorage(), study_name="replay", num_tasks=num_tasks,
+    #                      seed=seed, kind=kind, n_startup_trials=startup)
+    sampler = (optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup) if kind == "tpe"
+               else optuna.samplers.RandomSampler(seed=seed))
     return MarkOptunaSearch(storage=InMemoryStudyStorage(), study_name="replay", num_tasks=num_tasks,
                             sampler=sampler)
 
@@ -193,7 +197,9 @@ class ReplayOutcome:
 
 
 class _TableDraws:
-    """Random proposals drawn from the table without replacement, a fresh pass when exhausted."""
+    """Random proposals drawn from the table without replacement, a fresh pass when exhausted.
+    (A random search's table is a sample of the random sampler's proposals: drawing from it is
+    random search without the surrogate's error; see the module's text.)"""
 
     def __init__(self, size: int, rng: np.random.Generator) -> None:
         self._size, self._rng, self._order = size, rng, []
