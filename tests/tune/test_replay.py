@@ -213,3 +213,22 @@ def test_the_bench_runs_on_the_shipped_curves_within_a_minute(capsys):
                               "--jobs", "2"]) == 0
     assert "regret at 100 %" in capsys.readouterr().out
     print(f"replayed {len(SHIPPED)} shipped tables in {time.perf_counter() - started:.1f} s")
+
+
+def test_a_configuration_at_several_seeds_is_worth_its_mean_and_replays_one_seed_a_trial():
+    rows = []
+    for key, lr, finals in (("A", 0.001, (0.90, 0.80)), ("B", 0.01, (0.84, 0.84))):
+        for seed, final in enumerate(finals):
+            rows += [CurveRow(trial_id=key, status="TERMINATED", params={"lr_meta": lr, "kb_width": 32}, task=k,
+                              val_acc=final, test_acc=final, seconds=1.0, seed=seed) for k in (1, 2)]
+    table = ReplayTable.from_curves(CurvesTable(searched=["lr_meta", "kb_width"], rows=rows))
+    assert [len(c.curves) for c in table.configs] == [2, 2]
+    assert table.best_final_test == pytest.approx(0.85)  # A's mean, though one of its seeds reached 0.90
+    seen = set()
+    for seed in range(20):
+        outcome = replay(table=table, space=SPACE, strategy=RANDOM, samples=2, seed=seed)
+        a = next(t for t in outcome.trials if t.config == config_index(table, "A"))
+        seen.add(a.curve.seed)
+        # A is picked when its drawn seed shows 0.90 (regret 0), B when A's shows 0.80 (regret 0.01)
+        assert outcome.regret(1.0) == pytest.approx(0.0 if a.curve.seed == 0 else 0.01)
+    assert seen == {0, 1}
