@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import heapq
 import math
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -213,6 +212,20 @@ class _TableDraws:
 def replay(*, table: ReplayTable, space: SearchSpace, strategy: Strategy, samples: int, workers: int = 2,
            seed: int = 0, surrogate: NearestRecorded | None = None) -> ReplayOutcome:
     """One simulated search of ``samples`` trials on ``workers`` workers (see the module's text)."""
+    if strategy.proposals == "table":
+        return _replay(table, space, strategy, samples, workers, seed, surrogate)
+    import optuna
+
+    before = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per trial told
+    try:
+        return _replay(table, space, strategy, samples, workers, seed, surrogate)
+    finally:
+        optuna.logging.set_verbosity(before)
+
+
+def _replay(table: ReplayTable, space: SearchSpace, strategy: Strategy, samples: int, workers: int, seed: int,
+            surrogate: NearestRecorded | None) -> ReplayOutcome:
     if samples < 1 or workers < 1:
         raise ValueError("samples and workers must be at least 1")
     rng = np.random.default_rng(seed)
@@ -220,74 +233,65 @@ def replay(*, table: ReplayTable, space: SearchSpace, strategy: Strategy, sample
     stop_after = strategy.stop_after or num_tasks
     scheduler = replay_scheduler(strategy, num_tasks=num_tasks)
     outcome = ReplayOutcome(table=table, trials=[], budget=samples * num_tasks)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # Optuna's experimental-feature notes, once per study
-        searcher, draws = None, None
-        if strategy.proposals == "table":
-            draws = _TableDraws(len(table.configs), rng)
+    searcher, draws = None, None
+    if strategy.proposals == "table":
+        draws = _TableDraws(len(table.configs), rng)
+    else:
+        surrogate = surrogate or NearestRecorded(table=table, space=space)
+        searcher = replay_searcher(strategy, num_tasks=num_tasks, seed=seed)
+        searcher.set_search_properties(METRIC, "max", space.param_space())
+    queue: list[tuple[float, int, int]] = []  # (clock at the end of its next task, start order, trial)
+    handles: list[ReplayedTrialHandle] = []
+
+    def start(now: float) -> None:
+        trial_id = f"{len(outcome.trials):05d}"
+        if draws is not None:
+            index = draws.next()
         else:
-            _quiet_optuna()
-            surrogate = surrogate or NearestRecorded(table=table, space=space)
-            searcher = replay_searcher(strategy, num_tasks=num_tasks, seed=seed)
-            searcher.set_search_properties(METRIC, "max", space.param_space())
-        queue: list[tuple[float, int, int]] = []  # (clock at the end of its next task, start order, trial)
-        handles: list[ReplayedTrialHandle] = []
+            index = surrogate.nearest(searcher.suggest(trial_id))
+        curves = table.configs[index].curves
+        curve = curves[int(rng.integers(len(curves)))] if len(curves) > 1 else curves[0]
+        outcome.trials.append(ReplayedTrial(trial_id=trial_id, config=index, curve=curve,
+                                            stop_after=stop_after))
+        handles.append(ReplayedTrialHandle(trial_id))
+        if scheduler is not None:
+            scheduler.on_trial_add(None, handles[-1])
+        heapq.heappush(queue, (now + curve.seconds[0], len(outcome.trials) - 1, len(outcome.trials) - 1))
 
-        def start(now: float) -> None:
-            trial_id = f"{len(outcome.trials):05d}"
-            if draws is not None:
-                index = draws.next()
-            else:
-                index = surrogate.nearest(searcher.suggest(trial_id))
-            curves = table.configs[index].curves
-            curve = curves[int(rng.integers(len(curves)))] if len(curves) > 1 else curves[0]
-            outcome.trials.append(ReplayedTrial(trial_id=trial_id, config=index, curve=curve,
-                                                stop_after=stop_after))
-            handles.append(ReplayedTrialHandle(trial_id))
+    def end(trial: ReplayedTrial, now: float, *, finished: bool) -> None:
+        trial.ended_at_s, trial.ended_at_trainings, trial.finished = now, outcome.task_trainings, finished
+        outcome.wall_s = max(outcome.wall_s, now)
+        if len(outcome.trials) < samples:
+            start(now)  # the worker it freed
+
+    for _ in range(min(workers, samples)):
+        start(0.0)
+    while queue:
+        now, order, i = heapq.heappop(queue)
+        trial, handle = outcome.trials[i], handles[i]
+        trial.tasks_run += 1
+        outcome.task_trainings += 1
+        k = trial.tasks_run
+        outcome.events.append((now, trial.trial_id, k))
+        result = {METRIC: trial.curve.val[k - 1], TIME_ATTR: k, "training_iteration": k,
+                  "trial_id": trial.trial_id}
+        # Tune: the scheduler judges each result; the searcher sees it unless it is a STOP
+        decision = scheduler.on_trial_result(None, handle, result) if scheduler is not None else CONTINUE
+        last = k >= trial.stop_after
+        if decision == STOP or last:
+            if decision != STOP and searcher is not None:
+                searcher.on_trial_result(trial.trial_id, result)  # a trial that returned: FIFO's CONTINUE
             if scheduler is not None:
-                scheduler.on_trial_add(None, handles[-1])
-            heapq.heappush(queue, (now + curve.seconds[0], len(outcome.trials) - 1, len(outcome.trials) - 1))
-
-        def end(trial: ReplayedTrial, now: float, *, finished: bool) -> None:
-            trial.ended_at_s, trial.ended_at_trainings, trial.finished = now, outcome.task_trainings, finished
-            outcome.wall_s = max(outcome.wall_s, now)
-            if len(outcome.trials) < samples:
-                start(now)  # the worker it freed
-
-        for _ in range(min(workers, samples)):
-            start(0.0)
-        while queue:
-            now, order, i = heapq.heappop(queue)
-            trial, handle = outcome.trials[i], handles[i]
-            trial.tasks_run += 1
-            outcome.task_trainings += 1
-            k = trial.tasks_run
-            outcome.events.append((now, trial.trial_id, k))
-            result = {METRIC: trial.curve.val[k - 1], TIME_ATTR: k, "training_iteration": k,
-                      "trial_id": trial.trial_id}
-            # Tune: the scheduler judges each result; the searcher sees it unless it is a STOP
-            decision = scheduler.on_trial_result(None, handle, result) if scheduler is not None else CONTINUE
-            last = k >= trial.stop_after
-            if decision == STOP or last:
-                if decision != STOP and searcher is not None:
-                    searcher.on_trial_result(trial.trial_id, result)  # a trial that returned: FIFO's CONTINUE
-                if scheduler is not None:
-                    scheduler.on_trial_complete(None, handle, result)
-                if searcher is not None:
-                    searcher.on_trial_complete(trial.trial_id, result=result)
-                end(trial, now, finished=last)
-                continue
+                scheduler.on_trial_complete(None, handle, result)
             if searcher is not None:
-                searcher.on_trial_result(trial.trial_id, result)
-            heapq.heappush(queue, (now + trial.curve.seconds[k], order, i))
-        outcome.study = searcher.study if searcher is not None else None
+                searcher.on_trial_complete(trial.trial_id, result=result)
+            end(trial, now, finished=last)
+            continue
+        if searcher is not None:
+            searcher.on_trial_result(trial.trial_id, result)
+        heapq.heappush(queue, (now + trial.curve.seconds[k], order, i))
+    outcome.study = searcher.study if searcher is not None else None
     return outcome
-
-
-def _quiet_optuna() -> None:
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 # ---------------------------------------------------------------- many replays
