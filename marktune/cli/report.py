@@ -3,7 +3,9 @@
 One self-contained HTML file (CSS inline, figures embedded as base64 PNG) that opens with the
 latest evaluation's verdict in one sentence (``marktune.results.conclusions``), then:
 
-* the best-trials table (every trial, best validation ACC first, with its searched settings);
+* the best-trials table (every trial, best validation ACC first, with its searched settings), the
+  trials within the noise of the best marked as tied, and a sentence with the noise figures
+  (``marktune.results.noise``);
 * mean validation accuracy per task of every trial (trials stopped by ASHA end early,
   dashed, with a cross where they stopped; unfinished ones dotted);
 * the best trial's accuracy matrices (test and validation) as heat maps;

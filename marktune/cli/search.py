@@ -28,7 +28,7 @@ from marktune.cli import flags
 from marktune.mark.config import ConfigError, parse_overrides
 from marktune.results.curves import write_search_curves
 from marktune.results.files import CURVES_TABLE
-from marktune.results.summary import TrialRow, format_table, trial_rows, unfinished, write_outputs
+from marktune.results.summary import TrialRow, format_table, mark_ties, trial_rows, unfinished, write_outputs
 from marktune.tune.experiment_lock import lock_experiment
 from marktune.tune.launch import (check_address, check_cluster_resources, check_local_resources, check_optuna_storage,
                                   check_ray_flags, check_search, open_experiment, shutdown_ray, start_ray)
@@ -208,6 +208,7 @@ def summarize(run: SearchRun, plan: SearchPlan, *, top: int) -> list[TrialRow]:
     searched = list(plan.space.params)
     rows = trial_rows(run.results, searched=searched, num_tasks=plan.num_tasks, interrupted=run.interrupted,
                       configs=run.configs())
+    ties = mark_ties(rows, noise=plan.space.noise)  # before trials.csv: its `tied` column
     out_dir = plan.local_dir()
     best = write_outputs(rows, out_dir, searched=searched, space_name=plan.space.name)
     made = {trial_id: i for i, trial_id in enumerate(run.states)}  # Tune's state lists the trials as made
@@ -223,6 +224,8 @@ def summarize(run: SearchRun, plan: SearchPlan, *, top: int) -> list[TrialRow]:
                  "not started")
     print(line + ". Best trials (val ACC selects; test ACC is reported, never used):")
     print(format_table(rows, searched, top))
+    if ties is not None:
+        print(f"[marktune] {ties.sentence(str(out_dir))}")
     for r in rows:
         if r.status == "ERROR":
             print(f"[marktune] {r.trial_id} errored: {r.error}")

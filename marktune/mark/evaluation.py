@@ -48,6 +48,8 @@ class TaskReport:
     kb_fc_norm: float = math.nan
     # mean of M_t's mask over this task's validation images, per KB block
     mask_means: list[float] = field(default_factory=list)
+    # validation images each task seen was scored on (val_row's denominators; [] unknown)
+    val_counts: list[int] = field(default_factory=list)
 
     @property
     def done(self) -> bool:
@@ -60,8 +62,10 @@ def lower_triangle(matrix: list[list[float]], rows: int) -> list[list[float]]:
 
 
 def task_report(t: int, *, num_tasks: int, val_matrix: list[list[float]], test_matrix: list[list[float]],
-                seconds: list[dict[str, float]], diagnostics: list[dict]) -> TaskReport:
-    """The :class:`TaskReport` after task ``t`` from the matrices and the per-task records."""
+                seconds: list[dict[str, float]], diagnostics: list[dict],
+                val_counts: list[int] | None = None) -> TaskReport:
+    """The :class:`TaskReport` after task ``t`` from the matrices and the per-task records
+    (``val_counts``: each task's validation images, the first t + 1 kept)."""
     val, test = lower_triangle(val_matrix, t + 1), lower_triangle(test_matrix, t + 1)
     diag = diagnostics[t] if t < len(diagnostics) else {}
     return TaskReport(
@@ -74,6 +78,7 @@ def task_report(t: int, *, num_tasks: int, val_matrix: list[list[float]], test_m
         kb_block_norms=list(diag.get("kb_block_norms", [])),
         kb_fc_norm=diag.get("kb_fc_norm", math.nan),
         mask_means=list(diag.get("mask_means", [])),
+        val_counts=[int(n) for n in (val_counts or [])[: t + 1]],
     )
 
 

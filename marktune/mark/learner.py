@@ -142,7 +142,8 @@ class MarkLearner:
     def report(self, t: int) -> TaskReport:
         return evaluation.task_report(t, num_tasks=self.num_tasks, val_matrix=self.val_matrix,
                                       test_matrix=self.test_matrix, seconds=self.seconds,
-                                      diagnostics=self.diagnostics)
+                                      diagnostics=self.diagnostics,
+                                      val_counts=[len(task.val) for task in self.benchmark.tasks[: t + 1]])
 
     def matrices(self) -> tuple[list[list[float]], list[list[float]]]:
         """(validation, test) lower triangles of the tasks trained so far."""

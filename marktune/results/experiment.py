@@ -33,6 +33,7 @@ from marktune.mark.config import ConfigError, MarkConfig
 from marktune.mark.metrics import METRIC, TIME_ATTR
 from marktune.results.files import (BEST_CONFIG_FILE, PARAMS_FILE, RUNTIME_KEY, STATE_GLOB, TRIAL_DIR_PREFIX,
                                     TRIALS_TABLE, checkpoint_tasks, task_results)
+from marktune.results.noise import SeedNoise, Ties, find_ties, scored_from_result
 from marktune.results.status import LIVE_TUNE_STATUSES, TrialStatus, decide_status
 
 
@@ -124,6 +125,16 @@ class Experiment:
         # into best_config.yaml, so that "best 1" everywhere is the configuration that file holds
         chosen = _best_config_trial(self.path)
         return sorted(done, key=lambda t: (-t.val_acc, t.trial_id != chosen))[:k]
+
+    def ties(self) -> Ties | None:
+        """The complete trials within the noise of the best (``marktune.results.noise``), with the
+        recognised space's seed-to-seed SD (unknown without one); None without a complete trial."""
+        noise = getattr(self.space, "noise", None) or SeedNoise()
+        best = self.best_complete(1)
+        return find_ties([scored_from_result(t.trial_id, t.results[-1] if t.results else None)
+                          for t in self.by_status("COMPLETE")],
+                         seed_sd=noise.seed_sd, measured=noise.measured,
+                         best=best[0].trial_id if best else None)
 
     def missing_note(self) -> str:
         """One line naming trials that are not finished, or '' when all are."""

@@ -28,7 +28,7 @@ h1 { font-size: 22px; } h2 { font-size: 18px; margin-top: 32px; border-bottom: 1
 table { border-collapse: collapse; font-size: 13px; margin: 8px 0; }
 th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
 th { background: #eef2f7; } td.l, th.l { text-align: left; } td:not(.l) { white-space: nowrap; }
-tr.best td { background: #e8f5e9; font-weight: 600; }
+tr.best td { background: #e8f5e9; font-weight: 600; } tr.tied td { background: #f1f8e9; }
 .st { font-weight: 600; } .note { background: #fff8e1; border-left: 4px solid #f0ad4e; padding: 6px 10px; }
 .verdict { font-size: 16px; font-weight: 600; background: #eef2f7; border-left: 4px solid #2166ac; padding: 8px 12px; }
 img { max-width: 100%; border: 1px solid #eee; } .muted { color: #666; font-size: 13px; }
@@ -46,20 +46,26 @@ def _val(v: Any) -> str:
 
 
 def trials_table(exp: Experiment, best: Trial | None) -> str:
-    head = ["trial", "status", "tasks", "val ACC", "test ACC", "BWT", *exp.searched]
+    ties = exp.ties()
+    head = ["trial", "status", "tasks", "val ACC", "test ACC", "BWT", "tied", *exp.searched]
     out = ["<table id='best-trials-table'><tr>" + "".join(
         f"<th class='l'>{html.escape(h)}</th>" if i < 2 else f"<th>{html.escape(h)}</th>" for i, h in enumerate(head))
         + "</tr>"]
     for t in exp.ranked():
-        cls = " class='best'" if best is not None and t.trial_id == best.trial_id else ""
+        mark = ties.mark(t.trial_id) if ties is not None and t.status == "COMPLETE" else ""
+        cls = (" class='best'" if best is not None and t.trial_id == best.trial_id
+               else " class='tied'" if mark == "tied" else "")
         colour = STATUS_COLOURS.get(t.status, "#444")
         cells = [f"<td class='l'>{html.escape(t.trial_id)}</td>",
                  f"<td class='l st' style='color:{colour}'>{t.status}</td>",
                  f"<td>{t.tasks_done}/{exp.num_tasks}</td>", f"<td>{_fmt(t.val_acc)}</td>",
                  f"<td>{_fmt(t.test_acc)}</td>", f"<td>{_fmt(t.bwt, sign=True)}</td>",
+                 f"<td class='l tie'>{mark if mark != 'no' else ''}</td>",
                  *[f"<td>{_val(t.config.get(k))}</td>" for k in exp.searched]]
         out.append(f"<tr{cls}>" + "".join(cells) + "</tr>")
     out.append("</table>")
+    if ties is not None:
+        out.append(f"<p id='noise-floor' class='note'>{html.escape(ties.sentence(str(exp.path)))}</p>")
     errors = [t for t in exp.trials if t.status == "ERROR"]
     for t in errors:
         out.append(f"<p class='muted'>{html.escape(t.trial_id)} errored: {html.escape(t.error)}</p>")

@@ -31,6 +31,7 @@ def results_dict(learner: MarkLearner, *, wall_seconds: float | None = None) -> 
         "acc": metrics.average_accuracy(test) if test else math.nan,
         "bwt": metrics.backward_transfer(test) if test else math.nan,
         "val_acc": metrics.average_accuracy(val) if val else math.nan,
+        "val_counts": [len(task.val) for task in learner.benchmark.tasks[: learner.tasks_done]],
         "seconds_per_task": learner.seconds,
         # after each task: the KB's weight norm (total, per conv block, its Linear) and the mean
         # mask per block of the task just trained (on its validation images)
@@ -54,6 +55,8 @@ def task_scalars(report: TaskReport) -> dict[str, float]:
         "bwt_test": report.bwt_test,
         "task_seconds": sum(report.seconds.values()),
     }
+    if report.val_counts:  # the validation images mean_val_acc was scored on (its binomial noise)
+        out["val_images"] = sum(report.val_counts)
     for u, (v, te) in enumerate(zip(report.val_row, report.test_row)):
         out[f"val_acc_task_{u}"] = v
         out[f"test_acc_task_{u}"] = te

@@ -1,4 +1,4 @@
-"""The end of a search: one row per trial, ``trials.csv``, ``best_config.yaml`` and the table.
+"""The end of a search: one row per trial, ties with the best, ``trials.csv``, ``best_config.yaml``, the table.
 
 A trial's status here: ``COMPLETE`` (ran every task), ``PRUNED`` (ASHA stopped it), ``ERROR``,
 and, when the search was interrupted, ``RUNNING`` (it had reported tasks and will continue on
@@ -33,6 +33,7 @@ import yaml
 from marktune.mark.config import MarkConfig
 from marktune.mark.metrics import METRIC, TIME_ATTR
 from marktune.results.files import BEST_CONFIG_FILE, TRIAL_DIR_PREFIX, TRIALS_TABLE, atomic_output, write_atomic
+from marktune.results.noise import Scored, SeedNoise, Ties, find_ties, scored_from_result
 from marktune.results.status import decide_status
 
 STATUS_ORDER = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "PENDING": 3, "ERROR": 4}
@@ -50,6 +51,9 @@ class TrialRow:
     params: dict[str, Any]
     config: dict[str, Any]
     error: str = ""
+    val_se: float = math.nan  # binomial SE of val_acc from its validation counts (NaN: unknown)
+    val_images: int | None = None  # validation images val_acc was scored on (None: unknown)
+    tied: str = ""  # best, tied, no (complete trials, once mark_ties ran), else ""
 
 
 def trial_rows(results, *, searched: Sequence[str], num_tasks: int,
@@ -68,6 +72,7 @@ def trial_rows(results, *, searched: Sequence[str], num_tasks: int,
         trial_id = str(metrics.get("trial_id") or Path(result.path).name.removeprefix(TRIAL_DIR_PREFIX))
         tasks_done = int(metrics.get(TIME_ATTR, 0) or 0)
         config = {k: v for k, v in ((result.config or (configs or {}).get(trial_id)) or {}).items() if k in keys}
+        scored = scored_from_result(trial_id, metrics)
         status = decide_status(errored=result.error is not None, tasks_done=tasks_done, num_tasks=num_tasks,
                                interrupted=interrupted is not None and interrupted(trial_id)).value
         rows.append(TrialRow(
@@ -75,7 +80,8 @@ def trial_rows(results, *, searched: Sequence[str], num_tasks: int,
             val_acc=float(metrics.get(METRIC, math.nan)), test_acc=float(metrics.get("mean_test_acc", math.nan)),
             bwt=float(metrics.get("bwt_test", math.nan)),
             params={k: config.get(k) for k in searched}, config=config,
-            error=first_line(str(result.error)) if result.error is not None else ""))
+            error=first_line(str(result.error)) if result.error is not None else "",
+            val_se=scored.se, val_images=scored.images))
     rows.sort(key=lambda r: (STATUS_ORDER.get(r.status, 9), -r.tasks_done,
                              -(r.val_acc if math.isfinite(r.val_acc) else -1)))
     return rows
@@ -85,15 +91,38 @@ def unfinished(rows: Sequence[TrialRow]) -> int:
     return sum(r.status in UNFINISHED for r in rows)
 
 
+def mark_ties(rows: Sequence[TrialRow], *, noise: SeedNoise | None = None) -> Ties | None:
+    """Set each complete row's ``tied`` (best, tied, no; "" when the noise is unknown) by the rule
+    of :mod:`marktune.results.noise`: i is tied with the best b when
+    ``val_b - val_i < 2 * sqrt(SE_b**2 + SE_i**2 + 2 * seed_sd**2)``. Returns the ties (their
+    sentence goes under the table), None without a complete trial.
+
+    >>> rows = [TrialRow("a", "COMPLETE", 5, 0.95, 0.9, 0.0, {}, {}, val_se=0.01, val_images=200),
+    ...         TrialRow("b", "COMPLETE", 5, 0.94, 0.9, 0.0, {}, {}, val_se=0.01, val_images=200)]
+    >>> mark_ties(rows).tied, [r.tied for r in rows]
+    (('b',), ['best', 'tied'])
+    """
+    noise = noise or SeedNoise()
+    complete = [r for r in rows if r.status == "COMPLETE"]
+    ties = find_ties([Scored(r.trial_id, r.val_acc, r.val_se, r.val_images) for r in complete],
+                     seed_sd=noise.seed_sd, measured=noise.measured)
+    for r in rows:
+        r.tied = ties.mark(r.trial_id) if ties is not None and r.status == "COMPLETE" else ""
+    return ties
+
+
 def write_outputs(rows: list[TrialRow], out_dir: Path, *, searched: Sequence[str], space_name: str) -> Path | None:
     """trials.csv (every trial) and best_config.yaml (best complete trial); returns the latter."""
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_output(out_dir / TRIALS_TABLE, newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["trial_id", "status", "tasks_done", "val_acc", "test_acc", "bwt", *searched, "error"])
+        # after error: readers take the searched settings as the columns between bwt and error
+        writer.writerow(["trial_id", "status", "tasks_done", "val_acc", "test_acc", "bwt", *searched, "error",
+                         "val_se", "val_images", "tied"])
         for r in rows:
             writer.writerow([r.trial_id, r.status, r.tasks_done, _num(r.val_acc), _num(r.test_acc), _num(r.bwt),
-                             *[r.params.get(k) for k in searched], r.error])
+                             *[r.params.get(k) for k in searched], r.error, _num(r.val_se, digits=5),
+                             "" if r.val_images is None else r.val_images, r.tied])
     complete = [r for r in rows if r.status == "COMPLETE"]
     if not complete:
         return None
@@ -109,19 +138,22 @@ def write_outputs(rows: list[TrialRow], out_dir: Path, *, searched: Sequence[str
 
 
 def format_table(rows: list[TrialRow], searched: Sequence[str], top: int) -> str:
+    """The best-trials table; a ``tied`` column once :func:`mark_ties` has marked ties."""
     params = list(searched)
-    head = ["trial", "status", "tasks", "val ACC", "test ACC", "BWT", *params]
+    marks = any(r.tied for r in rows[:top])
+    head = ["trial", "status", "tasks", "val ACC", "test ACC", "BWT", *(["tied"] if marks else []), *params]
     body = [[r.trial_id, r.status, str(r.tasks_done), _num(r.val_acc), _num(r.test_acc), _num(r.bwt, sign=True),
+             *([r.tied if r.tied != "no" else ""] if marks else []),
              *[_short(r.params.get(k)) for k in params]] for r in rows[:top]]
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
     fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     return "\n".join([fmt(head), fmt(["-" * w for w in widths]), *map(fmt, body)])
 
 
-def _num(value: float, sign: bool = False) -> str:
+def _num(value: float, sign: bool = False, digits: int = 4) -> str:
     if value is None or not math.isfinite(value):
         return "-"
-    return f"{value:+.4f}" if sign else f"{value:.4f}"
+    return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
 
 
 def _short(value: Any) -> str:

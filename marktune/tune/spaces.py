@@ -18,6 +18,9 @@ A space file holds::
       reduction_factor: 2
       eval_seeds: 3         # marktune.evaluate: initialisation seeds x class orders
       eval_orders: 1
+    noise:          # optional: the seed-to-seed SD of mean validation ACC, where it was measured
+      seed_sd: 0.011            # (the search's summary marks trials within the noise as tied)
+      measured: docs/results/....md
 
 Everything is checked here, before Ray starts: unknown names, a key given twice (at any level,
 with its line), ``low >= high``, a distribution that does not suit the setting's type, and every
@@ -46,6 +49,7 @@ from marktune.mark.config import ConfigError, MarkConfig, parse_overrides, yaml_
 from marktune.mark.yaml_io import load_yaml_file
 from marktune.results.experiment import Experiment, load_experiment, same_setting
 from marktune.results.files import read_settings
+from marktune.results.noise import SeedNoise
 from marktune.tune.space_checks import (SpaceError, check_choice_values, check_combinations, check_kind,
                                         check_values, seed_refusal, setting_type)
 
@@ -63,8 +67,8 @@ DEFAULTS = {"samples": 12, "max_concurrent": None,
             "eval_seeds": 3, "eval_orders": 1}
 
 SPEC_KEYS = {"choice": ("type", "values"), "range": ("type", "low", "high")}
-__all__ = ["SEARCHERS", "SCHEDULERS", "SpaceError", "Param", "SearchSpace", "available_spaces", "load_space", "parse_space",
-           "load_experiment_with_space", "recognise_space"]
+__all__ = ["SEARCHERS", "SCHEDULERS", "SpaceError", "Param", "SearchSpace", "available_spaces", "load_space",
+           "parse_space", "load_experiment_with_space", "recognise_space"]
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,7 @@ class SearchSpace:
     fixed: dict[str, Any]
     params: dict[str, Param]
     defaults: dict[str, Any] = field(default_factory=lambda: dict(DEFAULTS))
+    noise: SeedNoise = field(default_factory=SeedNoise)  # its measured seed-to-seed SD, else unknown
 
     def base_config(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The learner settings all trials share: benchmark, fixed, then overrides."""
@@ -175,10 +180,10 @@ def parse_space(data: Mapping[str, Any], *, name: str, path: Path,
     where = str(path)
     if not isinstance(data, Mapping):
         raise SpaceError(f"{where}: a space is a mapping with benchmark, fixed, search, defaults")
-    unknown = set(data) - {"benchmark", "fixed", "search", "defaults", "description"}
+    unknown = set(data) - {"benchmark", "fixed", "search", "defaults", "description", "noise"}
     if unknown:
         raise SpaceError(f"{where}: unknown top-level key(s) {', '.join(sorted(unknown))}; "
-                         "allowed: benchmark, fixed, search, defaults, description")
+                         "allowed: benchmark, fixed, search, defaults, description, noise")
     if "benchmark" not in data:
         raise SpaceError(f"{where}: missing 'benchmark'")
     if not isinstance(data["benchmark"], str):
@@ -205,8 +210,12 @@ def parse_space(data: Mapping[str, Any], *, name: str, path: Path,
             raise SpaceError(f"{where}: unknown default {key!r}; allowed: {', '.join(DEFAULTS)}")
         defaults[key] = value
     _check_defaults(where, defaults)
+    try:
+        noise = SeedNoise.parse(data.get("noise"), where=where)
+    except ValueError as err:
+        raise SpaceError(str(err)) from None
     space = SearchSpace(name=name, path=path, benchmark=str(data["benchmark"]), fixed=fixed,
-                        params=params, defaults=defaults)
+                        params=params, defaults=defaults, noise=noise)
     _check_against_learner(where, space, overrides)
     return space
 

@@ -161,6 +161,7 @@ def train_mark_sequence(config: dict[str, Any]) -> None:
             "stream_tasks": learner.num_tasks,  # the stream it is cut from
             **task_scalars(report),
             "val_row": list(report.val_row),
+            "val_counts": list(report.val_counts),  # val_row's denominators (marktune.results.noise)
             "test_row": list(report.test_row),
             "device": str(device),
             "gpu_memory_fraction": memory_fraction,

@@ -26,16 +26,20 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 # ---------------------------------------------------------------- hand-made experiments
-def _result(task: int, num_tasks: int, val: float) -> dict:
+def _result(task: int, num_tasks: int, val: float, counts: int | None = None) -> dict:
     rows = [[val] * (t + 1) for t in range(task)]
-    return {"tasks_done": task, "num_tasks": num_tasks, "mean_val_acc": val, "mean_test_acc": val - 0.01,
-            "bwt_test": -0.01, "val_row": rows[-1], "test_row": [v - 0.01 for v in rows[-1]],
-            "task_started_at": 100.0 + task, "task_finished_at": 101.0 + task}
+    out = {"tasks_done": task, "num_tasks": num_tasks, "mean_val_acc": val, "mean_test_acc": val - 0.01,
+           "bwt_test": -0.01, "val_row": rows[-1], "test_row": [v - 0.01 for v in rows[-1]],
+           "task_started_at": 100.0 + task, "task_finished_at": 101.0 + task}
+    if counts is not None:  # validation images a task (since marktune.results.noise)
+        out.update(val_counts=[counts] * task, val_images=counts * task)
+    return out
 
 
 def _fake_experiment(root: Path, trials: dict[str, tuple[str, int, float]], *, base: dict,
-                     searched: dict[str, list], num_tasks: int = 5) -> Path:
-    """trials: id -> (Tune status, tasks reported, last val acc). Writes Tune's layout."""
+                     searched: dict[str, list], num_tasks: int = 5, counts: int | None = None) -> Path:
+    """trials: id -> (Tune status, tasks reported, last val acc). Writes Tune's layout; ``counts``:
+    validation images per task in each result (None: not reported, as before they were)."""
     root.mkdir(parents=True)
     state = []
     for i, (tid, (status, tasks, val)) in enumerate(trials.items()):
@@ -46,7 +50,7 @@ def _fake_experiment(root: Path, trials: dict[str, tuple[str, int, float]], *, b
             tdir.mkdir()
             (tdir / "params.json").write_text(json.dumps(config))
             (tdir / "result.json").write_text(
-                "".join(json.dumps(_result(t, num_tasks, val)) + "\n" for t in range(1, tasks + 1)))
+                "".join(json.dumps(_result(t, num_tasks, val, counts)) + "\n" for t in range(1, tasks + 1)))
         info = {"trial_id": tid, "trainable_name": "train_mark_sequence", "config": config,
                 "status": "PENDING" if status == "NEVER" else status, "relative_logdir": f"trial_{tid}",
                 "evaluated_params": {k: config[k] for k in searched}}
@@ -167,6 +171,38 @@ def test_report_pareto_section_on_hand_made_trials(tmp_path):
     assert "params" in rows["aaaa000b"].split("<td class='l'>")[-1]
     assert "params" not in rows["aaaa000a"].split("<td class='l'>")[-1]  # b: same size, more accurate
     assert "params" not in rows["aaaa000c"].split("<td class='l'>")[-1]  # bigger and less accurate than b
+
+
+@pytest.mark.parametrize("counts, tied", [(60, {"aaaa000b"}), (100_000, set())])
+def test_report_marks_the_trials_within_the_noise_of_the_best(tmp_path, counts, tied):
+    # 0.90 best, 0.89 one point behind, 0.80 far; 60 images a task: SE ~ 0.017, so b is tied
+    trials = {"aaaa000a": ("TERMINATED", 5, 0.90), "aaaa000b": ("TERMINATED", 5, 0.89),
+              "aaaa000c": ("TERMINATED", 5, 0.80), "aaaa000d": ("TERMINATED", 2, 0.895)}
+    exp_dir = _fake_experiment(tmp_path / "digits-20260101-000000", trials, base=_digits_base(),
+                               searched={"lr_meta": [0.01, 0.02, 0.03, 0.04]}, counts=counts)
+    exp = load_experiment_with_space(exp_dir)
+    page = report.build_report(exp).read_text()
+    table = page[page.index("id='best-trials-table'"):]
+    table = table[:table.index("</table>")]
+    head = [h.split(">")[-1] for h in table.split("<tr")[1].split("</th>")[:-1]]
+    rows = {r.split("</td>")[0].split(">")[-1]: [c.split(">")[-1] for c in r.split("</td>")[:-1]]
+            for r in table.split("<tr")[2:]}  # <tr class='best'>, <tr class='tied'>, <tr>
+    column = head.index("tied")
+    assert {tid for tid, cells in rows.items() if cells[column] == "tied"} == tied
+    assert rows["aaaa000a"][column] == "best" and rows["aaaa000d"][column] == ""  # pruned: never tied
+    sentence = page[page.index("id='noise-floor'"):].split("</p>")[0]
+    assert f"on {5 * counts:,} validation images" in sentence and "seed-to-seed SD unknown" in sentence
+    if tied:
+        assert "1 trial is within the noise of the best, aaaa000a" in sentence
+        assert f"python -m marktune.evaluate {exp_dir.resolve()} --top 2 --seeds 3" in sentence
+    else:
+        assert "No trial is within the noise of the best, aaaa000a" in sentence
+
+
+def test_report_of_an_old_search_without_counts_says_the_noise_is_unknown(interrupted):
+    page = report.build_report(load_experiment_with_space(interrupted)).read_text()
+    sentence = page[page.index("id='noise-floor'"):].split("</p>")[0]
+    assert "binomial SE unknown" in sentence and "no trial is marked as tied" in sentence
 
 
 @pytest.mark.parametrize("module", ["evaluate", "report"])

@@ -61,6 +61,23 @@ def test_bad_fixed_and_defaults(tmp_path):
         load_space(write_space(tmp_path, benchmark=None))
 
 
+def test_space_noise_is_parsed_checked_and_reaches_the_plan(tmp_path):
+    path = write_space(tmp_path, noise={"seed_sd": 0.011, "measured": "docs/results/digits-seeds.md"})
+    space = load_space(path)
+    assert (space.noise.seed_sd, space.noise.measured) == (0.011, "docs/results/digits-seeds.md")
+    plan = plan_from_args(build_parser().parse_args(["--space", str(path)]))
+    assert plan.space.noise.seed_sd == 0.011  # what the summary's tie rule uses
+    assert load_space("digits").noise.seed_sd is None  # not measured: unknown
+    for noise, message in (({"seed_sd": -0.1, "measured": "m.md"}, "noise.seed_sd must be a number"),
+                           ({"seed_sd": "big", "measured": "m.md"}, "noise.seed_sd must be a number"),
+                           ({"seed_sd": 0.01}, "needs measured"),
+                           ({"seed_sd": 0.01, "measured": "m.md", "runs": 3}, "unknown key.*runs"),
+                           (0.01, "noise must be a mapping")):
+        with pytest.raises(SpaceError, match=message) as err:
+            load_space(write_space(tmp_path, noise=noise))
+        assert str(path) in str(err.value)  # names the file
+
+
 def test_unknown_space_lists_available():
     with pytest.raises(SpaceError, match="unknown search space 'cifar10'.*cifar100.*digits"):
         load_space("cifar10")

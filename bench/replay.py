@@ -1,0 +1,153 @@
+"""Replay bench: how random search, TPE, ASHA and first-k would have done on recorded curves (issue 21).
+
+Replays a curves table (``curves.csv``, :mod:`marktune.results.curves`) offline with the search's
+own searcher and scheduler on simulated workers (:mod:`marktune.tune.replay`), many times, and
+prints per strategy the regret (best final test ACC of the table minus that of the configuration
+picked by validation) at 25, 50 and 100 % of the task-trainings of a full random search of the
+same sample count, with 95 % t intervals over the replay seeds; then Kendall's tau of each rung
+(val ACC after task k) against the final values.
+
+    PYTHONPATH=. .venv/bin/python bench/replay.py bench/curves/fmnist.csv --space search_spaces/fmnist.yaml
+    PYTHONPATH=. .venv/bin/python bench/replay.py --synthetic 48 --space search_spaces/fmnist.yaml --samples 48
+    ... [--samples N] [--workers 2] [--replay-seeds 20] [--jobs 2] [--markdown FILE]
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from marktune.mark.hardware import cpu_model_name  # noqa: E402
+from marktune.results.curves import read_curves, write_curves  # noqa: E402
+from marktune.tune.replay import (FRACTIONS, Interval, Strategy, StrategyResult, replay_strategies,  # noqa: E402
+                                  standard_strategies)
+from marktune.tune.replay_table import NearestRecorded, ReplayTable, synthetic_curves  # noqa: E402
+from marktune.tune.spaces import load_space  # noqa: E402
+
+RANDOM_FROM_TABLE = ("random search draws the table's configurations without replacement (the table of a "
+                     "random search without pruning is a sample of the random sampler's proposals; no "
+                     "surrogate error)")
+RANDOM_FROM_SAMPLER = "random search asks Optuna's RandomSampler, mapped to the table by the surrogate"
+
+
+def points(x: float) -> str:
+    return "n/a" if math.isnan(x) else f"{100 * x:.2f}"
+
+
+def cell(interval: Interval, seeds: int) -> str:
+    """Regret in ACC points, mean [95 % interval]; how many seeds had a pick when not all did."""
+    if interval.n == 0:
+        return "no pick"
+    text = f"{points(interval.mean)} [{points(interval.low)}, {points(interval.high)}]"
+    return text + (f" ({interval.n}/{seeds} picked)" if interval.n < seeds else "")
+
+
+def rows(results: list[StrategyResult]) -> list[list[str]]:
+    out = []
+    for r in results:
+        out.append([r.strategy.name, *[cell(r.regrets[f], r.seeds) for f in FRACTIONS],
+                    f"{100 * r.trainings.mean:.0f} %", f"{r.wall_s.mean:.0f}"])
+    return out
+
+
+HEADER = ["strategy", *[f"regret at {int(100 * f)} %" for f in FRACTIONS], "task-trainings used", "wall s"]
+
+
+def text_table(header: list[str], body: list[list[str]]) -> str:
+    widths = [max(len(str(row[i])) for row in [header, *body]) for i in range(len(header))]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header, *body])
+
+
+def markdown_table(header: list[str], body: list[list[str]]) -> str:
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+                      *["| " + " | ".join(row) + " |" for row in body]])
+
+
+def _startups(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected whole numbers separated by commas, got {text!r}") from None
+    if any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError("n_startup_trials cannot be negative")
+    return values
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("curves", nargs="?", type=Path, help="a curves table (curves.csv); or --synthetic")
+    parser.add_argument("--space", required=True, help="the space the table was recorded in (name or .yaml)")
+    parser.add_argument("--samples", type=int, default=None, help="trials per replayed search (default: the "
+                        "space's defaults.samples)")
+    parser.add_argument("--workers", type=int, default=2, help="simulated parallel workers")
+    parser.add_argument("--replay-seeds", type=int, default=20)
+    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="processes")
+    parser.add_argument("--tpe-startup", type=_startups, default=[None], metavar="N[,N...]",
+                        help="TPE's n_startup_trials, one TPE strategy set per value (default: Optuna's, "
+                        "10, as the search)")
+    parser.add_argument("--random-from", choices=("table", "sampler"), default="table")
+    parser.add_argument("--synthetic", type=int, default=None, metavar="N",
+                        help="replay a synthetic table of N configurations instead of a file")
+    parser.add_argument("--save-table", type=Path, default=None, help="write the (synthetic) table here")
+    parser.add_argument("--markdown", type=Path, default=None, help="also write the tables as markdown here")
+    args = parser.parse_args(argv)
+    if (args.curves is None) == (args.synthetic is None):
+        parser.error("give a curves table or --synthetic N (one of them)")
+    started = time.perf_counter()
+    space = load_space(args.space)
+    curves = (synthetic_curves(space=space, configs=args.synthetic, seed=0) if args.synthetic
+              else read_curves(args.curves))
+    if args.save_table:
+        write_curves(args.save_table, curves.rows, searched=curves.searched)
+    table = ReplayTable.from_curves(curves)
+    surrogate = NearestRecorded(table=table, space=space)
+    samples = args.samples or int(space.defaults["samples"])
+    seeds = list(range(args.replay_seeds))
+    strategies = standard_strategies(num_tasks=table.num_tasks, tpe_startups=args.tpe_startup)
+    if args.random_from == "sampler":
+        strategies = [Strategy(**{**s.__dict__, "proposals": "random-sampler"}) if s.proposals == "table"
+                      and s.stop_after is None else s for s in strategies]
+    results = replay_strategies(table=table, space=space, strategies=strategies, samples=samples,
+                                workers=args.workers, seeds=seeds, surrogate=surrogate, jobs=args.jobs)
+    loo, loo_mean = surrogate.leave_one_out()
+    best = max(table.configs, key=lambda c: c.final_test)
+    source = "synthetic table" if args.synthetic else str(args.curves)
+    intro = [
+        f"replay bench: {source}: {len(table.configs)} configurations, {table.num_tasks} tasks"
+        + (f", {table.dropped} incomplete curve(s) dropped" if table.dropped else "") + f"; space {space.path}",
+        f"machine: {cpu_model_name()}, {args.jobs} process(es)",
+        f"{len(seeds)} replay seeds x {samples} samples on {args.workers} simulated workers; budget "
+        f"{samples * table.num_tasks} task-trainings ({samples} samples x {table.num_tasks} tasks)",
+        f"proposals: {RANDOM_FROM_TABLE if args.random_from == 'table' else RANDOM_FROM_SAMPLER}; TPE "
+        f"(n_startup_trials {', '.join(str(n or 10) for n in args.tpe_startup)}) through MarkOptunaSearch; "
+        "ASHA through make_scheduler",
+        f"surrogate for proposals outside the table: {surrogate.name}; leave-one-out mean absolute error of "
+        f"the final val ACC {points(loo)} points (predicting the mean of the others: {points(loo_mean)})",
+        f"best final test ACC in the table: {best.final_test:.4f} ({best.key})",
+    ]
+    regret_note = ("regret in ACC points (best final test ACC of the table minus the picked configuration's), "
+                   f"mean [95 % t interval] over {len(seeds)} replay seeds, at a fraction of the budget; "
+                   "first-k picks by val after k tasks and pays k task-trainings per trial")
+    taus = [[str(k), f"{tv:.2f}", f"{tt:.2f}"] for k, tv, tt in table.rung_tau()]
+    tau_header = ["val after task k", "tau vs final val", "tau vs final test"]
+    elapsed = time.perf_counter() - started
+    print("\n".join(intro))
+    print(f"\n{regret_note}\n{text_table(HEADER, rows(results))}")
+    print(f"\nKendall's tau of each rung against the final values, over {len(table.configs)} configurations\n"
+          f"{text_table(tau_header, taus)}")
+    print(f"\nreplay took {elapsed:.1f} s")
+    if args.markdown:
+        args.markdown.write_text("\n".join(f"{line}  " for line in intro) + f"\n\n{regret_note}\n\n"
+                                 + markdown_table(HEADER, rows(results))
+                                 + f"\n\nKendall's tau of each rung against the final values, over "
+                                 f"{len(table.configs)} configurations\n\n" + markdown_table(tau_header, taus) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,355 @@
+"""Replay recorded curves offline: the search's own searcher and scheduler, on simulated workers.
+
+A replay is one search, simulated. ``workers`` trials run at a time; each task of a trial takes
+the seconds its recorded curve took, so an event queue on that clock orders every report as a
+real search with that many workers would. After each task the trial reports ``mean_val_acc``
+(METRIC) at ``tasks_done`` (TIME_ATTR) to the same objects the search builds:
+
+* the scheduler from :func:`marktune.tune.scheduler.make_scheduler` (ResumableASHA), through
+  ``on_trial_add`` / ``on_trial_result`` / ``on_trial_complete`` in the order Tune's
+  ``TuneController`` calls them (``_process_trial_result``, ``stop_trial``); it gets a minimal
+  trial (:class:`ReplayedTrialHandle`: the trial id, and no results to refill) and no controller
+  (ASHA reads neither further);
+* the searcher, :class:`marktune.tune.searcher.MarkOptunaSearch` with Optuna's TPE or random
+  sampler, its study in memory (:class:`InMemoryStudyStorage`): ``suggest``, ``on_trial_result`` for each report
+  the scheduler let through, ``on_trial_complete`` with the last.
+
+Settings the searcher proposes are mapped to a recorded configuration by the surrogate
+(:class:`marktune.tune.replay_table.NearestRecorded`), and the trial replays one seed's curve of
+it. A free worker starts the next proposal until ``samples`` trials were started.
+
+Strategies (:class:`Strategy`): ``random`` and ``tpe``, each without pruning or with ASHA, and
+``first-k``: every trial stops after its first k tasks and the pick is by its val ACC there.
+Random proposals are drawn from the table itself, without replacement (a new pass over the
+table once every configuration was drawn): the table of a random search without pruning *is* a
+sample of what Optuna's RandomSampler proposes, so a draw from it is a random search with no
+surrogate error. (``random-sampler`` goes through RandomSampler and the surrogate instead.)
+
+Regret (:meth:`ReplayOutcome.regret`): the best final test ACC of the table minus the final test
+ACC of the configuration picked, picked by its val ACC among the trials that ran all their tasks
+by the time ``fraction`` x samples x tasks task-trainings were done.
+
+Example:
+    >>> from marktune.tune.spaces import load_space
+    >>> from marktune.tune.replay_table import ReplayTable, synthetic_curves
+    >>> space = load_space("fmnist")
+    >>> table = ReplayTable.from_curves(synthetic_curves(space=space, configs=8, seed=0))
+    >>> outcome = replay(table=table, space=space, strategy=Strategy(name="random", proposals="table"),
+    ...                  samples=8, workers=2, seed=0)
+    >>> outcome.regret(1.0)  # every configuration ran to the end: the best was picked
+    0.0
+"""
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from marktune.mark.metrics import METRIC, TIME_ATTR
+from marktune.tune.replay_table import Curve, NearestRecorded, ReplayTable
+from marktune.tune.spaces import SearchSpace
+
+PROPOSALS = ("table", "tpe", "random-sampler")
+CONTINUE, STOP = "CONTINUE", "STOP"  # ray.tune.schedulers.TrialScheduler's decisions
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """How a replayed search proposes and stops trials."""
+
+    name: str
+    proposals: str  # "table" (random, drawn from the table), "tpe", "random-sampler"
+    grace_period: int | None = None  # ASHA's; None: no pruning
+    reduction_factor: float | None = None
+    stop_after: int | None = None  # first-k: every trial stops after this many tasks
+    n_startup_trials: int | None = None  # TPE's random start; None: Optuna's default (10)
+
+    def __post_init__(self) -> None:
+        if self.proposals not in PROPOSALS:
+            raise ValueError(f"proposals must be one of {PROPOSALS}, not {self.proposals!r}")
+        if (self.grace_period is None) != (self.reduction_factor is None):
+            raise ValueError("ASHA needs both grace_period and reduction_factor")
+
+    @property
+    def prunes(self) -> bool:
+        return self.grace_period is not None
+
+
+def standard_strategies(*, num_tasks: int, tpe_startups: Sequence[int | None] = (None,)) -> list[Strategy]:
+    """Random and TPE (once per ``n_startup_trials`` in ``tpe_startups``; None: Optuna's 10), each
+    without pruning and with ASHA (grace 1 and 2 x reduction 2 and 3), then first-k for
+    k = 1 .. tasks - 1."""
+    labelled = [("table", "random", None)]
+    labelled += [("tpe", "tpe" if len(tpe_startups) == 1 else f"tpe s{startup or 10}", startup)
+                 for startup in tpe_startups]
+    out = []
+    for proposals, label, startup in labelled:
+        out.append(Strategy(name=label, proposals=proposals, n_startup_trials=startup))
+        for grace in (1, 2):
+            for factor in (2, 3):
+                if grace <= num_tasks:
+                    out.append(Strategy(name=f"{label} + asha g{grace} r{factor}", proposals=proposals,
+                                        grace_period=grace, reduction_factor=factor, n_startup_trials=startup))
+    out += [Strategy(name=f"first-{k}", proposals="table", stop_after=k) for k in range(1, num_tasks)]
+    return out
+
+
+# ---------------------------------------------------------------- the searcher and scheduler
+class InMemoryStudyStorage:
+    """Stands in for :class:`marktune.tune.study.StudyStorage`: MarkOptunaSearch only opens it
+    (and names it when pickled, which a replay never does). A journal file would cost an fsync per
+    change: 2.6 of the 3.5 s of a 48-trial TPE replay."""
+
+    url = "in-memory"
+    journal = None
+
+    def open(self):
+        import optuna
+
+        return optuna.storages.InMemoryStorage()
+
+
+def replay_searcher(strategy: Strategy, *, num_tasks: int, seed: int):
+    """The search's searcher with the strategy's sampler, its study in memory."""
+    from marktune.tune.searcher import make_searcher
+
+    kind = "tpe" if strategy.proposals == "tpe" else "random"
+    startup = strategy.n_startup_trials or 10  # Optuna's default, the search's
+    return make_searcher(storage=InMemoryStudyStorage(), study_name="replay", num_tasks=num_tasks,
+                         seed=seed, kind=kind, n_startup_trials=startup)
+
+
+def replay_scheduler(strategy: Strategy, *, num_tasks: int):
+    """The search's ASHA, told its metric and mode as Tune's TuneConfig tells it; None: no pruning."""
+    if not strategy.prunes:
+        return None
+    from marktune.tune.scheduler import make_scheduler
+
+    scheduler = make_scheduler(num_tasks=num_tasks, grace_period=strategy.grace_period,
+                               reduction_factor=strategy.reduction_factor)
+    scheduler.set_search_properties(METRIC, "max")
+    return scheduler
+
+
+@dataclass
+class ReplayedTrialHandle:
+    """What ASHA reads of a Tune trial: its id; ``has_reported_at_least_once`` False tells
+    ResumableASHA there are no past results to refill its rungs from."""
+
+    trial_id: str
+    has_reported_at_least_once: bool = False
+
+
+# ---------------------------------------------------------------- one replay
+@dataclass
+class ReplayedTrial:
+    trial_id: str
+    config: int  # index in the table's configurations
+    curve: Curve
+    stop_after: int  # tasks it runs unless stopped
+    tasks_run: int = 0
+    ended_at_s: float | None = None  # simulated clock when it ended
+    ended_at_trainings: int | None = None  # task-trainings done (all trials) when it ended
+    finished: bool = False  # ran all its stop_after tasks
+
+    @property
+    def value(self) -> float:
+        """The val ACC it is picked by: after its last task run."""
+        return self.curve.val[self.tasks_run - 1]
+
+
+@dataclass
+class ReplayOutcome:
+    table: ReplayTable
+    trials: list[ReplayedTrial]
+    budget: int  # task-trainings of a full random search of the same sample count
+    task_trainings: int = 0
+    wall_s: float = 0.0
+    events: list[tuple[float, str, int]] = field(default_factory=list)  # (clock, trial id, tasks done)
+    study: Any = None  # the searcher's Optuna study (None for proposals drawn from the table)
+
+    def pick(self, fraction: float) -> ReplayedTrial | None:
+        """The finished trial of best val ACC among those that ended within ``fraction`` of the
+        budget (ties: the one that ended first); None when none had."""
+        limit = fraction * self.budget + 1e-9
+        done = [t for t in self.trials if t.finished and t.ended_at_trainings <= limit]
+        if not done:
+            return None
+        return max(sorted(done, key=lambda t: t.ended_at_trainings), key=lambda t: t.value)
+
+    def regret(self, fraction: float) -> float:
+        """Best final test ACC of the table minus the picked configuration's (NaN: no pick)."""
+        picked = self.pick(fraction)
+        if picked is None:
+            return math.nan
+        return round(self.table.best_final_test - self.table.configs[picked.config].final_test, 12)
+
+
+class _TableDraws:
+    """Random proposals drawn from the table without replacement, a fresh pass when exhausted.
+    (A random search's table is a sample of the random sampler's proposals: drawing from it is
+    random search without the surrogate's error; see the module's text.)"""
+
+    def __init__(self, size: int, rng: np.random.Generator) -> None:
+        self._size, self._rng, self._order = size, rng, []
+
+    def next(self) -> int:
+        if not self._order:
+            self._order = list(self._rng.permutation(self._size))
+        return int(self._order.pop(0))
+
+
+def replay(*, table: ReplayTable, space: SearchSpace, strategy: Strategy, samples: int, workers: int = 2,
+           seed: int = 0, surrogate: NearestRecorded | None = None) -> ReplayOutcome:
+    """One simulated search of ``samples`` trials on ``workers`` workers (see the module's text)."""
+    if strategy.proposals == "table":
+        return _replay(table, space, strategy, samples, workers, seed, surrogate)
+    import optuna
+
+    before = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per trial told
+    try:
+        return _replay(table, space, strategy, samples, workers, seed, surrogate)
+    finally:
+        optuna.logging.set_verbosity(before)
+
+
+def _replay(table: ReplayTable, space: SearchSpace, strategy: Strategy, samples: int, workers: int, seed: int,
+            surrogate: NearestRecorded | None) -> ReplayOutcome:
+    if samples < 1 or workers < 1:
+        raise ValueError("samples and workers must be at least 1")
+    rng = np.random.default_rng(seed)
+    num_tasks = table.num_tasks
+    stop_after = strategy.stop_after or num_tasks
+    scheduler = replay_scheduler(strategy, num_tasks=num_tasks)
+    outcome = ReplayOutcome(table=table, trials=[], budget=samples * num_tasks)
+    searcher, draws = None, None
+    if strategy.proposals == "table":
+        draws = _TableDraws(len(table.configs), rng)
+    else:
+        surrogate = surrogate or NearestRecorded(table=table, space=space)
+        searcher = replay_searcher(strategy, num_tasks=num_tasks, seed=seed)
+        searcher.set_search_properties(METRIC, "max", space.param_space())
+    queue: list[tuple[float, int, int]] = []  # (clock at the end of its next task, start order, trial)
+    handles: list[ReplayedTrialHandle] = []
+
+    def start(now: float) -> None:
+        trial_id = f"{len(outcome.trials):05d}"
+        if draws is not None:
+            index = draws.next()
+        else:
+            index = surrogate.nearest(searcher.suggest(trial_id))
+        curves = table.configs[index].curves
+        curve = curves[int(rng.integers(len(curves)))] if len(curves) > 1 else curves[0]
+        outcome.trials.append(ReplayedTrial(trial_id=trial_id, config=index, curve=curve,
+                                            stop_after=stop_after))
+        handles.append(ReplayedTrialHandle(trial_id))
+        if scheduler is not None:
+            scheduler.on_trial_add(None, handles[-1])
+        heapq.heappush(queue, (now + curve.seconds[0], len(outcome.trials) - 1, len(outcome.trials) - 1))
+
+    def end(trial: ReplayedTrial, now: float, *, finished: bool) -> None:
+        trial.ended_at_s, trial.ended_at_trainings, trial.finished = now, outcome.task_trainings, finished
+        outcome.wall_s = max(outcome.wall_s, now)
+        if len(outcome.trials) < samples:
+            start(now)  # the worker it freed
+
+    for _ in range(min(workers, samples)):
+        start(0.0)
+    while queue:
+        now, order, i = heapq.heappop(queue)
+        trial, handle = outcome.trials[i], handles[i]
+        trial.tasks_run += 1
+        outcome.task_trainings += 1
+        k = trial.tasks_run
+        outcome.events.append((now, trial.trial_id, k))
+        result = {METRIC: trial.curve.val[k - 1], TIME_ATTR: k, "training_iteration": k,
+                  "trial_id": trial.trial_id}
+        # Tune: the scheduler judges each result; the searcher sees it unless it is a STOP
+        decision = scheduler.on_trial_result(None, handle, result) if scheduler is not None else CONTINUE
+        last = k >= trial.stop_after
+        if decision == STOP or last:
+            if decision != STOP and searcher is not None:
+                searcher.on_trial_result(trial.trial_id, result)  # a trial that returned: FIFO's CONTINUE
+            if scheduler is not None:
+                scheduler.on_trial_complete(None, handle, result)
+            if searcher is not None:
+                searcher.on_trial_complete(trial.trial_id, result=result)
+            end(trial, now, finished=last)
+            continue
+        if searcher is not None:
+            searcher.on_trial_result(trial.trial_id, result)
+        heapq.heappush(queue, (now + trial.curve.seconds[k], order, i))
+    outcome.study = searcher.study if searcher is not None else None
+    return outcome
+
+
+# ---------------------------------------------------------------- many replays
+FRACTIONS = (0.25, 0.5, 1.0)
+
+
+@dataclass(frozen=True)
+class Interval:
+    """Mean and 95 % t interval over the replay seeds that had a value (``n`` of them)."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> "Interval":
+        from scipy import stats
+
+        xs = np.array([v for v in values if not math.isnan(v)], dtype=float)
+        if len(xs) == 0:
+            return cls(math.nan, math.nan, math.nan, 0)
+        mean = float(xs.mean())
+        if len(xs) < 2:
+            return cls(mean, math.nan, math.nan, 1)
+        half = float(stats.t.ppf(0.975, len(xs) - 1) * xs.std(ddof=1) / math.sqrt(len(xs)))
+        return cls(mean, mean - half, mean + half, len(xs))
+
+
+@dataclass
+class StrategyResult:
+    strategy: Strategy
+    regrets: dict[float, Interval]  # budget fraction -> regret over seeds
+    trainings: Interval  # task-trainings used, as a fraction of the budget
+    wall_s: Interval
+    seeds: int
+
+
+def replay_strategy(*, table: ReplayTable, space: SearchSpace, strategy: Strategy, samples: int,
+                    workers: int, seeds: Sequence[int], surrogate: NearestRecorded | None = None,
+                    fractions: Sequence[float] = FRACTIONS) -> StrategyResult:
+    outcomes = [replay(table=table, space=space, strategy=strategy, samples=samples, workers=workers,
+                       seed=seed, surrogate=surrogate) for seed in seeds]
+    return StrategyResult(
+        strategy=strategy,
+        regrets={f: Interval.of([o.regret(f) for o in outcomes]) for f in fractions},
+        trainings=Interval.of([o.task_trainings / o.budget for o in outcomes]),
+        wall_s=Interval.of([o.wall_s for o in outcomes]), seeds=len(outcomes))
+
+
+def _replay_strategy_args(args: tuple) -> StrategyResult:
+    table, space, strategy, samples, workers, seeds, surrogate = args
+    return replay_strategy(table=table, space=space, strategy=strategy, samples=samples, workers=workers,
+                           seeds=seeds, surrogate=surrogate)
+
+
+def replay_strategies(*, table: ReplayTable, space: SearchSpace, strategies: Sequence[Strategy], samples: int,
+                      workers: int, seeds: Sequence[int], surrogate: NearestRecorded | None = None,
+                      jobs: int = 1) -> list[StrategyResult]:
+    """:func:`replay_strategy` for each strategy, in ``jobs`` forked processes (in order)."""
+    work = [(table, space, s, samples, workers, list(seeds), surrogate) for s in strategies]
+    if jobs <= 1:
+        return [_replay_strategy_args(w) for w in work]
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("fork")) as pool:
+        return list(pool.map(_replay_strategy_args, work))

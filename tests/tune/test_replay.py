@@ -1,0 +1,234 @@
+"""The replay bench (marktune.tune.replay, bench/replay.py) on hand-made curves with known outcomes."""
+from __future__ import annotations
+
+import doctest
+import importlib.util
+import itertools
+import time
+from pathlib import Path
+
+import pytest
+
+from marktune.results.curves import CurveRow, CurvesTable, read_curves, write_curves
+from marktune.tune import replay as replay_module
+from marktune.tune import replay_table as replay_table_module
+from marktune.tune.replay import Interval, Strategy, replay
+from marktune.tune.replay_table import NearestRecorded, ReplayTable, config_index
+from marktune.tune.spaces import Param, SearchSpace
+
+ROOT = Path(__file__).resolve().parents[2]
+SPACE = SearchSpace(name="hand", path=Path("hand.yaml"), benchmark="fmnist", fixed={}, params={
+    "lr_meta": Param("lr_meta", "loguniform", low=1e-3, high=1e-1),
+    "kb_width": Param("kb_width", "choice", values=(32, 64))})
+RANDOM = Strategy(name="random", proposals="table")
+
+
+def curves_table(configs: dict[str, tuple[float, int, list[float], float, list[float]]],
+                 tmp_path: Path | None = None) -> ReplayTable:
+    """key -> (lr_meta, kb_width, val per task, final test, seconds per task); through the CSV
+    format when tmp_path is given. Test ACC before the last task is the val ACC (unused)."""
+    rows = []
+    for key, (lr, width, val, final_test, seconds) in configs.items():
+        for k, (v, s) in enumerate(zip(val, seconds), start=1):
+            rows.append(CurveRow(trial_id=key, status="TERMINATED", params={"lr_meta": lr, "kb_width": width},
+                                 task=k, val_acc=v, test_acc=final_test if k == len(val) else v, seconds=s))
+    table = CurvesTable(searched=["lr_meta", "kb_width"], rows=rows)
+    if tmp_path is not None:
+        write_curves(tmp_path / "curves.csv", rows, searched=table.searched)
+        table = read_curves(tmp_path / "curves.csv")
+    return ReplayTable.from_curves(table)
+
+
+# A (the best at the end) starts worst and its first task is slow: every other trial reports
+# task 1 before it does, so ASHA with grace period 1 stops it there, whatever the draw order.
+# B leads the others at every task, so ASHA never stops it and it is picked instead.
+PRUNED_BEST = {
+    "A": (0.001, 32, [0.50, 0.60, 0.99], 0.95, [100.0, 1.0, 1.0]),
+    "B": (0.010, 32, [0.90, 0.90, 0.90], 0.90, [1.0, 1.0, 1.0]),
+    "C": (0.030, 64, [0.80, 0.70, 0.70], 0.70, [1.0, 1.0, 1.0]),
+    "D": (0.090, 64, [0.70, 0.80, 0.80], 0.80, [1.0, 1.0, 1.0]),
+}
+# first-1 picks B (best after task 1), first-2 picks D (best after task 2)
+FIRST_K = {
+    "A": (0.001, 32, [0.50, 0.60, 0.99], 0.95, [1.0, 1.0, 1.0]),
+    "B": (0.010, 32, [0.90, 0.70, 0.90], 0.90, [1.0, 1.0, 1.0]),
+    "C": (0.030, 64, [0.80, 0.75, 0.70], 0.70, [1.0, 1.0, 1.0]),
+    "D": (0.090, 64, [0.70, 0.85, 0.80], 0.80, [1.0, 1.0, 1.0]),
+}
+
+
+def test_docstring_examples_run():
+    for module in (replay_module, replay_table_module):
+        failures, tried = doctest.testmod(module)
+        assert tried > 0 and failures == 0, module.__name__
+
+
+def test_an_exhaustive_search_without_pruning_has_zero_regret(tmp_path):
+    table = curves_table(PRUNED_BEST, tmp_path)
+    assert table.best_final_test == 0.95 and table.num_tasks == 3
+    for seed in range(5):
+        outcome = replay(table=table, space=SPACE, strategy=RANDOM, samples=4, workers=2, seed=seed)
+        assert sorted(t.config for t in outcome.trials) == [0, 1, 2, 3]  # each drawn once
+        assert outcome.pick(1.0).config == config_index(table, "A")
+        assert outcome.regret(1.0) == 0.0
+        assert outcome.task_trainings == outcome.budget == 12
+
+
+def test_asha_with_grace_1_stops_the_slow_starter_and_the_regret_is_known():
+    table = curves_table(PRUNED_BEST)
+    asha = Strategy(name="asha", proposals="table", grace_period=1, reduction_factor=2)
+    for seed in range(5):
+        outcome = replay(table=table, space=SPACE, strategy=asha, samples=4, workers=2, seed=seed)
+        a = next(t for t in outcome.trials if t.config == config_index(table, "A"))
+        assert (a.tasks_run, a.finished) == (1, False)
+        assert outcome.pick(1.0).config == config_index(table, "B")
+        assert outcome.regret(1.0) == pytest.approx(0.05)
+        assert outcome.task_trainings < outcome.budget
+
+
+def test_first_k_picks_by_the_value_after_k_tasks_and_pays_k_per_trial():
+    table = curves_table(FIRST_K)
+    for k, picked, regret in ((1, "B", 0.05), (2, "D", 0.15)):
+        strategy = Strategy(name=f"first-{k}", proposals="table", stop_after=k)
+        outcome = replay(table=table, space=SPACE, strategy=strategy, samples=4, workers=2, seed=0)
+        assert outcome.pick(1.0).config == config_index(table, picked)
+        assert outcome.regret(1.0) == pytest.approx(regret)
+        assert outcome.task_trainings == 4 * k
+    assert replay(table=table, space=SPACE, strategy=RANDOM, samples=4, seed=0).regret(1.0) == 0.0
+
+
+def test_a_budget_fraction_picks_among_the_trials_finished_by_then():
+    table = curves_table(FIRST_K)
+    for seed in range(4):
+        outcome = replay(table=table, space=SPACE, strategy=RANDOM, samples=4, workers=1, seed=seed)
+        # one worker, 3 tasks a trial, budget 12: half the budget is the first two trials
+        first_two = outcome.trials[:2]
+        expected = max(first_two, key=lambda t: t.curve.val[-1])
+        assert outcome.pick(0.5) is expected
+        assert outcome.regret(0.5) == pytest.approx(0.95 - table.configs[expected.config].final_test)
+        assert outcome.pick(0.2) is None  # 2.4 task-trainings: no trial has finished
+
+
+def test_the_simulated_clock_follows_the_recorded_seconds():
+    seconds = {"A": [3.0, 1.0, 2.0], "B": [1.0, 1.0, 1.5], "C": [2.0, 0.5, 2.0]}
+    table = curves_table({key: (lr, 32, [0.8, 0.8, 0.8], 0.8, seconds[key])
+                          for key, lr in zip(seconds, (0.001, 0.01, 0.1))})
+    for workers in (1, 2):
+        outcome = replay(table=table, space=SPACE, strategy=RANDOM, samples=3, workers=workers, seed=1)
+        steps = [seconds[table.configs[t.config].key] for t in outcome.trials]
+        starts = [0.0] * workers
+        free = []  # when each worker frees: a trial starts when the first of them is free
+        expected = []
+        for i, step in enumerate(steps):
+            begin = starts[i] if i < workers else min(free)
+            if i >= workers:
+                free.remove(begin)
+            clock = list(itertools.accumulate(step, initial=begin))[1:]
+            expected += [(c, outcome.trials[i].trial_id, k) for k, c in enumerate(clock, start=1)]
+            free.append(clock[-1])
+        assert sorted(outcome.events) == sorted(expected)
+        assert outcome.wall_s == max(c for c, _, _ in expected)
+    assert replay(table=table, space=SPACE, strategy=RANDOM, samples=3, workers=1).wall_s == 14.0
+
+
+def test_tpe_and_asha_are_the_search_s_own_and_the_study_agrees():
+    table = curves_table(PRUNED_BEST)
+    surrogate = NearestRecorded(table=table, space=SPACE)
+    strategy = Strategy(name="tpe", proposals="tpe", grace_period=1, reduction_factor=2, n_startup_trials=2)
+    outcome = replay(table=table, space=SPACE, strategy=strategy, samples=6, workers=2, seed=3, surrogate=surrogate)
+    study = outcome.study
+    assert len(study.trials) == 6
+    for trial, ot in zip(outcome.trials, study.trials):
+        assert trial.config == surrogate.nearest(ot.params)  # each proposal replays its nearest curve
+        assert ot.state.name == ("COMPLETE" if trial.finished else "PRUNED")
+        assert sorted(ot.intermediate_values) == list(range(1, trial.tasks_run + 1))
+        if trial.finished:
+            assert ot.value == trial.curve.val[-1]
+    assert any(not t.finished for t in outcome.trials)  # ASHA stopped some
+
+
+def test_the_surrogate_is_nearest_in_log_space_and_counts_category_mismatches():
+    table = curves_table({"lo": (0.001, 32, [0.9], 0.9, [1.0]), "hi": (0.02, 32, [0.8], 0.8, [1.0]),
+                          "wide": (0.1, 64, [0.5], 0.5, [1.0])})
+    surrogate = NearestRecorded(table=table, space=SPACE)
+    assert surrogate.nearest({"lr_meta": 0.02, "kb_width": 32}) == config_index(table, "hi")
+    # 0.005 is nearer 0.001 on a linear scale, nearer 0.02 on a log scale
+    assert surrogate.nearest({"lr_meta": 0.005, "kb_width": 32}) == config_index(table, "hi")
+    assert surrogate.distances({"lr_meta": 0.1, "kb_width": 32})[config_index(table, "wide")] == 1.0
+    # leave-one-out: lo <- hi (0.1), hi <- lo (0.1), wide <- hi (0.3); the mean of the others: 0.25, 0.1, 0.35
+    mae, baseline = surrogate.leave_one_out()
+    assert mae == pytest.approx(0.5 / 3) and baseline == pytest.approx(0.7 / 3)
+
+
+def test_incomplete_curves_are_dropped_and_rung_tau_is_per_task():
+    table = curves_table(FIRST_K)
+    full = [CurveRow(trial_id=c.key, status="TERMINATED", params=c.params, task=k + 1, val_acc=v,
+                     test_acc=c.curves[0].test[k], seconds=1.0)
+            for c in table.configs for k, v in enumerate(c.curves[0].val)]
+    short = CurveRow(trial_id="E", status="PRUNED", params={"lr_meta": 0.05, "kb_width": 32}, task=1,
+                     val_acc=0.9, test_acc=0.9, seconds=1.0)
+    with_short = ReplayTable.from_curves(CurvesTable(searched=table.searched, rows=full + [short]))
+    assert [c.key for c in with_short.configs] == ["A", "B", "C", "D"] and with_short.dropped == 1
+    taus = with_short.rung_tau()
+    assert [k for k, _, _ in taus] == [1, 2]
+    # val after task 2 (A .60, B .70, C .75, D .85) against final val (.99, .90, .70, .80):
+    # only C-D of the 6 pairs is ordered alike
+    assert taus[1][1] == pytest.approx((1 - 5) / 6)
+
+
+def test_an_interval_is_a_t_interval_over_the_seeds_with_a_value():
+    interval = Interval.of([0.0, 0.02, float("nan"), 0.04])
+    assert interval.n == 3 and interval.mean == pytest.approx(0.02)
+    assert interval.high - interval.mean == pytest.approx(4.302653 * 0.02 / 3 ** 0.5, rel=1e-5)
+    assert Interval.of([0.01] * 20).low == pytest.approx(0.01)
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_replay", ROOT / "bench" / "replay.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_bench_prints_every_strategy_on_a_synthetic_table(tmp_path, capsys):
+    markdown = tmp_path / "replay.md"
+    assert _bench().main(["--synthetic", "12", "--space", "fmnist", "--samples", "6", "--replay-seeds", "3",
+                          "--jobs", "1", "--markdown", str(markdown), "--tpe-startup", "2,10"]) == 0
+    out = capsys.readouterr().out
+    for name in ("random ", "random + asha g1 r2", "random + asha g2 r3", "tpe s2 ", "tpe s10 + asha g1 r3",
+                 "first-1", "first-4", "leave-one-out", "Kendall's tau", "machine:"):
+        assert name in out, name
+    assert "| tpe s2 + asha g2 r2 |" in markdown.read_text()
+
+
+SHIPPED = sorted((ROOT / "bench" / "curves").glob("*.csv"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SHIPPED, reason="no curves shipped under bench/curves yet")
+def test_the_bench_runs_on_the_shipped_curves_within_a_minute(capsys):
+    started = time.perf_counter()
+    for path in SHIPPED:  # bench/curves/NAME.csv was recorded in search_spaces/NAME.yaml
+        assert _bench().main([str(path), "--space", str(ROOT / "search_spaces" / f"{path.stem}.yaml"),
+                              "--jobs", "2"]) == 0
+    assert "regret at 100 %" in capsys.readouterr().out
+    print(f"replayed {len(SHIPPED)} shipped tables in {time.perf_counter() - started:.1f} s")
+
+
+def test_a_configuration_at_several_seeds_is_worth_its_mean_and_replays_one_seed_a_trial():
+    rows = []
+    for key, lr, finals in (("A", 0.001, (0.90, 0.80)), ("B", 0.01, (0.84, 0.84))):
+        for seed, final in enumerate(finals):
+            rows += [CurveRow(trial_id=key, status="TERMINATED", params={"lr_meta": lr, "kb_width": 32}, task=k,
+                              val_acc=final, test_acc=final, seconds=1.0, seed=seed) for k in (1, 2)]
+    table = ReplayTable.from_curves(CurvesTable(searched=["lr_meta", "kb_width"], rows=rows))
+    assert [len(c.curves) for c in table.configs] == [2, 2]
+    assert table.best_final_test == pytest.approx(0.85)  # A's mean, though one of its seeds reached 0.90
+    seen = set()
+    for seed in range(20):
+        outcome = replay(table=table, space=SPACE, strategy=RANDOM, samples=2, seed=seed)
+        a = next(t for t in outcome.trials if t.config == config_index(table, "A"))
+        seen.add(a.curve.seed)
+        # A is picked when its drawn seed shows 0.90 (regret 0), B when A's shows 0.80 (regret 0.01)
+        assert outcome.regret(1.0) == pytest.approx(0.0 if a.curve.seed == 0 else 0.01)
+    assert seen == {0, 1}
