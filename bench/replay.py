@@ -9,7 +9,7 @@ same sample count, with 95 % t intervals over the replay seeds; then Kendall's t
 
     PYTHONPATH=. .venv/bin/python bench/replay.py bench/curves/fmnist.csv --space search_spaces/fmnist.yaml
     PYTHONPATH=. .venv/bin/python bench/replay.py --synthetic 48 --space search_spaces/fmnist.yaml --samples 48
-    ... [--samples N] [--workers 2] [--replay-seeds 20] [--jobs 2] [--markdown FILE]
+    ... [--samples N] [--workers 2] [--replay-seeds 20] [--jobs 2] [--surrogate weighted|nearest] [--markdown FILE]
 """
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ from marktune.mark.hardware import cpu_model_name  # noqa: E402
 from marktune.results.curves import read_curves, write_curves  # noqa: E402
 from marktune.tune.replay import (FRACTIONS, Interval, Strategy, StrategyResult, replay_strategies,  # noqa: E402
                                   standard_strategies)
-from marktune.tune.replay_table import NearestRecorded, ReplayTable, synthetic_curves  # noqa: E402
+from marktune.tune.replay_table import (SURROGATES, ReplayTable, WeightedNearest, make_surrogate,  # noqa: E402
+                                        synthetic_curves)
 from marktune.tune.spaces import load_space  # noqa: E402
 
 RANDOM_FROM_TABLE = ("random search draws the table's configurations without replacement (the table of a "
@@ -91,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="TPE's n_startup_trials, one TPE strategy set per value (default: Optuna's, "
                         "10, as the search)")
     parser.add_argument("--random-from", choices=("table", "sampler"), default="table")
+    parser.add_argument("--surrogate", choices=sorted(SURROGATES), default="weighted",
+                        help="how a proposal outside the table maps to a recorded configuration: weighted "
+                        "(default; nearest under per-setting weights fitted on the table) or nearest "
+                        "(all settings alike)")
     parser.add_argument("--synthetic", type=int, default=None, metavar="N",
                         help="replay a synthetic table of N configurations instead of a file")
     parser.add_argument("--save-table", type=Path, default=None, help="write the (synthetic) table here")
@@ -105,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.save_table:
         write_curves(args.save_table, curves.rows, searched=curves.searched)
     table = ReplayTable.from_curves(curves)
-    surrogate = NearestRecorded(table=table, space=space)
+    surrogate = make_surrogate(kind=args.surrogate, table=table, space=space)  # fitted once per table
     samples = args.samples or int(space.defaults["samples"])
     seeds = list(range(args.replay_seeds))
     strategies = standard_strategies(num_tasks=table.num_tasks, tpe_startups=args.tpe_startup)
@@ -126,10 +131,15 @@ def main(argv: list[str] | None = None) -> int:
         f"proposals: {RANDOM_FROM_TABLE if args.random_from == 'table' else RANDOM_FROM_SAMPLER}; TPE "
         f"(n_startup_trials {', '.join(str(n or 10) for n in args.tpe_startup)}) through MarkOptunaSearch; "
         "ASHA through make_scheduler",
-        f"surrogate for proposals outside the table: {surrogate.name}; leave-one-out mean absolute error of "
-        f"the final val ACC {points(loo)} points (predicting the mean of the others: {points(loo_mean)})",
+        f"surrogate for proposals outside the table (--surrogate {args.surrogate}): {surrogate.name}; "
+        f"leave-one-out mean absolute error of the final val ACC {points(loo)} points (predicting the mean of "
+        f"the others: {points(loo_mean)})",
         f"best final test ACC in the table: {best.final_test:.4f} ({best.key})",
     ]
+    if isinstance(surrogate, WeightedNearest):
+        shares = sorted(surrogate.setting_weights().items(), key=lambda kv: -kv[1])
+        intro.insert(-1, "surrogate's weight per setting (share of the total): "
+                     + ", ".join(f"{name} {share:.2f}" for name, share in shares))
     regret_note = ("regret in ACC points (best final test ACC of the table minus the picked configuration's), "
                    f"mean [95 % t interval] over {len(seeds)} replay seeds, at a fraction of the budget; "
                    "first-k picks by val after k tasks and pays k task-trainings per trial")

@@ -15,8 +15,8 @@ real search with that many workers would. After each task the trial reports ``me
   the scheduler let through, ``on_trial_complete`` with the last.
 
 Settings the searcher proposes are mapped to a recorded configuration by the surrogate
-(:class:`marktune.tune.replay_table.NearestRecorded`), and the trial replays one seed's curve of
-it. A free worker starts the next proposal until ``samples`` trials were started.
+(:func:`marktune.tune.replay_table.make_surrogate`: by default :class:`~marktune.tune.replay_table.WeightedNearest`,
+fitted once per table), and the trial replays one seed's curve of it. A free worker starts the next proposal until ``samples`` trials were started.
 
 Strategies (:class:`Strategy`): ``random`` and ``tpe``, each without pruning or with ASHA, and
 ``first-k``: every trial stops after its first k tasks and the pick is by its val ACC there.
@@ -49,7 +49,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from marktune.mark.metrics import METRIC, TIME_ATTR
-from marktune.tune.replay_table import Curve, NearestRecorded, ReplayTable
+from marktune.tune.replay_table import Curve, ReplayTable, Surrogate, make_surrogate
 from marktune.tune.spaces import SearchSpace
 
 PROPOSALS = ("table", "tpe", "random-sampler")
@@ -203,7 +203,7 @@ class _TableDraws:
 
 
 def replay(*, table: ReplayTable, space: SearchSpace, strategy: Strategy, samples: int, workers: int = 2,
-           seed: int = 0, surrogate: NearestRecorded | None = None) -> ReplayOutcome:
+           seed: int = 0, surrogate: Surrogate | None = None) -> ReplayOutcome:
     """One simulated search of ``samples`` trials on ``workers`` workers (see the module's text)."""
     if strategy.proposals == "table":
         return _replay(table, space, strategy, samples, workers, seed, surrogate)
@@ -218,7 +218,7 @@ def replay(*, table: ReplayTable, space: SearchSpace, strategy: Strategy, sample
 
 
 def _replay(table: ReplayTable, space: SearchSpace, strategy: Strategy, samples: int, workers: int, seed: int,
-            surrogate: NearestRecorded | None) -> ReplayOutcome:
+            surrogate: Surrogate | None) -> ReplayOutcome:
     if samples < 1 or workers < 1:
         raise ValueError("samples and workers must be at least 1")
     rng = np.random.default_rng(seed)
@@ -230,7 +230,7 @@ def _replay(table: ReplayTable, space: SearchSpace, strategy: Strategy, samples:
     if strategy.proposals == "table":
         draws = _TableDraws(len(table.configs), rng)
     else:
-        surrogate = surrogate or NearestRecorded(table=table, space=space)
+        surrogate = surrogate if surrogate is not None else make_surrogate(table=table, space=space)
         searcher = replay_searcher(strategy, num_tasks=num_tasks, seed=seed)
         searcher.set_search_properties(METRIC, "max", space.param_space())
     queue: list[tuple[float, int, int]] = []  # (clock at the end of its next task, start order, trial)
@@ -324,8 +324,10 @@ class StrategyResult:
 
 
 def replay_strategy(*, table: ReplayTable, space: SearchSpace, strategy: Strategy, samples: int,
-                    workers: int, seeds: Sequence[int], surrogate: NearestRecorded | None = None,
+                    workers: int, seeds: Sequence[int], surrogate: Surrogate | None = None,
                     fractions: Sequence[float] = FRACTIONS) -> StrategyResult:
+    if surrogate is None and strategy.proposals != "table":
+        surrogate = make_surrogate(table=table, space=space)  # once, not per seed
     outcomes = [replay(table=table, space=space, strategy=strategy, samples=samples, workers=workers,
                        seed=seed, surrogate=surrogate) for seed in seeds]
     return StrategyResult(
@@ -342,9 +344,11 @@ def _replay_strategy_args(args: tuple) -> StrategyResult:
 
 
 def replay_strategies(*, table: ReplayTable, space: SearchSpace, strategies: Sequence[Strategy], samples: int,
-                      workers: int, seeds: Sequence[int], surrogate: NearestRecorded | None = None,
+                      workers: int, seeds: Sequence[int], surrogate: Surrogate | None = None,
                       jobs: int = 1) -> list[StrategyResult]:
     """:func:`replay_strategy` for each strategy, in ``jobs`` forked processes (in order)."""
+    if surrogate is None and any(s.proposals != "table" for s in strategies):
+        surrogate = make_surrogate(table=table, space=space)  # once, not per strategy or process
     work = [(table, space, s, samples, workers, list(seeds), surrogate) for s in strategies]
     if jobs <= 1:
         return [_replay_strategy_args(w) for w in work]

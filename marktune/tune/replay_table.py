@@ -8,9 +8,12 @@ without pruning. A configuration's *final* test ACC is the mean over its seeds' 
 a pick of it is worth; a replay draws one seed's curve per proposal, so the values a replayed
 search sees are as noisy as the recorded ones.
 
-:class:`NearestRecorded` is the surrogate for settings the searcher proposes that the table lacks:
-the recorded configuration nearest in a normalised space (log scale for ``loguniform``/``logint``,
-each range scaled to [0, 1], 1 per categorical mismatch) stands for it, curve and all.
+The surrogate for settings the searcher proposes that the table lacks maps them to a recorded
+configuration, which stands for them, curve and all (a replay needs whole curves). Both surrogates
+work in a normalised space (log scale for ``loguniform``/``logint``, each range scaled to [0, 1]):
+:class:`WeightedNearest` (the default) weights each setting by how much it moves the outcome, with
+the length-scales a Gaussian process with an anisotropic RBF kernel learns on the table's final val
+ACC; :class:`NearestRecorded` weights all settings alike (1 per categorical mismatch).
 
 Example:
     >>> from marktune.tune.spaces import load_space
@@ -21,12 +24,14 @@ Example:
     >>> surrogate = NearestRecorded(table=table, space=space)
     >>> surrogate.nearest(table.configs[3].params)
     3
+    >>> make_surrogate(kind="weighted", table=table, space=space).nearest(table.configs[3].params)
+    3
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -125,9 +130,39 @@ class ReplayTable:
         return out
 
 
-# ---------------------------------------------------------------- the surrogate
+# ---------------------------------------------------------------- the surrogates
+class Surrogate(Protocol):
+    """Proposed settings -> the index of the recorded configuration that stands for them."""
+
+    name: str
+
+    def nearest(self, params: Mapping[str, Any], *, exclude: int | None = None) -> int: ...
+
+    def leave_one_out(self) -> tuple[float, float]: ...
+
+
+def _unit(p: Param, value: Any) -> float:
+    """A range setting's value in [0, 1] of its range (of its log for ``loguniform``/``logint``)."""
+    value, low, high = float(value), float(p.low), float(p.high)
+    if p.kind in ("loguniform", "logint"):
+        value, low, high = math.log(value), math.log(low), math.log(high)
+    return (value - low) / (high - low)
+
+
+def _leave_one_out(finals: np.ndarray, nearest_other) -> tuple[float, float]:
+    """(mean absolute error of each final val ACC predicted by ``nearest_other(i)``'s, the same
+    error for predicting the mean of the others: the bar a surrogate must clear)."""
+    if len(finals) < 2:
+        return math.nan, math.nan
+    errors, baseline = [], []
+    for i in range(len(finals)):
+        errors.append(abs(finals[nearest_other(i)] - finals[i]))
+        baseline.append(abs((finals.sum() - finals[i]) / (len(finals) - 1) - finals[i]))
+    return float(np.mean(errors)), float(np.mean(baseline))
+
+
 class NearestRecorded:
-    """Proposed settings -> the index of the nearest recorded configuration.
+    """Proposed settings -> the index of the nearest recorded configuration, all settings alike.
 
     Each range setting becomes a coordinate in [0, 1] (its log for ``loguniform``/``logint``);
     a categorical setting adds 1 to the squared distance where it differs. Ties go to the
@@ -147,13 +182,7 @@ class NearestRecorded:
         self._labels = [tuple(c.params[p.name] for p in self._choices) for c in table.configs]
 
     def _coordinates(self, params: Mapping[str, Any]) -> list[float]:
-        out = []
-        for p in self._ranges:
-            value, low, high = float(params[p.name]), float(p.low), float(p.high)
-            if p.kind in ("loguniform", "logint"):
-                value, low, high = math.log(value), math.log(low), math.log(high)
-            out.append((value - low) / (high - low))
-        return out
+        return [_unit(p, params[p.name]) for p in self._ranges]
 
     def distances(self, params: Mapping[str, Any]) -> np.ndarray:
         """Squared distance from ``params`` to every recorded configuration."""
@@ -173,13 +202,119 @@ class NearestRecorded:
         """(mean absolute error of the final val ACC predicted from the nearest other configuration,
         the same error for predicting the mean of the others: the bar the surrogate must clear)."""
         finals = np.array([c.final_val for c in self._table.configs])
-        if len(finals) < 2:
-            return math.nan, math.nan
-        errors, baseline = [], []
-        for i, config in enumerate(self._table.configs):
-            errors.append(abs(finals[self.nearest(config.params, exclude=i)] - finals[i]))
-            baseline.append(abs((finals.sum() - finals[i]) / (len(finals) - 1) - finals[i]))
-        return float(np.mean(errors)), float(np.mean(baseline))
+        return _leave_one_out(finals, lambda i: self.nearest(self._table.configs[i].params, exclude=i))
+
+
+class WeightedNearest:
+    """Proposed settings -> the index of the nearest recorded configuration, each setting weighted
+    by how much it moves the final val ACC on the table.
+
+    Features: each range setting in [0, 1] (log for log ranges), each categorical value a 0/1
+    column. A Gaussian process with an anisotropic RBF kernel (times a constant, plus white noise)
+    is fitted once, on the table's configurations -> their final val ACC (the seeds' mean); its
+    length-scale l per feature gives the weight 1 / l**2, so the distance is the kernel's own:
+    sum over features of (x - x')**2 / l**2. A setting that does not move the outcome gets a long
+    length-scale and next to no weight. Deterministic: the optimiser starts from length-scale 1
+    with no random restarts. Ties go to the configuration listed first.
+
+    :meth:`leave_one_out` is honest: each configuration in turn is held out, the weights are
+    fitted on the others, and it is predicted by its nearest other configuration.
+    (A random forest's feature importances as weights, also tried, did worse on
+    ``bench/curves/fmnist-lowdata.csv``: 12.99 points against 11.21; docs/replay.md.)
+    """
+
+    name = ("nearest recorded configuration, weighted per setting (normalised space; weights 1/l^2 from the "
+            "length-scales l of an anisotropic-RBF Gaussian process fitted on the final val ACC)")
+
+    def __init__(self, *, table: ReplayTable, space: SearchSpace) -> None:
+        table.check_space(space)
+        self._params: list[Param] = [space.params[name] for name in table.searched]
+        self._table = table
+        self._features = np.array([self._featurise(c.params) for c in table.configs])
+        self._finals = np.array([c.final_val for c in table.configs])
+        self._weights = self._fit(self._features, self._finals)
+
+    def _featurise(self, params: Mapping[str, Any]) -> list[float]:
+        out: list[float] = []
+        for p in self._params:
+            if p.kind == "choice":
+                out += [float(params[p.name] == v) for v in p.values]
+            else:
+                out.append(_unit(p, params[p.name]))
+        return out
+
+    @staticmethod
+    def _fit(features: np.ndarray, finals: np.ndarray) -> np.ndarray:
+        """Per-feature weights 1 / l**2 of a GP fitted on (features, finals); all 1 where there is
+        too little to fit (fewer than 3 configurations, or all alike)."""
+        if len(finals) < 3 or np.ptp(finals) == 0:
+            return np.ones(features.shape[1])
+        import warnings
+
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.gaussian_process import GaussianProcessRegressor
+        from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
+        from threadpoolctl import threadpool_limits  # scikit-learn's own dependency
+
+        kernel = (ConstantKernel(1.0) * RBF(length_scale=np.ones(features.shape[1]), length_scale_bounds=(1e-2, 1e3))
+                  + WhiteKernel(1e-2, noise_level_bounds=(1e-6, 1.0)))
+        gp = GaussianProcessRegressor(kernel=kernel, normalize_y=True, n_restarts_optimizer=0, random_state=0)
+        # One BLAS thread: on matrices this small, more cost several times the fit (0.8 s against 0.13 s
+        # on 2 busy cores). A length-scale at its bound is an answer (the setting does not matter).
+        with threadpool_limits(limits=1), warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            gp.fit(features, finals)
+        return 1.0 / np.asarray(gp.kernel_.k1.k2.length_scale, dtype=float) ** 2
+
+    def _nearest(self, here: np.ndarray, weights: np.ndarray, candidates: np.ndarray) -> int:
+        d = (((self._features[candidates] - here) ** 2) * weights).sum(axis=1)
+        return int(candidates[int(np.argmin(d))])
+
+    def distances(self, params: Mapping[str, Any]) -> np.ndarray:
+        """Weighted squared distance from ``params`` to every recorded configuration."""
+        here = np.array(self._featurise(params))
+        return (((self._features - here) ** 2) * self._weights).sum(axis=1)
+
+    def nearest(self, params: Mapping[str, Any], *, exclude: int | None = None) -> int:
+        d = self.distances(params)
+        if exclude is not None:
+            d[exclude] = np.inf
+        return int(np.argmin(d))
+
+    def setting_weights(self) -> dict[str, float]:
+        """Per setting, what moving across all of it costs (a range: its weight; a choice: its two
+        heaviest values' weights, a mismatch between them), as a share of the sum over settings."""
+        costs, column = {}, 0
+        for p in self._params:
+            width = len(p.values) if p.kind == "choice" else 1
+            w = np.sort(self._weights[column:column + width])[::-1]
+            costs[p.name] = float(w[:2].sum())
+            column += width
+        total = sum(costs.values()) or 1.0
+        return {name: cost / total for name, cost in costs.items()}
+
+    def leave_one_out(self) -> tuple[float, float]:
+        """(mean absolute error of the final val ACC of each configuration, predicted from its
+        nearest other configuration under weights fitted without it; the same error for predicting
+        the mean of the others)."""
+        everyone = np.arange(len(self._finals))
+
+        def nearest_other(i: int) -> int:
+            others = everyone[everyone != i]
+            weights = self._fit(self._features[others], self._finals[others])
+            return self._nearest(self._features[i], weights, others)
+
+        return _leave_one_out(self._finals, nearest_other)
+
+
+SURROGATES = {"weighted": WeightedNearest, "nearest": NearestRecorded}
+
+
+def make_surrogate(*, kind: str = "weighted", table: ReplayTable, space: SearchSpace) -> Surrogate:
+    """The surrogate named ``kind`` (a key of :data:`SURROGATES`), fitted on ``table``."""
+    if kind not in SURROGATES:
+        raise ValueError(f"surrogate must be one of {sorted(SURROGATES)}, not {kind!r}")
+    return SURROGATES[kind](table=table, space=space)
 
 
 # ---------------------------------------------------------------- a synthetic table
@@ -235,5 +370,6 @@ def config_index(table: ReplayTable, key: str) -> int:
     raise KeyError(key)
 
 
-__all__: Sequence[str] = ["Curve", "RecordedConfig", "ReplayTable", "ReplayTableError", "NearestRecorded",
-                          "synthetic_curves", "config_index"]
+__all__: Sequence[str] = ["Curve", "RecordedConfig", "ReplayTable", "ReplayTableError", "Surrogate",
+                          "NearestRecorded", "WeightedNearest", "SURROGATES", "make_surrogate", "synthetic_curves",
+                          "config_index"]
