@@ -7,13 +7,14 @@ import itertools
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from marktune.results.curves import CurveRow, CurvesTable, read_curves, write_curves
 from marktune.tune import replay as replay_module
 from marktune.tune import replay_table as replay_table_module
 from marktune.tune.replay import Interval, Strategy, replay
-from marktune.tune.replay_table import NearestRecorded, ReplayTable, config_index
+from marktune.tune.replay_table import NearestRecorded, ReplayTable, WeightedNearest, config_index, make_surrogate
 from marktune.tune.spaces import Param, SearchSpace
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -232,3 +233,79 @@ def test_a_configuration_at_several_seeds_is_worth_its_mean_and_replays_one_seed
         # A is picked when its drawn seed shows 0.90 (regret 0), B when A's shows 0.80 (regret 0.01)
         assert outcome.regret(1.0) == pytest.approx(0.0 if a.curve.seed == 0 else 0.01)
     assert seen == {0, 1}
+
+
+# ---------------------------------------------------------------- the weighted surrogate
+NOISY_SPACE = SearchSpace(name="noisy", path=Path("noisy.yaml"), benchmark="fmnist", fixed={}, params={
+    "lr_task": Param("lr_task", "loguniform", low=1e-4, high=1e-1),
+    "kb_dropout": Param("kb_dropout", "uniform", low=0.0, high=0.7),
+    "weight_decay": Param("weight_decay", "loguniform", low=1e-4, high=1e-1),
+    "kb_width": Param("kb_width", "choice", values=(32, 64))})
+
+
+def one_setting_matters(configs: int = 16) -> ReplayTable:
+    """Final val ACC 0.5 + 0.4 x lr_task's place in its log range; the other settings random noise
+    (fixed draws). lr_task's places are spread evenly, so each configuration has neighbours in it."""
+    rng = np.random.default_rng(0)
+    places = rng.permutation(configs) / (configs - 1)
+    rows = []
+    for i, place in enumerate(places):
+        params = {"lr_task": float(1e-4 * 1000 ** place), "kb_dropout": float(0.7 * rng.random()),
+                  "weight_decay": float(1e-4 * 1000 ** rng.random()), "kb_width": int(rng.choice([32, 64]))}
+        final = round(0.5 + 0.4 * float(place), 4)
+        rows += [CurveRow(trial_id=f"c{i:02d}", status="TERMINATED", params=params, task=k, val_acc=v,
+                          test_acc=v, seconds=1.0) for k, v in ((1, 0.9), (2, final))]
+    return ReplayTable.from_curves(CurvesTable(searched=list(NOISY_SPACE.params), rows=rows))
+
+
+def test_the_weighted_surrogate_learns_the_setting_that_matters_and_predicts_better():
+    table = one_setting_matters()
+    weighted = WeightedNearest(table=table, space=NOISY_SPACE)
+    plain = NearestRecorded(table=table, space=NOISY_SPACE)
+    shares = weighted.setting_weights()
+    assert max(shares, key=shares.get) == "lr_task" and shares["lr_task"] > 0.9
+    (weighted_mae, weighted_bar), (plain_mae, plain_bar) = weighted.leave_one_out(), plain.leave_one_out()
+    assert weighted_bar == plain_bar  # the same mean-of-the-others bar
+    # neighbours in lr_task are 1/15 of the range apart: 0.4 / 15 = 0.027 at worst but for the ends
+    assert weighted_mae < 0.04 < plain_mae and weighted_mae < plain_mae / 2
+    # a proposal with the low end's lr_task and the high end's other settings
+    low = min(range(len(table.configs)), key=lambda i: table.configs[i].params["lr_task"])
+    high = max(range(len(table.configs)), key=lambda i: table.configs[i].params["lr_task"])
+    proposal = {**table.configs[high].params, "lr_task": table.configs[low].params["lr_task"] * 1.1}
+    assert weighted.nearest(proposal) == low  # agrees on the setting that matters
+    assert plain.nearest(proposal) != low  # all settings alike: the noise outvotes it
+    assert make_surrogate(kind="nearest", table=table, space=NOISY_SPACE).nearest(proposal) == plain.nearest(proposal)
+    assert make_surrogate(table=table, space=NOISY_SPACE).nearest(proposal) == low  # weighted is the default
+
+
+def test_the_weighted_leave_one_out_refits_without_the_held_out_configuration(monkeypatch):
+    table = one_setting_matters(configs=8)
+    fits = []
+    fit = WeightedNearest._fit
+
+    def spy(features, finals):
+        fits.append(features.copy())
+        return fit(features, finals)
+
+    monkeypatch.setattr(WeightedNearest, "_fit", staticmethod(spy))
+    surrogate = WeightedNearest(table=table, space=NOISY_SPACE)
+    assert len(fits) == 1 and len(fits[0]) == 8  # fitted once on the table: not per proposal
+    surrogate.nearest(table.configs[0].params)
+    assert len(fits) == 1
+    surrogate.leave_one_out()
+    assert len(fits) == 1 + 8
+    everyone = fits[0]
+    for i, features in enumerate(fits[1:]):
+        assert len(features) == 7 and not (features == everyone[i]).all(axis=1).any()  # i held out
+
+
+def test_the_bench_says_which_surrogate_it_used(capsys):
+    common = ["--synthetic", "6", "--space", "fmnist", "--samples", "2", "--replay-seeds", "2", "--jobs", "1"]
+    assert _bench().main(common) == 0
+    out = capsys.readouterr().out
+    assert "(--surrogate weighted): nearest recorded configuration, weighted per setting" in out
+    assert "surrogate's weight per setting" in out
+    assert _bench().main([*common, "--surrogate", "nearest"]) == 0
+    out = capsys.readouterr().out
+    assert "(--surrogate nearest): nearest recorded configuration (normalised space" in out
+    assert "surrogate's weight per setting" not in out
