@@ -15,8 +15,9 @@ real search with that many workers would. After each task the trial reports ``me
   the scheduler let through, ``on_trial_complete`` with the last.
 
 Settings the searcher proposes are mapped to a recorded configuration by the surrogate
-(:func:`marktune.tune.replay_table.make_surrogate`: by default :class:`~marktune.tune.replay_table.WeightedNearest`,
-fitted once per table), and the trial replays one seed's curve of it. A free worker starts the next proposal until ``samples`` trials were started.
+(:func:`marktune.tune.replay_table.make_surrogate`; by default
+:class:`~marktune.tune.replay_table.WeightedNearest`, fitted once per table), and the trial
+replays one seed's curve of it. A free worker starts the next proposal until ``samples`` trials were started.
 
 Strategies (:class:`Strategy`): ``random`` and ``tpe``, each without pruning or with ASHA, and
 ``first-k``: every trial stops after its first k tasks and the pick is by its val ACC there.
