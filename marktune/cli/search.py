@@ -38,7 +38,7 @@ from marktune.tune.plan import (DEFAULT_STORAGE, PlanError, SearchPlan, TrialRun
 from marktune.tune.search_run import SearchRun, run_search
 from marktune.tune.search_settings import KEPT_ON_RESUME, load_settings
 from marktune.tune.spaces import SCHEDULERS, SEARCHERS, SpaceError, available_spaces, load_space
-from marktune.tune.study import JOURNAL_FILE, StudyStorage, hide_password
+from marktune.tune.study import DASHBOARD_INSTALL, JOURNAL_FILE, StudyStorage, hide_password
 from marktune.tune.tune_setup import prune_checkpoints
 
 SearchError = PlanError  # what a search's bad flag or environment raises (the name its callers know)
@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                "  python -m marktune.search --space cifar100 --address auto --storage s3://bucket/marktune\n"
                "  python -m marktune.search --space fmnist --resume --name fmnist-20261123-190000\n"
                "  python -m marktune.search --space fmnist --optuna-storage sqlite:///marktune.db\n"
-               "Then: tensorboard --logdir <storage>/<name>; optuna-dashboard <storage>/<name>/optuna_journal.log",
+               "Then: tensorboard --logdir <storage>/<name>; optuna-dashboard <storage>/<name>/optuna_journal.log\n"
+               f"  (optuna-dashboard is not installed by the set-up: {DASHBOARD_INSTALL})",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("the search")
     g.add_argument("--space", default="fmnist", metavar="NAME|FILE",
@@ -236,7 +237,7 @@ def summarize(run: SearchRun, plan: SearchPlan, *, top: int) -> list[TrialRow]:
     else:
         print("[marktune] no trial ran every task, so there is no best_config.yaml")
     print(f"[marktune] compare trials: tensorboard --logdir {run.experiment}")
-    print(f"[marktune] the Optuna study {plan.name!r}: optuna-dashboard {plan.study_storage.describe()}")
+    print(f"[marktune] the Optuna study {plan.name!r}: {plan.study_storage.dashboard_command()}")
     if left:
         print(f"[marktune] interrupted: {left} of {plan.samples} trials unfinished; continue with "
               f"`{resume_command(plan)}`")
