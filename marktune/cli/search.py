@@ -28,6 +28,7 @@ from marktune.cli import flags
 from marktune.mark.config import ConfigError, parse_overrides
 from marktune.results.curves import write_search_curves
 from marktune.results.files import CURVES_TABLE
+from marktune.results.node_moves import experiment_moves, node_loss_note
 from marktune.results.summary import TrialRow, format_table, mark_ties, trial_rows, unfinished, write_outputs
 from marktune.tune.experiment_lock import lock_experiment
 from marktune.tune.launch import (check_address, check_cluster_resources, check_local_resources, check_optuna_storage,
@@ -230,6 +231,9 @@ def summarize(run: SearchRun, plan: SearchPlan, *, top: int) -> list[TrialRow]:
     for r in rows:
         if r.status == "ERROR":
             print(f"[marktune] {r.trial_id} errored: {r.error}")
+    moved = node_loss_note(experiment_moves(out_dir)) if "://" not in plan.storage else ""
+    if moved:  # a lost worker node, in words: the trials' rows say where each task ran
+        print(f"[marktune] {moved}")
     print(f"[marktune] trials.csv: {out_dir / 'trials.csv'}")
     print(f"[marktune] {CURVES_TABLE} (every trial's values after every task): {out_dir / CURVES_TABLE}")
     if best:
