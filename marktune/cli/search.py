@@ -28,6 +28,7 @@ from marktune.cli import flags
 from marktune.mark.config import ConfigError, parse_overrides
 from marktune.results.curves import write_search_curves
 from marktune.results.files import CURVES_TABLE
+from marktune.results.node_moves import experiment_moves, node_loss_note
 from marktune.results.summary import TrialRow, format_table, mark_ties, trial_rows, unfinished, write_outputs
 from marktune.tune.experiment_lock import lock_experiment
 from marktune.tune.launch import (check_address, check_cluster_resources, check_local_resources, check_optuna_storage,
@@ -38,7 +39,7 @@ from marktune.tune.plan import (DEFAULT_STORAGE, PlanError, SearchPlan, TrialRun
 from marktune.tune.search_run import SearchRun, run_search
 from marktune.tune.search_settings import KEPT_ON_RESUME, load_settings
 from marktune.tune.spaces import SCHEDULERS, SEARCHERS, SpaceError, available_spaces, load_space
-from marktune.tune.study import JOURNAL_FILE, StudyStorage, hide_password
+from marktune.tune.study import DASHBOARD_INSTALL, JOURNAL_FILE, StudyStorage, hide_password
 from marktune.tune.tune_setup import prune_checkpoints
 
 SearchError = PlanError  # what a search's bad flag or environment raises (the name its callers know)
@@ -55,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                "  python -m marktune.search --space cifar100 --address auto --storage s3://bucket/marktune\n"
                "  python -m marktune.search --space fmnist --resume --name fmnist-20261123-190000\n"
                "  python -m marktune.search --space fmnist --optuna-storage sqlite:///marktune.db\n"
-               "Then: tensorboard --logdir <storage>/<name>; optuna-dashboard <storage>/<name>/optuna_journal.log",
+               "Then: tensorboard --logdir <storage>/<name>; optuna-dashboard <storage>/<name>/optuna_journal.log\n"
+               f"  (optuna-dashboard is not installed by the set-up: {DASHBOARD_INSTALL})",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("the search")
     g.add_argument("--space", default="fmnist", metavar="NAME|FILE",
@@ -229,6 +231,9 @@ def summarize(run: SearchRun, plan: SearchPlan, *, top: int) -> list[TrialRow]:
     for r in rows:
         if r.status == "ERROR":
             print(f"[marktune] {r.trial_id} errored: {r.error}")
+    moved = node_loss_note(experiment_moves(out_dir)) if "://" not in plan.storage else ""
+    if moved:  # a lost worker node, in words: the trials' rows say where each task ran
+        print(f"[marktune] {moved}")
     print(f"[marktune] trials.csv: {out_dir / 'trials.csv'}")
     print(f"[marktune] {CURVES_TABLE} (every trial's values after every task): {out_dir / CURVES_TABLE}")
     if best:
@@ -236,7 +241,7 @@ def summarize(run: SearchRun, plan: SearchPlan, *, top: int) -> list[TrialRow]:
     else:
         print("[marktune] no trial ran every task, so there is no best_config.yaml")
     print(f"[marktune] compare trials: tensorboard --logdir {run.experiment}")
-    print(f"[marktune] the Optuna study {plan.name!r}: optuna-dashboard {plan.study_storage.describe()}")
+    print(f"[marktune] the Optuna study {plan.name!r}: {plan.study_storage.dashboard_command()}")
     if left:
         print(f"[marktune] interrupted: {left} of {plan.samples} trials unfinished; continue with "
               f"`{resume_command(plan)}`")

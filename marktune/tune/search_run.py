@@ -117,7 +117,7 @@ def run_search(plan: SearchPlan) -> SearchRun:
                  f"trials run the class order of data_seed {plan.base_config.split_seed}; "
                  "marktune.evaluate will use other orders only"))
     print(f"[marktune] compare trials: tensorboard --logdir {experiment}")
-    print(f"[marktune] watch the study: optuna-dashboard {plan.study_storage.describe()}", flush=True)
+    print(f"[marktune] watch the study: {plan.study_storage.dashboard_command()}", flush=True)
     # a config error or a NaN fails once; --max-failures retries what may pass on a retry (a lost worker)
     retry_transient_errors_only(is_permanent_error)
     try:

@@ -30,7 +30,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from marktune.mark.metrics import METRIC, TIME_ATTR
 from marktune.tune import ray_internals
-from marktune.tune.study import JOURNAL_FILE, StudyStorage
+from marktune.tune.study import JOURNAL_FILE, StudyStorage, hide_password
 
 if TYPE_CHECKING:
     import optuna
@@ -57,7 +57,7 @@ def _stored_spec(stored: Any) -> StudyStorage | None:
     URL; an absolute journal path of a checkpoint written before experiments were relocatable."""
     if isinstance(stored, StudyStorage):
         return stored
-    if isinstance(stored, dict) and stored.get("url"):
+    if isinstance(stored, dict) and stored.get("url") and "***" not in str(stored["url"]):  # a hidden password
         return StudyStorage(url=str(stored["url"]))
     return None
 
@@ -147,9 +147,10 @@ class MarkOptunaSearch(OptunaSearch):
     def __getstate__(self) -> dict[str, Any]:
         state = ray_internals.searcher_state(self)
         # no path: a journal is the one in the experiment being resumed (a copied or moved
-        # experiment resumes on its own journal, never the original's); a URL stays the URL
+        # experiment resumes on its own journal, never the original's); a URL stays the URL, its
+        # password hidden (no file of the experiment holds it: --resume is given the URL again)
         spec: StudyStorage = state["_storage_spec"]
-        state["_storage_spec"] = {"url": spec.url} if spec.url is not None else {"journal": JOURNAL_FILE}
+        state["_storage_spec"] = {"url": hide_password(spec.url)} if spec.url is not None else {"journal": JOURNAL_FILE}
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -159,7 +160,8 @@ class MarkOptunaSearch(OptunaSearch):
         spec = (_resumed_storage or self.__dict__.get("_storage_spec")
                 or _stored_spec(state.get("_storage_spec")))
         if spec is None:
-            raise RuntimeError("this searcher keeps its study in the experiment's journal: restore it with "
+            raise RuntimeError("this searcher keeps its study in the experiment's journal, or in a database "
+                               "whose password is not stored: restore it with "
                                "marktune.tune.searcher.resuming(StudyStorage of the resumed experiment)")
         state["_storage_spec"] = spec
         ray_internals.restore_searcher(self, state, storage=spec.open())

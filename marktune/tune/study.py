@@ -33,6 +33,10 @@ if TYPE_CHECKING:
 
 JOURNAL_FILE = "optuna_journal.log"  # in the experiment directory, unless --optuna-storage says otherwise
 CONNECT_TIMEOUT_S = 3.0  # a database that does not answer within this is reported as unreachable
+# Printed next to every ``optuna-dashboard`` command line: the set-up does not install it (the
+# machine that runs the search is often not the one whose browser watches it). Same pin as the
+# ``dashboard`` extra in pyproject.toml.
+DASHBOARD_INSTALL = "pip install optuna-dashboard==0.21.0"
 
 
 class StorageError(ValueError):
@@ -131,6 +135,14 @@ class StudyStorage:
     def describe(self) -> str:
         """What to give ``optuna-dashboard`` (a journal file path or the URL, password hidden)."""
         return str(self.journal) if self.journal is not None else hide_password(self.url)
+
+    def dashboard_command(self) -> str:
+        """The ``optuna-dashboard`` line to type, with how to install it.
+
+        >>> StudyStorage(url="postgresql://me:secret@db/studies").dashboard_command()
+        'optuna-dashboard postgresql://me:***@db/studies  (not installed? pip install optuna-dashboard==0.21.0)'
+        """
+        return f"optuna-dashboard {self.describe()}  (not installed? {DASHBOARD_INSTALL})"
 
     def open(self) -> "optuna.storages.BaseStorage":
         import optuna

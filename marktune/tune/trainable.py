@@ -145,6 +145,7 @@ def train_mark_sequence(config: dict[str, Any]) -> None:
     resumed_at = learner.tasks_done
 
     node = os.environ.get("RAY_NODE_ID") or _node_id()
+    node_ip = _node_ip()  # the address other nodes reach it at: hostnames repeat across containers
     # first-k protocol (marktune.results.protocols): the first k tasks of the whole stream, then stop
     run_tasks = min(learner.num_tasks, runtime.stop_after_tasks or learner.num_tasks)
     while learner.tasks_done < run_tasks:
@@ -166,6 +167,7 @@ def train_mark_sequence(config: dict[str, Any]) -> None:
             "device": str(device),
             "gpu_memory_fraction": memory_fraction,
             "node_id": node,
+            "node_ip": node_ip,
             "hostname": socket.gethostname(),
             "task_started_at": started,
             "task_finished_at": time.time(),
@@ -184,5 +186,14 @@ def _node_id() -> str:
         import ray
 
         return ray.get_runtime_context().get_node_id()
+    except Exception:  # outside Ray (direct calls in tests)
+        return "local"
+
+
+def _node_ip() -> str:
+    try:
+        import ray
+
+        return ray.util.get_node_ip_address()
     except Exception:  # outside Ray (direct calls in tests)
         return "local"

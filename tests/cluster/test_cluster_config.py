@@ -221,4 +221,18 @@ def test_cluster_ray_matches_local_ray():
     # nothing of the sort itself).
     text = (ROOT / "pyproject.toml").read_text()
     assert re.findall(r'"ray\[tune\]==([^"]+)"', text) == [ray.__version__]
-    assert re.findall(r'cluster = \["ray\[default\]==([^"]+)"\]', text) == [ray.__version__]
+    # (the extra's first entry: PostgreSQL's driver follows it)
+    assert re.findall(r'cluster = \["ray\[default\]==([^"]+)"[,\]]', text) == [ray.__version__]
+
+
+def test_cluster_extra_brings_the_postgresql_driver_sqlalchemy_uses():
+    # `--optuna-storage postgresql://...` on the nodes: SQLAlchemy picks its default driver for
+    # the bare scheme (psycopg 3 since SQLAlchemy 2.1); the cluster extra must install that one.
+    import tomllib
+
+    import sqlalchemy.dialects.postgresql as pg
+
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["cluster"]
+    default_driver = pg.dialect.driver  # "psycopg" or, before SQLAlchemy 2.1, "psycopg2"
+    assert any(re.fullmatch(rf"{default_driver}(-binary|\[binary\])==[0-9.]+", req) for req in extra), (
+        default_driver, extra)

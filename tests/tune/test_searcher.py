@@ -58,3 +58,21 @@ def test_random_and_tpe_samplers_behind_the_same_searcher(tmp_path):
     assert [t.state for t in open_study(storage, "rnd").trials] == [TrialState.PRUNED]
     with pytest.raises(ValueError, match="unknown searcher 'bayes'"):
         make_searcher(storage=storage, study_name="x", num_tasks=2, seed=0, kind="bayes")
+
+
+def test_searcher_checkpoint_holds_no_database_password(tmp_path):
+    import pickle
+
+    from ray import tune
+
+    searcher = make_searcher(storage=StudyStorage(journal=tmp_path / "optuna_journal.log"), study_name="exp",
+                             num_tasks=3, seed=0)
+    searcher.set_search_properties(None, None, {"lr": tune.loguniform(1e-3, 1e-1)})
+    searcher.suggest("a")
+    # as made for --optuna-storage postgresql://...: what Tune pickles (tuner.pkl, searcher-state-*.pkl)
+    searcher._storage_spec = StudyStorage(url="postgresql://me:s3cret@db.invalid/studies")
+    checkpoint = tmp_path / "searcher-state.pkl"
+    searcher.save(str(checkpoint))
+    for data in (checkpoint.read_bytes(), pickle.dumps(searcher)):
+        assert b"s3cret" not in data
+        assert b"postgresql://me:***@db.invalid/studies" in data

@@ -137,3 +137,21 @@ def test_a_second_repair_in_the_same_second_keeps_the_first_torn_record_and_a_fo
     folder.journal.mkdir(parents=True)
     with pytest.raises(StorageError, match="is not a file"):
         folder.check(study_name="d", resume=True)
+
+
+def test_dashboard_line_says_how_to_install_it_with_the_pinned_version():
+    import doctest
+    import re
+    import tomllib
+
+    from marktune.cli.search import build_parser
+    from marktune.tune import study
+
+    assert doctest.testmod(study).failed == 0
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    (pin,) = pyproject["project"]["optional-dependencies"]["dashboard"]
+    assert study.DASHBOARD_INSTALL == f"pip install {pin}"
+    line = StudyStorage(journal=Path("/x/optuna_journal.log")).dashboard_command()
+    assert re.fullmatch(r"optuna-dashboard /x/optuna_journal\.log  \(not installed\? pip install "
+                        r"optuna-dashboard==\d+\.\d+\.\d+\)", line), line
+    assert f"pip install {pin}" in build_parser().format_help()
