@@ -185,6 +185,15 @@ def report(table, *, seeds: list[int], default_table=None) -> dict[str, float]:
     random_ids = sorted(cid for cid in final if cid != DEFAULT_ID and all(s in final[cid] for s in seeds))
     failed = sorted({cid for cid, _ in curves} - set(random_ids) - {DEFAULT_ID})
     y = np.array([[final[cid][s] for s in seeds] for cid in random_ids])
+    if len(seeds) < 2:  # one seed: curves for the replay bench, no decomposition
+        print(f"\n{len(random_ids)} random configurations complete at seed {seeds[0]}: final mean test ACC "
+              f"{y.min():.4f} .. {y.max():.4f} (a decomposition needs two seeds)")
+        if DEFAULT_ID in final:
+            d = final[DEFAULT_ID].get(seeds[0], math.nan)
+            print(f"  the space's default configuration: {d:.4f} ({int((y[:, 0] > d).sum())} of "
+                  f"{len(random_ids)} random configurations above it)")
+        print(f"  seconds per run: median {np.median(seconds):.0f}, max {max(seconds):.0f} (one thread)")
+        return {}
     out = decompose(y)
     tau = kendalltau(y[:, 0], y[:, 1]) if len(seeds) >= 2 else None
     print(f"\n{len(random_ids)} random configurations complete at seeds {seeds}"
