@@ -212,10 +212,14 @@ def test_searcher_scheduler_and_startup_trials_come_from_the_space_unless_given(
     from marktune.tune.spaces import SPACES_DIR
 
     base = ["--storage", str(tmp_path), "--name", "x"]
-    plan = search.plan_from_args(search.build_parser().parse_args(["--space", "digits", *base]))
+    space = yaml.safe_load((SPACES_DIR / "digits.yaml").read_text())
+    for key in ("searcher", "scheduler", "n_startup_trials"):  # a space that does not say
+        space["defaults"].pop(key, None)
+    unsaid = tmp_path / "unsaid.yaml"
+    unsaid.write_text(yaml.safe_dump(space))
+    plan = search.plan_from_args(search.build_parser().parse_args(["--space", str(unsaid), *base]))
     assert (plan.searcher, plan.scheduler, plan.n_startup_trials) == ("tpe", "asha", 10)  # Optuna's default
     assert "TPE, which draws its first 10 trials at random: all 8 of these are random" in plan.strategy()
-    space = yaml.safe_load((SPACES_DIR / "digits.yaml").read_text())
     space["defaults"].update(searcher="random", scheduler="none", n_startup_trials=4)
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(space))
