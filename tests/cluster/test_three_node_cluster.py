@@ -50,9 +50,10 @@ NAME = "digits-3node"
 SAMPLES = 4
 NUM_TASKS = 5
 UP_TIMEOUT_S = 300
-JOIN_TIMEOUT_S = 240
+JOIN_TIMEOUT_S = 150  # they join within 15 to 25 s of `ray up` here
 JOB_TIMEOUT_S = 480
 RAY_EXIT_TIMEOUT_S = 120  # a worker's Ray, once the head is gone, until it exits by itself
+TIME_STAMP = re.compile(r"^\[?\d{4}-\d\d-\d\d \d\d:\d\d:\d\d[,.]\d+( [A-Z] \d+ \d+\])?")
 
 
 def render_onprem(*, head_ip: str, worker_ips: list[str], ssh_user: str, ssh_private_key: str,
@@ -135,16 +136,21 @@ class Cluster:
         listed = json.loads(body)["data"]["result"]["result"]
         return {n["node_ip"]: n.get("resources_total") or {} for n in listed if n.get("state") == "ALIVE"}
 
-    def head_log(self, pattern: str, *, lines: int = 25) -> str:
-        """The head's autoscaler log lines matching ``pattern`` (what it did to the workers)."""
-        found = []
+    def head_log(self, pattern: str, *, lines: int = 12) -> str:
+        """The head's autoscaler log lines matching ``pattern`` (what it did to the workers, and
+        what their commands printed), each once, without its time stamp, the latest last."""
+        found: dict[str, None] = {}
         for name in ("monitor.out", "monitor.err", "monitor.log"):
             try:
                 text = self.head.path(f"/tmp/ray/session_latest/logs/{name}").read_text(errors="replace")
             except OSError:
                 continue
-            found += [ln for ln in text.splitlines() if re.search(pattern, ln, re.I)]
-        return "\n".join(found[-lines:]) or "(nothing in the head's monitor logs)"
+            for line in text.splitlines():
+                if re.search(pattern, line, re.I):
+                    key = TIME_STAMP.sub("", line).strip()
+                    found.pop(key, None)
+                    found[key] = None
+        return "\n".join(list(found)[-lines:]) or "(nothing in the head's monitor logs)"
 
     def down(self) -> None:
         """`ray down -y`, then every node's Ray gone (the workers' exits by themselves)."""
@@ -230,6 +236,8 @@ def cluster():
             joined = c.alive_nodes()
             if wanted <= {ip for ip, res in joined.items() if res.get("CPU", 0) >= 1}:
                 break
+            if re.search(r"update-failed", c.head_log("update-failed")):
+                break  # the autoscaler gave up on a worker: no need to wait out the timeout
             time.sleep(3)
         c.timings["workers joined (after ray up)"] = time.monotonic() - start
         missing = sorted(wanted - set(joined))
