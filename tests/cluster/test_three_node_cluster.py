@@ -388,10 +388,15 @@ def test_search_across_nodes_survives_a_lost_worker_with_the_study_in_postgresql
     logs = c.ray("job", "logs", "--address", c.dashboard, NAME, timeout=60)
     log = logs.stdout + logs.stderr
     print(f"[three nodes] the job's last lines:\n{log[-2500:]}")
-    assert victim is not None, (f"the search ended ({status}) before a worker could be lost while one of "
-                                f"its trials was midway:\n{log[-3000:]}")
-    assert status == "SUCCEEDED", (f"job {NAME}: {status} after losing {victim.ip}\ntrials' errors:\n"
-                                   f"{trial_errors(experiment)}\n{log[-4000:]}")
+    if status != "SUCCEEDED":
+        errors = trial_errors(experiment)
+        cause = (f"the workers cannot write the storage all nodes must share ({c.storage}, MARKTUNE_STORAGE): "
+                 if "access to the configured storage path" in errors else "")
+        pytest.fail(f"{cause}job {NAME} ended {status}, "
+                    + (f"after losing {victim.ip}" if victim else "before a worker was lost")
+                    + f"; the trials' errors:\n{errors}\n--- the job's log:\n{log[-3000:]}")
+    assert victim is not None, (f"the search ended before a worker could be lost while one of its trials "
+                                f"was midway:\n{log[-3000:]}")
 
     # trials ran on both workers, never on the head; every task exactly once, in order
     final = trial_rows(experiment)
