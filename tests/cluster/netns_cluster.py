@@ -129,7 +129,7 @@ class Node:
         return found
 
     def ray_processes(self) -> list[str]:
-        """What the SSH user runs on the node besides sshd (Ray; PostgreSQL runs as postgres)."""
+        """What the SSH user runs on the node besides SSH (Ray; PostgreSQL runs as postgres)."""
         import pwd
 
         uid = pwd.getpwnam(USER).pw_uid
@@ -137,8 +137,8 @@ class Node:
         for p in self.processes():
             try:
                 cmd = " ".join(p.cmdline()) or p.name()
-                if (p.uids().real != uid and p.uids().effective != uid) or "sshd" in cmd \
-                        or p.status() == psutil.STATUS_ZOMBIE:
+                if (p.uids().real != uid and p.uids().effective != uid) or p.name() in ("ssh", "sshd") \
+                        or "sshd" in cmd or p.status() == psutil.STATUS_ZOMBIE:  # (ssh: the autoscaler's)
                     continue
                 left.append(f"{p.pid} {cmd[:120]}")
             except psutil.NoSuchProcess:
