@@ -53,6 +53,7 @@ UP_TIMEOUT_S = 300
 JOIN_TIMEOUT_S = 150  # they join within 15 to 25 s of `ray up` here
 JOB_TIMEOUT_S = 480
 RAY_EXIT_TIMEOUT_S = 120  # a worker's Ray, once the head is gone, until it exits by itself
+NOISE = re.compile(r"ClusterState|StandardAutoscaler: \{|Full command is")  # whole configs and ssh lines
 TIME_STAMP = re.compile(r"^\[?\d{4}-\d\d-\d\d \d\d:\d\d:\d\d[,.]\d+( [A-Z] \d+ \d+\])?")
 
 
@@ -146,7 +147,7 @@ class Cluster:
             except OSError:
                 continue
             for line in text.splitlines():
-                if re.search(pattern, line, re.I) and not re.search(r"ClusterState|StandardAutoscaler: \{|Full command is", line):
+                if re.search(pattern, line, re.I) and not NOISE.search(line):
                     key = TIME_STAMP.sub("", line).strip()
                     found.pop(key, None)
                     found[key] = None
