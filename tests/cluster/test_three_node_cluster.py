@@ -83,6 +83,19 @@ def test_render_changes_only_the_site_settings():
         assert rendered[key] == original[key]
 
 
+def test_a_missing_prerequisite_is_a_skip_that_says_what_is_missing(monkeypatch, tmp_path):
+    from tests.cluster import netns_cluster
+
+    monkeypatch.setattr(netns_cluster, "PG_BIN", tmp_path)  # as on a machine without postgresql
+    reason = missing_prerequisites()
+    if os.geteuid() != 0:
+        assert reason.startswith("needs root"), reason
+    elif reason is None or "PostgreSQL" not in reason:
+        assert reason and "is missing" in reason, reason  # a tool before it, then
+    else:
+        assert "apt-get install postgresql" in reason, reason
+
+
 # ---------------------------------------------------------------------- the cluster
 
 def http(url: str, *, token: str | None = None, timeout: float = 30) -> tuple[int, str]:
