@@ -78,7 +78,7 @@ def node_loss_note(moves: Sequence[Move]) -> str:
         lost = any(m.failed for m in here)
         head = (f"node {left} was lost while {names} {'ran' if one else 'were running'} on it" if lost
                 else f"{names} moved from node {left} when the search was resumed")
-        starts = ", ".join(f"after task {m.last_task_before}" if one else f"{m.trial_id} after task {m.last_task_before}"
+        starts = ", ".join(("" if one else f"{m.trial_id} ") + f"after task {m.last_task_before}"
                            for m in here if not m.tasks_again)
         again = [m for m in here if m.tasks_again]
         sentence = (f"{head}: {'it' if one else 'they'} continued on {where}"

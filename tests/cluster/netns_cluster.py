@@ -87,6 +87,16 @@ def missing_prerequisites() -> str | None:
     return None
 
 
+def host_paths_under_tmp() -> list[Path]:
+    """This interpreter's installation and the venv whose packages the nodes use, where they lie
+    under /tmp (which each node replaces by its own)."""
+    site_packages = Path(sysconfig.get_paths()["purelib"]).resolve()
+    wanted = {site_packages.parents[2], Path(sys.base_prefix).resolve(),
+              Path(getattr(sys, "_base_executable", sys.executable)).resolve().parent.parent}
+    under = sorted(p for p in wanted if p.is_relative_to("/tmp") and p != Path("/tmp"))
+    return [p for p in under if not any(p != q and p.is_relative_to(q) for q in under)]
+
+
 def free_subnet() -> ipaddress.IPv4Network:
     import socket
 
@@ -129,7 +139,7 @@ class Node:
         return found
 
     def ray_processes(self) -> list[str]:
-        """What the SSH user runs on the node besides sshd (Ray; PostgreSQL runs as postgres)."""
+        """What the SSH user runs on the node besides SSH (Ray; PostgreSQL runs as postgres)."""
         import pwd
 
         uid = pwd.getpwnam(USER).pw_uid
@@ -137,8 +147,8 @@ class Node:
         for p in self.processes():
             try:
                 cmd = " ".join(p.cmdline()) or p.name()
-                if (p.uids().real != uid and p.uids().effective != uid) or "sshd" in cmd \
-                        or p.status() == psutil.STATUS_ZOMBIE:
+                if (p.uids().real != uid and p.uids().effective != uid) or p.name() in ("ssh", "sshd") \
+                        or "sshd" in cmd or p.status() == psutil.STATUS_ZOMBIE:  # (ssh: the autoscaler's)
                     continue
                 left.append(f"{p.pid} {cmd[:120]}")
             except psutil.NoSuchProcess:
@@ -291,8 +301,17 @@ class Machines:
             "Subsystem sftp internal-sftp", ""]))
         (conf / "init.py").write_text(NODE_INIT)
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation dir
-        inside = (f"mount -t tmpfs -o mode=1777 tmpfs /tmp && mount --bind {node.home} {HOME} && "
-                  f"exec {sys.executable} {conf / 'init.py'} /usr/sbin/sshd -D -e -f {conf / 'sshd_config'}")
+        # The node's own /tmp hides the host's: what the node needs from under the host's /tmp (a
+        # clone and its venv there, say) is kept aside first and bound back into the tmpfs.
+        keep = []
+        for i, path in enumerate(host_paths_under_tmp()):
+            aside = conf / "keep" / str(i)
+            aside.mkdir(parents=True)
+            keep.append((f"mount --bind {path} {aside}", f"mkdir -p {path} && mount --bind {aside} {path}"))
+        python = Path(getattr(sys, "_base_executable", sys.executable)).resolve()  # stdlib only
+        inside = " && ".join([*(k for k, _ in keep), "mount -t tmpfs -o mode=1777 tmpfs /tmp",
+                              *(b for _, b in keep), f"mount --bind {node.home} {HOME}",
+                              f"exec {python} {conf / 'init.py'} /usr/sbin/sshd -D -e -f {conf / 'sshd_config'}"])
         node.init = subprocess.Popen(
             ["ip", "netns", "exec", node.netns, "unshare", "--pid", "--fork", "--mount-proc", "--mount",
              "--propagation", "private", "--kill-child", "/bin/sh", "-c", inside],
