@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from marktune.mark.metrics import METRIC, TIME_ATTR
+from marktune.results.evaluation_table import as_float
 from marktune.results.files import (RESULT_FILE, TRIAL_DIR_PREFIX, atomic_output, last_per_task, parse_results,
                                     task_results)
 
@@ -106,8 +107,8 @@ def search_curve_rows(trials: Sequence[SearchedTrial],
         for result in results_of(trial.trial_id):
             out.append(CurveRow(trial_id=trial.trial_id, status=trial.status,
                                 params={k: trial.params.get(k) for k in searched}, task=int(result[TIME_ATTR]),
-                                val_acc=_value(result.get(METRIC)), test_acc=_value(result.get("mean_test_acc")),
-                                seconds=_value(result.get("task_seconds"))))
+                                val_acc=as_float(result.get(METRIC)), test_acc=as_float(result.get("mean_test_acc")),
+                                seconds=as_float(result.get("task_seconds"))))
     return out
 
 
@@ -174,13 +175,6 @@ def _cell(value: Any) -> Any:
 
 def _num(value: float | None) -> str:
     return "" if value is None or not math.isfinite(value) else repr(float(value))
-
-
-def _value(value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
 
 
 def _float(text: str) -> float:

@@ -161,7 +161,20 @@ def _leave_one_out(finals: np.ndarray, nearest_other) -> tuple[float, float]:
     return float(np.mean(errors)), float(np.mean(baseline))
 
 
-class NearestRecorded:
+class _ByDistance:
+    """A surrogate that picks the recorded configuration at the smallest ``distances(params)``."""
+
+    def distances(self, params: Mapping[str, Any]) -> np.ndarray:
+        raise NotImplementedError
+
+    def nearest(self, params: Mapping[str, Any], *, exclude: int | None = None) -> int:
+        d = self.distances(params)
+        if exclude is not None:
+            d[exclude] = np.inf
+        return int(np.argmin(d))  # ties: the configuration listed first
+
+
+class NearestRecorded(_ByDistance):
     """Proposed settings -> the index of the nearest recorded configuration, all settings alike.
 
     Each range setting becomes a coordinate in [0, 1] (its log for ``loguniform``/``logint``);
@@ -192,12 +205,6 @@ class NearestRecorded:
         mismatches = np.array([sum(a != b for a, b in zip(labels, other)) for other in self._labels], dtype=float)
         return d + mismatches
 
-    def nearest(self, params: Mapping[str, Any], *, exclude: int | None = None) -> int:
-        d = self.distances(params)
-        if exclude is not None:
-            d[exclude] = np.inf
-        return int(np.argmin(d))
-
     def leave_one_out(self) -> tuple[float, float]:
         """(mean absolute error of the final val ACC predicted from the nearest other configuration,
         the same error for predicting the mean of the others: the bar the surrogate must clear)."""
@@ -205,7 +212,7 @@ class NearestRecorded:
         return _leave_one_out(finals, lambda i: self.nearest(self._table.configs[i].params, exclude=i))
 
 
-class WeightedNearest:
+class WeightedNearest(_ByDistance):
     """Proposed settings -> the index of the nearest recorded configuration, each setting weighted
     by how much it moves the final val ACC on the table.
 
@@ -274,12 +281,6 @@ class WeightedNearest:
         """Weighted squared distance from ``params`` to every recorded configuration."""
         here = np.array(self._featurise(params))
         return (((self._features - here) ** 2) * self._weights).sum(axis=1)
-
-    def nearest(self, params: Mapping[str, Any], *, exclude: int | None = None) -> int:
-        d = self.distances(params)
-        if exclude is not None:
-            d[exclude] = np.inf
-        return int(np.argmin(d))
 
     def setting_weights(self) -> dict[str, float]:
         """Per setting, what moving across all of it costs (a range: its weight; a choice: its two
