@@ -142,8 +142,11 @@ class MarkLearner:
     def report(self, t: int) -> TaskReport:
         return evaluation.task_report(t, num_tasks=self.num_tasks, val_matrix=self.val_matrix,
                                       test_matrix=self.test_matrix, seconds=self.seconds,
-                                      diagnostics=self.diagnostics,
-                                      val_counts=[len(task.val) for task in self.benchmark.tasks[: t + 1]])
+                                      diagnostics=self.diagnostics, val_counts=self.val_counts(t + 1))
+
+    def val_counts(self, tasks: int) -> list[int]:
+        """The validation images each of the first ``tasks`` tasks is scored on."""
+        return [len(task.val) for task in self.benchmark.tasks[:tasks]]
 
     def matrices(self) -> tuple[list[list[float]], list[list[float]]]:
         """(validation, test) lower triangles of the tasks trained so far."""

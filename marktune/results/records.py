@@ -31,7 +31,7 @@ def results_dict(learner: MarkLearner, *, wall_seconds: float | None = None) -> 
         "acc": metrics.average_accuracy(test) if test else math.nan,
         "bwt": metrics.backward_transfer(test) if test else math.nan,
         "val_acc": metrics.average_accuracy(val) if val else math.nan,
-        "val_counts": [len(task.val) for task in learner.benchmark.tasks[: learner.tasks_done]],
+        "val_counts": learner.val_counts(learner.tasks_done),
         "seconds_per_task": learner.seconds,
         # after each task: the KB's weight norm (total, per conv block, its Linear) and the mean
         # mask per block of the task just trained (on its validation images)
