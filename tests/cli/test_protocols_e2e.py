@@ -13,6 +13,10 @@ from marktune.cli import evaluate; from marktune.cli import report
 from marktune.data.benchmarks import DatasetMissingError, check_dataset
 
 K, T = 3, 5
+# one ablation, not all three: the first-k evaluation is checked run by run, whatever the
+# configuration, and the ablations' settings are checked in tests/cli/test_evaluate_report.py;
+# each ablation left out is 2 runs (one a seed) fewer
+ONE_ABLATION = ["--ablations", "none"]
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +45,7 @@ def test_first_k_search_trials_run_k_tasks_and_evaluation_runs_all(first_k):
         assert lines[-1]["stream_tasks"] == T and len(lines[-1]["test_row"]) == K
     assert json.loads((first_k / "marktune_search.json").read_text())["protocol"] == "first-k"
 
-    assert evaluate.main([str(first_k), "--top", "2", "--seeds", "2", "--num-cpus", "2", "-q"]) == 0
+    assert evaluate.main([str(first_k), "--top", "2", "--seeds", "2", "--num-cpus", "2", "-q", *ONE_ABLATION]) == 0
     runs = _rows(first_k / "evaluation.csv")
     assert runs and all(r["status"] == "COMPLETE" and int(r["tasks_done"]) == T for r in runs)
     assert {int(r["data_seed"]) for r in runs} == {0}  # the searched order, 2 fresh initialisations
@@ -76,7 +80,7 @@ def test_digits_search_evaluated_on_fmnist(first_k):
 @pytest.mark.slow
 def test_report_opens_with_the_verdict_in_chromium(first_k, tmp_path):
     if not (first_k / "evaluations" / "first-k.csv").is_file():
-        assert evaluate.main([str(first_k), "--top", "2", "--seeds", "2", "--num-cpus", "2", "-q"]) == 0
+        assert evaluate.main([str(first_k), "--top", "2", "--seeds", "2", "--num-cpus", "2", "-q", *ONE_ABLATION]) == 0
     sentence = (first_k / "evaluation.md").read_text().splitlines()[0]
     assert report.main([str(first_k)]) == 0
     page = (first_k / "report.html").read_text()

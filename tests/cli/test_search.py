@@ -307,11 +307,22 @@ def _tasks_reported(trial_dir: Path) -> int:
     return done
 
 
-def test_interrupted_search_says_so_and_resume_finishes_it(tmp_path):
+def _hashes(root: Path) -> dict[str, str]:
+    import hashlib
+
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_interrupted_search_says_so_and_resume_of_a_copy_finishes_it_and_never_touches_the_original(tmp_path):
     """SIGINT (Ctrl-C) once one trial has finished and another is mid-sequence: the summary says
     the search was interrupted and how to continue; trials.csv and the study call no trial
-    PRUNED (ASHA stops none here). --resume then finishes every trial."""
+    PRUNED (ASHA stops none here). The experiment is then copied (cp -a storage/sig
+    moved/sig), and --resume --storage moved finishes every trial on the copy's own files:
+    the copy's journal grows, the original stays byte for byte as it was (every file hashed
+    before and after). One interrupted search serves both, which were two tests."""
     import json
+    import shutil
     import signal
     import time
 
@@ -331,7 +342,8 @@ def test_interrupted_search_says_so_and_resume_finishes_it(tmp_path):
         deadline = time.time() + 600
         while time.time() < deadline and first.poll() is None:
             done = [_tasks_reported(d) for d in experiment.glob("trial_*")]
-            if num_tasks in done and any(0 < n < num_tasks for n in done):
+            # a trial with 2 or more tasks (about 2 s) still to go: the SIGINT lands before it ends
+            if num_tasks in done and any(0 < n < num_tasks - 1 for n in done):
                 break
             time.sleep(0.2)
         assert first.poll() is None, "the search ended before it could be interrupted"
@@ -369,10 +381,21 @@ def test_interrupted_search_says_so_and_resume_finishes_it(tmp_path):
     states = [t.state for t in _journal_study(experiment, "sig").trials]
     assert TrialState.PRUNED not in states and TrialState.RUNNING in states, states
 
+    original = experiment
+    moved = tmp_path / "moved"
+    experiment = moved / "sig"
+    moved.mkdir()
+    shutil.copytree(original, experiment, symlinks=True)
+    before = _hashes(original)
+    journal_before = (experiment / "optuna_journal.log").stat().st_size
     resumed = subprocess.run([sys.executable, "-m", "marktune.search", "--resume", "--name", "sig", "--storage",
-                              str(storage), "--num-cpus", "2"],
+                              str(moved), "--num-cpus", "2", "--address", "local"],
                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, start_new_session=True)
     assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-4000:]
+    assert _hashes(original) == before
+    assert (experiment / "optuna_journal.log").stat().st_size > journal_before
+    assert (experiment / "trials.csv").stat().st_mtime > (original / "trials.csv").stat().st_mtime
+    assert str(original) not in resumed.stdout
     with open(experiment / "trials.csv") as f:
         table = list(csv.DictReader(f))
     assert len(table) == samples and {r["status"] for r in table} == {"COMPLETE"}, table
