@@ -129,7 +129,7 @@ class Experiment:
     def ties(self) -> Ties | None:
         """The complete trials within the noise of the best (``marktune.results.noise``), with the
         recognised space's seed-to-seed SD (unknown without one); None without a complete trial."""
-        noise = getattr(self.space, "noise", None) or SeedNoise()
+        noise = self.space.noise if self.space is not None else SeedNoise()
         best = self.best_complete(1)
         return find_ties([scored_from_result(t.trial_id, t.results[-1] if t.results else None)
                           for t in self.by_status("COMPLETE")],

@@ -171,9 +171,10 @@ class SearchPlan:
     base_config: MarkConfig
     samples: int
     seed: int  # of the sampler (trials use the space's seed)
-    searcher: str = "tpe"  # marktune.tune.spaces.SEARCHERS: tpe or random
-    scheduler: str = "asha"  # marktune.tune.spaces.SCHEDULERS: asha or none (every trial runs every task)
-    n_startup_trials: int = 10  # TPE's random trials before it models (Optuna's default); unused by random
+    # the flag, else the space's default (marktune.tune.spaces.DEFAULTS holds the last resort)
+    searcher: str  # marktune.tune.spaces.SEARCHERS: tpe or random
+    scheduler: str  # marktune.tune.spaces.SCHEDULERS: asha or none (every trial runs every task)
+    n_startup_trials: int  # TPE's random trials before it models; unused by random
     max_concurrent: int | None
     cpus_per_trial: float
     gpus_per_trial: float | None  # None: 0.25 where the cluster has GPUs, else 0
