@@ -194,6 +194,7 @@ def plan_from_args(args: argparse.Namespace) -> EvalPlan:
         check_seed(seed, flag="evaluation data seed")
     return EvalPlan(experiment=exp, configs=configs, seeds=seeds, cpus_per_trial=cpus,
                     gpus_per_trial=gpus, storage=storage, name=name, default_rule=exp.default_config()[1],
+                    reuse_actors=args.reuse_actors,
                     runtime=runs_runtime(exp, data_dir=args.data_dir, download=args.download, cpus_per_trial=cpus),
                     data_seeds=data_seeds, protocol=protocol, benchmark=benchmark,
                     max_concurrent=args.max_concurrent, max_failures=args.max_failures,

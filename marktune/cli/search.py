@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
                 f"<storage>/<name>/{JOURNAL_FILE})")
     g.add_argument("--resume", action="store_true",
                    help="continue the experiment --name in --storage with the space, --set, --samples, "
-                        "--seed, --searcher, --n-startup-trials, --scheduler, --max-failures, --optuna-storage, "
+                        "--seed, --searcher, --n-startup-trials, --scheduler, --max-failures, --reuse-actors, --optuna-storage, "
                         "--protocol and --tuning-tasks it started with")
     flags.add_protocol_flags(p)
     flags.add_resource_flags(p, unit="trial")
@@ -146,7 +146,7 @@ def plan_from_args(args: argparse.Namespace) -> SearchPlan:
                       base_config=base, samples=samples, seed=args.seed, searcher=searcher, scheduler=scheduler,
                       n_startup_trials=startup, max_concurrent=max_concurrent,
                       cpus_per_trial=cpus, gpus_per_trial=gpus, max_failures=args.max_failures,
-                      storage=storage, name=name, num_tasks=tuning_tasks or base.tasks, study_storage=study_storage,
+                      reuse_actors=args.reuse_actors, storage=storage, name=name, num_tasks=tuning_tasks or base.tasks, study_storage=study_storage,
                       runtime=runtime, ray=flags.ray_settings(args), resume=bool(args.resume), protocol=protocol,
                       tuning_tasks=tuning_tasks, stream_tasks=base.tasks, verbose=args.verbose, quiet=args.quiet)
 
@@ -159,7 +159,7 @@ def given_flags(argv: Sequence[str] | None) -> set[str]:
 
 def apply_saved_settings(args: argparse.Namespace, given: set[str]) -> argparse.Namespace:
     """On --resume, take the space, --set, --samples, --seed, --searcher, --n-startup-trials,
-    --scheduler and --max-failures the experiment started with.
+    --scheduler, --max-failures and --reuse-actors the experiment started with.
 
     Tune restores the number of trials, the searcher and the failure settings from the
     experiment anyway, so a different value on resume would be silently ignored: refuse it.
@@ -181,10 +181,14 @@ def apply_saved_settings(args: argparse.Namespace, given: set[str]) -> argparse.
             mine = str(Path(mine).resolve())
         if mine != saved[key]:
             flag = "--set" if key == "overrides" else f"--{key.replace('_', '-')}"
-            raise SearchError(f"--resume: experiment {args.name!r} was started with {flag} {saved[key]!r}, "
-                              f"not {values[key]!r}; a resumed search keeps its space, --set, --samples, "
-                              "--seed, --searcher, --n-startup-trials, --scheduler, --max-failures, --protocol "
-                              "and --tuning-tasks (leave the flag out)")
+            if isinstance(saved[key], bool):  # --reuse-actors / --no-reuse-actors
+                was, now = (f"--{'' if v else 'no-'}{flag[2:]}" for v in (saved[key], mine))
+            else:
+                was, now = f"{flag} {saved[key]!r}", repr(values[key])
+            raise SearchError(f"--resume: experiment {args.name!r} was started with {was}, "
+                              f"not {now}; a resumed search keeps its space, --set, --samples, --seed, "
+                              "--searcher, --n-startup-trials, --scheduler, --max-failures, --reuse-actors, "
+                              "--protocol and --tuning-tasks (leave the flag out)")
     _resume_study_storage(args, saved.get("optuna_storage"), given="optuna_storage" in given)
     return args
 

@@ -49,6 +49,7 @@ def run_evaluation(plan: EvalPlan):
     quiet_ray_output(verbose=not plan.quiet)  # -q: no configuration box, no trial tables
     tuner = tune.Tuner(trainable, param_space=param_space, run_config=run_config,
                        tune_config=tune.TuneConfig(max_concurrent_trials=plan.max_concurrent,
+                                                   reuse_actors=plan.reuse_actors,
                                                    trial_name_creator=_trial_name,
                                                    trial_dirname_creator=_trial_name))
     print(f"[marktune] evaluating {len(plan.configs)} configurations x {len(plan.data_seeds)} class orders "

@@ -179,6 +179,7 @@ class SearchPlan:
     cpus_per_trial: float
     gpus_per_trial: float | None  # None: 0.25 where the cluster has GPUs, else 0
     max_failures: int
+    reuse_actors: bool  # Tune's reuse_actors: a new trial runs in a finished trial's process
     storage: str
     name: str
     num_tasks: int  # tasks each trial runs (ASHA's max_t): the stream's, or k under first-k
@@ -247,6 +248,7 @@ class EvalPlan:
     storage: str
     name: str
     default_rule: str
+    reuse_actors: bool  # Tune's reuse_actors: a new run runs in a finished run's process
     runtime: TrialRuntime  # every run's: the search's data settings, this command's threads, every task
     # paired design (marktune.results.protocols, marktune.results.conclusions): every configuration runs every
     # (data_seed, seed) pair

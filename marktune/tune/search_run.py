@@ -104,7 +104,7 @@ def run_search(plan: SearchPlan) -> SearchRun:
             tune_config=tune.TuneConfig(metric=METRIC, mode="max", num_samples=plan.samples,
                                         search_alg=searcher,
                                         scheduler=scheduler,
-                                        max_concurrent_trials=plan.max_concurrent,
+                                        max_concurrent_trials=plan.max_concurrent, reuse_actors=plan.reuse_actors,
                                         trial_name_creator=_trial_name, trial_dirname_creator=_trial_name))
     print(f"[marktune] experiment {experiment}: {plan.samples} trials of {plan.space.name} "
           f"({plan.num_tasks} tasks each), {resources['cpu']:g} CPU + {gpus:g} GPU per trial")

@@ -44,6 +44,18 @@ def test_resume_refuses_another_max_failures(tmp_path):
         _args(["--resume", "--name", "x", "--storage", str(tmp_path), "--max-failures", "1"])
 
 
+def test_resume_keeps_no_reuse_actors(tmp_path):
+    # Tune restores its TuneConfig (reuse_actors among it) from the experiment: another value would be ignored
+    start = _args(["--space", "digits", "--no-reuse-actors", "--storage", str(tmp_path), "--name", "x"])
+    assert search.plan_from_args(start).reuse_actors is False
+    save_settings(search.plan_from_args(start), str(tmp_path / "x"))
+    resumed = _args(["--resume", "--name", "x", "--storage", str(tmp_path)])
+    assert resumed.reuse_actors is False and search.plan_from_args(resumed).reuse_actors is False
+    with pytest.raises(SearchError, match="started with --no-reuse-actors, not --reuse-actors"):
+        _args(["--resume", "--name", "x", "--storage", str(tmp_path), "--reuse-actors"])
+    assert search.plan_from_args(_args(["--space", "digits"])).reuse_actors is True  # the default
+
+
 def test_resume_takes_the_optuna_storage_and_never_writes_its_password(tmp_path):
     db = f"sqlite:///{tmp_path / 'studies.db'}"
     start = _args(["--space", "digits", "--storage", str(tmp_path), "--name", "x", "--optuna-storage", db])

@@ -145,22 +145,39 @@ def test_curves_csv_holds_every_finished_task_of_every_trial_as_its_result_json(
         assert {k: str(v) for k, v in r.params.items()} == {k: settings[r.trial_id][k] for k in r.params}
 
 
+def test_trials_reuse_the_ray_actors_of_finished_ones_by_default(digits_search):
+    """6 trials, 2 at a time: a trial starts in the process of one that ended (Tune's reuse_actors),
+    so the search runs in fewer processes than trials; each trial keeps its process throughout."""
+    from marktune.results.files import task_results
+
+    experiment, rows = digits_search["experiment"], digits_search["rows"]
+    pids = {}
+    for row in rows:
+        reported = {r["pid"] for r in task_results(experiment / f"trial_{row.trial_id}")}
+        assert len(reported) == 1, (row.trial_id, reported)
+        pids[row.trial_id] = reported.pop()
+    assert len(set(pids.values())) < len(rows), pids
+
+
 def test_without_asha_every_trial_runs_to_the_end_and_random_search_uses_optunas_random_sampler(tmp_path, capsys):
     """Sequential trials (the same on every machine), grace period 1; Optuna's RandomSampler at
     seed 6 draws lr_task 0.05, 0.05, then 1e-7 (which learns nothing): ASHA stops the third trial
     after its second task (it does when --scheduler none is ignored). With --scheduler none
-    every trial runs its 3 tasks and its whole curve is in curves.csv."""
+    every trial runs its 3 tasks and its whole curve is in curves.csv. With --no-reuse-actors
+    each trial has a process of its own."""
     import json
 
     from optuna.trial import TrialState
 
     from marktune.results.curves import read_curves
+    from marktune.results.files import task_results
 
     space = _space_file(tmp_path, fixed={"num_tasks": 3, "synthetic_images_per_class": 100},
                         search_params={"lr_task": {"type": "choice", "values": [0.05, 1.0e-7]}},
                         samples=3, grace_period=1)
     argv = ["--space", str(space), "--storage", str(tmp_path / "s"), "--name", "full", "--num-cpus", "2",
-            "--max-concurrent", "1", "--seed", "6", "-q", "--searcher", "random", "--scheduler", "none"]
+            "--max-concurrent", "1", "--seed", "6", "-q", "--searcher", "random", "--scheduler", "none",
+            "--no-reuse-actors"]
     _, rows, experiment, study, plan = _search(argv)
     out = capsys.readouterr().out
     assert sorted(r.params["lr_task"] for r in rows) == [1.0e-7, 0.05, 0.05]  # the draws ASHA would prune
@@ -178,6 +195,8 @@ def test_without_asha_every_trial_runs_to_the_end_and_random_search_uses_optunas
     assert [(r.params["lr_task"], r.task) for r in curves.rows] == [(lr, t) for lr in (0.05, 0.05, 1.0e-7)
                                                                     for t in (1, 2, 3)]
     assert sorted({r.trial_id for r in curves.rows}) == sorted(r.trial_id for r in rows)
+    pids = [{r["pid"] for r in task_results(Path(experiment) / f"trial_{row.trial_id}")} for row in rows]
+    assert len(set().union(*pids)) == 3 and all(len(p) == 1 for p in pids), pids  # one process per trial
 
 
 def test_tensorboard_has_per_task_scalars_and_hparams(digits_search):
