@@ -72,6 +72,17 @@ def drop_ignored_exits() -> None:
     sys.unraisablehook = hook
 
 
+def release_previous_trial() -> None:
+    """In a reused actor (``--reuse-actors``), free what the trial before this one left behind:
+    its learner is garbage once its thread ended, and the GPU blocks torch cached for it go back
+    to the device, where other trials packed on the same GPU can use them."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
 def transient_error_types() -> tuple[type[BaseException], ...]:
     """Errors a trial may not meet again on a retry: I/O and the network (a checkpoint's upload,
     a download), memory (other trials share the GPU or node), a node whose GPU is unusable (the
@@ -124,6 +135,7 @@ def train_mark_sequence(config: dict[str, Any]) -> None:
     # driver's own progress lines, which already say when a task is done.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     drop_ignored_exits()
+    release_previous_trial()
     runtime = TrialRuntime.from_dict(config.get(RUNTIME_KEY))
     keys = set(MarkConfig.field_names())
     mark_config = MarkConfig.from_dict({k: v for k, v in config.items() if k in keys})
