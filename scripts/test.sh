@@ -39,32 +39,28 @@ fi
 if [ $# -gt 0 ] || [ "${MARKTUNE_TEST_SERIAL:-}" = 1 ]; then
     exec .venv/bin/python -m pytest "$@"
 fi
-# The whole suite in two pytest processes side by side. Most of the three-node cluster test's
-# 3-4 minutes are waits (sshd, `ray up` over SSH, workers joining, `ray down`) that leave the
-# cores idle, so run after the rest it added all of them to the suite's wall time. Alongside it
-# run the tests that start no Ray (the data sets, the learner, the results, the `run` command):
-# CPU-bound work that fills those waits. Everything else (Tune, the searches, the commands on
-# Ray) runs in the other process. The second report is printed once the first has finished; the
-# exit status fails if either run fails. MARKTUNE_TEST_SERIAL=1 runs everything in one pytest.
-ALONGSIDE=(tests/cluster/test_three_node_cluster.py tests/data tests/mark tests/results tests/cli/test_run.py)
-side=$(mktemp -d "${TMPDIR:-/tmp}/marktune-test-alongside.XXXXXX")
-echo "[test] ${ALONGSIDE[*]} run alongside the rest (log: $side/log); their report follows"
-.venv/bin/python -m pytest "${ALONGSIDE[@]}" -p no:cacheprovider --basetemp "$side/tmp" > "$side/log" 2>&1 &
+# The whole suite: the three-node cluster test runs alongside the rest, in a pytest of its own.
+# Most of its 3-4 minutes are waits (sshd, `ray up` over SSH, workers joining, `ray down`) that
+# leave the cores idle, so running it after the rest added all of them to the suite's wall time.
+# Its report is printed once the rest has finished; the exit status fails if either run fails.
+# MARKTUNE_TEST_SERIAL=1 runs everything in one pytest, one test after another.
+THREE_NODE=tests/cluster/test_three_node_cluster.py
+side=$(mktemp -d "${TMPDIR:-/tmp}/marktune-test-3node.XXXXXX")
+echo "[test] $THREE_NODE runs alongside the rest (log: $side/log); its report follows theirs"
+.venv/bin/python -m pytest "$THREE_NODE" -p no:cacheprovider --basetemp "$side/tmp" > "$side/log" 2>&1 &
 side_pid=$!
-trap 'kill -INT "$side_pid" 2>/dev/null; wait "$side_pid"' INT TERM  # the cluster test's clean-up removes the namespaces
-ignore=()
-for path in "${ALONGSIDE[@]}"; do ignore+=(--ignore "$path"); done
+trap 'kill -INT "$side_pid" 2>/dev/null; wait "$side_pid"' INT TERM  # its clean-up removes the namespaces
 set +e
-.venv/bin/python -m pytest "${ignore[@]}"
+.venv/bin/python -m pytest --ignore "$THREE_NODE"
 rest=$?
 wait "$side_pid"
-alongside=$?
+three=$?
 set -e
 echo
-echo "[test] ---------------- ${ALONGSIDE[*]} (ran alongside) ----------------"
+echo "[test] ---------------- $THREE_NODE (ran alongside) ----------------"
 cat "$side/log"
 rm -rf "$side"
 # pytest's exit 5 is "no test collected": not a failure of the other run
 if [ "$rest" -ne 0 ]; then exit "$rest"; fi
-if [ "$alongside" -ne 0 ] && [ "$alongside" -ne 5 ]; then exit "$alongside"; fi
+if [ "$three" -ne 0 ] && [ "$three" -ne 5 ]; then exit "$three"; fi
 exit 0
