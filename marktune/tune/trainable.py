@@ -181,7 +181,6 @@ def train_mark_sequence(config: dict[str, Any]) -> None:
             "node_id": node,
             "node_ip": node_ip,
             "hostname": socket.gethostname(),
-            "pid": os.getpid(),  # the trial's process: a reused actor (--reuse-actors) runs several trials
             "task_started_at": started,
             "task_finished_at": time.time(),
             "done_all_tasks": report.done,
