@@ -28,9 +28,9 @@ def add_resource_flags(p: argparse.ArgumentParser, *, unit: str) -> None:
                    help=f"retries of a {unit} whose worker died or that met an I/O or memory error (it resumes "
                         f"from its last task; default 2); a config error or a NaN fails at once, never retried")
     g.add_argument("--reuse-actors", action=argparse.BooleanOptionalAction, default=True,
-                   help=f"run a new {unit} in the Ray actor (process) of a finished one with the same resources "
-                        f"(default), which saves a process start, the torch import and a CUDA context per {unit}; "
-                        f"--no-reuse-actors starts a fresh process for every {unit}")
+                   help=f"start each new {unit} in the Ray actor (process) of a finished one with the same "
+                        f"resources (default): saves a process start, the torch import and a CUDA context per "
+                        f"{unit}; --no-reuse-actors gives every {unit} a fresh process")
 
 
 def add_gpu_runtime_flags(p: argparse.ArgumentParser) -> None:
