@@ -4,7 +4,10 @@ Runs ``python -m marktune.search`` as a user does, once with ``--no-reuse-actors
 actor, so a new process with its own torch import, for every trial) and once with the default
 (a new trial runs in the actor of one that ended), ``--rounds`` times alternating, on the same
 space, seed and CPUs. Prints each run's wall seconds, the trials' processes, and whether both
-made the same trials (``trials.csv`` without the trial ids). Names the CPU.
+made the same trials (``trials.csv`` without the trial ids), and the rows that differ if not.
+Names the CPU. ASHA decides on results in the order they arrive, so when two trials reach a rung
+together, two runs can stop a trial at different tasks with or without reuse (seen once with
+``--samples 2``); the learner's own figures are the same either way.
 
     PYTHONPATH=. .venv/bin/python bench/reuse_actors.py                  # digits, 6 trials, 2 CPUs
     PYTHONPATH=. .venv/bin/python bench/reuse_actors.py --samples 12 --rounds 1
@@ -13,26 +16,17 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from marktune.mark.hardware import cpu_model_name
+from marktune.results.files import RESULT_FILE, read_results
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def one_search(*, space: str, samples: int, cpus: int, seed: int, reuse: bool, storage: Path) -> dict:
@@ -48,10 +42,8 @@ def one_search(*, space: str, samples: int, cpus: int, seed: int, reuse: bool, s
     experiment = storage / "bench"
     with open(experiment / "trials.csv") as f:
         rows = sorted(tuple(v for k, v in r.items() if k != "trial_id") for r in csv.DictReader(f))
-    pids = set()
-    for trial in experiment.glob("trial_*"):
-        for line in (trial / "result.json").read_text().splitlines():
-            pids.add(json.loads(line)["pid"])
+    # every row a trial reported (retries too): Tune adds the process's pid to each
+    pids = {row["pid"] for trial in experiment.glob("trial_*") for row in read_results(trial / RESULT_FILE)}
     return {"seconds": seconds, "rows": rows, "processes": len(pids)}
 
 
@@ -63,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rounds", type=int, default=2, help="pairs of runs, alternating (default 2)")
     args = p.parse_args(argv)
-    print(f"[bench] {cpu_name()}, {os.cpu_count()} CPUs; python -m marktune.search --space {args.space} "
+    print(f"[bench] {cpu_model_name()}, {os.cpu_count()} CPUs; python -m marktune.search --space {args.space} "
           f"--samples {args.samples} --num-cpus {args.num_cpus} --cpus-per-trial 1 --seed {args.seed}", flush=True)
     runs: dict[bool, list[dict]] = {False: [], True: []}
     for round_ in range(args.rounds):
@@ -77,9 +69,16 @@ def main(argv: list[str] | None = None) -> int:
                   f"{run['processes']} trial processes for {args.samples} trials", flush=True)
     fresh = sum(r["seconds"] for r in runs[False]) / args.rounds
     reused = sum(r["seconds"] for r in runs[True]) / args.rounds
-    same = all(r["rows"] == runs[False][0]["rows"] for r in runs[False] + runs[True])
+    every = runs[False] + runs[True]
+    same = all(r["rows"] == every[0]["rows"] for r in every)
     print(f"[bench] mean wall: {fresh:.1f} s without reuse, {reused:.1f} s with it "
           f"({100 * (fresh - reused) / fresh:.0f} % less); the same trials in every run: {same}")
+    if not same:  # which rows (status, tasks, figures, settings) not every run made
+        common = set.intersection(*(set(r["rows"]) for r in every))
+        for i, run in enumerate(every):
+            flag = "--reuse-actors" if i >= len(runs[False]) else "--no-reuse-actors"
+            for row in sorted(set(run["rows"]) - common):
+                print(f"[bench]   only in a {flag} run: {', '.join(row)}")
     return 0
 
 

@@ -37,7 +37,7 @@ from marktune.tune.plan import (DEFAULT_STORAGE, PlanError, SearchPlan, TrialRun
                                 check_protocol, check_seed, check_trial_resources,
                                 local_experiment_dir, trial_threads)
 from marktune.tune.search_run import SearchRun, run_search
-from marktune.tune.search_settings import KEPT_ON_RESUME, load_settings
+from marktune.tune.search_settings import KEPT_ON_RESUME, kept_flag, kept_on_resume_in_words, load_settings
 from marktune.tune.spaces import SCHEDULERS, SEARCHERS, SpaceError, available_spaces, load_space
 from marktune.tune.study import DASHBOARD_INSTALL, JOURNAL_FILE, StudyStorage, hide_password
 from marktune.tune.tune_setup import prune_checkpoints
@@ -87,9 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                 "postgresql://user@host/db or mysql://... on a cluster (default: a journal file "
                 f"<storage>/<name>/{JOURNAL_FILE})")
     g.add_argument("--resume", action="store_true",
-                   help="continue the experiment --name in --storage with the space, --set, --samples, "
-                        "--seed, --searcher, --n-startup-trials, --scheduler, --max-failures, --reuse-actors, --optuna-storage, "
-                        "--protocol and --tuning-tasks it started with")
+                   help=f"continue the experiment --name in --storage with {kept_on_resume_in_words()} "
+                        "it started with, and its --optuna-storage")
     flags.add_protocol_flags(p)
     flags.add_resource_flags(p, unit="trial")
     flags.add_gpu_runtime_flags(p)
@@ -158,8 +157,9 @@ def given_flags(argv: Sequence[str] | None) -> set[str]:
 
 
 def apply_saved_settings(args: argparse.Namespace, given: set[str]) -> argparse.Namespace:
-    """On --resume, take the space, --set, --samples, --seed, --searcher, --n-startup-trials,
-    --scheduler, --max-failures and --reuse-actors the experiment started with.
+    """On --resume, take the settings the experiment started with (``KEPT_ON_RESUME``: the space,
+    --set, --samples, --seed, the searcher and scheduler flags, --max-failures, --reuse-actors,
+    the protocol), and its --optuna-storage.
 
     Tune restores the number of trials, the searcher and the failure settings from the
     experiment anyway, so a different value on resume would be silently ignored: refuse it.
@@ -180,15 +180,13 @@ def apply_saved_settings(args: argparse.Namespace, given: set[str]) -> argparse.
         if key == "space" and (str(mine).endswith((".yaml", ".yml")) or "/" in str(mine)):
             mine = str(Path(mine).resolve())
         if mine != saved[key]:
-            flag = "--set" if key == "overrides" else f"--{key.replace('_', '-')}"
+            flag = kept_flag(key)
             if isinstance(saved[key], bool):  # --reuse-actors / --no-reuse-actors
                 was, now = (f"--{'' if v else 'no-'}{flag[2:]}" for v in (saved[key], mine))
             else:
                 was, now = f"{flag} {saved[key]!r}", repr(values[key])
-            raise SearchError(f"--resume: experiment {args.name!r} was started with {was}, "
-                              f"not {now}; a resumed search keeps its space, --set, --samples, --seed, "
-                              "--searcher, --n-startup-trials, --scheduler, --max-failures, --reuse-actors, "
-                              "--protocol and --tuning-tasks (leave the flag out)")
+            raise SearchError(f"--resume: experiment {args.name!r} was started with {was}, not {now}; a resumed "
+                              f"search keeps {kept_on_resume_in_words(space='its space')} (leave the flag out)")
     _resume_study_storage(args, saved.get("optuna_storage"), given="optuna_storage" in given)
     return args
 

@@ -19,6 +19,17 @@ KEPT_ON_RESUME = ("space", "overrides", "samples", "seed", "searcher", "n_startu
                   "max_failures", "reuse_actors", "protocol", "tuning_tasks")
 
 
+def kept_flag(key: str) -> str:
+    """The command-line flag of a :data:`KEPT_ON_RESUME` key (``space`` is ``--space`` too)."""
+    return "--set" if key == "overrides" else f"--{key.replace('_', '-')}"
+
+
+def kept_on_resume_in_words(*, space: str = "the space") -> str:
+    """\"the space, --set, ... and --tuning-tasks\": what ``--resume`` keeps, for help and messages."""
+    names = [space if key == "space" else kept_flag(key) for key in KEPT_ON_RESUME]
+    return f"{', '.join(names[:-1])} and {names[-1]}"
+
+
 def search_settings(plan: SearchPlan) -> dict[str, Any]:
     """What ``marktune_search.json`` holds for this plan."""
     space = plan.space_given
