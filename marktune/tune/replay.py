@@ -338,6 +338,10 @@ def replay_strategy(*, table: ReplayTable, space: SearchSpace, strategy: Strateg
         wall_s=Interval.of([o.wall_s for o in outcomes]), seeds=len(outcomes))
 
 
+# what replay_strategy imports (the searcher and scheduler are Ray Tune's and Optuna's)
+_REPLAY_WORKER_MODULES = ("marktune.tune.replay", "marktune.tune.searcher", "marktune.tune.scheduler")
+
+
 def _replay_strategy_args(args: tuple) -> StrategyResult:
     table, space, strategy, samples, workers, seeds, surrogate = args
     return replay_strategy(table=table, space=space, strategy=strategy, samples=samples, workers=workers,
@@ -347,7 +351,7 @@ def _replay_strategy_args(args: tuple) -> StrategyResult:
 def replay_strategies(*, table: ReplayTable, space: SearchSpace, strategies: Sequence[Strategy], samples: int,
                       workers: int, seeds: Sequence[int], surrogate: Surrogate | None = None,
                       jobs: int = 1) -> list[StrategyResult]:
-    """:func:`replay_strategy` for each strategy, in ``jobs`` forked processes (in order)."""
+    """:func:`replay_strategy` for each strategy, in ``jobs`` processes (in order)."""
     if surrogate is None and any(s.proposals != "table" for s in strategies):
         surrogate = make_surrogate(table=table, space=space)  # once, not per strategy or process
     work = [(table, space, s, samples, workers, list(seeds), surrogate) for s in strategies]
@@ -356,5 +360,11 @@ def replay_strategies(*, table: ReplayTable, space: SearchSpace, strategies: Seq
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("fork")) as pool:
+    # Not a plain fork of this process: a child of a process that has run Ray (a driver, the test
+    # session) died of SIGSEGV in _raylet.so (2026-12-01), and fork is unsafe with torch's threads.
+    # The fork server is a fresh interpreter that imports what a replay needs once; each worker
+    # forks from it, and the server lives on for this process's later calls.
+    context = get_context("forkserver")
+    context.set_forkserver_preload(list(_REPLAY_WORKER_MODULES))
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
         return list(pool.map(_replay_strategy_args, work))
