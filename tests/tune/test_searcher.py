@@ -41,6 +41,35 @@ def test_searcher_checkpoint_reopens_the_study_in_its_storage(tmp_path):
     assert by_number[2].state == TrialState.RUNNING  # c never ran: not pruned, not complete
 
 
+def test_a_trial_told_after_the_last_checkpoint_is_not_told_again_on_resume(tmp_path):
+    """The driver told the study that trial a completed, then died before Tune wrote the searcher
+    checkpoint again: --resume restores the older checkpoint, Tune runs a's last task again and
+    ends it again. The study keeps a COMPLETE with its value, and the search goes on."""
+    from optuna.trial import TrialState
+    from ray import tune
+
+    storage = StudyStorage(journal=tmp_path / "optuna_journal.log")
+    searcher = make_searcher(storage=storage, study_name="exp", num_tasks=2, seed=0)
+    searcher.set_search_properties(None, None, {"lr": tune.loguniform(1e-3, 1e-1)})
+    searcher.suggest("a")
+    searcher.suggest("b")
+    searcher.on_trial_result("a", {TIME_ATTR: 1, METRIC: 0.5})
+    checkpoint = tmp_path / "searcher-state.pkl"
+    searcher.save(str(checkpoint))  # the last checkpoint before the driver died
+    searcher.on_trial_result("a", {TIME_ATTR: 2, METRIC: 0.7})
+    searcher.on_trial_complete("a", {TIME_ATTR: 2, METRIC: 0.7})
+
+    again = make_searcher(storage=storage, study_name="exp", num_tasks=2, seed=0)
+    again.restore(str(checkpoint))
+    again.on_trial_result("a", {TIME_ATTR: 2, METRIC: 0.7})  # its last task, run again
+    again.on_trial_complete("a", {TIME_ATTR: 2, METRIC: 0.7})
+    again.on_trial_complete("b", {TIME_ATTR: 2, METRIC: 0.6})
+    by_number = {t.number: t for t in open_study(storage, "exp").trials}
+    assert by_number[0].state == TrialState.COMPLETE and by_number[0].value == 0.7
+    assert by_number[0].intermediate_values == {1: 0.5, 2: 0.7}
+    assert by_number[1].state == TrialState.COMPLETE and by_number[1].value == 0.6
+
+
 def test_random_and_tpe_samplers_behind_the_same_searcher(tmp_path):
     import optuna
     import pytest
