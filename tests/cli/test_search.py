@@ -159,6 +159,7 @@ def test_trials_reuse_the_ray_actors_of_finished_ones_by_default(digits_search):
     assert len(set(pids.values())) < len(rows), pids
 
 
+@pytest.mark.mostly_waiting
 def test_without_asha_every_trial_runs_to_the_end_and_random_search_uses_optunas_random_sampler(tmp_path, capsys):
     """Sequential trials (the same on every machine), grace period 1; Optuna's RandomSampler at
     seed 6 draws lr_task 0.05, 0.05, then 1e-7 (which learns nothing): ASHA stops the third trial
@@ -273,6 +274,7 @@ def test_fractional_fake_gpus_pack_four_trials_on_the_device_the_runner_picks(tm
     assert max(s for s, _ in spans) < min(e for _, e in spans), spans
 
 
+@pytest.mark.mostly_waiting
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a CUDA host the GPU trial can use CUDA: nothing fails")
 def test_a_gpu_trial_that_cannot_use_cuda_errors_at_once_with_the_reason(tmp_path):
     space = _space_file(tmp_path, fixed={"num_tasks": 2},

@@ -168,6 +168,7 @@ def test_config_errors_and_bugs_are_permanent_lost_workers_and_io_are_not():
 
 
 @pytest.mark.slow
+@pytest.mark.mostly_waiting
 def test_tune_retries_a_transient_error_but_a_config_error_fails_once(tmp_path):
     """A real Tune run (seconds): with max_failures=2, a trial raising ConfigError runs once, one
     raising OSError runs 1 + 2 times."""

@@ -131,6 +131,7 @@ def _run_interrupted_then_resumed(tmp_path: Path, scheduler) -> dict[str, list[i
 
 
 @pytest.mark.slow
+@pytest.mark.mostly_waiting
 def test_resumed_search_keeps_pruning(tmp_path, monkeypatch):
     """After the resume, the interrupted trial reports 0.5 after the grace period, below the
     rung's cut (0.9, from the two trials that finished before the interruption): it is
