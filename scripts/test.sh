@@ -42,7 +42,9 @@ fi
 # The whole suite in two pytest processes side by side. Beside: the three-node cluster test
 # (tests/cluster/test_three_node_cluster.py), whose 3-4 minutes are mostly waits (sshd, `ray up`
 # over SSH, workers joining, `ray down`), then the tests marked mostly_waiting (one trial at a
-# time, waits on Ray: each keeps under about half of 2 cores busy). In front: everything else.
+# time, waits on Ray: each keeps under about half of 2 cores busy). In front: everything else,
+# the slow tests that start Ray first, while those beside run, and the ones that keep both cores
+# busy on their own (the quick part, -m cpu_bound) last (tests/conftest.py orders them).
 # The cores are busier that way; run one after the other, each idle moment added to the wall.
 # The report from beside is printed once the front run has finished; the exit status fails if
 # either fails. MARKTUNE_TEST_SERIAL=1 runs everything in one pytest, one test after another.
@@ -66,7 +68,7 @@ side_pid=$!
 # Ctrl-C: the pytest beside gets SIGINT too (its clean-up removes the namespaces), and nothing after it starts
 trap 'touch "$side/stop"; pkill -INT -P "$side_pid" 2>/dev/null; wait "$side_pid"' INT TERM
 set +e
-.venv/bin/python -m pytest --ignore "$THREE_NODE" -m "not mostly_waiting"
+MARKTUNE_TEST_CPU_BOUND_LAST=1 .venv/bin/python -m pytest --ignore "$THREE_NODE" -m "not mostly_waiting"
 front=$?
 wait "$side_pid"
 beside=$?

@@ -81,6 +81,23 @@ def run_search(argv: list[str], *, top: int):
     return Path(run.experiment)
 
 
+# ---------------------------------------------------------------- the order of the whole-suite run
+def pytest_collection_modifyitems(config, items):
+    """The front run of ``scripts/test.sh`` (``MARKTUNE_TEST_CPU_BOUND_LAST=1``) runs the
+    slow tests that leave the cores idle at times (Ray starting and stopping, one driver
+    waiting on its trials) while the tests beside it run, and the ones that keep both cores
+    busy on their own (the quick part, and the slow tests marked ``cpu_bound``) after those:
+    beside the three-node test, they competed with it for the cores. A stable sort: the
+    order within each group, and within each file, stays."""
+    if os.environ.get("MARKTUNE_TEST_CPU_BOUND_LAST") != "1":
+        return
+
+    def keeps_cores_busy(item) -> bool:
+        return item.get_closest_marker("slow") is None or item.get_closest_marker("cpu_bound") is not None
+
+    items.sort(key=keeps_cores_busy)
+
+
 # ---------------------------------------------------------------- the end of the session
 _EXIT_STATUS: list[int] = []
 

@@ -109,6 +109,7 @@ def test_cuda_without_cuda_is_refused(capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.cpu_bound
 @pytest.mark.skipif(not (DEBIAN_FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(),
                     reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
 def test_real_fashion_mnist_sequence(tmp_path):
@@ -126,6 +127,7 @@ def test_real_fashion_mnist_sequence(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.cpu_bound
 @pytest.mark.skipif(not (DEBIAN_FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(),
                     reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
 @pytest.mark.parametrize("seed", [1001, 1003, 1004, 1005])
@@ -156,6 +158,7 @@ def test_fmnist_space_warms_up_the_kb_on_seeds_that_diverged_without_a_clip(seed
 
 
 @pytest.mark.slow
+@pytest.mark.cpu_bound
 def test_digits_space_trains_a_config_whose_kb_warm_up_blew_up_without_a_clip(tmp_path):
     """A search's best digits trial sat at chance on fresh seeds: its KB warm-up blew up (finite,
     dead ReLUs, no NaN to report). With the space's kb_grad_clip every task is learned."""

@@ -106,6 +106,7 @@ def test_deterministic_runs_give_identical_matrices_and_leave_torch_as_it_was():
 
 
 @pytest.mark.slow
+@pytest.mark.cpu_bound
 def test_gpu_benchmark_runs_end_to_end_on_the_cpu(tmp_path):
     """The smoke test of bench/gpu.py: every section runs, without Ray (plain processes)."""
     from pathlib import Path
