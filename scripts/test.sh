@@ -49,23 +49,31 @@ fi
 # The report from beside is printed once the front run has finished; the exit status fails if
 # either fails. MARKTUNE_TEST_SERIAL=1 runs everything in one pytest, one test after another.
 THREE_NODE=tests/cluster/test_three_node_cluster.py
+# A background job starts with SIGINT ignored (bash does that without job control) and Python
+# keeps an ignored SIGINT ignored: give the pytest beside Python's own handler back, so that
+# Ctrl-C stops it through its clean-up (which removes the three-node test's namespaces).
+pytest_beside() {
+    .venv/bin/python -c 'import signal, sys, pytest
+signal.signal(signal.SIGINT, signal.default_int_handler)
+sys.exit(pytest.main(sys.argv[1:]))' "$@"
+}
 side=$(mktemp -d "${TMPDIR:-/tmp}/marktune-test-beside.XXXXXX")
 echo "[test] $THREE_NODE and the mostly_waiting tests run beside the rest (log: $side/log); their report follows"
 (
     set +e
     # pytest's exit 5 is "no test collected" (the three-node test skips where it cannot run)
-    .venv/bin/python -m pytest "$THREE_NODE" -p no:cacheprovider --basetemp "$side/tmp3"; three=$?
+    pytest_beside "$THREE_NODE" -p no:cacheprovider --basetemp "$side/tmp3"; three=$?
     [ "$three" -eq 5 ] && three=0
     echo
     waiting=130
     [ -e "$side/stop" ] \
-        || { .venv/bin/python -m pytest -m mostly_waiting --ignore "$THREE_NODE" -p no:cacheprovider \
-                 --basetemp "$side/tmpw"; waiting=$?; }
+        || { pytest_beside -m mostly_waiting --ignore "$THREE_NODE" -p no:cacheprovider --basetemp "$side/tmpw"
+             waiting=$?; }
     [ "$three" -ne 0 ] && exit "$three"
     exit "$waiting"
 ) > "$side/log" 2>&1 &
 side_pid=$!
-# Ctrl-C: the pytest beside gets SIGINT too (its clean-up removes the namespaces), and nothing after it starts
+# Ctrl-C (or SIGINT/SIGTERM to this script): the pytest beside gets SIGINT, and nothing after it starts
 trap 'touch "$side/stop"; pkill -INT -P "$side_pid" 2>/dev/null; wait "$side_pid"' INT TERM
 set +e
 MARKTUNE_TEST_CPU_BOUND_LAST=1 .venv/bin/python -m pytest --ignore "$THREE_NODE" -m "not mostly_waiting"
