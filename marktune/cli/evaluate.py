@@ -351,7 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if note:
                 print(f"[marktune] {note}; evaluating the trials that finished.", flush=True)
             check_evaluation(plan)
-            start_ray(plan.ray, own_local=True)  # a Ray another program started is not joined
+            start_ray(plan.ray)
             check_cluster_resources(cpus_per_trial=plan.cpus_per_trial, gpus_per_trial=plan.gpus_per_trial,
                                     address=plan.ray.address, unit="run")
         except (ExperimentError, EvaluateError, ConfigError, PlanError) as err:

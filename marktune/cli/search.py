@@ -284,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                        *(sys.argv[1:] if argv is None else argv)]))
             held.callback(lock.release)
             open_experiment(plan)
-            start_ray(plan.ray, own_local=True)  # a Ray another program started here is joined with --address only
+            start_ray(plan.ray)
             check_cluster_resources(cpus_per_trial=plan.cpus_per_trial, gpus_per_trial=plan.gpus_per_trial,
                                     address=plan.ray.address)
         except (SpaceError, ConfigError, PlanError) as err:

@@ -302,11 +302,12 @@ def check_evaluation(plan: EvalPlan) -> None:
 
 
 # ---------------------------------------------------------------- Ray and Tune
-def start_ray(ray_settings: RaySettings, *, own_local: bool = False) -> None:
-    """Connect to the cluster at ``ray_settings.address``, else start Ray on this machine.
+def start_ray(ray_settings: RaySettings) -> None:
+    """Connect to the cluster at ``ray_settings.address``, else start a Ray of this process's own.
 
-    ``own_local``: never join a Ray that another program started here (``address="local"``);
-    the search and the evaluation pass it: joining a running Ray is what ``--address auto`` is for.
+    Without an address, ``ray.init`` would join whatever Ray the file /tmp/ray/ray_current_cluster
+    names (another program's ``ray start``, a ``ray.cluster_utils.Cluster`` in a test beside) and
+    then refuse ``num_cpus``; ``address="local"`` never joins: that is what ``--address auto`` is for.
     """
     import ray
 
@@ -317,9 +318,8 @@ def start_ray(ray_settings: RaySettings, *, own_local: bool = False) -> None:
     if not is_local(address):
         kwargs["address"] = address
     else:
-        kwargs.update(num_cpus=ray_settings.num_cpus, num_gpus=ray_settings.num_gpus, include_dashboard=False)
-        if own_local or address == "local":
-            kwargs["address"] = "local"
+        kwargs.update(address="local", num_cpus=ray_settings.num_cpus, num_gpus=ray_settings.num_gpus,
+                      include_dashboard=False)
     try:
         ray.init(**kwargs)
     except ConnectionError as err:
