@@ -39,13 +39,13 @@ fi
 if [ $# -gt 0 ] || [ "${MARKTUNE_TEST_SERIAL:-}" = 1 ]; then
     exec .venv/bin/python -m pytest "$@"
 fi
-# The whole suite in two pytest processes side by side, each keeping about one core busy. Beside:
-# the three-node cluster test (tests/cluster/test_three_node_cluster.py), whose 3-4 minutes are
-# mostly waits (sshd, `ray up` over SSH, workers joining, `ray down`), then the tests marked
-# mostly_waiting (one trial at a time, waits on Ray), then the quick part. In front: the other
-# slow tests, those that start Ray first and those that keep both cores busy on their own
-# (-m cpu_bound) last (tests/conftest.py orders them). Run one after the other, each idle moment
-# is added to the wall; with the quick part in front, the front ran for 4 minutes alone.
+# The whole suite in two pytest processes side by side. Beside: the three-node cluster test
+# (tests/cluster/test_three_node_cluster.py), whose 3-4 minutes are mostly waits (sshd, `ray up`
+# over SSH, workers joining, `ray down`), then the tests marked mostly_waiting (one trial at a
+# time, waits on Ray: each keeps under about half of 2 cores busy). In front: everything else,
+# the slow tests that start Ray first, while those beside run, and the ones that keep both cores
+# busy on their own (the quick part, -m cpu_bound) last (tests/conftest.py orders them).
+# The cores are busier that way; run one after the other, each idle moment added to the wall.
 # The report from beside is printed once the front run has finished; the exit status fails if
 # either fails. MARKTUNE_TEST_SERIAL=1 runs everything in one pytest, one test after another.
 THREE_NODE=tests/cluster/test_three_node_cluster.py
@@ -58,7 +58,7 @@ signal.signal(signal.SIGINT, signal.default_int_handler)
 sys.exit(pytest.main(sys.argv[1:]))' "$@"
 }
 side=$(mktemp -d "${TMPDIR:-/tmp}/marktune-test-beside.XXXXXX")
-echo "[test] $THREE_NODE, the mostly_waiting tests and the quick part run beside the other slow tests (log: $side/log); their report follows"
+echo "[test] $THREE_NODE and the mostly_waiting tests run beside the rest (log: $side/log); their report follows"
 (
     set +e
     # pytest's exit 5 is "no test collected" (the three-node test skips where it cannot run)
@@ -69,8 +69,7 @@ echo "[test] $THREE_NODE, the mostly_waiting tests and the quick part run beside
     # pytest's exit 2 is "interrupted": Ctrl-C reached it. This script's trap runs only once the
     # front pytest has ended, which can take long: a search under way takes Ctrl-C as its own.
     [ -e "$side/stop" ] || [ "$three" -eq 2 ] \
-        || { MARKTUNE_TEST_CPU_BOUND_LAST=1 pytest_beside -m "mostly_waiting or not slow" --ignore "$THREE_NODE" \
-                 -p no:cacheprovider --basetemp "$side/tmpw"
+        || { pytest_beside -m mostly_waiting --ignore "$THREE_NODE" -p no:cacheprovider --basetemp "$side/tmpw"
              waiting=$?; }
     [ "$three" -ne 0 ] && exit "$three"
     exit "$waiting"
@@ -79,13 +78,13 @@ side_pid=$!
 # Ctrl-C (or SIGINT/SIGTERM to this script): the pytest beside gets SIGINT, and nothing after it starts
 trap 'touch "$side/stop"; pkill -INT -P "$side_pid" 2>/dev/null; wait "$side_pid"' INT TERM
 set +e
-MARKTUNE_TEST_CPU_BOUND_LAST=1 .venv/bin/python -m pytest --ignore "$THREE_NODE" -m "slow and not mostly_waiting"
+MARKTUNE_TEST_CPU_BOUND_LAST=1 .venv/bin/python -m pytest --ignore "$THREE_NODE" -m "not mostly_waiting"
 front=$?
 wait "$side_pid"
 beside=$?
 set -e
 echo
-echo "[test] ---------------- beside: $THREE_NODE, then -m \"mostly_waiting or not slow\" ----------------"
+echo "[test] ---------------- beside: $THREE_NODE, then -m mostly_waiting ----------------"
 cat "$side/log"
 rm -rf "$side"
 if [ "$front" -ne 0 ]; then exit "$front"; fi
