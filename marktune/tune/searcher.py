@@ -132,17 +132,17 @@ class MarkOptunaSearch(OptunaSearch):
         if result and TIME_ATTR in result:
             # Tune hands the last result (the one ASHA judged) only to this method
             self.on_trial_result(trial_id, result)
-        study = ray_internals.searcher_study(self)
+        if error:
+            state, told = TrialState.FAIL, None
+        elif finished and value is not None and math.isfinite(value):
+            state, told = TrialState.COMPLETE, value
+        else:  # stopped early: TPE sees it as pruned, with its intermediate values
+            state, told = TrialState.PRUNED, None
         # skip_if_finished: a trial told in the driver's last second before it died is finished
         # in the study but not in the searcher checkpoint --resume restores (at most a second
         # older); Tune runs its last task again and ends it again. Optuna refused the second tell
         # ("Cannot tell a COMPLETE trial") and the resumed search died (seen once in the suite).
-        if error:
-            study.tell(ot_trial, state=TrialState.FAIL, skip_if_finished=True)
-        elif finished and value is not None and math.isfinite(value):
-            study.tell(ot_trial, value, state=TrialState.COMPLETE, skip_if_finished=True)
-        else:  # stopped early: TPE sees it as pruned, with its intermediate values
-            study.tell(ot_trial, state=TrialState.PRUNED, skip_if_finished=True)
+        ray_internals.searcher_study(self).tell(ot_trial, told, state=state, skip_if_finished=True)
         ray_internals.searcher_completed(self).add(trial_id)
 
     # Tune pickles the searcher twice: whole into tuner.pkl when the Tuner is built, and
