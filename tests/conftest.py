@@ -60,25 +60,32 @@ def headless_chromium(page, tmp_path, *flags: str) -> str:
     return proc.stdout
 
 
-def run_search(argv: list[str], *, top: int):
-    """``python -m marktune.search ARGV`` in this process, on a Ray of its own (even when another
-    program runs one on this machine), then its summary; the experiment directory."""
-    from pathlib import Path
-
+def search_in_process(argv: list[str], *, top: int = 10):
+    """``python -m marktune.search ARGV`` in this process, on a Ray of its own (``start_ray``,
+    as the command: even when another program or test runs one on this machine), then its
+    summary; Ray is shut down whatever happens. The search's outcome, summary rows and plan."""
     import ray
 
     from marktune.cli import search
+    from marktune.tune.launch import start_ray
     from marktune.tune.search_run import run_search
 
     args = search.build_parser().parse_args(argv)
     plan = search.plan_from_args(args)
-    ray.init(address="local", num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
+    start_ray(plan.ray)
     try:
-        run = run_search(plan)
-        search.summarize(run, plan, top=top)
+        outcome = run_search(plan)
+        rows = search.summarize(outcome, plan, top=top)
     finally:
         ray.shutdown()
-    return Path(run.experiment)
+    return outcome, rows, plan
+
+
+def run_search(argv: list[str], *, top: int):
+    """:func:`search_in_process`; the experiment directory."""
+    from pathlib import Path
+
+    return Path(search_in_process(argv, top=top)[0].experiment)
 
 
 # ---------------------------------------------------------------- the order of the whole-suite run

@@ -10,10 +10,9 @@ import pytest
 import torch
 import yaml
 
+from conftest import search_in_process
 from marktune.cli import run; from marktune.cli import search
 from marktune.results.summary import TrialRow
-from marktune.tune.launch import start_ray
-from marktune.tune.search_run import run_search
 
 pytestmark = pytest.mark.slow
 
@@ -235,17 +234,7 @@ def _space_file(tmp_path, *, fixed, search_params, samples, grace_period=2):
 
 
 def _search(argv):
-    """Plan, start a local Ray, search, summarize; Ray is shut down whatever happens."""
-    import ray
-
-    args = search.build_parser().parse_args(argv)
-    plan = search.plan_from_args(args)
-    start_ray(plan.ray)
-    try:
-        outcome = run_search(plan)
-        rows = search.summarize(outcome, plan, top=10)
-    finally:
-        ray.shutdown()
+    outcome, rows, plan = search_in_process(argv)
     return outcome.results, rows, outcome.experiment, outcome.study, plan
 
 
