@@ -1,7 +1,9 @@
 """The package's layers, checked from the source: imports only run down, and privates stay home.
 
-Layers, bottom to top: data < mark < results < tune < cli (docs/architecture.md). A module may
-import its own layer or a lower one; the ``python -m marktune.X`` shims at the top may import cli.
+Layers, bottom to top: data < mark < results < runners < tune < cli (docs/architecture.md). All
+but ``runners`` are subpackages of ``marktune``; ``runners`` (what each trial actor runs) is a
+top-level package of its own. A module may import its own layer or a lower one; the
+``python -m marktune.X`` shims at the top may import cli.
 """
 from __future__ import annotations
 
@@ -10,21 +12,27 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "marktune"
-LAYERS = ["data", "mark", "results", "tune", "cli"]
-MODULES = sorted(PACKAGE.rglob("*.py"))
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "marktune"
+RUNNERS = ROOT / "runners"
+LAYERS = ["data", "mark", "results", "runners", "tune", "cli"]
+TOP_LEVEL = ("marktune", "runners")  # the installed packages (pyproject.toml)
+MODULES = sorted([*PACKAGE.rglob("*.py"), *RUNNERS.rglob("*.py")])
 
 
 def _layer(module: str) -> int:
-    """The layer of a dotted marktune module (the shims at the package's top are above cli)."""
+    """The layer of a dotted module (runners.*, marktune.<layer>.*; the shims at marktune's top
+    are above cli)."""
     parts = module.split(".")
+    if parts[0] == "runners":
+        return LAYERS.index("runners")
     if len(parts) >= 2 and parts[1] in LAYERS:
         return LAYERS.index(parts[1])
     return len(LAYERS)
 
 
 def _module_name(path: Path) -> str:
-    rel = path.relative_to(PACKAGE.parent).with_suffix("")
+    rel = path.relative_to(ROOT).with_suffix("")
     parts = list(rel.parts)
     if parts[-1] == "__init__":
         parts.pop()
@@ -32,39 +40,49 @@ def _module_name(path: Path) -> str:
 
 
 def _imports(path: Path) -> list[tuple[str, list[str], int]]:
-    """(module, names taken from it, line) for every marktune import, function-local ones too."""
+    """(module, names taken from it, line) for every marktune or runners import, function-local
+    ones too."""
     found = []
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 \
-                and node.module.split(".")[0] == "marktune":
+                and node.module.split(".")[0] in TOP_LEVEL:
             names = [a.name for a in node.names]
-            if node.module in ("marktune",) or node.module.count(".") == 1 and node.module.split(".")[1] in LAYERS:
+            if node.module in TOP_LEVEL or node.module.count(".") == 1 and node.module.split(".")[1] in LAYERS:
                 # `from marktune.mark import learner`: the modules named are what is imported
                 found += [(f"{node.module}.{n}", [], node.lineno) for n in names]
             else:
                 found.append((node.module, names, node.lineno))
         elif isinstance(node, ast.Import):
-            found += [(a.name, [], node.lineno) for a in node.names if a.name.split(".")[0] == "marktune"]
+            found += [(a.name, [], node.lineno) for a in node.names if a.name.split(".")[0] in TOP_LEVEL]
     return found
 
 
 def test_the_layers_are_what_the_docs_say():
     assert sorted(p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()) \
-        == sorted(LAYERS)
+        == sorted(layer for layer in LAYERS if layer != "runners")
+    assert (RUNNERS / "__init__.py").exists()
 
 
-@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_the_runners_are_installed_with_the_package():
+    """Every Ray worker imports the runner as it imports marktune: from the installed packages."""
+    import tomllib
+
+    found = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    assert all(any(f"{top}*" == pattern for pattern in found["include"]) for top in TOP_LEVEL), found
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_imports_only_run_down(path):
     here = _layer(_module_name(path))
     up = [f"line {line}: {module}" for module, _, line in _imports(path) if _layer(module) > here]
-    assert not up, f"{path.relative_to(PACKAGE.parent)} imports a higher layer: {up}"
+    assert not up, f"{path.relative_to(ROOT)} imports a higher layer: {up}"
 
 
-@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_no_private_name_is_imported_from_another_module(path):
     private = [f"line {line}: {module}.{name}" for module, names, line in _imports(path)
                for name in names if name.startswith("_") and not name.startswith("__")]
-    assert not private, f"{path.relative_to(PACKAGE.parent)} takes private names: {private}"
+    assert not private, f"{path.relative_to(ROOT)} takes private names: {private}"
 
 
 def test_no_module_imports_itself_back_through_another():

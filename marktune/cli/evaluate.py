@@ -16,7 +16,7 @@ Every configuration runs on the same (data_seed, seed) pairs: ``--orders`` class
 ``--protocol``, ``marktune.results.protocols``) decides what is reported as unseen. ``--benchmark``
 moves the configurations to another benchmark of the same shape.
 
-Every run is one Ray Tune trial of ``marktune.tune.trainable.train_mark_sequence`` (the search's
+Every run is one Ray Tune trial of ``runners.mark_sequence.train_mark_sequence`` (the search's
 trainable), from a grid over (configuration, data seed, seed), with no scheduler: every run goes
 to the last task. Output, in the experiment directory: ``evaluation.csv`` (one row per run),
 ``evaluation.md`` (the verdict sentence, the paired table, one row per configuration),
@@ -51,9 +51,10 @@ from marktune.results.statistics import heldout_accuracy, heldout_backward_trans
 from marktune.tune.evaluation_run import run_evaluation
 from marktune.tune.experiment_lock import lock_search_directory
 from marktune.tune.launch import check_cluster_resources, check_evaluation, shutdown_ray, start_ray
-from marktune.tune.plan import (EvalConfig, EvalPlan, PlanError, TrialRuntime, check_name, check_seed,
+from marktune.tune.plan import (EvalConfig, EvalPlan, PlanError, check_name, check_seed,
                                 check_trial_resources, trial_threads)
 from marktune.tune.spaces import load_experiment_with_space
+from runners.runtime import TrialRuntime
 
 FIRST_SEED = 1000  # evaluation seeds are the first S integers >= this that no search trial used
 DEFAULT_SEEDS, DEFAULT_ORDERS = 3, 1  # a space may set its own (defaults.eval_seeds, defaults.eval_orders)

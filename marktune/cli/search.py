@@ -1,7 +1,7 @@
 """The search service: ``python -m marktune.search --space NAME`` (also ``marktune search``).
 
 Ray Tune runs one trial per configuration (a whole MARK sequence, see
-``marktune/tune/trainable.py``); Optuna proposes configurations (TPE, or at random with
+``runners/mark_sequence.py``); Optuna proposes configurations (TPE, or at random with
 ``--searcher random``); ASHA stops weak trials on the mean validation accuracy reported after
 every task (none with ``--scheduler none``: every trial runs to its last task). At the end: a
 table of the best trials, ``best_config.yaml`` (runnable with ``python -m marktune.run
@@ -33,7 +33,7 @@ from marktune.results.summary import TrialRow, format_table, mark_ties, trial_ro
 from marktune.tune.experiment_lock import lock_experiment
 from marktune.tune.launch import (check_address, check_cluster_resources, check_local_resources, check_optuna_storage,
                                   check_ray_flags, check_search, open_experiment, shutdown_ray, start_ray)
-from marktune.tune.plan import (DEFAULT_STORAGE, PlanError, SearchPlan, TrialRuntime, check_name,
+from marktune.tune.plan import (DEFAULT_STORAGE, PlanError, SearchPlan, check_name,
                                 check_protocol, check_seed, check_trial_resources,
                                 local_experiment_dir, trial_threads)
 from marktune.tune.search_run import SearchRun, run_search
@@ -41,6 +41,7 @@ from marktune.tune.search_settings import KEPT_ON_RESUME, kept_flag, kept_on_res
 from marktune.tune.spaces import SCHEDULERS, SEARCHERS, SpaceError, available_spaces, load_space
 from marktune.tune.study import DASHBOARD_INSTALL, JOURNAL_FILE, StudyStorage, hide_password
 from marktune.tune.tune_setup import prune_checkpoints
+from runners.runtime import TrialRuntime
 
 SearchError = PlanError  # what a search's bad flag or environment raises (the name its callers know)
 

@@ -20,7 +20,7 @@ import numpy as np
 
 Matrix = Sequence[Sequence[float]] | np.ndarray
 
-# Names under which a trial reports after every task (marktune/tune/trainable.py), read by the
+# Names under which a trial reports after every task (runners/mark_sequence.py), read by the
 # search (ASHA's time unit, Optuna's objective) and by experiment readers.
 METRIC = "mean_val_acc"  # mean validation accuracy over the tasks seen: what a search optimises
 TIME_ATTR = "tasks_done"

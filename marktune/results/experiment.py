@@ -223,7 +223,7 @@ def load_experiment(path: str | os.PathLike) -> Experiment:
         if not isinstance(params, dict) or "benchmark" not in params or RUNTIME_KEY not in params:
             raise ExperimentError(
                 f"{root} is not a marktune search experiment: {tdir.name}/{PARAMS_FILE} has no "
-                f"'benchmark' and '{RUNTIME_KEY}' (it was not made by marktune.tune.trainable)")
+                f"'benchmark' and '{RUNTIME_KEY}' (it was not made by runners.mark_sequence)")
         tid = tdir.name[len(TRIAL_DIR_PREFIX):]
         trials[tid] = _trial(tid, params, task_results(tdir))
         trials[tid].checkpoint_tasks = checkpoint_tasks(tdir)

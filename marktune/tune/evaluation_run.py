@@ -1,6 +1,6 @@
 """Run a planned evaluation: one Tune trial per (configuration, data seed, seed), no scheduler.
 
-Every run is a trial of the search's trainable (``marktune.tune.trainable.train_mark_sequence``)
+Every run is a trial of the search's trainable (``runners.mark_sequence.train_mark_sequence``)
 from a grid over (configuration row, data seed, seed), and runs to the last task. The plan
 (:class:`marktune.tune.plan.EvalPlan`) is checked and Ray started before this runs
 (:mod:`marktune.tune.launch`).
@@ -21,7 +21,7 @@ def run_evaluation(plan: EvalPlan):
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
-    from marktune.tune.trainable import is_permanent_error, train_mark_sequence
+    from runners.mark_sequence import is_permanent_error, train_mark_sequence
 
     runs = plan.runs
     gpus = prepare_tune(cpus_per_trial=plan.cpus_per_trial, gpus_per_trial=plan.gpus_per_trial,

@@ -5,11 +5,8 @@ hands it to the library (``marktune.tune.launch`` checks it and starts Ray,
 ``marktune.tune.search_run`` / ``marktune.tune.evaluation_run`` run it). No function below the
 command line sees an argparse namespace.
 
-* :class:`TrialRuntime`: the non-learner settings of one trial (data, threads, GPU use, where
-  a first-k trial stops). It travels inside the Tune config as a plain dict under
-  :data:`RUNTIME_KEY` (Tune writes it to each trial's ``params.json``, where
-  ``marktune.results.experiment`` reads it back), so :meth:`TrialRuntime.to_dict` keeps the keys
-  and values of the experiments written before it existed.
+* what rides in each trial, :class:`runners.runtime.TrialRuntime` (data, threads, GPU use, where
+  a first-k trial stops), lives with the trial runner; the plans below hold one.
 * :class:`RaySettings`: which Ray to join or start.
 * :class:`SearchPlan` and :class:`EvalPlan`: one search, one evaluation.
 """
@@ -19,10 +16,11 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 from marktune.results.files import RUNTIME_KEY
-from marktune.results.protocols import DEFAULT_TUNING_TASKS, STOP_AFTER_KEY, SearchProtocol
+from marktune.results.protocols import DEFAULT_TUNING_TASKS, SearchProtocol
+from runners.runtime import TrialRuntime
 
 if TYPE_CHECKING:
     from marktune.mark.config import MarkConfig
@@ -30,7 +28,7 @@ if TYPE_CHECKING:
     from marktune.tune.spaces import SearchSpace
     from marktune.tune.study import StudyStorage
 
-__all__ = ["RUNTIME_KEY", "DEFAULT_STORAGE", "PlanError", "TrialRuntime", "RaySettings", "SearchPlan", "EvalConfig",
+__all__ = ["RUNTIME_KEY", "DEFAULT_STORAGE", "PlanError", "RaySettings", "SearchPlan", "EvalConfig",
            "EvalPlan", "check_trial_resources", "check_protocol", "check_name", "check_seed", "check_config_seeds", "MAX_SEED",
            "local_experiment_dir", "trial_threads"]
 
@@ -39,39 +37,6 @@ DEFAULT_STORAGE = "results"
 
 class PlanError(ValueError):
     """A flag or an environment problem found before any trial starts."""
-
-
-# ---------------------------------------------------------------- inside every trial
-@dataclass(frozen=True, kw_only=True)
-class TrialRuntime:
-    """A trial's settings that are not the learner's (``marktune.tune.trainable`` reads them)."""
-
-    data_dir: str | None = None  # where the data sets are on the trial's node (None: $MARKTUNE_DATA or cache)
-    download: bool = False  # let the trial download its data set
-    threads: int | None = None  # torch threads of the trial (None: torch's own choice)
-    cpu_fallback: bool = False  # a trial given a GPU that CUDA cannot use runs on the CPU (fake GPUs in tests)
-    gpu_memory_fraction: float | None = None  # share of its GPU the trial may allocate (None: its GPUs)
-    stop_after_tasks: int | None = None  # first-k protocol: run the first k tasks of the stream, then stop
-
-    def to_dict(self) -> dict[str, Any]:
-        """The plain dict under ``RUNTIME_KEY`` in the trial config, as searches have always written it
-        (the first-k key only under first-k)."""
-        out: dict[str, Any] = {"data_dir": self.data_dir, "download": self.download, "threads": self.threads,
-                               "cpu_fallback": self.cpu_fallback, "gpu_memory_fraction": self.gpu_memory_fraction}
-        if self.stop_after_tasks is not None:
-            out[STOP_AFTER_KEY] = self.stop_after_tasks
-        return out
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None) -> "TrialRuntime":
-        """Read back what ``to_dict`` wrote, also an older experiment's dict with fewer keys."""
-        data = data or {}
-        fraction = data.get("gpu_memory_fraction")
-        return cls(data_dir=data.get("data_dir"), download=bool(data.get("download", False)),
-                   threads=int(data["threads"]) if data.get("threads") else None,
-                   cpu_fallback=bool(data.get("cpu_fallback", False)),
-                   gpu_memory_fraction=float(fraction) if fraction is not None else None,
-                   stop_after_tasks=int(data[STOP_AFTER_KEY]) if data.get(STOP_AFTER_KEY) else None)
 
 
 def trial_threads(cpus_per_trial: float) -> int:

@@ -48,7 +48,7 @@ def run_search(plan: SearchPlan) -> SearchRun:
     from marktune.tune.state_keeper import StateKeeper, disk_full_seen, resumed_at, stop_watching
     from marktune.tune.study import open_study
     from marktune.tune.tensorboard_logger import MarkTensorBoardCallback
-    from marktune.tune.trainable import is_permanent_error, train_mark_sequence
+    from runners.mark_sequence import is_permanent_error, train_mark_sequence
 
     gpus = prepare_tune(cpus_per_trial=plan.cpus_per_trial, gpus_per_trial=plan.gpus_per_trial,
                         runs=plan.samples, max_concurrent=plan.max_concurrent)

@@ -220,7 +220,7 @@ def test_missing_or_foreign_directory_is_a_clear_error(module, tmp_path, capsys)
     other.mkdir(parents=True)
     (other / "params.json").write_text(json.dumps({"lr": 0.1}))  # some other Tune experiment
     assert main([str(tmp_path / "other_tune")]) == 2
-    assert "not made by marktune.tune.trainable" in capsys.readouterr().err
+    assert "not made by runners.mark_sequence" in capsys.readouterr().err
     assert not ray.is_initialized()  # refused before Ray starts
 
 

@@ -10,7 +10,8 @@ import pytest
 from marktune.cli import evaluate, flags, search
 from marktune.cli.main import main as marktune_main
 from marktune.results.protocols import STOP_AFTER_KEY
-from marktune.tune.plan import RUNTIME_KEY, PlanError, TrialRuntime, check_trial_resources
+from marktune.tune.plan import RUNTIME_KEY, PlanError, check_trial_resources
+from runners.runtime import TrialRuntime
 
 PACKAGE = Path(__file__).resolve().parents[2] / "marktune"
 COMMANDS = ("search", "evaluate", "run", "report")

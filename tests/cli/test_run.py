@@ -61,7 +61,7 @@ def test_trial_metrics_carry_the_diagnostics():
 
     cfg = MarkConfig.from_sources(overrides=["benchmark=synthetic", *TINY_SETS[1::2], "num_tasks=1"])
     learner = MarkLearner(cfg, load_benchmark_for(cfg), verbose=0)
-    scalars = task_scalars(learner.train_next_task())  # what marktune/tune/trainable.py reports
+    scalars = task_scalars(learner.train_next_task())  # what runners/mark_sequence.py reports
     d = learner.diagnostics[0]
     assert scalars["kb_weight_norm"] == d["kb_weight_norm"] and scalars["kb_weight_norm_fc"] == d["kb_fc_norm"]
     assert [scalars[f"kb_weight_norm_block_{b}"] for b in range(3)] == d["kb_block_norms"]

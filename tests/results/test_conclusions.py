@@ -222,7 +222,7 @@ def test_first_k_evaluation_runs_the_whole_stream(tmp_path):
     args = evaluate.build_parser().parse_args([str(exp)])
     plan = evaluate.plan_from_args(args)
     assert plan.protocol.heldout_tasks == [3, 4]
-    from marktune.tune.plan import TrialRuntime
+    from runners.runtime import TrialRuntime
 
     searched = TrialRuntime.from_dict(plan.experiment.runtime())
     assert searched.to_dict().get(protocols.STOP_AFTER_KEY) == 3  # the search's trials stopped

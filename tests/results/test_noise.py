@@ -99,7 +99,7 @@ def test_a_trial_reports_the_validation_images_of_the_tasks_seen():
     first = learner.train_next_task()
     assert first.val_counts == sizes[:1] and task_scalars(first)["val_images"] == sizes[0]
     second = learner.train_next_task()
-    scalars = task_scalars(second)  # what marktune/tune/trainable.py reports, with val_counts
+    scalars = task_scalars(second)  # what runners/mark_sequence.py reports, with val_counts
     assert second.val_counts == sizes and scalars["val_images"] == sum(sizes)
     assert results_dict(learner)["val_counts"] == sizes  # marktune.run's results.json
     scored = scored_from_result("t", {**scalars, "val_row": second.val_row, "val_counts": second.val_counts})

@@ -155,7 +155,7 @@ def test_config_errors_and_bugs_are_permanent_lost_workers_and_io_are_not():
     from marktune.data.benchmarks import DatasetMissingError
     from marktune.mark.config import ConfigError
     from marktune.mark.devices import TrialOutOfMemoryError
-    from marktune.tune.trainable import is_permanent_error
+    from runners.mark_sequence import is_permanent_error
 
     for permanent in (ConfigError("uniform for an integer"), ValueError("x"), TypeError("x"), KeyError("x"),
                       FloatingPointError("loss became nan"), DatasetMissingError("CIFAR-100 not found")):
@@ -176,7 +176,7 @@ def test_tune_retries_a_transient_error_but_a_config_error_fails_once(tmp_path):
     from ray import tune
 
     from marktune.tune.ray_internals import retry_transient_errors_only
-    from marktune.tune.trainable import is_permanent_error
+    from runners.mark_sequence import is_permanent_error
 
     # defined here, so that Ray pickles it by value (workers cannot import a test module)
     def _fails_with(config):

@@ -1,4 +1,6 @@
-"""What runs inside one Ray Tune trial: a whole MARK sequence, reported task by task.
+"""What runs inside one Ray Tune trial actor: a whole MARK sequence, reported task by task.
+
+The search's trials and the evaluation's re-runs are both :func:`train_mark_sequence`.
 
 After every task the trial reports (``tune.report``) the tasks done, the mean
 *validation* accuracy over tasks seen (the search metric), the mean test accuracy
@@ -25,7 +27,7 @@ import torch
 
 from marktune.mark.metrics import TIME_ATTR
 from marktune.results.files import CHECKPOINT_TASKS_FILE
-from marktune.tune.plan import RUNTIME_KEY, TrialRuntime  # the trial config's non-learner settings
+from runners.runtime import RUNTIME_KEY, TrialRuntime  # the trial config's non-learner settings
 
 STATE_FILE = "learner.pt"
 
