@@ -1,7 +1,7 @@
 """Replay bench: how random search, TPE, ASHA and first-k would have done on recorded curves (issue 21).
 
 Replays a curves table (``curves.csv``, :mod:`marktune.results.curves`) offline with the search's
-own searcher and scheduler on simulated workers (:mod:`marktune.tune.replay`), many times, and
+own searcher and scheduler on simulated workers (:mod:`marktune.replay.search`), many times, and
 prints per strategy the regret (best final test ACC of the table minus that of the configuration
 picked by validation) at 25, 50 and 100 % of the task-trainings of a full random search of the
 same sample count, with 95 % t intervals over the replay seeds; then Kendall's tau of each rung
@@ -23,11 +23,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from marktune.mark.hardware import cpu_model_name  # noqa: E402
-from marktune.results.curves import read_curves, write_curves  # noqa: E402
-from marktune.tune.replay import (FRACTIONS, Interval, Strategy, StrategyResult, replay_strategies,  # noqa: E402
-                                  standard_strategies)
-from marktune.tune.replay_table import (SURROGATES, ReplayTable, WeightedNearest, make_surrogate,  # noqa: E402
-                                        synthetic_curves)
+from marktune.results.curves import CurvesError, read_curves, write_curves  # noqa: E402
+from marktune.replay.search import (FRACTIONS, Interval, Strategy, StrategyResult, replay_strategies,  # noqa: E402
+                                    standard_strategies)
+from marktune.replay.surrogates import SURROGATES, WeightedNearest, make_surrogate  # noqa: E402
+from marktune.replay.table import ReplayTable, ReplayTableError, check_table, synthetic_curves  # noqa: E402
 from marktune.tune.spaces import load_space  # noqa: E402
 
 RANDOM_FROM_TABLE = ("random search draws the table's configurations without replacement (the table of a "
@@ -105,8 +105,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give a curves table or --synthetic N (one of them)")
     started = time.perf_counter()
     space = load_space(args.space)
-    curves = (synthetic_curves(space=space, configs=args.synthetic, seed=0) if args.synthetic
-              else read_curves(args.curves))
+    try:  # the table is checked before any work starts
+        curves = (synthetic_curves(space=space, configs=args.synthetic, seed=0) if args.synthetic
+                  else read_curves(args.curves))
+        checked = check_table(curves, space, source=str(args.curves or "the synthetic table"))
+    except (ReplayTableError, CurvesError, OSError) as err:
+        print(f"replay bench: {err}", file=sys.stderr)
+        return 2
     if args.save_table:
         write_curves(args.save_table, curves.rows, searched=curves.searched)
     table = ReplayTable.from_curves(curves)
@@ -125,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     intro = [
         f"replay bench: {source}: {len(table.configs)} configurations, {table.num_tasks} tasks"
         + (f", {table.dropped} incomplete curve(s) dropped" if table.dropped else "") + f"; space {space.path}",
+        *([f"runs that ended in an error ({len(checked.errored)} of {checked.runs}, not replayed): "
+           + "; ".join(map(str, checked.errored))] if checked.errored else []),
         f"machine: {cpu_model_name()}, {args.jobs} process(es)",
         f"{len(seeds)} replay seeds x {samples} samples on {args.workers} simulated workers; budget "
         f"{samples * table.num_tasks} task-trainings ({samples} samples x {table.num_tasks} tasks)",

@@ -39,7 +39,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from marktune.results.curves import CurveRow, read_curves, write_curves  # noqa: E402
+from marktune.replay.table import ReplayTableError, check_table  # noqa: E402
+from marktune.results.curves import CurveRow, CurvesError, read_curves, write_curves  # noqa: E402
 from marktune.tune.spaces import Param, SearchSpace, load_space  # noqa: E402
 
 DEFAULT_ID = "default"
@@ -131,11 +132,22 @@ def main(argv: list[str] | None = None) -> int:
     base = space.base_config(overrides)
     configs = configurations(space, count=args.configs, seed=args.sample_seed)
     searched = list(space.params)
+    try:  # a table read back is checked before any work starts
+        recorded = read_curves(args.out) if (args.report_only or args.resume) and args.out.exists() else None
+        if recorded is not None:
+            check_table(recorded, space, source=str(args.out), blank_ids=[DEFAULT_ID])
+        extra = (read_curves(args.split_default) if args.report_only and args.split_default
+                 and args.split_default.exists() else None)
+    except (ReplayTableError, CurvesError) as err:
+        print(f"separation bench: {err}", file=sys.stderr)
+        return 2
     if args.report_only:
-        extra = read_curves(args.split_default) if args.split_default and args.split_default.exists() else None
-        report(read_curves(args.out), seeds=args.seeds, default_table=extra)
+        if recorded is None:
+            print(f"separation bench: {args.out} does not exist; nothing to report", file=sys.stderr)
+            return 2
+        report(recorded, seeds=args.seeds, default_table=extra)
         return 0
-    rows: list[CurveRow] = read_curves(args.out).rows if args.resume and args.out.exists() else []
+    rows: list[CurveRow] = recorded.rows if recorded is not None else []
     done = {(r.trial_id, r.seed) for r in rows}
     jobs = [(cid, base, params, seed) for cid, params in configs.items() for seed in args.seeds
             if (cid, seed) not in done]

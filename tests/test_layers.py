@@ -1,6 +1,6 @@
 """The package's layers, checked from the source: imports only run down, and privates stay home.
 
-Layers, bottom to top: data < mark < results < runners < tune < cli (docs/architecture.md). All
+Layers, bottom to top: data < mark < results < runners < tune < replay < cli (docs/architecture.md). All
 but ``runners`` are subpackages of ``marktune``; ``runners`` (what each trial actor runs) is a
 top-level package of its own. A module may import its own layer or a lower one; the
 ``python -m marktune.X`` shims at the top may import cli.
@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "marktune"
 RUNNERS = ROOT / "runners"
-LAYERS = ["data", "mark", "results", "runners", "tune", "cli"]
+LAYERS = ["data", "mark", "results", "runners", "tune", "replay", "cli"]
 TOP_LEVEL = ("marktune", "runners")  # the installed packages (pyproject.toml)
 MODULES = sorted([*PACKAGE.rglob("*.py"), *RUNNERS.rglob("*.py")])
 

@@ -48,6 +48,7 @@ class CurveRow:
     test_acc: float
     seconds: float  # wall seconds of this task
     seed: int | None = None
+    line: int | None = field(default=None, compare=False)  # its line in the file it was read from
 
 
 @dataclass
@@ -157,15 +158,20 @@ def read_curves(path: str | Path) -> CurvesTable:
             if len(cells) != len(header):
                 raise CurvesError(f"{path}, line {line}: {len(cells)} cells, the header has {len(header)}")
             record = dict(zip(header, cells))
-            try:
-                seed = record.get(SEED_COLUMN) or None
-                table.rows.append(CurveRow(
-                    trial_id=record["trial_id"], status=record["status"],
-                    params={k: _typed(record[k]) for k in searched}, task=int(record["task"]),
-                    val_acc=_float(record["val_acc"]), test_acc=_float(record["test_acc"]),
-                    seconds=_float(record["seconds"]), seed=int(seed) if seed is not None else None))
-            except ValueError as err:
-                raise CurvesError(f"{path}, line {line}: {err}") from None
+
+            def number(column: str, kind: Callable[[str], Any] = _float) -> Any:
+                try:
+                    return kind(record[column])
+                except ValueError:
+                    raise CurvesError(f"{path}, line {line} (trial {record['trial_id']}), column {column}: "
+                                      f"{record[column]!r} is not a number") from None
+
+            seed = number(SEED_COLUMN, int) if record.get(SEED_COLUMN) else None
+            table.rows.append(CurveRow(
+                trial_id=record["trial_id"], status=record["status"],
+                params={k: _typed(record[k]) for k in searched}, task=number("task", int),
+                val_acc=number("val_acc"), test_acc=number("test_acc"), seconds=number("seconds"),
+                seed=seed, line=line))
     return table
 
 

@@ -1,20 +1,21 @@
-"""The replay bench (marktune.tune.replay, bench/replay.py) on hand-made curves with known outcomes."""
+"""The replay bench (marktune.replay, bench/replay.py) on hand-made curves with known outcomes."""
 from __future__ import annotations
 
 import doctest
 import importlib.util
 import itertools
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from marktune.results.curves import CurveRow, CurvesTable, read_curves, write_curves
-from marktune.tune import replay as replay_module
-from marktune.tune import replay_table as replay_table_module
-from marktune.tune.replay import Interval, Strategy, replay
-from marktune.tune.replay_table import NearestRecorded, ReplayTable, WeightedNearest, config_index, make_surrogate
+from marktune.replay import search as replay_module
+from marktune.replay import surrogates as surrogates_module
+from marktune.replay import table as replay_table_module
+from marktune.replay.search import Interval, Strategy, replay
+from marktune.replay.surrogates import NearestRecorded, WeightedNearest, make_surrogate
+from marktune.replay.table import ReplayTable, config_index
 from marktune.tune.spaces import Param, SearchSpace
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,7 +60,7 @@ FIRST_K = {
 
 
 def test_docstring_examples_run():
-    for module in (replay_module, replay_table_module):
+    for module in (replay_module, replay_table_module, surrogates_module):
         failures, tried = doctest.testmod(module)
         assert tried > 0 and failures == 0, module.__name__
 
@@ -184,11 +185,15 @@ def test_an_interval_is_a_t_interval_over_the_seeds_with_a_value():
     assert Interval.of([0.01] * 20).low == pytest.approx(0.01)
 
 
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_replay", ROOT / "bench" / "replay.py")
+def _load_bench(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _bench():
+    return _load_bench("replay")
 
 
 def test_the_bench_prints_every_strategy_on_a_synthetic_table(tmp_path, capsys):
@@ -205,15 +210,23 @@ def test_the_bench_prints_every_strategy_on_a_synthetic_table(tmp_path, capsys):
 SHIPPED = sorted((ROOT / "bench" / "curves").glob("*.csv"))
 
 
+def shipped_slice(path: Path, tmp_path: Path, *, configs: int = 24) -> Path:
+    """The rows of a shipped table's first ``configs`` configurations, as a table of their own."""
+    table = read_curves(path)
+    keep = list(dict.fromkeys(r.trial_id for r in table.rows))[:configs]
+    out = tmp_path / path.name
+    write_curves(out, [r for r in table.rows if r.trial_id in keep], searched=table.searched)
+    return out
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not SHIPPED, reason="no curves shipped under bench/curves yet")
-def test_the_bench_runs_on_the_shipped_curves_within_a_minute(capsys):
-    started = time.perf_counter()
+def test_the_bench_runs_on_slices_of_the_shipped_curves(tmp_path, capsys):
     for path in SHIPPED:  # bench/curves/NAME.csv was recorded in search_spaces/NAME.yaml
-        assert _bench().main([str(path), "--space", str(ROOT / "search_spaces" / f"{path.stem}.yaml"),
+        assert _bench().main([str(shipped_slice(path, tmp_path)), "--space",
+                              str(ROOT / "search_spaces" / f"{path.stem}.yaml"), "--replay-seeds", "4",
                               "--jobs", "2"]) == 0
     assert "regret at 100 %" in capsys.readouterr().out
-    print(f"replayed {len(SHIPPED)} shipped tables in {time.perf_counter() - started:.1f} s")
 
 
 def test_a_configuration_at_several_seeds_is_worth_its_mean_and_replays_one_seed_a_trial():
@@ -278,25 +291,29 @@ def test_the_weighted_surrogate_learns_the_setting_that_matters_and_predicts_bet
     assert make_surrogate(table=table, space=NOISY_SPACE).nearest(proposal) == low  # weighted is the default
 
 
-def test_the_weighted_leave_one_out_refits_without_the_held_out_configuration(monkeypatch):
+@pytest.mark.parametrize("folds", [8, 4])
+def test_the_weighted_leave_one_out_refits_without_the_held_out_fold(monkeypatch, folds):
     table = one_setting_matters(configs=8)
     fits = []
-    fit = WeightedNearest._fit
+    fit = surrogates_module.gp_weights
 
     def spy(features, finals):
         fits.append(features.copy())
         return fit(features, finals)
 
-    monkeypatch.setattr(WeightedNearest, "_fit", staticmethod(spy))
+    monkeypatch.setattr(surrogates_module, "gp_weights", spy)
     surrogate = WeightedNearest(table=table, space=NOISY_SPACE)
     assert len(fits) == 1 and len(fits[0]) == 8  # fitted once on the table: not per proposal
     surrogate.nearest(table.configs[0].params)
     assert len(fits) == 1
-    surrogate.leave_one_out()
-    assert len(fits) == 1 + 8
+    surrogate.leave_one_out(folds=folds)
+    assert len(fits) == 1 + folds  # one fit per fold, not per configuration
     everyone = fits[0]
-    for i, features in enumerate(fits[1:]):
-        assert len(features) == 7 and not (features == everyone[i]).all(axis=1).any()  # i held out
+    fold = surrogates_module.fold_of(8, folds)
+    for f, features in enumerate(fits[1:]):
+        assert len(features) == 8 - 8 // folds
+        for i in np.flatnonzero(fold == f):  # the fold's configurations were held out of its fit
+            assert not (features == everyone[i]).all(axis=1).any()
 
 
 def test_the_bench_says_which_surrogate_it_used(capsys):
@@ -309,3 +326,92 @@ def test_the_bench_says_which_surrogate_it_used(capsys):
     out = capsys.readouterr().out
     assert "(--surrogate nearest): nearest recorded configuration (normalised space" in out
     assert "surrogate's weight per setting" not in out
+
+
+# ---------------------------------------------------------------- a table is checked before it is used
+def _write_table(tmp_path: Path, edit=None) -> Path:
+    """A two-configuration, two-task table of SPACE written to CSV; ``edit(lines)`` changes its lines."""
+    rows = [CurveRow(trial_id=key, status="COMPLETE", params={"lr_meta": lr, "kb_width": 32}, task=k, val_acc=0.9,
+                     test_acc=0.9, seconds=1.0, seed=0) for key, lr in (("a", 0.01), ("b", 0.02)) for k in (1, 2)]
+    path = tmp_path / "curves.csv"
+    write_curves(path, rows, searched=["lr_meta", "kb_width"])
+    if edit is not None:
+        lines = path.read_text().splitlines()
+        edit(lines)
+        path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _cells(lines: list[str], line: int, column: int, value: str) -> None:
+    cells = lines[line - 1].split(",")
+    cells[column] = value
+    lines[line - 1] = ",".join(cells)
+
+
+# (what is wrong, the edit of the file, what the error must name); columns: trial_id, status,
+# lr_meta, kb_width, task, val_acc, test_acc, seconds, seed; line 1 is the header
+BAD_TABLES = [
+    ("an empty setting", lambda ls: _cells(ls, 3, 2, ""), "line 3 (trial a seed 0 task 2), column lr_meta: empty"),
+    ("a setting outside the space", lambda ls: _cells(ls, 4, 2, "0.5"),
+     "line 4 (trial b seed 0 task 1), column lr_meta: 0.5 is outside the space's range"),
+    ("a choice the space lacks", lambda ls: _cells(ls, 5, 3, "48"),
+     "line 5 (trial b seed 0 task 2), column kb_width: 48 is not one of [32, 64]"),
+    ("a setting that is not a number", lambda ls: _cells(ls, 2, 2, "fast"),
+     "line 2 (trial a seed 0 task 1), column lr_meta: 'fast' is not a number"),
+    ("a task gap", lambda ls: _cells(ls, 3, 4, "3"), "line 3 (trial a seed 0 task 3), column task"),
+    ("a repeated task", lambda ls: _cells(ls, 3, 4, "1"), "(trial a seed 0 task 1), column task"),
+    ("an accuracy outside [0, 1]", lambda ls: _cells(ls, 5, 5, "1.5"),
+     "line 5 (trial b seed 0 task 2), column val_acc: 1.5 is not an accuracy"),
+    ("an empty accuracy", lambda ls: _cells(ls, 4, 6, ""), "line 4 (trial b seed 0 task 1), column test_acc"),
+    ("an accuracy that is not a number", lambda ls: _cells(ls, 2, 5, "n/a"),
+     "line 2 (trial a), column val_acc: 'n/a' is not a number"),
+]
+
+
+@pytest.mark.parametrize("what, edit, message", BAD_TABLES, ids=[b[0] for b in BAD_TABLES])
+def test_a_bad_table_is_refused_naming_its_row_and_column(tmp_path, capsys, what, edit, message):
+    path = _write_table(tmp_path, edit)
+    from marktune.replay.table import check_table
+    from marktune.results.curves import CurvesError
+
+    with pytest.raises((replay_table_module.ReplayTableError, CurvesError)) as caught:
+        check_table(read_curves(path), SPACE, source=str(path))
+    assert message in str(caught.value) and str(path) in str(caught.value)
+
+
+DIGITS = ROOT / "bench" / "curves" / "digits.csv"
+
+
+def test_the_benches_refuse_a_bad_slice_of_the_shipped_table_before_any_work(tmp_path, capsys):
+    lines = DIGITS.read_text().splitlines()[:51]  # the header and 10 curves of 5 tasks
+    header = lines[0].split(",")
+    cells = lines[7].split(",")
+    cells[header.index("kb_depth")] = ""
+    lines[7] = ",".join(cells)
+    path = tmp_path / "slice.csv"
+    path.write_text("\n".join(lines) + "\n")
+    separation = _load_bench("separation")
+    for bench, extra in ((_bench(), ["--jobs", "1"]), (_load_bench("surrogates"), [])):
+        assert bench.main([str(path), "--space", "digits", *extra]) == 2
+        assert f"{path}, line 8 (trial c00 seed 1 task 2), column kb_depth: empty" in capsys.readouterr().err
+    assert separation.main(["--space", "digits", "--out", str(path), "--report-only"]) == 2
+    assert "line 8 (trial c00 seed 1 task 2), column kb_depth: empty" in capsys.readouterr().err
+
+
+def test_a_good_table_passes_and_its_errored_runs_are_listed_as_results(tmp_path):
+    def failed_runs(lines):
+        lines.append("c,ERROR: NonFiniteLossError,0.05,64,0,,,,0")  # failed in its first task: task 0, no values
+        lines.append("d,ERROR: NonFiniteLossError,0.05,64,1,0.5,0.5,1.0,0")  # failed in its second task
+    path = _write_table(tmp_path, failed_runs)
+    from marktune.replay.table import check_table
+
+    check = check_table(read_curves(path), SPACE, source=str(path))
+    assert check.runs == 4 and [str(e) for e in check.errored] == [
+        "c seed 0: ERROR: NonFiniteLossError after 0 task(s)", "d seed 0: ERROR: NonFiniteLossError after 1 task(s)"]
+    assert len(ReplayTable.from_curves(read_curves(path)).configs) == 2  # only whole curves are replayed
+    default = [CurveRow(trial_id="default", status="COMPLETE", params={"lr_meta": None, "kb_width": None}, task=1,
+                        val_acc=0.9, test_acc=0.9, seconds=1.0)]
+    with pytest.raises(replay_table_module.ReplayTableError, match="column lr_meta: empty"):
+        check_table(CurvesTable(searched=["lr_meta", "kb_width"], rows=default), SPACE, source="defaults")
+    assert check_table(CurvesTable(searched=["lr_meta", "kb_width"], rows=default), SPACE, source="defaults",
+                       blank_ids=["default"]).errored == []

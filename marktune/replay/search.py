@@ -15,8 +15,8 @@ real search with that many workers would. After each task the trial reports ``me
   the scheduler let through, ``on_trial_complete`` with the last.
 
 Settings the searcher proposes are mapped to a recorded configuration by the surrogate
-(:func:`marktune.tune.replay_table.make_surrogate`; by default
-:class:`~marktune.tune.replay_table.WeightedNearest`, fitted once per table), and the trial
+(:func:`marktune.replay.surrogates.make_surrogate`; by default
+:class:`~marktune.replay.surrogates.WeightedNearest`, fitted once per table), and the trial
 replays one seed's curve of it. A free worker starts the next proposal until ``samples`` trials were started.
 
 Strategies (:class:`Strategy`): ``random`` and ``tpe``, each without pruning or with ASHA, and
@@ -32,7 +32,7 @@ by the time ``fraction`` x samples x tasks task-trainings were done.
 
 Example:
     >>> from marktune.tune.spaces import load_space
-    >>> from marktune.tune.replay_table import ReplayTable, synthetic_curves
+    >>> from marktune.replay.table import ReplayTable, synthetic_curves
     >>> space = load_space("fmnist")
     >>> table = ReplayTable.from_curves(synthetic_curves(space=space, configs=8, seed=0))
     >>> outcome = replay(table=table, space=space, strategy=Strategy(name="random", proposals="table"),
@@ -50,7 +50,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from marktune.mark.metrics import METRIC, TIME_ATTR
-from marktune.tune.replay_table import Curve, ReplayTable, Surrogate, make_surrogate
+from marktune.replay.surrogates import Surrogate, make_surrogate
+from marktune.replay.table import Curve, ReplayTable
 from marktune.tune.spaces import SearchSpace
 
 PROPOSALS = ("table", "tpe", "random-sampler")
@@ -339,7 +340,7 @@ def replay_strategy(*, table: ReplayTable, space: SearchSpace, strategy: Strateg
 
 
 # what replay_strategy imports (the searcher and scheduler are Ray Tune's and Optuna's)
-_REPLAY_WORKER_MODULES = ("marktune.tune.replay", "marktune.tune.searcher", "marktune.tune.scheduler")
+_REPLAY_WORKER_MODULES = ("marktune.replay.search", "marktune.tune.searcher", "marktune.tune.scheduler")
 
 
 def _replay_strategy_args(args: tuple) -> StrategyResult:
