@@ -92,10 +92,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="TPE's n_startup_trials, one TPE strategy set per value (default: Optuna's, "
                         "10, as the search)")
     parser.add_argument("--random-from", choices=("table", "sampler"), default="table")
-    parser.add_argument("--surrogate", choices=sorted(SURROGATES), default="weighted",
-                        help="how a proposal outside the table maps to a recorded configuration: weighted "
-                        "(default; nearest under per-setting weights fitted on the table) or nearest "
-                        "(all settings alike)")
+    parser.add_argument("--surrogate", choices=list(SURROGATES), default="gp",
+                        help="what stands for a proposal outside the table: gp (default; the curve a Gaussian "
+                        "process on logit ACC predicts, plus a recorded seed's noise; bench/surrogates.py chose "
+                        "it), weighted (the nearest recorded configuration under per-setting weights fitted on "
+                        "the table) or nearest (all settings alike)")
     parser.add_argument("--synthetic", type=int, default=None, metavar="N",
                         help="replay a synthetic table of N configurations instead of a file")
     parser.add_argument("--save-table", type=Path, default=None, help="write the (synthetic) table here")

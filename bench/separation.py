@@ -225,6 +225,26 @@ def report(table, *, seeds: list[int], default_table=None) -> dict[str, float]:
         print(f"  the space's default configuration: {', '.join(f'{v:.4f}' for v in d)} "
               f"({', '.join(map(str, rank))} of {len(random_ids)} random configurations above it)")
     print(f"  seconds per run: median {np.median(seconds):.0f}, max {max(seconds):.0f} (one thread)")
+    best = int(np.argmax(y.mean(axis=1)))
+    print(f"  the best configuration by its mean: {random_ids[best]}, {y[best].mean():.4f}")
+    print("  seed SD of one configuration's final test ACC (pooled: root of the mean variance, ddof 1), by its "
+          "mean's band:")
+    for low, high, configs, sd in seed_sd_by_band(y):
+        print(f"    {low:.4f} .. {high:.4f}: {configs} configurations, seed SD {sd:.4f}")
+    return out
+
+
+def seed_sd_by_band(y: np.ndarray, *, quantiles=(0.0, 0.25, 0.5, 0.75, 0.9, 1.0)) -> list[tuple[float, float, int, float]]:
+    """(low, high, configurations, pooled seed SD) per band of the configurations' mean over seeds
+    (``y``: configurations x seeds), the bands cut at the quantiles; then all of them."""
+    means = y.mean(axis=1)
+    var = y.var(axis=1, ddof=1)
+    cuts = np.quantile(means, quantiles)
+    out = []
+    for k, (low, high) in enumerate(zip(cuts[:-1], cuts[1:])):
+        inside = (means >= low) & ((means < high) if k < len(cuts) - 2 else (means <= high))
+        out.append((float(low), float(high), int(inside.sum()), float(np.sqrt(var[inside].mean()))))
+    out.append((float(means.min()), float(means.max()), len(means), float(np.sqrt(var.mean()))))
     return out
 
 

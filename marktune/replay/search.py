@@ -14,10 +14,10 @@ real search with that many workers would. After each task the trial reports ``me
   sampler, its study in memory (:class:`InMemoryStudyStorage`): ``suggest``, ``on_trial_result`` for each report
   the scheduler let through, ``on_trial_complete`` with the last.
 
-Settings the searcher proposes are mapped to a recorded configuration by the surrogate
-(:func:`marktune.replay.surrogates.make_surrogate`; by default
-:class:`~marktune.replay.surrogates.WeightedNearest`, fitted once per table), and the trial
-replays one seed's curve of it. A free worker starts the next proposal until ``samples`` trials were started.
+Settings the searcher proposes get a stand-in from the surrogate
+(:func:`marktune.replay.surrogates.make_surrogate`, fitted once per table; by default
+:class:`~marktune.replay.surrogates.ModelledCurves`): a per-seed curve the trial replays, and
+what a pick of it is worth. A free worker starts the next proposal until ``samples`` trials were started.
 
 Strategies (:class:`Strategy`): ``random`` and ``tpe``, each without pruning or with ASHA, and
 ``first-k``: every trial stops after its first k tasks and the pick is by its val ACC there.
@@ -26,9 +26,10 @@ table once every configuration was drawn): the table of a random search without 
 sample of what Optuna's RandomSampler proposes, so a draw from it is a random search with no
 surrogate error. (``random-sampler`` goes through RandomSampler and the surrogate instead.)
 
-Regret (:meth:`ReplayOutcome.regret`): the best final test ACC of the table minus the final test
-ACC of the configuration picked, picked by its val ACC among the trials that ran all their tasks
-by the time ``fraction`` x samples x tasks task-trainings were done.
+Regret (:meth:`ReplayOutcome.regret`): the best final test ACC of the table minus what the
+trial picked is worth (a recorded configuration's final test ACC, its seeds' mean; a modelled
+stand-in's predicted one), picked by its val ACC among the trials that ran all their tasks by the
+time ``fraction`` x samples x tasks task-trainings were done.
 
 Example:
     >>> from marktune.tune.spaces import load_space
@@ -50,7 +51,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from marktune.mark.metrics import METRIC, TIME_ATTR
-from marktune.replay.surrogates import Surrogate, make_surrogate
+from marktune.replay.surrogates import Surrogate, make_surrogate, recorded_stand_in
 from marktune.replay.table import Curve, ReplayTable
 from marktune.tune.spaces import SearchSpace
 
@@ -149,9 +150,10 @@ class ReplayedTrialHandle:
 @dataclass
 class ReplayedTrial:
     trial_id: str
-    config: int  # index in the table's configurations
+    config: int  # index in the table's configurations (a modelled stand-in: the one its seed noise is from)
     curve: Curve
     stop_after: int  # tasks it runs unless stopped
+    worth: float  # what a pick of it is worth: the final test ACC of what it stands for
     tasks_run: int = 0
     ended_at_s: float | None = None  # simulated clock when it ended
     ended_at_trainings: int | None = None  # task-trainings done (all trials) when it ended
@@ -187,7 +189,7 @@ class ReplayOutcome:
         picked = self.pick(fraction)
         if picked is None:
             return math.nan
-        return round(self.table.best_final_test - self.table.configs[picked.config].final_test, 12)
+        return round(self.table.best_final_test - picked.worth, 12)
 
 
 class _TableDraws:
@@ -241,13 +243,12 @@ def _replay(table: ReplayTable, space: SearchSpace, strategy: Strategy, samples:
     def start(now: float) -> None:
         trial_id = f"{len(outcome.trials):05d}"
         if draws is not None:
-            index = draws.next()
+            stand_in = recorded_stand_in(table, draws.next(), rng)
         else:
-            index = surrogate.nearest(searcher.suggest(trial_id))
-        curves = table.configs[index].curves
-        curve = curves[int(rng.integers(len(curves)))] if len(curves) > 1 else curves[0]
-        outcome.trials.append(ReplayedTrial(trial_id=trial_id, config=index, curve=curve,
-                                            stop_after=stop_after))
+            stand_in = surrogate.stand_in(searcher.suggest(trial_id), rng)
+        curve = stand_in.curve
+        outcome.trials.append(ReplayedTrial(trial_id=trial_id, config=stand_in.config, curve=curve,
+                                            stop_after=stop_after, worth=stand_in.worth))
         handles.append(ReplayedTrialHandle(trial_id))
         if scheduler is not None:
             scheduler.on_trial_add(None, handles[-1])

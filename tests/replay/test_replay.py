@@ -288,7 +288,7 @@ def test_the_weighted_surrogate_learns_the_setting_that_matters_and_predicts_bet
     assert weighted.nearest(proposal) == low  # agrees on the setting that matters
     assert plain.nearest(proposal) != low  # all settings alike: the noise outvotes it
     assert make_surrogate(kind="nearest", table=table, space=NOISY_SPACE).nearest(proposal) == plain.nearest(proposal)
-    assert make_surrogate(table=table, space=NOISY_SPACE).nearest(proposal) == low  # weighted is the default
+    assert make_surrogate(kind="weighted", table=table, space=NOISY_SPACE).nearest(proposal) == low
 
 
 @pytest.mark.parametrize("folds", [8, 4])
@@ -316,12 +316,86 @@ def test_the_weighted_leave_one_out_refits_without_the_held_out_fold(monkeypatch
             assert not (features == everyone[i]).all(axis=1).any()
 
 
+# ---------------------------------------------------------------- the modelled curves (the default)
+def test_the_modelled_stand_in_predicts_between_the_recorded_and_is_worth_its_prediction():
+    table = one_setting_matters()  # final val (= test) 0.5 + 0.4 x lr_task's place; every task-1 val 0.9
+    surrogate = make_surrogate(table=table, space=NOISY_SPACE)
+    assert isinstance(surrogate, surrogates_module.ModelledCurves)
+    shares = surrogate.setting_weights()
+    assert max(shares, key=shares.get) == "lr_task"
+    rng = np.random.default_rng(0)
+    for place in (0.23, 0.5, 0.81):  # between recorded places (multiples of 1/15)
+        proposal = {**table.configs[0].params, "lr_task": 1e-4 * 1000 ** place}
+        stand_in = surrogate.stand_in(proposal, rng)
+        truth = 0.5 + 0.4 * place
+        assert stand_in.worth == pytest.approx(truth, abs=0.02)  # a smooth truth, noise-free: interpolated
+        assert stand_in.curve.val[-1] == pytest.approx(truth, abs=0.02)  # one seed: no seed noise to add
+        assert stand_in.curve.val[0] == pytest.approx(0.9, abs=0.01)
+        nearest = table.configs[stand_in.config]
+        assert stand_in.curve.seconds == nearest.curves[0].seconds  # the recorded run's clock
+
+
+def test_the_modelled_stand_in_carries_a_recorded_seed_s_deviation_and_a_replay_is_worth_it():
+    rows = []
+    for i, lr in enumerate((0.002, 0.005, 0.01, 0.03, 0.08)):
+        for seed, shift in ((0, -0.02), (1, 0.02)):  # every configuration: its mean -/+ 0.02 at seeds 0/1
+            final = 0.6 + 0.3 * i / 4 + shift
+            rows += [CurveRow(trial_id=f"c{i}", status="COMPLETE", params={"lr_meta": lr, "kb_width": 32}, task=k,
+                              val_acc=v, test_acc=v, seconds=1.0, seed=seed) for k, v in ((1, 0.95 + shift), (2, final))]
+    table = ReplayTable.from_curves(CurvesTable(searched=["lr_meta", "kb_width"], rows=rows))
+    surrogate = surrogates_module.ModelledCurves(table=table, space=SPACE)
+    predicted, _ = surrogate.predict(table.configs[2].params)
+    seen = set()
+    for seed in range(8):
+        stand_in = surrogate.stand_in(table.configs[2].params, np.random.default_rng(seed))
+        assert stand_in.config == 2
+        shift = -0.02 if stand_in.curve.seed == 0 else 0.02
+        assert np.allclose(np.array(stand_in.curve.val) - predicted, shift)
+        seen.add(stand_in.curve.seed)
+    assert seen == {0, 1}
+    strategy = Strategy(name="tpe", proposals="tpe", n_startup_trials=2)
+    outcome = replay(table=table, space=SPACE, strategy=strategy, samples=5, workers=2, seed=0, surrogate=surrogate)
+    picked = outcome.pick(1.0)
+    assert outcome.regret(1.0) == pytest.approx(table.best_final_test - picked.worth)
+    assert all(t.worth == pytest.approx(surrogate.predict(ot.params)[1]) for t, ot in zip(outcome.trials,
+                                                                                        outcome.study.trials))
+
+
+@pytest.mark.parametrize("model", sorted(surrogates_module.CURVE_MODELS))
+def test_every_curve_model_cross_validates_without_the_held_out_configuration(model):
+    table = one_setting_matters()
+    x, y = surrogates_module.table_features(table, NOISY_SPACE)
+    prediction = surrogates_module.cross_validate(surrogates_module.CURVE_MODELS[model](), x, y, folds=4)
+    assert prediction.mean.shape == y.shape and np.isfinite(prediction.mean).all()
+    scored = surrogates_module.score(table, y, prediction)
+    assert scored.configs == 16 and scored.final_error < scored.mean_of_others_error
+    top = surrogates_module.score(table, y, prediction, top=0.75)
+    assert top.configs == 4 and top.subset == "top 25 %"
+    if model in ("weighted", "gp", "gp-raw"):  # those that learn a length-scale per setting: far better than the bar
+        assert scored.final_error < scored.mean_of_others_error / 2
+    # a held-out configuration is never its own prediction: with its own curve in, the nearest is exact
+    own = surrogates_module.NearestModel(weighted=False).fit_predict(x, y, x, new_index=None, fit_index=None)
+    assert np.allclose(own.mean, y) and not np.allclose(prediction.mean, y)
+
+
+def test_the_seed_sd_is_pooled_over_the_configurations_with_two_seeds():
+    rows = [CurveRow(trial_id=key, status="COMPLETE", params={"lr_meta": 0.01, "kb_width": 32}, task=1, val_acc=v,
+                     test_acc=v, seconds=1.0, seed=seed)
+            for key, values in (("a", (0.5, 0.7)), ("b", (0.9, 0.9)), ("c", (0.6,))) for seed, v in enumerate(values)]
+    table = ReplayTable.from_curves(CurvesTable(searched=["lr_meta", "kb_width"], rows=rows))
+    assert surrogates_module.seed_sd(table) == pytest.approx((0.02 / 2) ** 0.5)  # var 0.02 and 0: mean 0.01
+    assert surrogates_module.seed_sd(table, np.array([1])) == 0.0
+
+
 def test_the_bench_says_which_surrogate_it_used(capsys):
     common = ["--synthetic", "6", "--space", "fmnist", "--samples", "2", "--replay-seeds", "2", "--jobs", "1"]
     assert _bench().main(common) == 0
     out = capsys.readouterr().out
-    assert "(--surrogate weighted): nearest recorded configuration, weighted per setting" in out
+    assert "(--surrogate gp): Gaussian process on logit ACC" in out
     assert "surrogate's weight per setting" in out
+    assert _bench().main([*common, "--surrogate", "weighted"]) == 0
+    out = capsys.readouterr().out
+    assert "(--surrogate weighted): nearest recorded configuration, weighted per setting" in out
     assert _bench().main([*common, "--surrogate", "nearest"]) == 0
     out = capsys.readouterr().out
     assert "(--surrogate nearest): nearest recorded configuration (normalised space" in out
@@ -415,3 +489,21 @@ def test_a_good_table_passes_and_its_errored_runs_are_listed_as_results(tmp_path
         check_table(CurvesTable(searched=["lr_meta", "kb_width"], rows=default), SPACE, source="defaults")
     assert check_table(CurvesTable(searched=["lr_meta", "kb_width"], rows=default), SPACE, source="defaults",
                        blank_ids=["default"]).errored == []
+
+
+def test_the_fresh_seed_bench_picks_the_best_the_worst_and_ranks_between():
+    rows = [CurveRow(trial_id=f"c{i}", status="COMPLETE", params={"lr_meta": 0.01, "kb_width": 32}, task=1,
+                     val_acc=0.5 + 0.04 * i, test_acc=0.5 + 0.04 * i, seconds=1.0, seed=seed)
+            for i in range(10) for seed in (0, 1)]
+    rows += [CurveRow(trial_id="one-seed", status="COMPLETE", params={"lr_meta": 0.01, "kb_width": 32}, task=1,
+                      val_acc=0.99, test_acc=0.99, seconds=1.0, seed=0)]  # no seed SD: never chosen
+    table = ReplayTable.from_curves(CurvesTable(searched=["lr_meta", "kb_width"], rows=rows))
+    picked = _load_bench("fresh_seeds").chosen(table, 4)
+    assert [table.configs[i].key for _, i in picked] == ["c9", "c6", "c3", "c0"]
+    assert [rank for rank, _ in picked] == [0, 3, 6, 9]
+
+
+def test_the_separation_bench_gives_the_seed_sd_per_band_of_accuracy():
+    y = np.array([[0.5, 0.7], [0.6, 0.6], [0.9, 0.92], [0.95, 0.95]])  # variances 0.02, 0, 0.0002, 0
+    bands = _load_bench("separation").seed_sd_by_band(y, quantiles=(0.0, 0.5, 1.0))
+    assert [(configs, round(sd, 6)) for _, _, configs, sd in bands] == [(2, 0.1), (2, 0.01), (4, round(0.00505 ** 0.5, 6))]
