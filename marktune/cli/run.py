@@ -22,6 +22,7 @@ from marktune.data.benchmarks import DatasetMissingError, load_benchmark_for
 from marktune.mark.hardware import check_precision
 from marktune.mark.learner import MarkLearner, NonFiniteLossError
 from marktune.results.records import log_task_to_tensorboard, results_dict, write_json_atomic
+from marktune.results.run_folder import RunFolderTaken, check_run_folder, move_aside
 from marktune.tune.plan import PlanError, check_config_seeds
 
 CHECKPOINT = "checkpoint.pt"
@@ -61,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="output directory (default: runs/<benchmark>-<time>)")
     p.add_argument("--resume", type=Path, metavar="OUT_DIR",
                    help="continue an interrupted run from its last finished task")
+    p.add_argument("--overwrite", action="store_true",
+                   help="--out holds another run: move it aside (renamed to OUT.replaced-<time>) and start anew; "
+                        "without it such an --out is refused")
     p.add_argument("-v", "--verbose", action="count", default=1, help="-v: one line per epoch")
     p.add_argument("-q", "--quiet", action="store_true", help="only the final summary")
     return p
@@ -92,12 +96,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     out = args.resume or args.out or Path("runs") / f"{config.benchmark}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if args.resume is None and not args.overwrite:
+        try:
+            check_run_folder(out)  # another run's record is never written over
+        except RunFolderTaken as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     verbose = 0 if args.quiet else args.verbose
     try:
         benchmark = load_benchmark_for(config, data_dir=args.data_dir, download=args.download)
     except DatasetMissingError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if args.resume is None and args.overwrite and out.exists() and any(out.iterdir()):
+        print(f"moved the record in {out} aside to {move_aside(out)}")
     out.mkdir(parents=True, exist_ok=True)
     config.save_yaml(out / "config.yaml")
     learner = MarkLearner(config, benchmark, device=device, verbose=verbose)

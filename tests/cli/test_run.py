@@ -191,3 +191,35 @@ def test_resume_from_a_crafted_checkpoint_is_refused_without_running_it(tmp_path
     err = capsys.readouterr().err
     assert "not a checkpoint marktune wrote" in err and "Traceback" not in err
     assert not ran.exists()
+
+
+def test_a_second_run_into_a_finished_run_s_folder_is_refused_or_moves_it_aside(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    first = ["--benchmark", "synthetic", *TINY_SETS, "--set", "num_tasks=1", "--out", str(out), "-q"]
+    assert run.main([*first, "--seed", "1"]) == 0
+    before = {name: (out / name).read_bytes() for name in ("results.json", "checkpoint.pt", "config.yaml")}
+    capsys.readouterr()
+
+    loaded = []  # the refusal comes before any data is loaded
+    monkeypatch.setattr(run, "load_benchmark_for", lambda *a, **k: loaded.append(1) or pytest.fail("loaded data"))
+    assert run.main([*first, "--seed", "2"]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {out} holds another run's record" in err and "a finished run, 1 of 1 tasks" in err
+    assert f"--resume {out}" in err and "--overwrite" in err and not loaded
+    assert {name: (out / name).read_bytes() for name in before} == before  # nothing of it touched
+    monkeypatch.undo()
+
+    assert run.main([*first, "--seed", "2", "--overwrite"]) == 0
+    moved = [p for p in tmp_path.iterdir() if p.name.startswith("run.replaced-")]
+    assert len(moved) == 1 and f"moved the record in {out} aside to {moved[0]}" in capsys.readouterr().out
+    assert {name: (moved[0] / name).read_bytes() for name in before} == before  # the old record, whole
+    assert json.loads((out / "results.json").read_text())["config"]["seed"] == 2
+
+
+def test_the_run_folder_examples_run():
+    import doctest
+
+    from marktune.results import run_folder
+
+    failures, tried = doctest.testmod(run_folder)
+    assert tried >= 5 and failures == 0
