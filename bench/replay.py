@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from marktune.mark.hardware import cpu_model_name  # noqa: E402
 from marktune.results.curves import CurvesError, read_curves, write_curves  # noqa: E402
-from marktune.replay.search import (FRACTIONS, Interval, Strategy, StrategyResult, replay_strategies,  # noqa: E402
-                                    standard_strategies)
+from marktune.replay.search import (FRACTIONS, Interval, Strategy, StrategyResult, benchmark_strategies,  # noqa: E402
+                                    replay_strategies, standard_strategies)
 from marktune.replay.surrogates import SURROGATES, WeightedNearest, make_surrogate  # noqa: E402
 from marktune.replay.table import ReplayTable, ReplayTableError, check_table, synthetic_curves  # noqa: E402
 from marktune.tune.spaces import load_space  # noqa: E402
@@ -92,6 +92,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="TPE's n_startup_trials, one TPE strategy set per value (default: Optuna's, "
                         "10, as the search)")
     parser.add_argument("--random-from", choices=("table", "sampler"), default="table")
+    parser.add_argument("--grid", action="store_true",
+                        help="replay the benchmark grid instead (marktune.replay.search.benchmark_strategies: random, "
+                        "QMC, TPE with and without the constant liar, TPE independent and grouped, GP, each with no "
+                        "pruning, ASHA g1/g2 x r2/r3 and asynchronous Hyperband; first-k)")
+    parser.add_argument("--only", default=None, metavar="LABEL[,LABEL...]",
+                        help="--grid: only these proposals (random, random-sampler, qmc, tpe, 'tpe no-liar', "
+                        "tpe-independent, tpe-group, gp, first-k)")
+    parser.add_argument("--schedulers", default=None, metavar="LABEL[,LABEL...]",
+                        help="--grid: only these schedulers ('' for none, 'asha g1 r2', ..., 'hyperband g1 r2')")
     parser.add_argument("--surrogate", choices=list(SURROGATES), default="gp",
                         help="what stands for a proposal outside the table: gp (default; the curve a Gaussian "
                         "process on logit ACC predicts, plus a recorded seed's noise; bench/surrogates.py chose "
@@ -119,7 +128,13 @@ def main(argv: list[str] | None = None) -> int:
     surrogate = make_surrogate(kind=args.surrogate, table=table, space=space)  # fitted once per table
     samples = args.samples or int(space.defaults["samples"])
     seeds = list(range(args.replay_seeds))
-    strategies = standard_strategies(num_tasks=table.num_tasks, tpe_startups=args.tpe_startup)
+    if args.grid:
+        strategies = benchmark_strategies(
+            num_tasks=table.num_tasks, n_startup_trials=args.tpe_startup[0],
+            proposals=args.only.split(",") if args.only is not None else None,
+            schedulers=args.schedulers.split(",") if args.schedulers is not None else None)
+    else:
+        strategies = standard_strategies(num_tasks=table.num_tasks, tpe_startups=args.tpe_startup)
     if args.random_from == "sampler":
         strategies = [Strategy(**{**s.__dict__, "proposals": "random-sampler"}) if s.proposals == "table"
                       and s.stop_after is None else s for s in strategies]

@@ -67,8 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--samples", type=int, metavar="N", help="trials to run (default: the space's)")
     g.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the sampler (trials use the space's seed)")
     g.add_argument("--searcher", choices=SEARCHERS,
-                   help="who proposes the trials: tpe (Optuna's TPESampler) or random (its RandomSampler) "
-                        "(default: the space's, else tpe)")
+                   help="who proposes the trials, an Optuna sampler: tpe (multivariate TPE), tpe-independent, "
+                        "tpe-group, gp (GPSampler), qmc (Sobol) or random (default: the space's, else tpe; "
+                        "docs/search.md)")
+    g.add_argument("--constant-liar", action=argparse.BooleanOptionalAction, default=None,
+                   help="TPE: count running trials as bad results, so that trials proposed while others run "
+                        "spread out (default: the space's, else on)")
     g.add_argument("--n-startup-trials", type=int, metavar="N",
                    help="TPE: trials drawn at random before it models the others (default: the space's, "
                         "else 10, Optuna's)")
@@ -117,6 +121,7 @@ def plan_from_args(args: argparse.Namespace) -> SearchPlan:
     if samples < 1:
         raise SearchError(f"--samples must be >= 1 (got {samples})")
     searcher = args.searcher or d["searcher"]
+    constant_liar = args.constant_liar if args.constant_liar is not None else d["constant_liar"]
     scheduler = args.scheduler or d["scheduler"]
     startup = args.n_startup_trials if args.n_startup_trials is not None else d["n_startup_trials"]
     if startup < 0:
@@ -144,7 +149,7 @@ def plan_from_args(args: argparse.Namespace) -> SearchPlan:
                            stop_after_tasks=tuning_tasks)  # first-k: each trial stops after k tasks
     return SearchPlan(space=space, space_given=args.space, overrides=overrides, override_flags=tuple(args.overrides),
                       base_config=base, samples=samples, seed=args.seed, searcher=searcher, scheduler=scheduler,
-                      n_startup_trials=startup, max_concurrent=max_concurrent,
+                      n_startup_trials=startup, constant_liar=constant_liar, max_concurrent=max_concurrent,
                       cpus_per_trial=cpus, gpus_per_trial=gpus, max_failures=args.max_failures,
                       reuse_actors=args.reuse_actors, storage=storage, name=name, num_tasks=tuning_tasks or base.tasks, study_storage=study_storage,
                       runtime=runtime, ray=flags.ray_settings(args), resume=bool(args.resume), protocol=protocol,

@@ -53,9 +53,12 @@ import numpy as np
 from marktune.mark.metrics import METRIC, TIME_ATTR
 from marktune.replay.surrogates import Surrogate, make_surrogate, recorded_stand_in
 from marktune.replay.table import Curve, ReplayTable
+from marktune.tune.samplers import SEARCHERS
 from marktune.tune.spaces import SearchSpace
 
-PROPOSALS = ("table", "tpe", "random-sampler")
+# "table": random search drawn from the table; "random-sampler": Optuna's RandomSampler through the
+# surrogate; any other: that searcher (marktune.tune.samplers) through the surrogate
+PROPOSALS = ("table", "random-sampler", *[s for s in SEARCHERS if s != "random"])
 CONTINUE, STOP = "CONTINUE", "STOP"  # ray.tune.schedulers.TrialScheduler's decisions
 
 
@@ -64,11 +67,13 @@ class Strategy:
     """How a replayed search proposes and stops trials."""
 
     name: str
-    proposals: str  # "table" (random, drawn from the table), "tpe", "random-sampler"
+    proposals: str  # one of PROPOSALS: "table" (random, drawn from the table), "random-sampler", a searcher
     grace_period: int | None = None  # ASHA's; None: no pruning
     reduction_factor: float | None = None
     stop_after: int | None = None  # first-k: every trial stops after this many tasks
-    n_startup_trials: int | None = None  # TPE's random start; None: Optuna's default (10)
+    n_startup_trials: int | None = None  # TPE's and GP's random start; None: Optuna's default (10)
+    constant_liar: bool = True  # TPE's
+    brackets: int = 1  # ASHA's; more than 1: asynchronous Hyperband (Ray's AsyncHyperBandScheduler's brackets)
 
     def __post_init__(self) -> None:
         if self.proposals not in PROPOSALS:
@@ -100,6 +105,38 @@ def standard_strategies(*, num_tasks: int, tpe_startups: Sequence[int | None] = 
     return out
 
 
+# (label, proposals, constant liar) of the benchmark grid: each sampler, TPE with and without the liar
+BENCHMARK_PROPOSALS = (("random", "table", True), ("random-sampler", "random-sampler", True), ("qmc", "qmc", True),
+                       ("tpe", "tpe", True), ("tpe no-liar", "tpe", False),
+                       ("tpe-independent", "tpe-independent", True), ("tpe-group", "tpe-group", True),
+                       ("gp", "gp", True))
+# (label, grace period, reduction factor, brackets): no pruning, ASHA at grace 1/2 x eta 2/3, asynchronous Hyperband
+BENCHMARK_SCHEDULERS = (("", None, None, 1), (" + asha g1 r2", 1, 2, 1), (" + asha g1 r3", 1, 3, 1),
+                        (" + asha g2 r2", 2, 2, 1), (" + asha g2 r3", 2, 3, 1), (" + hyperband g1 r2", 1, 2, 3))
+
+
+def benchmark_strategies(*, num_tasks: int, n_startup_trials: int | None = None,
+                         proposals: Sequence[str] | None = None,
+                         schedulers: Sequence[str] | None = None) -> list[Strategy]:
+    """The benchmark grid: every proposal of :data:`BENCHMARK_PROPOSALS` (or those labelled in
+    ``proposals``) under every scheduler of :data:`BENCHMARK_SCHEDULERS` (or those labelled in
+    ``schedulers``, "" for none) whose grace period fits the tasks, then first-k for
+    k = 1 .. tasks - 1 (unless ``proposals`` leaves out "first-k")."""
+    out = []
+    for label, kind, liar in BENCHMARK_PROPOSALS:
+        if proposals is not None and label not in proposals:
+            continue
+        for suffix, grace, factor, brackets in BENCHMARK_SCHEDULERS:
+            if schedulers is not None and suffix.strip(" +") not in schedulers:
+                continue
+            if grace is None or grace < num_tasks:
+                out.append(Strategy(name=label + suffix, proposals=kind, grace_period=grace, reduction_factor=factor,
+                                    brackets=brackets, n_startup_trials=n_startup_trials, constant_liar=liar))
+    if proposals is None or "first-k" in proposals:
+        out += [Strategy(name=f"first-{k}", proposals="table", stop_after=k) for k in range(1, num_tasks)]
+    return out
+
+
 # ---------------------------------------------------------------- the searcher and scheduler
 class InMemoryStudyStorage:
     """Stands in for :class:`marktune.tune.study.StudyStorage`: MarkOptunaSearch only opens it
@@ -119,10 +156,10 @@ def replay_searcher(strategy: Strategy, *, num_tasks: int, seed: int):
     """The search's searcher with the strategy's sampler, its study in memory."""
     from marktune.tune.searcher import make_searcher
 
-    kind = "tpe" if strategy.proposals == "tpe" else "random"
-    startup = strategy.n_startup_trials or 10  # Optuna's default, the search's
+    kind = "random" if strategy.proposals == "random-sampler" else strategy.proposals
+    startup = 10 if strategy.n_startup_trials is None else strategy.n_startup_trials  # Optuna's default, the search's
     return make_searcher(storage=InMemoryStudyStorage(), study_name="replay", num_tasks=num_tasks,
-                         seed=seed, kind=kind, n_startup_trials=startup)
+                         seed=seed, kind=kind, n_startup_trials=startup, constant_liar=strategy.constant_liar)
 
 
 def replay_scheduler(strategy: Strategy, *, num_tasks: int):
@@ -132,7 +169,7 @@ def replay_scheduler(strategy: Strategy, *, num_tasks: int):
     from marktune.tune.scheduler import make_scheduler
 
     scheduler = make_scheduler(num_tasks=num_tasks, grace_period=strategy.grace_period,
-                               reduction_factor=strategy.reduction_factor)
+                               reduction_factor=strategy.reduction_factor, brackets=strategy.brackets)
     scheduler.set_search_properties(METRIC, "max")
     return scheduler
 
@@ -226,6 +263,8 @@ def _replay(table: ReplayTable, space: SearchSpace, strategy: Strategy, samples:
     if samples < 1 or workers < 1:
         raise ValueError("samples and workers must be at least 1")
     rng = np.random.default_rng(seed)
+    if strategy.brackets > 1:  # Ray's AsyncHyperBandScheduler puts a trial in a bracket with np.random
+        np.random.seed(seed)
     num_tasks = table.num_tasks
     stop_after = strategy.stop_after or num_tasks
     scheduler = replay_scheduler(strategy, num_tasks=num_tasks)

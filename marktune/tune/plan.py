@@ -137,9 +137,9 @@ class SearchPlan:
     samples: int
     seed: int  # of the sampler (trials use the space's seed)
     # the flag, else the space's default (marktune.tune.spaces.DEFAULTS holds the last resort)
-    searcher: str  # marktune.tune.spaces.SEARCHERS: tpe or random
+    searcher: str  # marktune.tune.samplers.SEARCHERS: tpe, tpe-independent, tpe-group, gp, qmc, random
     scheduler: str  # marktune.tune.spaces.SCHEDULERS: asha or none (every trial runs every task)
-    n_startup_trials: int  # TPE's random trials before it models; unused by random
+    n_startup_trials: int  # TPE's and GP's random trials before they model; unused by random and qmc
     max_concurrent: int | None
     cpus_per_trial: float
     gpus_per_trial: float | None  # None: 0.25 where the cluster has GPUs, else 0
@@ -155,6 +155,7 @@ class SearchPlan:
     protocol: str = "full"
     tuning_tasks: int | None = None  # first-k only
     stream_tasks: int = 0  # tasks of the whole stream
+    constant_liar: bool = True  # TPE's: a running trial counts as a bad result while others are proposed
     verbose: bool = False  # Ray's trial tables too
     quiet: bool = False  # no status lines
 
@@ -170,13 +171,19 @@ class SearchPlan:
 
         TPE draws its first ``n_startup_trials`` at random: a search of no more samples than
         that is random search, and this says so."""
+        names = {"tpe": "Optuna's TPE", "tpe-independent": "Optuna's TPE (one density per setting)",
+                 "tpe-group": "Optuna's TPE (grouped settings)", "gp": "Optuna's GP sampler"}
         if self.searcher == "random":
             searcher = "Optuna's random sampler"
+        elif self.searcher == "qmc":
+            searcher = "Optuna's QMC sampler (scrambled Sobol)"
         elif self.samples <= self.n_startup_trials:
-            searcher = (f"Optuna's TPE, which draws its first {self.n_startup_trials} trials at random: "
+            searcher = (f"{names[self.searcher]}, which draws its first {self.n_startup_trials} trials at random: "
                         f"all {self.samples} of these are random")
         else:
-            searcher = f"Optuna's TPE (its first {self.n_startup_trials} trials random)"
+            searcher = f"{names[self.searcher]} (its first {self.n_startup_trials} trials random)"
+        if self.searcher.startswith("tpe") and self.samples > self.n_startup_trials:
+            searcher += ", constant liar " + ("on" if self.constant_liar else "off")
         if self.scheduler == "none":
             return f"{searcher}; no early stopping (every trial runs its {self.num_tasks} tasks)"
         d = self.space.defaults

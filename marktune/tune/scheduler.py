@@ -34,15 +34,17 @@ from marktune.tune.state_keeper import relocate
 
 
 def make_scheduler(*, num_tasks: int, grace_period: int, reduction_factor: float,
-                   kind: str = "asha") -> "ResumableASHA | NoStopping":
+                   kind: str = "asha", brackets: int = 1) -> "ResumableASHA | NoStopping":
     """``kind`` asha: ASHA on tasks done (the metric and mode come from the Tuner's TuneConfig:
-    METRIC, max); none: no early stopping (grace period and reduction factor unused)."""
+    METRIC, max), in ``brackets`` brackets (more than one: Ray's asynchronous Hyperband, which the
+    replay bench measures; the search uses one); none: no early stopping (grace period and
+    reduction factor unused)."""
     if kind == "none":
         return NoStopping()
     if kind != "asha":
         raise ValueError(f"unknown scheduler {kind!r}; one of asha, none")
     return ResumableASHA(time_attr=TIME_ATTR, max_t=num_tasks, grace_period=grace_period,
-                         reduction_factor=reduction_factor)
+                         reduction_factor=reduction_factor, brackets=brackets)
 
 
 class NoStopping(FIFOScheduler):

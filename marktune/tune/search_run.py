@@ -98,7 +98,8 @@ def run_search(plan: SearchPlan) -> SearchRun:
         scheduler = make_scheduler(num_tasks=plan.num_tasks, grace_period=plan.space.defaults["grace_period"],
                                    reduction_factor=plan.space.defaults["reduction_factor"], kind=plan.scheduler)
         searcher = make_searcher(storage=plan.study_storage, study_name=plan.name, num_tasks=plan.num_tasks,
-                                 seed=plan.seed, kind=plan.searcher, n_startup_trials=plan.n_startup_trials)
+                                 seed=plan.seed, kind=plan.searcher, n_startup_trials=plan.n_startup_trials,
+                                 constant_liar=plan.constant_liar)
         tuner = tune.Tuner(
             trainable, param_space=param_space, run_config=run_config,
             tune_config=tune.TuneConfig(metric=METRIC, mode="max", num_samples=plan.samples,

@@ -1,4 +1,4 @@
-"""Which trials run: Optuna's TPE (or its random sampler) behind Tune, pruned-aware, its study in
+"""Which trials run: an Optuna sampler (:mod:`marktune.tune.samplers`) behind Tune, pruned-aware, its study in
 a persistent storage.
 
 :class:`MarkOptunaSearch` is Ray's ``OptunaSearch`` (which already takes a ``storage`` and a
@@ -30,6 +30,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from marktune.mark.metrics import METRIC, TIME_ATTR
 from marktune.tune import ray_internals
+from marktune.tune.samplers import make_sampler
 from marktune.tune.study import JOURNAL_FILE, StudyStorage, hide_password
 
 if TYPE_CHECKING:
@@ -63,18 +64,12 @@ def _stored_spec(stored: Any) -> StudyStorage | None:
 
 
 def make_searcher(*, storage: StudyStorage, study_name: str, num_tasks: int, seed: int | None,
-                  kind: str = "tpe", n_startup_trials: int = 10) -> "MarkOptunaSearch":
-    """Optuna behind Tune, its study in ``storage`` under ``study_name``: ``kind`` tpe is
-    ``TPESampler`` (random for its first ``n_startup_trials`` trials), random is ``RandomSampler``.
-    Either way the study, its pruned trials and ``--resume`` are the same."""
-    import optuna
-
-    if kind == "tpe":
-        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials)
-    elif kind == "random":
-        sampler = optuna.samplers.RandomSampler(seed=seed)
-    else:
-        raise ValueError(f"unknown searcher {kind!r}; one of tpe, random")
+                  kind: str = "tpe", n_startup_trials: int = 10, constant_liar: bool = True) -> "MarkOptunaSearch":
+    """Optuna behind Tune, its study in ``storage`` under ``study_name``; ``kind`` names the sampler
+    (:data:`marktune.tune.samplers.SEARCHERS`: tpe, the default, is multivariate TPE with the
+    constant liar, random for its first ``n_startup_trials`` trials). Whatever the sampler, the
+    study, its pruned trials and ``--resume`` are the same."""
+    sampler = make_sampler(kind, seed=seed, n_startup_trials=n_startup_trials, constant_liar=constant_liar)
     return MarkOptunaSearch(storage=storage, study_name=study_name, num_tasks=num_tasks, sampler=sampler)
 
 

@@ -11,8 +11,9 @@ A space file holds::
       mask_activation: {type: choice, values: [relu, sigmoid]}
     defaults:       # the search's own defaults (command-line flags override them)
       samples: 12
-      searcher: tpe         # tpe (Optuna's TPESampler) or random (its RandomSampler)
+      searcher: tpe         # an Optuna sampler (marktune.tune.samplers): tpe, tpe-independent, tpe-group, gp, qmc, random
       n_startup_trials: 10  # TPE's random trials before it models (Optuna's default)
+      constant_liar: true   # TPE: running trials count as bad results while others are proposed
       scheduler: asha       # asha (stops weak trials) or none (every trial runs every task)
       grace_period: 1       # ASHA, in tasks
       reduction_factor: 2
@@ -50,17 +51,17 @@ from marktune.mark.yaml_io import load_yaml_file
 from marktune.results.experiment import Experiment, load_experiment, same_setting
 from marktune.results.files import read_settings
 from marktune.results.noise import SeedNoise
+from marktune.tune.samplers import SEARCHERS  # the Optuna samplers, by name
 from marktune.tune.space_checks import (SpaceError, check_choice_values, check_combinations, check_kind,
                                         check_values, seed_refusal, setting_type)
 
 SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 # which trials run (marktune.tune.searcher) and which stop early (marktune.tune.scheduler)
-SEARCHERS = ("tpe", "random")  # Optuna's TPESampler, or its RandomSampler
 SCHEDULERS = ("asha", "none")  # ASHA on tasks done, or none: every trial runs to its last task
 KINDS = ("loguniform", "uniform", "int", "logint", "choice")
 DEFAULTS = {"samples": 12, "max_concurrent": None,
             # which trials run, which stop early (the --searcher, --n-startup-trials, --scheduler flags)
-            "searcher": "tpe", "n_startup_trials": 10, "scheduler": "asha",
+            "searcher": "tpe", "n_startup_trials": 10, "constant_liar": True, "scheduler": "asha",
             "grace_period": 1, "reduction_factor": 2,
             "cpus_per_trial": 1.0, "gpus_per_trial": None,
             # marktune.evaluate's grid: initialisation seeds x class orders per configuration
@@ -277,6 +278,8 @@ def _check_defaults(where: str, d: dict[str, Any]) -> None:
             raise SpaceError(f"{where}: defaults.{key} must be one of {', '.join(allowed)} (got {d[key]!r})")
     whole("samples", 1)
     whole("n_startup_trials", 0)
+    if not isinstance(d["constant_liar"], bool):
+        raise SpaceError(f"{where}: defaults.constant_liar must be true or false (got {d['constant_liar']!r})")
     whole("max_concurrent", 1, allow_none=True)
     whole("grace_period", 1)
     whole("reduction_factor", 2)

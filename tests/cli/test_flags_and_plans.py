@@ -115,3 +115,15 @@ def test_no_argparse_namespace_below_the_command_line():
     for path in PACKAGE.rglob("*.py"):
         if path.parent.name != "cli":
             assert "argparse" not in _imports(path), path
+
+
+@pytest.mark.parametrize("argv, searcher, liar, said", [
+    ([], "tpe", True, "Optuna's TPE (its first 4 trials random), constant liar on"),
+    (["--searcher", "gp", "--samples", "12"], "gp", True, "Optuna's GP sampler (its first 4 trials random)"),
+    (["--searcher", "qmc"], "qmc", True, "Optuna's QMC sampler (scrambled Sobol)"),
+    (["--no-constant-liar", "--samples", "12"], "tpe", False, "constant liar off"),
+])
+def test_the_searcher_and_the_constant_liar_reach_the_plan_and_its_words(argv, searcher, liar, said):
+    plan = search.plan_from_args(search.build_parser().parse_args(["--space", "fmnist", *argv]))
+    assert (plan.searcher, plan.constant_liar) == (searcher, liar)
+    assert said in plan.strategy()

@@ -179,7 +179,7 @@ def test_ctrl_c_before_the_run_leaves_no_lock_behind(tmp_path, monkeypatch):
     assert not (tmp_path / "st" / "x" / LOCK_FILE).exists()
 
 
-@pytest.mark.parametrize("key, value, allowed", [("searcher", "bayes", "tpe, random"),
+@pytest.mark.parametrize("key, value, allowed", [("searcher", "bayes", "tpe, tpe-independent, tpe-group, gp, qmc, random"),
                                                  ("scheduler", "hyperband", "asha, none")])
 def test_a_bad_searcher_or_scheduler_in_a_space_file_is_refused_before_ray_starts(tmp_path, capsys, no_ray,
                                                                                   key, value, allowed):
@@ -194,6 +194,20 @@ def test_a_bad_searcher_or_scheduler_in_a_space_file_is_refused_before_ray_start
     code = search.main([*T, "--space", str(path), "--storage", str(tmp_path / "st")])
     err = capsys.readouterr().err
     assert code == 2 and f"{path}: defaults.{key} must be one of {allowed} (got {value!r})" in err, err
+    assert not (tmp_path / "st").exists()
+
+
+def test_a_constant_liar_that_is_not_true_or_false_is_refused_before_ray_starts(tmp_path, capsys, no_ray):
+    import yaml
+
+    from marktune.tune.spaces import SPACES_DIR
+
+    space = yaml.safe_load((SPACES_DIR / "digits.yaml").read_text())
+    space["defaults"]["constant_liar"] = "sometimes"
+    path = tmp_path / "my_space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    assert search.main([*T, "--space", str(path), "--storage", str(tmp_path / "st")]) == 2
+    assert "defaults.constant_liar must be true or false (got 'sometimes')" in capsys.readouterr().err
     assert not (tmp_path / "st").exists()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import doctest
 import importlib.util
 import itertools
+import math
 from pathlib import Path
 
 import numpy as np
@@ -507,3 +508,26 @@ def test_the_separation_bench_gives_the_seed_sd_per_band_of_accuracy():
     y = np.array([[0.5, 0.7], [0.6, 0.6], [0.9, 0.92], [0.95, 0.95]])  # variances 0.02, 0, 0.0002, 0
     bands = _load_bench("separation").seed_sd_by_band(y, quantiles=(0.0, 0.5, 1.0))
     assert [(configs, round(sd, 6)) for _, _, configs, sd in bands] == [(2, 0.1), (2, 0.01), (4, round(0.00505 ** 0.5, 6))]
+
+
+def test_the_benchmark_grid_replays_every_sampler_and_hyperband():
+    from marktune.replay.search import benchmark_strategies
+
+    grid = benchmark_strategies(num_tasks=3, n_startup_trials=2)
+    names = [s.name for s in grid]
+    assert {"random", "qmc", "tpe", "tpe no-liar", "tpe-independent", "tpe-group", "gp", "random-sampler",
+            "tpe + asha g2 r3", "gp + hyperband g1 r2", "first-1", "first-2"} <= set(names)
+    assert next(s for s in grid if s.name == "tpe no-liar").constant_liar is False
+    assert next(s for s in grid if s.name == "qmc + hyperband g1 r2").brackets == 3
+    only = benchmark_strategies(num_tasks=3, proposals=["gp"], schedulers=["", "asha g1 r2"])
+    assert [s.name for s in only] == ["gp", "gp + asha g1 r2"]
+    table = curves_table(PRUNED_BEST)
+    surrogate = NearestRecorded(table=table, space=SPACE)
+    for strategy in benchmark_strategies(num_tasks=3, n_startup_trials=2,
+                                         proposals=["qmc", "tpe no-liar", "gp", "tpe-group"],
+                                         schedulers=["", "hyperband g1 r2"]):
+        outcome = replay(table=table, space=SPACE, strategy=strategy, samples=5, workers=2, seed=1, surrogate=surrogate)
+        assert len(outcome.study.trials) == 5, strategy.name
+        assert outcome.regret(1.0) >= 0.0 or math.isnan(outcome.regret(1.0))
+        again = replay(table=table, space=SPACE, strategy=strategy, samples=5, workers=2, seed=1, surrogate=surrogate)
+        assert [t.config for t in again.trials] == [t.config for t in outcome.trials], strategy.name  # seeded

@@ -105,3 +105,24 @@ def test_searcher_checkpoint_holds_no_database_password(tmp_path):
     for data in (checkpoint.read_bytes(), pickle.dumps(searcher)):
         assert b"s3cret" not in data
         assert b"postgresql://me:***@db.invalid/studies" in data
+
+
+def test_each_searcher_is_the_optuna_sampler_it_names_with_its_options_spelled_out():
+    import doctest
+
+    import optuna
+
+    from marktune.tune import samplers
+
+    assert doctest.testmod(samplers).failed == 0
+    tpe = samplers.make_sampler("tpe", seed=0, n_startup_trials=4)
+    assert isinstance(tpe, optuna.samplers.TPESampler)
+    assert (tpe._multivariate, tpe._group, tpe._constant_liar, tpe._n_startup_trials) == (True, False, True, 4)
+    assert samplers.make_sampler("tpe", seed=0, n_startup_trials=4, constant_liar=False)._constant_liar is False
+    independent = samplers.make_sampler("tpe-independent", seed=0, n_startup_trials=4)
+    assert (independent._multivariate, independent._constant_liar) == (False, True)
+    assert samplers.make_sampler("tpe-group", seed=0, n_startup_trials=4)._group is True
+    assert isinstance(samplers.make_sampler("gp", seed=0, n_startup_trials=4), optuna.samplers.GPSampler)
+    assert isinstance(samplers.make_sampler("qmc", seed=0, n_startup_trials=4), optuna.samplers.QMCSampler)
+    assert isinstance(samplers.make_sampler("random", seed=0, n_startup_trials=4), optuna.samplers.RandomSampler)
+    assert set(samplers.SEARCHERS) == {"tpe", "tpe-independent", "tpe-group", "gp", "qmc", "random"}
