@@ -226,10 +226,47 @@ def check_gpu_memory_fraction(fraction: float | None) -> None:
         raise PlanError(f"--gpu-memory-fraction must be in (0, 1] (got {fraction:g})")
 
 
+# Run in a child process, so that a store that does not answer cannot hold the command: pyarrow's
+# S3 client retries a dead network for minutes, in C++ that a Python thread cannot interrupt.
+_REMOTE_PROBE = """
+import sys, uuid
+from pyarrow import fs
+filesystem, root = fs.FileSystem.from_uri(sys.argv[1])
+probe = root.rstrip("/") + "/.marktune-write-probe-" + uuid.uuid4().hex
+with filesystem.open_output_stream(probe) as f:
+    f.write(b"marktune")
+filesystem.delete_file(probe)
+"""
+
+
+def check_remote_storage(storage: str, *, flag: str = "--storage", timeout: float = 20.0) -> None:
+    """A storage URL (``s3://``, ``gs://``, ...) must be reachable and writable before Ray starts:
+    a small file is written there and deleted, through pyarrow (what Tune writes with), within
+    ``timeout`` seconds. Without it, a store out of reach failed the search after Ray's start-up
+    with a 32-line traceback (``AWS Error NETWORK_CONNECTION during HeadBucket``)."""
+    import subprocess
+    import sys
+
+    try:
+        done = subprocess.run([sys.executable, "-c", _REMOTE_PROBE, storage], capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise PlanError(f"{flag} {storage}: no answer from this storage within {timeout:g} s (no network, or "
+                        "the endpoint is wrong?); check the URL and your credentials, or give a local "
+                        f"directory, e.g. {flag} ./results") from None
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+        reason = lines[-1] if lines else f"exit {done.returncode}"
+        raise PlanError(f"{flag} {storage}: cannot write there ({reason}); check the URL, the bucket and "
+                        f"your credentials, or give a local directory, e.g. {flag} ./results")
+
+
 def check_storage(storage: str, *, flag: str = "--storage") -> None:
     """A local storage directory must exist or be creatable, and be writable, before Ray starts
-    (Tune would fail after its start-up with a pyarrow traceback)."""
+    (Tune would fail after its start-up with a pyarrow traceback); a URL must take a write
+    (:func:`check_remote_storage`)."""
     if "://" in storage:
+        check_remote_storage(storage, flag=flag)
         return
     path = Path(storage)
     try:

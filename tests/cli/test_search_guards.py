@@ -243,3 +243,21 @@ def test_searcher_scheduler_and_startup_trials_come_from_the_space_unless_given(
     assert (plan.searcher, plan.scheduler, plan.n_startup_trials) == ("tpe", "asha", 2)
     with pytest.raises(PlanError, match="--n-startup-trials must be >= 0"):
         search.plan_from_args(search.build_parser().parse_args(["--space", "digits", *base, "--n-startup-trials", "-1"]))
+
+
+def test_a_storage_url_out_of_reach_is_refused_before_ray_starts(capsys, no_ray):
+    # an S3 endpoint where nothing listens: refused at once, as a dead network is within the timeout
+    url = "s3://bucket/marktune?endpoint_override=127.0.0.1:9&scheme=http"
+    assert search.main([*T, "--storage", url]) == 2
+    err = capsys.readouterr().err
+    assert f"--storage {url}: cannot write there" in err and "Could not connect" in err
+    assert "Traceback" not in err and "--storage ./results" in err
+
+
+def test_a_writable_storage_url_passes_and_keeps_nothing_of_the_probe(tmp_path):
+    from marktune.tune.launch import PlanError, check_remote_storage
+
+    check_remote_storage(f"file://{tmp_path}")
+    assert list(tmp_path.iterdir()) == []  # the probe was written and deleted
+    with pytest.raises(PlanError, match="no answer from this storage within 0.001 s"):
+        check_remote_storage(f"file://{tmp_path}", timeout=0.001)  # no interpreter starts that fast
