@@ -191,6 +191,7 @@ class ReplayedTrial:
     curve: Curve
     stop_after: int  # tasks it runs unless stopped
     worth: float  # what a pick of it is worth: the final test ACC of what it stands for
+    final_shift: float = 0.0  # its final val minus its recorded seed's (a modelled stand-in's offset)
     tasks_run: int = 0
     ended_at_s: float | None = None  # simulated clock when it ended
     ended_at_trainings: int | None = None  # task-trainings done (all trials) when it ended
@@ -227,6 +228,42 @@ class ReplayOutcome:
         if picked is None:
             return math.nan
         return round(self.table.best_final_test - picked.worth, 12)
+
+    def confirm(self, *, top: int, seeds: int, rng: np.random.Generator) -> "Confirmation":
+        """The confirmation stage after the whole budget: the ``top`` finished trials by their
+        (one-seed) final val ACC each run again at ``seeds`` more seeds, drawn without replacement
+        from the recorded seeds of its configuration that it has not shown (fewer where fewer are
+        left); the winner is the best mean final val over its seeds. A modelled stand-in's extra
+        runs keep its offset from its configuration. ``top`` 0: no confirmation (the plain pick)."""
+        done = sorted((t for t in self.trials if t.finished), key=lambda t: t.ended_at_trainings)
+        if not done:
+            return Confirmation(picked=None, value=math.nan, extra_runs=0, regret=math.nan)
+        if top <= 0 or seeds <= 0:
+            picked = max(done, key=lambda t: t.value)
+            return Confirmation(picked=picked, value=picked.value, extra_runs=0,
+                                regret=round(self.table.best_final_test - picked.worth, 12))
+        finalists = sorted(done, key=lambda t: -t.value)[:top]  # stable: ties go to the one that ended first
+        best, best_value, runs = None, -math.inf, 0
+        for trial in finalists:
+            others = [c for c in self.table.configs[trial.config].curves if c.seed != trial.curve.seed]
+            drawn = [others[i] for i in rng.permutation(len(others))[:seeds]]
+            values = [trial.value] + [c.val[-1] + trial.final_shift for c in drawn]
+            runs += len(drawn)
+            if float(np.mean(values)) > best_value:
+                best, best_value = trial, float(np.mean(values))
+        return Confirmation(picked=best, value=best_value, extra_runs=runs,
+                            regret=round(self.table.best_final_test - best.worth, 12))
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    """The pick of :meth:`ReplayOutcome.confirm`: the trial, its mean val over its seeds, the
+    extra runs it took (each a whole sequence), its regret (NaN: nothing finished)."""
+
+    picked: ReplayedTrial | None
+    value: float
+    extra_runs: int
+    regret: float
 
 
 class _TableDraws:
@@ -287,7 +324,8 @@ def _replay(table: ReplayTable, space: SearchSpace, strategy: Strategy, samples:
             stand_in = surrogate.stand_in(searcher.suggest(trial_id), rng)
         curve = stand_in.curve
         outcome.trials.append(ReplayedTrial(trial_id=trial_id, config=stand_in.config, curve=curve,
-                                            stop_after=stop_after, worth=stand_in.worth))
+                                            stop_after=stop_after, worth=stand_in.worth,
+                                            final_shift=stand_in.final_shift))
         handles.append(ReplayedTrialHandle(trial_id))
         if scheduler is not None:
             scheduler.on_trial_add(None, handles[-1])

@@ -52,6 +52,7 @@ class StandIn:
     config: int
     curve: Curve
     worth: float
+    final_shift: float = 0.0  # its final val minus the recorded seed's (a modelled stand-in's prediction offset)
 
 
 class Surrogate(Protocol):
@@ -265,7 +266,8 @@ class ModelledCurves(WeightedNearest):
         noise = np.array(recorded.curve.val) - self._y[recorded.config]
         curve = Curve(val=tuple(float(v) for v in np.clip(val + noise, 0.0, 1.0)), test=recorded.curve.test,
                       seconds=recorded.curve.seconds, seed=recorded.curve.seed)
-        return StandIn(config=recorded.config, curve=curve, worth=test)
+        return StandIn(config=recorded.config, curve=curve, worth=test,
+                       final_shift=float(val[-1] - self._y[recorded.config, -1]))
 
     def leave_one_out(self, *, folds: int = DEFAULT_FOLDS) -> tuple[float, float]:
         """(mean absolute error of each configuration's final val ACC predicted by the GP fitted

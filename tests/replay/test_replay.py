@@ -531,3 +531,31 @@ def test_the_benchmark_grid_replays_every_sampler_and_hyperband():
         assert outcome.regret(1.0) >= 0.0 or math.isnan(outcome.regret(1.0))
         again = replay(table=table, space=SPACE, strategy=strategy, samples=5, workers=2, seed=1, surrogate=surrogate)
         assert [t.config for t in again.trials] == [t.config for t in outcome.trials], strategy.name  # seeded
+
+
+def test_the_confirmation_stage_re_runs_the_top_trials_and_picks_on_their_mean():
+    rows = []
+    for key, lr, finals in (("A", 0.001, (0.99, 0.80, 0.80)), ("B", 0.01, (0.95, 0.95, 0.95)),
+                            ("C", 0.05, (0.70, 0.70, 0.70))):
+        for seed, final in enumerate(finals):
+            rows += [CurveRow(trial_id=key, status="COMPLETE", params={"lr_meta": lr, "kb_width": 32}, task=k,
+                              val_acc=final, test_acc=final, seconds=1.0, seed=seed) for k in (1, 2)]
+    table = ReplayTable.from_curves(CurvesTable(searched=["lr_meta", "kb_width"], rows=rows))
+    fooled = 0
+    for seed in range(30):
+        outcome = replay(table=table, space=SPACE, strategy=RANDOM, samples=3, seed=seed)
+        a = next(t for t in outcome.trials if t.config == config_index(table, "A"))
+        plain = outcome.confirm(top=0, seeds=0, rng=np.random.default_rng(seed))
+        assert plain.picked is outcome.pick(1.0) and plain.extra_runs == 0
+        confirmed = outcome.confirm(top=2, seeds=2, rng=np.random.default_rng(seed))
+        assert table.configs[confirmed.picked.config].key == "B"  # A's lucky seed does not carry it
+        assert confirmed.regret == pytest.approx(0.0) and confirmed.extra_runs == 4
+        if a.curve.seed == 0:  # A showed 0.99: the plain pick is fooled, regret 0.95 - 0.8633
+            fooled += 1
+            assert table.configs[plain.picked.config].key == "A"
+            assert plain.regret == pytest.approx(0.95 - (0.99 + 0.80 + 0.80) / 3)
+            assert confirmed.value == pytest.approx(0.95)
+    assert 0 < fooled < 30
+    one_more = replay(table=table, space=SPACE, strategy=RANDOM, samples=3, seed=0).confirm(
+        top=3, seeds=5, rng=np.random.default_rng(0))
+    assert one_more.extra_runs == 3 * 2  # only two seeds are left to draw for each

@@ -1,0 +1,116 @@
+"""How should a search pick its winner through the seed noise? The pick rules replayed on a table.
+
+Replays random search (drawn from the table, one recorded seed per trial, no pruning) of each
+``--samples`` count many times (``--replays``), and scores each pick rule by the regret of what it
+picks (the table's best mean final test ACC minus the pick's) and by P, the share of replays whose
+pick's mean beats the space's default configuration's mean (``bench/curves/defaults/``):
+
+* ``one seed``: the best final val ACC as seen (what a search does without confirmation);
+* ``top K x S``: the top K trials re-run at S more seeds, the winner the best mean val over its
+  seeds (the confirmation stage; K x S extra runs);
+* ``oracle``: the best mean final test ACC among the trials run (what no rule can beat).
+
+    PYTHONPATH=. .venv/bin/python bench/confirm.py bench/curves/digits.csv --space digits
+    ... [--samples 8 16 32 64] [--rules 3x2 5x2 2x1] [--replays 1000] [--workers 2] [--markdown FILE]
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from marktune.mark.hardware import cpu_model_name  # noqa: E402
+from marktune.replay.search import Interval, Strategy, replay  # noqa: E402
+from marktune.replay.table import ReplayTable, ReplayTableError, check_table  # noqa: E402
+from marktune.results.curves import CurvesError, read_curves  # noqa: E402
+from marktune.tune.spaces import load_space  # noqa: E402
+
+
+def rule(text: str) -> tuple[int, int]:
+    try:
+        top, seeds = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a rule is TOPxSEEDS, e.g. 3x2 (got {text!r})") from None
+    if top < 1 or seeds < 1:
+        raise argparse.ArgumentTypeError(f"TOP and SEEDS must be at least 1 (got {text!r})")
+    return top, seeds
+
+
+def cell(regrets: list[float], wins: list[bool]) -> str:
+    interval = Interval.of(regrets)
+    return (f"{100 * interval.mean:.2f} [{100 * interval.low:.2f}, {100 * interval.high:.2f}], "
+            f"P {np.mean(wins):.2f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("curves", type=Path, help="a curves table with several seeds per configuration")
+    parser.add_argument("--space", required=True)
+    parser.add_argument("--default", type=Path, default=None,
+                        help="the default configuration's curves (default: bench/curves/defaults/<table's name>)")
+    parser.add_argument("--samples", type=int, nargs="+", default=[8, 16, 32, 64])
+    parser.add_argument("--rules", type=rule, nargs="+", default=[(3, 2)], metavar="TOPxSEEDS")
+    parser.add_argument("--replays", type=int, default=1000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--markdown", type=Path, default=None)
+    args = parser.parse_args(argv)
+    default_path = args.default or args.curves.parent / "defaults" / args.curves.name
+    try:
+        space = load_space(args.space)
+        curves = read_curves(args.curves)
+        check_table(curves, space, source=str(args.curves))
+        preset = ReplayTable.from_curves(read_curves(default_path)).configs[0].final_test
+    except (ReplayTableError, CurvesError, OSError, IndexError) as err:
+        print(f"confirm bench: {err}", file=sys.stderr)
+        return 2
+    table = ReplayTable.from_curves(curves)
+    seeds = sorted({c.seed for cfg in table.configs for c in cfg.curves if c.seed is not None})
+    started = time.perf_counter()
+    names = ["one seed", *[f"top {k} x {s} more seeds" for k, s in args.rules], "oracle"]
+    body = []
+    for samples in args.samples:
+        regrets: dict[str, list[float]] = {n: [] for n in names}
+        wins: dict[str, list[bool]] = {n: [] for n in names}
+        extra = {n: 0 for n in names}
+        for r in range(args.replays):
+            outcome = replay(table=table, space=space, strategy=Strategy(name="random", proposals="table"),
+                             samples=samples, workers=args.workers, seed=r)
+            rng = np.random.default_rng(10_000_000 + r)
+            picks = [("one seed", outcome.confirm(top=0, seeds=0, rng=rng))]
+            picks += [(f"top {k} x {s} more seeds", outcome.confirm(top=k, seeds=s, rng=rng)) for k, s in args.rules]
+            for name, confirmation in picks:
+                regrets[name].append(confirmation.regret)
+                wins[name].append(confirmation.picked.worth > preset)
+                extra[name] += confirmation.extra_runs
+            oracle = max(t.worth for t in outcome.trials if t.finished)
+            regrets["oracle"].append(table.best_final_test - oracle)
+            wins["oracle"].append(oracle > preset)
+        for name in names:
+            body.append([str(samples), name, cell(regrets[name], wins[name]),
+                         f"{extra[name] / args.replays:.1f}"])
+        print(f"  {samples} samples done ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
+    header = ["samples", "pick", "regret in points [95 % interval], P(beats the default)", "extra runs"]
+    intro = (f"confirm bench: {args.curves} ({len(table.configs)} configurations, seeds {seeds}), space "
+             f"{space.path}; random search drawn from the table, one recorded seed per trial, {args.workers} "
+             f"workers, no pruning; {args.replays} replays per sample count; the table's best "
+             f"{table.best_final_test:.4f}, the default's mean {preset:.4f} ({default_path}); "
+             f"{cpu_model_name()}, {time.perf_counter() - started:.0f} s")
+    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
+    print(intro + "\n\n" + "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()
+                                     for row in [header, *body]))
+    if args.markdown:
+        args.markdown.write_text(intro + "\n\n" + "\n".join(
+            ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+             *["| " + " | ".join(row) + " |" for row in body]]) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
