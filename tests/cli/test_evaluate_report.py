@@ -7,6 +7,7 @@ seeds and render the report in headless Chromium.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import subprocess
 import sys
@@ -199,7 +200,17 @@ def test_report_marks_the_trials_within_the_noise_of_the_best(tmp_path, counts, 
         assert "No trial is within the noise of the best, aaaa000a" in sentence
 
 
-def test_report_of_an_old_search_without_counts_says_the_noise_is_unknown(interrupted):
+def test_report_of_an_old_search_without_counts_says_the_noise_is_unknown(interrupted, monkeypatch):
+    # the digits space states its seed SD: with it, ties come from the seed SD alone
+    page = report.build_report(load_experiment_with_space(interrupted)).read_text()
+    sentence = page[page.index("id='noise-floor'"):].split("</p>")[0]
+    assert "binomial SE unknown" in sentence and "seed-to-seed SD 0.0240 (measured: docs/benchmark.md)" in sentence
+    # a space without one: nothing is known of the noise, and no trial is marked as tied
+    from marktune.results.noise import SeedNoise
+    from marktune.tune import spaces
+
+    load = spaces.load_space
+    monkeypatch.setattr(spaces, "load_space", lambda *a, **k: dataclasses.replace(load(*a, **k), noise=SeedNoise()))
     page = report.build_report(load_experiment_with_space(interrupted)).read_text()
     sentence = page[page.index("id='noise-floor'"):].split("</p>")[0]
     assert "binomial SE unknown" in sentence and "no trial is marked as tied" in sentence
