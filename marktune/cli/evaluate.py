@@ -49,7 +49,9 @@ from marktune.results.files import write_atomic
 from marktune.results.pareto import parameter_counts
 from marktune.results.statistics import heldout_accuracy, heldout_backward_transfer
 from marktune.tune.evaluation_run import run_evaluation
-from marktune.tune.experiment_lock import lock_search_directory
+from marktune.results.files import LOCK_FILE
+from marktune.results.output_folder import RunFolderTaken, check_evaluation_folder, move_aside
+from marktune.tune.experiment_lock import ExperimentLock, lock_search_directory
 from marktune.tune.launch import check_cluster_resources, check_evaluation, shutdown_ray, start_ray
 from marktune.tune.plan import (EvalConfig, EvalPlan, PlanError, check_name, check_seed,
                                 check_trial_resources, trial_threads)
@@ -150,7 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--storage", metavar="DIR|URL",
                    help="where the runs' Tune directories go (default: next to the experiment)")
     g.add_argument("--name", help="name of the runs' Tune experiment: one folder name of letters, digits, '.', "
-                                  "'_' and '-' (default: <experiment>-eval)")
+                                  "'_' and '-' (default: <experiment>-eval); one that holds another evaluation's "
+                                  "runs is refused")
+    g.add_argument("--overwrite", action="store_true",
+                   help="--name's folder holds another evaluation: move it aside (renamed to NAME.replaced-<time>) "
+                        "and start anew")
     flags.add_resource_flags(p, unit="run")
     flags.add_ray_flags(p)
     flags.add_data_flags(p, unit="run", default_dir="the search's")
@@ -348,6 +354,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             if lock is not None:
                 held.callback(lock.release)
             plan = plan_from_args(args)
+            if "://" not in plan.storage:  # its own folder: never another evaluation's, one command at a time
+                own = Path(plan.tune_experiment)
+                if args.name is not None and args.overwrite and own.is_dir() and any(own.iterdir()):
+                    print(f"[marktune] moved {own} aside to {move_aside(own)}", flush=True)
+                check_evaluation_folder(own, name=plan.name, ignore=(LOCK_FILE,))
+                held.callback(ExperimentLock(own, what="evaluation", command=shlex.join(
+                    ["python", "-m", "marktune.evaluate", *(sys.argv[1:] if argv is None else argv)])).acquire().release)
             note = plan.experiment.missing_note()
             if note:
                 print(f"[marktune] {note}; evaluating the trials that finished.", flush=True)
@@ -355,7 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             start_ray(plan.ray)
             check_cluster_resources(cpus_per_trial=plan.cpus_per_trial, gpus_per_trial=plan.gpus_per_trial,
                                     address=plan.ray.address, unit="run")
-        except (ExperimentError, EvaluateError, ConfigError, PlanError) as err:
+        except (ExperimentError, EvaluateError, ConfigError, PlanError, RunFolderTaken) as err:
             shutdown_ray()
             print(f"error: {err}", file=sys.stderr)
             return 2

@@ -261,3 +261,31 @@ def test_a_writable_storage_url_passes_and_keeps_nothing_of_the_probe(tmp_path):
     assert list(tmp_path.iterdir()) == []  # the probe was written and deleted
     with pytest.raises(PlanError, match="no answer from this storage within 0.001 s"):
         check_remote_storage(f"file://{tmp_path}", timeout=0.001)  # no interpreter starts that fast
+
+
+def test_an_evaluation_never_writes_into_another_evaluation_s_folder(tmp_path, capsys, monkeypatch):
+    exp = _complete_experiment(tmp_path)
+    taken = exp.parent / "mine"
+    taken.mkdir()
+    (taken / "run_a").mkdir()  # another evaluation's runs
+    (taken / "run_a" / "result.json").write_text("{}")
+    monkeypatch.setattr(evaluate, "start_ray", lambda *a, **k: pytest.fail("Ray was started"))
+    code = evaluate.main([str(exp), "--num-cpus", "2", "--seeds", "1", "--ablations", "", "--name", "mine"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"--name mine: {taken} holds another evaluation's runs" in err and "--overwrite" in err
+    assert sorted(p.name for p in taken.iterdir()) == ["run_a"]  # untouched, no lock left behind
+
+    # --overwrite: moved aside whole; while the runs run, the evaluation holds its own folder's lock
+    seen = []
+    monkeypatch.setattr(evaluate, "start_ray", lambda *a, **k: None)
+    monkeypatch.setattr(evaluate, "check_cluster_resources", lambda **k: None)
+
+    def run(plan):
+        seen.append((Path(plan.tune_experiment) / LOCK_FILE).exists())
+        raise KeyboardInterrupt  # stop here: what follows is the runs'
+    monkeypatch.setattr(evaluate, "run_evaluation", run)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate.main([str(exp), "--num-cpus", "2", "--seeds", "1", "--ablations", "", "--name", "mine", "--overwrite"])
+    moved = [p for p in exp.parent.iterdir() if p.name.startswith("mine.replaced-")]
+    assert len(moved) == 1 and (moved[0] / "run_a" / "result.json").exists() and seen == [True]
+    assert not (taken / LOCK_FILE).exists()  # released on the way out

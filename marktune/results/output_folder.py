@@ -1,4 +1,7 @@
-"""The rule for ``marktune.run``'s output folder: a run never writes over another run's record.
+"""The rule for a command's output folder: it never writes over another run's record.
+
+``marktune.run`` (below) and ``marktune.evaluate`` (an evaluation's runs, ``--name``) follow it;
+a search's own experiment folder has its rules in ``marktune.tune`` (``--resume``, its lock).
 
 A folder holds a run's record when it has any of :data:`RECORD_FILES`. ``run --out DIR`` into
 such a folder is refused before any data is loaded (:func:`check_run_folder`), naming what is
@@ -13,7 +16,7 @@ Example:
     >>> check_run_folder(out)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    marktune.results.run_folder.RunFolderTaken: --out ...run holds another run's record (results.json: a finished run, 5 of 5 tasks); continue it with --resume ...run, give another --out, or pass --overwrite to move it aside (renamed to run.replaced-<time>, not deleted)
+    marktune.results.output_folder.RunFolderTaken: --out ...run holds another run's record (results.json: a finished run, 5 of 5 tasks); continue it with --resume ...run, give another --out, or pass --overwrite to move it aside (renamed to run.replaced-<time>, not deleted)
     >>> aside = move_aside(out, stamp="20261206-120000")
     >>> aside.name, (aside / "results.json").exists(), out.exists()
     ('run.replaced-20261206-120000', True, False)
@@ -51,6 +54,16 @@ def _progress(out: Path) -> str:
     return f": {state}, {done} of {total} tasks"
 
 
+def check_evaluation_folder(out: Path, *, name: str, ignore: tuple[str, ...] = ()) -> None:
+    """Refuse an evaluation's ``--name`` folder ``out`` when it holds anything (another
+    evaluation's runs) but the files named in ``ignore`` (its lock)."""
+    if not out.is_dir() or not [p for p in out.iterdir() if p.name not in ignore]:
+        return
+    raise RunFolderTaken(f"--name {name}: {out} holds another evaluation's runs; give another --name, leave "
+                         f"--name out (a new <experiment>-eval folder is made), or pass --overwrite to move it "
+                         f"aside (renamed to {out.name}.replaced-<time>, not deleted)")
+
+
 def move_aside(out: Path, *, stamp: str | None = None) -> Path:
     """Rename ``out`` to ``<out>.replaced-<time>`` (a number added if that exists too); the new path."""
     stamp = stamp or time.strftime("%Y%m%d-%H%M%S")
@@ -63,4 +76,4 @@ def move_aside(out: Path, *, stamp: str | None = None) -> Path:
     return aside
 
 
-__all__ = ["RECORD_FILES", "RunFolderTaken", "check_run_folder", "move_aside"]
+__all__ = ["RECORD_FILES", "RunFolderTaken", "check_run_folder", "check_evaluation_folder", "move_aside"]
