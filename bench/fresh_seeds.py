@@ -51,9 +51,14 @@ def band_sd(table: ReplayTable, rank: int, *, share: float = BAND) -> float:
     return math.sqrt(float(np.mean([np.var([cv.test[-1] for cv in table.configs[i].curves], ddof=1) for i in near])))
 
 
-def chosen(table: ReplayTable, count: int) -> list[tuple[int, int]]:
+def chosen(table: ReplayTable, count: int, *, top: bool = False) -> list[tuple[int, int]]:
     """(rank from the best, 0-based; index) of ``count`` configurations evenly spaced by mean final
-    test ACC, the best and the worst included, among those with two seeds or more."""
+    test ACC, the best and the worst included, among those with two seeds or more; ``top``: the
+    best ``count`` by mean final val, whatever their seeds (a table of one seed: the seed SD of
+    the configurations a search picks among is then measured on the fresh runs)."""
+    if top:
+        ranked = sorted(range(len(table.configs)), key=lambda i: -table.configs[i].final_val)
+        return [(r, ranked[r]) for r in range(min(count, len(ranked)))]
     ranked = sorted((i for i, c in enumerate(table.configs) if len(c.curves) >= 2),
                     key=lambda i: -table.configs[i].final_test)
     ranks = sorted({int(round(r)) for r in np.linspace(0, len(ranked) - 1, count)})
@@ -80,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--configs", type=int, default=6)
     parser.add_argument("--seeds", type=int, nargs="+", default=[3, 4], help="fresh seeds (not in the table)")
     parser.add_argument("--out", type=Path, required=True, help="CSV of the fresh runs (appended, resumable)")
+    parser.add_argument("--top", action="store_true",
+                        help="re-run the best --configs by final val instead of a spread of ranks, and print the "
+                             "seed SD of their final val ACC pooled over recorded and fresh runs")
     args = parser.parse_args(argv)
     try:
         space = load_space(args.space)
@@ -104,13 +112,15 @@ def main(argv: list[str] | None = None) -> int:
             csv.writer(f).writerow(COLUMNS)
     print(f"fresh-seeds bench: {args.curves} ({len(table.configs)} configurations, seeds {sorted(used)}), "
           f"space {space.path}; fresh seeds {args.seeds}; {cpu_model_name()}", flush=True)
-    for rank, i in chosen(table, args.configs):
+    picked = chosen(table, args.configs, top=args.top)
+    for rank, i in picked:
         config = table.configs[i]
         finals = np.array([cv.test[-1] for cv in config.curves])
         n = len(finals)
-        mean, sd = float(finals.mean()), float(finals.std(ddof=1))
-        half = float(stats.t.ppf(0.975, n - 1)) * sd * math.sqrt(1 + 1 / n)
-        pooled = band_sd(table, rank)
+        mean = float(finals.mean())
+        sd = float(finals.std(ddof=1)) if n >= 2 else math.nan
+        half = float(stats.t.ppf(0.975, n - 1)) * sd * math.sqrt(1 + 1 / n) if n >= 2 else math.nan
+        pooled = band_sd(table, rank) if not args.top else math.nan
         band_half = 1.959964 * pooled * math.sqrt(1 + 1 / n)
         for seed in args.seeds:
             if (config.key, seed) in done:
@@ -131,7 +141,26 @@ def main(argv: list[str] | None = None) -> int:
                   f"[{mean - half:.4f}, {mean + half:.4f}]: {'inside' if inside else 'OUTSIDE'}; with the seed SD "
                   f"of its rank's neighbours, {pooled:.4f}: [{mean - band_half:.4f}, {mean + band_half:.4f}]: "
                   f"{'inside' if inside_band else 'OUTSIDE'}", flush=True)
+    if args.top:
+        print_top_seed_sd(table, picked, args.out)
     return 0
+
+
+def print_top_seed_sd(table: ReplayTable, picked: list[tuple[int, int]], out: Path) -> None:
+    """The seed SD of the final val ACC (the search's metric) of the configurations re-run, pooled
+    (root of the mean variance, ddof 1) over their recorded and fresh runs."""
+    with open(out, newline="") as f:
+        fresh = list(csv.DictReader(f))
+    variances = []
+    for rank, i in picked:
+        config = table.configs[i]
+        values = [cv.val[-1] for cv in config.curves] + [float(r["fresh_val"]) for r in fresh if r["config"] == config.key]
+        print(f"  {config.key} (rank {rank + 1} by final val): final val {', '.join(f'{v:.4f}' for v in values)}")
+        if len(values) >= 2:
+            variances.append(float(np.var(values, ddof=1)))
+    if variances:
+        print(f"seed SD of the final val ACC, pooled over these {len(variances)} configurations: "
+              f"{math.sqrt(float(np.mean(variances))):.4f}")
 
 
 if __name__ == "__main__":

@@ -559,3 +559,16 @@ def test_the_confirmation_stage_re_runs_the_top_trials_and_picks_on_their_mean()
     one_more = replay(table=table, space=SPACE, strategy=RANDOM, samples=3, seed=0).confirm(
         top=3, seeds=5, rng=np.random.default_rng(0))
     assert one_more.extra_runs == 3 * 2  # only two seeds are left to draw for each
+
+
+def test_the_fresh_seed_bench_can_take_the_top_of_a_one_seed_table_and_pool_its_seed_sd(tmp_path, capsys):
+    bench = _load_bench("fresh_seeds")
+    rows = [CurveRow(trial_id=f"c{i}", status="COMPLETE", params={"lr_meta": 0.01, "kb_width": 32}, task=1,
+                     val_acc=0.5 + 0.1 * i, test_acc=0.5, seconds=1.0, seed=0) for i in range(4)]
+    table = ReplayTable.from_curves(CurvesTable(searched=["lr_meta", "kb_width"], rows=rows))
+    picked = bench.chosen(table, 2, top=True)
+    assert [table.configs[i].key for _, i in picked] == ["c3", "c2"]
+    out = tmp_path / "fresh.csv"
+    out.write_text(",".join(bench.COLUMNS) + "\n" + "c3,1,3,0.5,0.7,,,,,,,,,,,1\nc2,2,3,0.5,0.8,,,,,,,,,,,1\n")
+    bench.print_top_seed_sd(table, picked, out)  # c3: 0.8, 0.7; c2: 0.7, 0.8: variance 0.005 each
+    assert "pooled over these 2 configurations: 0.0707" in capsys.readouterr().out
