@@ -26,7 +26,7 @@ from marktune.mark.hardware import cpu_model_name  # noqa: E402
 from marktune.results.curves import CurvesError, read_curves, write_curves  # noqa: E402
 from marktune.replay.search import (FRACTIONS, Interval, Strategy, StrategyResult, benchmark_strategies,  # noqa: E402
                                     replay_strategies, standard_strategies)
-from marktune.replay.surrogates import SURROGATES, WeightedNearest, make_surrogate  # noqa: E402
+from marktune.replay.surrogates import DEFAULT_FOLDS, SURROGATES, WeightedNearest, make_surrogate  # noqa: E402
 from marktune.replay.table import ReplayTable, ReplayTableError, check_table, synthetic_curves  # noqa: E402
 from marktune.tune.spaces import load_space  # noqa: E402
 
@@ -155,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         f"(n_startup_trials {', '.join(str(n or 10) for n in args.tpe_startup)}) through MarkOptunaSearch; "
         "ASHA through make_scheduler",
         f"surrogate for proposals outside the table (--surrogate {args.surrogate}): {surrogate.name}; "
-        f"leave-one-out mean absolute error of the final val ACC {points(loo)} points (predicting the mean of "
+        f"cross-validated mean absolute error of the final val ACC (each configuration predicted without its "
+        f"fold, {DEFAULT_FOLDS} folds; nearest: exact leave-one-out) {points(loo)} points (predicting the mean of "
         f"the others: {points(loo_mean)})",
         f"best final test ACC in the table: {best.final_test:.4f} ({best.key})",
     ]

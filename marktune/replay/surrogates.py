@@ -185,7 +185,8 @@ class NearestRecorded:
 
     def leave_one_out(self, *, folds: int = DEFAULT_FOLDS) -> tuple[float, float]:
         """(mean absolute error of the final val ACC predicted from the nearest other configuration,
-        the same error for predicting the mean of the others: the bar the surrogate must clear)."""
+        the same error for predicting the mean of the others: the bar the surrogate must clear).
+        Exact leave-one-out whatever ``folds`` says: nothing is fitted, so it costs nothing more."""
         model = NearestModel(weighted=False, fixed_weights=self._weights)
         return _final_errors(self._y[:, -1], cross_validate(model, self._x, self._y, folds=len(self._y)).mean[:, -1])
 
