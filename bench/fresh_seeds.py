@@ -129,13 +129,17 @@ def main(argv: list[str] | None = None) -> int:
             with tempfile.TemporaryDirectory() as tmp:
                 result = run_fresh(space.path, config.params, seed, Path(tmp) / "run")
             fresh_test, fresh_val = float(result["acc"]), float(result["val_acc"])
-            inside = mean - half <= fresh_test <= mean + half
-            inside_band = mean - band_half <= fresh_test <= mean + band_half
+            inside = mean - half <= fresh_test <= mean + half if math.isfinite(half) else None
+            inside_band = mean - band_half <= fresh_test <= mean + band_half if math.isfinite(band_half) else None
             row = [config.key, rank + 1, seed, f"{fresh_test:.4f}", f"{fresh_val:.4f}", f"{mean:.4f}", f"{sd:.4f}", n,
                    f"{mean - half:.4f}", f"{mean + half:.4f}", inside, f"{pooled:.4f}", f"{mean - band_half:.4f}",
                    f"{mean + band_half:.4f}", inside_band, f"{time.perf_counter() - started:.0f}"]
             with open(args.out, "a", newline="") as f:
                 csv.writer(f).writerow(row)
+            if inside is None:  # one recorded seed (--top): no interval to land in
+                print(f"  {config.key} (rank {rank + 1} of {len(table.configs)}) seed {seed}: test {fresh_test:.4f}, "
+                      f"val {fresh_val:.4f}; table {mean:.4f} ({n} seed)", flush=True)
+                continue
             print(f"  {config.key} (rank {rank + 1} of {len(table.configs)}) seed {seed}: test {fresh_test:.4f}; "
                   f"table {mean:.4f} +- {sd:.4f} ({n} seeds), 95 % prediction interval "
                   f"[{mean - half:.4f}, {mean + half:.4f}]: {'inside' if inside else 'OUTSIDE'}; with the seed SD "

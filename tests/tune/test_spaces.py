@@ -68,7 +68,8 @@ def test_space_noise_is_parsed_checked_and_reaches_the_plan(tmp_path):
     assert (space.noise.seed_sd, space.noise.measured) == (0.011, "docs/results/digits-seeds.md")
     plan = plan_from_args(build_parser().parse_args(["--space", str(path)]))
     assert plan.space.noise.seed_sd == 0.011  # what the summary's tie rule uses
-    assert load_space("fmnist").noise.seed_sd is None  # not measured: unknown
+    assert load_space("cifar100").noise.seed_sd is None  # not measured: unknown
+    assert load_space("fmnist").noise == SeedNoise(seed_sd=0.024, measured="docs/benchmark.md")
     assert load_space("digits").noise == SeedNoise(seed_sd=0.024, measured="docs/benchmark.md")  # the dense table's
     for noise, message in (({"seed_sd": -0.1, "measured": "m.md"}, "noise.seed_sd must be a number"),
                            ({"seed_sd": "big", "measured": "m.md"}, "noise.seed_sd must be a number"),
