@@ -572,3 +572,26 @@ def test_the_fresh_seed_bench_can_take_the_top_of_a_one_seed_table_and_pool_its_
     out.write_text(",".join(bench.COLUMNS) + "\n" + "c3,1,3,0.5,0.7,,,,,,,,,,,1\nc2,2,3,0.5,0.8,,,,,,,,,,,1\n")
     bench.print_top_seed_sd(table, picked, out)  # c3: 0.8, 0.7; c2: 0.7, 0.8: variance 0.005 each
     assert "pooled over these 2 configurations: 0.0707" in capsys.readouterr().out
+
+
+def test_a_slice_of_the_shipped_table_converts_to_syne_tune_s_tabular_shape(tmp_path):
+    from marktune.replay import blackbox
+
+    assert doctest.testmod(blackbox).failed == 0
+    path = shipped_slice(DIGITS, tmp_path, configs=12)
+    curves = read_curves(path)
+    arrays = blackbox.to_blackbox_arrays(ReplayTable.from_curves(curves))
+    assert arrays.seeds == [0, 1, 2] and list(arrays.fidelities) == [1, 2, 3, 4, 5]
+    assert arrays.objectives.shape == (12 - len(arrays.dropped), 3, 5, 3)
+    first = [r for r in curves.rows if r.trial_id == arrays.config_ids[0] and r.seed == 1]
+    cell = arrays.objectives[0, 1]  # the first kept configuration at seed 1, every task
+    assert list(cell[:, 0]) == [r.val_acc for r in first] and list(cell[:, 1]) == [r.test_acc for r in first]
+    assert cell[-1, 2] == pytest.approx(sum(r.seconds for r in first))  # the clock is cumulative
+    (tmp_path / "more").mkdir()
+    with_error = blackbox.to_blackbox_arrays(ReplayTable.from_curves(read_curves(
+        shipped_slice(DIGITS, tmp_path / "more", configs=120))))
+    assert "c104" in with_error.dropped and "c104" not in with_error.config_ids  # an errored seed: left out
+    blackbox.save_blackbox(arrays, tmp_path / "bb.npz")
+    saved = np.load(tmp_path / "bb.npz")
+    assert list(saved["config_ids"]) == arrays.config_ids and np.array_equal(saved["objectives"], arrays.objectives)
+    assert list(saved["objectives_names"]) == list(blackbox.OBJECTIVES)
