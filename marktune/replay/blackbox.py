@@ -10,7 +10,7 @@ every seed of the table go in (the others are listed in ``dropped``).
 
 :func:`to_blackbox_arrays` builds them from a :class:`~marktune.replay.table.ReplayTable`;
 :func:`save_blackbox` writes them to one ``.npz`` that a bench run with Syne Tune installed reads
-(``bench/syne_tune.py``), so marktune itself never imports Syne Tune (a bench dependency only).
+(``bench/syne_tune_check.py``), so marktune itself never imports Syne Tune (a bench dependency only).
 
 Example:
     >>> from marktune.tune.spaces import load_space
