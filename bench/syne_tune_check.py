@@ -2,8 +2,7 @@
 
 Run with a Python that has Syne Tune (a bench dependency, never in marktune's set-up):
 
-    python3 -m venv /tmp/stvenv && /tmp/stvenv/bin/pip install syne-tune==0.16.0
-    PYTHONPATH=. .venv/bin/python -c "from marktune.replay.blackbox import *; ..."   # or:
+    python3 -m venv /tmp/stvenv && /tmp/stvenv/bin/pip install syne-tune==0.16.0 huggingface_hub scipy
     PYTHONPATH=. .venv/bin/python bench/syne_tune_check.py --export bench/curves/digits.csv /tmp/digits.npz
     /tmp/stvenv/bin/python bench/syne_tune_check.py /tmp/digits.npz --samples 32 --workers 2 --replay-seeds 30
 
