@@ -41,11 +41,16 @@ COLUMNS = ["config", "rank", "seed", "fresh_test", "fresh_val", "table_test_mean
 BAND = 0.1  # the neighbours in rank whose seed SD is pooled: this share of the configurations on each side
 
 
+def ranked_by_test(table: ReplayTable) -> list[int]:
+    """The configurations with two seeds or more, best mean final test ACC first (their indices)."""
+    return sorted((i for i, c in enumerate(table.configs) if len(c.curves) >= 2),
+                  key=lambda i: -table.configs[i].final_test)
+
+
 def band_sd(table: ReplayTable, rank: int, *, share: float = BAND) -> float:
     """The seed SD of the final test ACC pooled (root of the mean variance, ddof 1) over the
     configurations within ``share`` of the table's size in rank of ``rank`` (by mean final test)."""
-    ranked = sorted((i for i, c in enumerate(table.configs) if len(c.curves) >= 2),
-                    key=lambda i: -table.configs[i].final_test)
+    ranked = ranked_by_test(table)
     width = max(1, int(round(share * len(ranked))))
     near = ranked[max(0, rank - width):rank + width + 1]
     return math.sqrt(float(np.mean([np.var([cv.test[-1] for cv in table.configs[i].curves], ddof=1) for i in near])))
@@ -59,8 +64,7 @@ def chosen(table: ReplayTable, count: int, *, top: bool = False) -> list[tuple[i
     if top:
         ranked = sorted(range(len(table.configs)), key=lambda i: -table.configs[i].final_val)
         return [(r, ranked[r]) for r in range(min(count, len(ranked)))]
-    ranked = sorted((i for i, c in enumerate(table.configs) if len(c.curves) >= 2),
-                    key=lambda i: -table.configs[i].final_test)
+    ranked = ranked_by_test(table)
     ranks = sorted({int(round(r)) for r in np.linspace(0, len(ranked) - 1, count)})
     return [(r, ranked[r]) for r in ranks]
 

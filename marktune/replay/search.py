@@ -225,9 +225,10 @@ class ReplayOutcome:
     def regret(self, fraction: float) -> float:
         """Best final test ACC of the table minus the picked configuration's (NaN: no pick)."""
         picked = self.pick(fraction)
-        if picked is None:
-            return math.nan
-        return round(self.table.best_final_test - picked.worth, 12)
+        return math.nan if picked is None else self._regret_of(picked)
+
+    def _regret_of(self, trial: ReplayedTrial) -> float:
+        return round(self.table.best_final_test - trial.worth, 12)
 
     def confirm(self, *, top: int, seeds: int, rng: np.random.Generator) -> "Confirmation":
         """The confirmation stage after the whole budget: the ``top`` finished trials by their
@@ -235,13 +236,12 @@ class ReplayOutcome:
         from the recorded seeds of its configuration that it has not shown (fewer where fewer are
         left); the winner is the best mean final val over its seeds. A modelled stand-in's extra
         runs keep its offset from its configuration. ``top`` 0: no confirmation (the plain pick)."""
-        done = sorted((t for t in self.trials if t.finished), key=lambda t: t.ended_at_trainings)
-        if not done:
+        plain = self.pick(1.0)
+        if plain is None:
             return Confirmation(picked=None, value=math.nan, extra_runs=0, regret=math.nan)
         if top <= 0 or seeds <= 0:
-            picked = max(done, key=lambda t: t.value)
-            return Confirmation(picked=picked, value=picked.value, extra_runs=0,
-                                regret=round(self.table.best_final_test - picked.worth, 12))
+            return Confirmation(picked=plain, value=plain.value, extra_runs=0, regret=self._regret_of(plain))
+        done = sorted((t for t in self.trials if t.finished), key=lambda t: t.ended_at_trainings)
         finalists = sorted(done, key=lambda t: -t.value)[:top]  # stable: ties go to the one that ended first
         best, best_value, runs = None, -math.inf, 0
         for trial in finalists:
@@ -251,8 +251,7 @@ class ReplayOutcome:
             runs += len(drawn)
             if float(np.mean(values)) > best_value:
                 best, best_value = trial, float(np.mean(values))
-        return Confirmation(picked=best, value=best_value, extra_runs=runs,
-                            regret=round(self.table.best_final_test - best.worth, 12))
+        return Confirmation(picked=best, value=best_value, extra_runs=runs, regret=self._regret_of(best))
 
 
 @dataclass(frozen=True)

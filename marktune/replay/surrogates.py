@@ -145,7 +145,11 @@ def gp_weights(x: np.ndarray, finals: np.ndarray) -> np.ndarray:
     ACC; all 1 where there is too little to fit (fewer than 3 configurations, or all alike)."""
     if len(finals) < 3 or np.ptp(finals) == 0:
         return np.ones(x.shape[1])
-    gp = fit_gp(x, finals)
+    return length_scale_weights(fit_gp(x, finals))
+
+
+def length_scale_weights(gp) -> np.ndarray:
+    """1 / l**2 for the per-feature length-scales l of a GP :func:`fit_gp` fitted: the kernel's own distance."""
     return 1.0 / np.asarray(gp.kernel_.k1.k2.length_scale, dtype=float) ** 2
 
 
@@ -253,7 +257,7 @@ class ModelledCurves(WeightedNearest):
         NearestRecorded.__init__(self, table=table, space=space)
         tests = np.array([[c.final_test] for c in table.configs])
         self._gp = fit_gp(self._x, logit(np.hstack([self._y, tests])))
-        self._weights = 1.0 / np.asarray(self._gp.kernel_.k1.k2.length_scale, dtype=float) ** 2
+        self._weights = length_scale_weights(self._gp)
 
     def predict(self, params: Mapping[str, Any]) -> tuple[np.ndarray, float]:
         """(the predicted mean val curve, the predicted final test ACC)."""
@@ -290,8 +294,12 @@ def make_surrogate(*, kind: str = "gp", table: ReplayTable, space: SearchSpace) 
 def _final_errors(truth: np.ndarray, predicted: np.ndarray) -> tuple[float, float]:
     if len(truth) < 2:
         return math.nan, math.nan
-    others_mean = (truth.sum() - truth) / (len(truth) - 1)
-    return float(np.mean(np.abs(predicted - truth))), float(np.mean(np.abs(others_mean - truth)))
+    return float(np.mean(np.abs(predicted - truth))), float(np.mean(np.abs(_mean_of_others(truth) - truth)))
+
+
+def _mean_of_others(values: np.ndarray) -> np.ndarray:
+    """Each value's prediction by the mean of all the others: the bar a surrogate must clear."""
+    return (values.sum() - values) / (len(values) - 1)
 
 
 # ---------------------------------------------------------------- predicting curves, cross-validated
@@ -308,8 +316,7 @@ class CurveModel(Protocol):
 
     name: str
 
-    def fit_predict(self, x_fit: np.ndarray, y_fit: np.ndarray, x_new: np.ndarray, *,
-                    new_index: np.ndarray, fit_index: np.ndarray) -> Prediction: ...
+    def fit_predict(self, x_fit: np.ndarray, y_fit: np.ndarray, x_new: np.ndarray) -> Prediction: ...
 
 
 @dataclass
@@ -324,7 +331,7 @@ class NearestModel:
     def name(self) -> str:
         return "weighted nearest" if self.weighted else "nearest"
 
-    def fit_predict(self, x_fit, y_fit, x_new, *, new_index, fit_index) -> Prediction:
+    def fit_predict(self, x_fit, y_fit, x_new) -> Prediction:
         return _nearest_curves(x_fit, y_fit, x_new, self.weights(x_fit, y_fit))
 
     def weights(self, x_fit: np.ndarray, y_fit: np.ndarray) -> np.ndarray:
@@ -348,7 +355,7 @@ class ForestModel:
     min_samples_leaf: int = 2
     name: str = "random forest"
 
-    def fit_predict(self, x_fit, y_fit, x_new, *, new_index, fit_index) -> Prediction:
+    def fit_predict(self, x_fit, y_fit, x_new) -> Prediction:
         from sklearn.ensemble import RandomForestRegressor
 
         forest = RandomForestRegressor(n_estimators=self.trees, min_samples_leaf=self.min_samples_leaf,
@@ -386,7 +393,7 @@ class GaussianProcessModel:
     def name(self) -> str:
         return "Gaussian process on logit ACC" if self.logit else "Gaussian process"
 
-    def fit_predict(self, x_fit, y_fit, x_new, *, new_index, fit_index) -> Prediction:
+    def fit_predict(self, x_fit, y_fit, x_new) -> Prediction:
         gp = fit_gp(x_fit, logit(y_fit) if self.logit else y_fit)
         with _quiet_single_thread():
             mean, sd = gp.predict(x_new, return_std=True)
@@ -427,7 +434,7 @@ def cross_validate(model: CurveModel, x: np.ndarray, y: np.ndarray, *, folds: in
                 p = _nearest_curves(x[others], y[others], x[i:i + 1], weights)
                 mean[i], sd[i] = p.mean[0], p.sd[0]
             continue
-        p = model.fit_predict(x[fit], y[fit], x[held], new_index=held, fit_index=fit)
+        p = model.fit_predict(x[fit], y[fit], x[held])
         mean[held], sd[held] = p.mean, p.sd
     return Prediction(mean=mean, sd=sd)
 
@@ -467,7 +474,7 @@ def score(table: ReplayTable, y: np.ndarray, prediction: Prediction, *, top: flo
     decisions are made); each still predicted without its fold."""
     finals = y[:, -1]
     which = np.flatnonzero(finals >= np.quantile(finals, top)) if top > 0 else np.arange(len(finals))
-    others_mean = (finals.sum() - finals) / (len(finals) - 1)
+    others_mean = _mean_of_others(finals)
     sd = prediction.sd[which, -1]
     inside = np.abs(prediction.mean[which, -1] - finals[which]) <= 2 * sd
     return Score(subset="all" if top == 0 else f"top {100 * (1 - top):.0f} %", configs=len(which),
@@ -480,6 +487,6 @@ def score(table: ReplayTable, y: np.ndarray, prediction: Prediction, *, top: flo
 
 __all__: Sequence[str] = ["Surrogate", "StandIn", "recorded_stand_in", "NearestRecorded", "WeightedNearest",
                           "ModelledCurves", "SURROGATES", "make_surrogate", "logit", "expit",
-                          "featurise", "table_features", "fit_gp", "gp_weights", "fold_of", "Prediction",
+                          "featurise", "table_features", "fit_gp", "gp_weights", "length_scale_weights", "fold_of", "Prediction",
                           "CurveModel", "NearestModel", "ForestModel", "GaussianProcessModel", "CURVE_MODELS",
                           "cross_validate", "seed_sd", "Score", "score", "DEFAULT_FOLDS"]

@@ -115,9 +115,10 @@ def check_table(curves: CurvesTable, space: SearchSpace, *, source: str,
         raise ReplayTableError(f"{source}: no column for the space's setting(s) {', '.join(missing)}; give the "
                                f"space the table was recorded in (it searched {', '.join(curves.searched)})")
     params = [space.params[name] for name in curves.searched if name in space.params]
-    num_tasks = space.learner_config(space.base_config()).tasks
+    num_tasks = space.default_trial_config().tasks
+    runs = curves.curves()
     errored = []
-    for (trial_id, seed), rows in curves.curves().items():
+    for (trial_id, seed), rows in runs.items():
         for row in rows:
             where = _where(source, row)
             if trial_id not in blank_ids:
@@ -142,7 +143,7 @@ def check_table(curves: CurvesTable, space: SearchSpace, *, source: str,
                                    f"space's {num_tasks} tasks")
         if rows[-1].status.startswith("ERROR"):
             errored.append(ErroredRun(trial_id=trial_id, seed=seed, status=rows[-1].status, tasks_done=done))
-    return TableCheck(runs=len(curves.curves()), errored=errored)
+    return TableCheck(runs=len(runs), errored=errored)
 
 
 def _where(source: str, row: CurveRow) -> str:

@@ -375,7 +375,7 @@ def test_every_curve_model_cross_validates_without_the_held_out_configuration(mo
     if model in ("weighted", "gp", "gp-raw"):  # those that learn a length-scale per setting: far better than the bar
         assert scored.final_error < scored.mean_of_others_error / 2
     # a held-out configuration is never its own prediction: with its own curve in, the nearest is exact
-    own = surrogates_module.NearestModel(weighted=False).fit_predict(x, y, x, new_index=None, fit_index=None)
+    own = surrogates_module.NearestModel(weighted=False).fit_predict(x, y, x)
     assert np.allclose(own.mean, y) and not np.allclose(prediction.mean, y)
 
 
