@@ -1,6 +1,7 @@
 """How should a search pick its winner through the seed noise? The pick rules replayed on a table.
 
-Replays random search (drawn from the table, one recorded seed per trial, no pruning) of each
+Replays random search (drawn from the table, one recorded seed per trial; no pruning, or ASHA
+with ``--asha GRACExREDUCTION``) of each
 ``--samples`` count many times (``--replays``), and scores each pick rule by the regret of what it
 picks (the table's best mean final test ACC minus the pick's) and by P, the share of replays whose
 pick's mean beats the space's default configuration's mean (``bench/curves/defaults/``):
@@ -11,7 +12,11 @@ pick's mean beats the space's default configuration's mean (``bench/curves/defau
 * ``oracle``: the best mean final test ACC among the trials run (what no rule can beat).
 
     PYTHONPATH=. .venv/bin/python bench/confirm.py bench/curves/digits.csv --space digits
-    ... [--samples 8 16 32 64] [--rules 3x2 5x2 2x1] [--replays 1000] [--workers 2] [--markdown FILE]
+    ... [--samples 8 16 32 64] [--rules 3x2 5x2 2x1] [--replays 1000] [--workers 2] [--asha 2x3]
+    ... [--markdown FILE]
+
+"task-trainings" is what each rule costs: the search's task-trainings plus its extra runs (each a
+whole sequence), as a share of a full random search's of the same sample count.
 """
 from __future__ import annotations
 
@@ -59,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rules", type=rule, nargs="+", default=[(3, 2)], metavar="TOPxSEEDS")
     parser.add_argument("--replays", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--asha", type=rule, default=None, metavar="GRACExREDUCTION",
+                        help="the search stops trials with ASHA (e.g. 2x3: grace period 2 tasks, reduction "
+                             "factor 3); default: no pruning")
     parser.add_argument("--markdown", type=Path, default=None)
     args = parser.parse_args(argv)
     default_path = args.default or args.curves.parent / "defaults" / args.curves.name
@@ -73,15 +81,18 @@ def main(argv: list[str] | None = None) -> int:
     table = ReplayTable.from_curves(curves)
     seeds = sorted({c.seed for cfg in table.configs for c in cfg.curves if c.seed is not None})
     started = time.perf_counter()
+    strategy = Strategy(name="random", proposals="table") if args.asha is None else Strategy(
+        name="random + asha", proposals="table", grace_period=args.asha[0], reduction_factor=args.asha[1])
     names = ["one seed", *[f"top {k} x {s} more seeds" for k, s in args.rules], "oracle"]
     body = []
     for samples in args.samples:
         regrets: dict[str, list[float]] = {n: [] for n in names}
         wins: dict[str, list[bool]] = {n: [] for n in names}
         extra = {n: 0 for n in names}
+        trainings = {n: 0.0 for n in names}
         for r in range(args.replays):
-            outcome = replay(table=table, space=space, strategy=Strategy(name="random", proposals="table"),
-                             samples=samples, workers=args.workers, seed=r)
+            outcome = replay(table=table, space=space, strategy=strategy, samples=samples,
+                             workers=args.workers, seed=r)
             rng = np.random.default_rng(10_000_000 + r)
             picks = [("one seed", outcome.confirm(top=0, seeds=0, rng=rng))]
             picks += [(f"top {k} x {s} more seeds", outcome.confirm(top=k, seeds=s, rng=rng)) for k, s in args.rules]
@@ -89,17 +100,20 @@ def main(argv: list[str] | None = None) -> int:
                 regrets[name].append(confirmation.regret)
                 wins[name].append(confirmation.picked.worth > preset)
                 extra[name] += confirmation.extra_runs
+                trainings[name] += ((outcome.task_trainings + confirmation.extra_runs * table.num_tasks)
+                                    / outcome.budget)
             oracle = max(t.worth for t in outcome.trials if t.finished)
             regrets["oracle"].append(table.best_final_test - oracle)
             wins["oracle"].append(oracle > preset)
+            trainings["oracle"] += outcome.task_trainings / outcome.budget
         for name in names:
             body.append([str(samples), name, cell(regrets[name], wins[name]),
-                         f"{extra[name] / args.replays:.1f}"])
+                         f"{extra[name] / args.replays:.1f}", f"{100 * trainings[name] / args.replays:.0f} %"])
         print(f"  {samples} samples done ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
-    header = ["samples", "pick", "regret in points [95 % interval], P(beats the default)", "extra runs"]
+    header = ["samples", "pick", "regret in points [95 % interval], P(beats the default)", "extra runs", "task-trainings"]
     intro = (f"confirm bench: {args.curves} ({len(table.configs)} configurations, seeds {seeds}), space "
              f"{space.path}; random search drawn from the table, one recorded seed per trial, {args.workers} "
-             f"workers, no pruning; {args.replays} replays per sample count; the table's best "
+             f"workers, {'no pruning' if args.asha is None else 'ASHA grace %d, reduction %d' % args.asha}; {args.replays} replays per sample count; the table's best "
              f"{table.best_final_test:.4f}, the default's mean {preset:.4f} ({default_path}); "
              f"{cpu_model_name()}, {time.perf_counter() - started:.0f} s")
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]

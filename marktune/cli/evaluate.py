@@ -116,7 +116,7 @@ def plan_configs(exp: Experiment, top: int, ablations: Sequence[str] = DEFAULT_A
 
 
 def fresh_seeds(exp: Experiment, n: int) -> list[int]:
-    used = {int(t.config.get("seed", 0)) for t in exp.trials if t.config}
+    used = exp.seeds_used()
     seeds: list[int] = []
     for s in count(FIRST_SEED):
         if len(seeds) == n:

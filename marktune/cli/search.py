@@ -26,10 +26,13 @@ from typing import Sequence
 
 from marktune.cli import flags
 from marktune.mark.config import ConfigError, parse_overrides
+from marktune.results.confirmation import CONFIRMATION_FILE, ConfirmationPlan, plan_confirmation
 from marktune.results.curves import write_search_curves
-from marktune.results.files import CURVES_TABLE
+from marktune.results.files import CURVES_TABLE, write_atomic
 from marktune.results.node_moves import experiment_moves, node_loss_note
-from marktune.results.summary import TrialRow, format_table, mark_ties, trial_rows, unfinished, write_outputs
+from marktune.results.summary import (TrialRow, format_table, mark_confirmed, mark_ties, trial_rows, unfinished,
+                                      write_outputs)
+from marktune.tune.confirmation_run import ConfirmationRun, run_confirmation
 from marktune.tune.experiment_lock import lock_experiment
 from marktune.tune.launch import (check_address, check_cluster_resources, check_local_resources, check_optuna_storage,
                                   check_ray_flags, check_search, open_experiment, shutdown_ray, start_ray)
@@ -79,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--scheduler", choices=SCHEDULERS,
                    help="early stopping: asha (stops weak trials at its rungs) or none (every trial runs "
                         "every task, recording its whole curve) (default: the space's, else asha)")
+    g.add_argument("--confirm-top", type=int, metavar="K",
+                   help="after the last trial, re-run the K best complete trials at --confirm-seeds more seeds and "
+                        "name the winner on the mean validation ACC over its seeds; 0: no confirmation, the best "
+                        "one-seed value wins (default: the space's, else 0; docs/search.md)")
+    g.add_argument("--confirm-seeds", type=int, metavar="S",
+                   help="more seeds per confirmed trial (default: the space's, else 2)")
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a fixed learner setting for every trial (repeatable)")
     g = p.add_argument_group("where it lives")
@@ -126,6 +135,13 @@ def plan_from_args(args: argparse.Namespace) -> SearchPlan:
     startup = args.n_startup_trials if args.n_startup_trials is not None else d["n_startup_trials"]
     if startup < 0:
         raise SearchError(f"--n-startup-trials must be >= 0 (got {startup})")
+    confirm_top = args.confirm_top if args.confirm_top is not None else d["confirm_top"]
+    confirm_seeds = args.confirm_seeds if args.confirm_seeds is not None else d["confirm_seeds"]
+    if confirm_top < 0:
+        raise SearchError(f"--confirm-top must be >= 0 (got {confirm_top}; 0 turns the confirmation off)")
+    if confirm_seeds < 1:
+        raise SearchError(f"--confirm-seeds must be >= 1 (got {confirm_seeds}; --confirm-top 0 turns the "
+                          "confirmation off)")
     max_concurrent = args.max_concurrent if args.max_concurrent is not None else d["max_concurrent"]
     cpus = args.cpus_per_trial if args.cpus_per_trial is not None else float(d["cpus_per_trial"])
     gpus = args.gpus_per_trial if args.gpus_per_trial is not None else d["gpus_per_trial"]
@@ -149,7 +165,8 @@ def plan_from_args(args: argparse.Namespace) -> SearchPlan:
                            stop_after_tasks=tuning_tasks)  # first-k: each trial stops after k tasks
     return SearchPlan(space=space, space_given=args.space, overrides=overrides, override_flags=tuple(args.overrides),
                       base_config=base, samples=samples, seed=args.seed, searcher=searcher, scheduler=scheduler,
-                      n_startup_trials=startup, constant_liar=constant_liar, max_concurrent=max_concurrent,
+                      n_startup_trials=startup, constant_liar=constant_liar, confirm_top=confirm_top,
+                      confirm_seeds=confirm_seeds, max_concurrent=max_concurrent,
                       cpus_per_trial=cpus, gpus_per_trial=gpus, max_failures=args.max_failures,
                       reuse_actors=args.reuse_actors, storage=storage, name=name, num_tasks=tuning_tasks or base.tasks, study_storage=study_storage,
                       runtime=runtime, ray=flags.ray_settings(args), resume=bool(args.resume), protocol=protocol,
@@ -212,13 +229,40 @@ def _resume_study_storage(args: argparse.Namespace, saved: str | None, *, given:
 
 
 # ---------------------------------------------------------------- the end
-def summarize(run: SearchRun, plan: SearchPlan, *, top: int) -> list[TrialRow]:
-    """Print the best-trials table (and, after Ctrl-C, how to continue); write trials.csv,
-    curves.csv and best_config.yaml next to the experiment."""
+def search_rows(run: SearchRun, plan: SearchPlan) -> list[TrialRow]:
+    """One row per trial, best first (``marktune.results.summary.trial_rows``)."""
+    return trial_rows(run.results, searched=list(plan.space.params), num_tasks=plan.num_tasks,
+                      interrupted=run.interrupted, configs=run.configs())
+
+
+def confirm(plan: SearchPlan, rows: Sequence[TrialRow]) -> ConfirmationRun | None:
+    """The confirmation stage once every trial ended: its finalists and seeds are written to
+    ``confirmation.json`` before the first run, so that a resumed search re-runs the same ones;
+    the verdict is added to it at the end. None when it is off or no trial completed."""
+    path = plan.local_dir() / CONFIRMATION_FILE
+    if path.is_file():
+        confirmation = ConfirmationPlan.from_json(path.read_text())
+    else:
+        confirmation = plan_confirmation([r for r in rows if r.status == "COMPLETE"], top=plan.confirm_top,
+                                         seeds=plan.confirm_seeds)
+        if confirmation is None:
+            return None
+        write_atomic(path, confirmation.to_json())
+    done = run_confirmation(plan, confirmation)
+    if done.verdict is not None:
+        write_atomic(path, confirmation.to_json(done.verdict))
+    return done
+
+
+def summarize(run: SearchRun, plan: SearchPlan, *, top: int, rows: list[TrialRow] | None = None,
+              confirmed: ConfirmationRun | None = None) -> list[TrialRow]:
+    """Print the best-trials table, the confirmation's finalists (and, after Ctrl-C, how to
+    continue); write trials.csv, curves.csv and best_config.yaml next to the experiment."""
     searched = list(plan.space.params)
-    rows = trial_rows(run.results, searched=searched, num_tasks=plan.num_tasks, interrupted=run.interrupted,
-                      configs=run.configs())
+    rows = rows if rows is not None else search_rows(run, plan)
     ties = mark_ties(rows, noise=plan.space.noise)  # before trials.csv: its `tied` column
+    if confirmed is not None and confirmed.verdict is not None:
+        mark_confirmed(rows, confirmed.verdict)  # before trials.csv and best_config.yaml
     out_dir = plan.local_dir()
     best = write_outputs(rows, out_dir, searched=searched, space_name=plan.space.name)
     made = {trial_id: i for i, trial_id in enumerate(run.states)}  # Tune's state lists the trials as made
@@ -236,6 +280,11 @@ def summarize(run: SearchRun, plan: SearchPlan, *, top: int) -> list[TrialRow]:
     print(format_table(rows, searched, top))
     if ties is not None:
         print(f"[marktune] {ties.sentence(str(out_dir))}")
+    if confirmed is not None and confirmed.verdict is not None:
+        print(f"[marktune] {confirmed.verdict.sentence()}:")
+        print(confirmed.verdict.table())
+    for error in confirmed.errors if confirmed is not None else ():
+        print(f"[marktune] confirmation run failed: {error}")
     for r in rows:
         if r.status == "ERROR":
             print(f"[marktune] {r.trial_id} errored: {r.error}")
@@ -245,7 +294,9 @@ def summarize(run: SearchRun, plan: SearchPlan, *, top: int) -> list[TrialRow]:
     print(f"[marktune] trials.csv: {out_dir / 'trials.csv'}")
     print(f"[marktune] {CURVES_TABLE} (every trial's values after every task): {out_dir / CURVES_TABLE}")
     if best:
-        print(f"[marktune] best_config.yaml: {best}  (python -m marktune.run --config {best})")
+        what = "the confirmation's winner" if confirmed is not None and confirmed.verdict is not None \
+            and confirmed.verdict.winner else "the best one-seed trial"
+        print(f"[marktune] best_config.yaml ({what}): {best}  (python -m marktune.run --config {best})")
     else:
         print("[marktune] no trial ran every task, so there is no best_config.yaml")
     print(f"[marktune] compare trials: tensorboard --logdir {run.experiment}")
@@ -253,6 +304,9 @@ def summarize(run: SearchRun, plan: SearchPlan, *, top: int) -> list[TrialRow]:
     if left:
         print(f"[marktune] interrupted: {left} of {plan.samples} trials unfinished; continue with "
               f"`{resume_command(plan)}`")
+    elif confirmed is not None and confirmed.unfinished:
+        print(f"[marktune] interrupted: {confirmed.unfinished} confirmation runs unfinished, so best_config.yaml "
+              f"is the one-seed pick for now; continue with `{resume_command(plan)}`")
     return rows
 
 
@@ -302,8 +356,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             # after Ctrl-C a trial's newest checkpoint may be newer than the one the saved state
             # names (written, not yet registered): keep them all until the resumed run ends
             prune_checkpoints(run.experiment)
-        rows = summarize(run, plan, top=args.top)
-    if unfinished(rows) or len(rows) < plan.samples:
+        rows = search_rows(run, plan)
+        confirmed = None
+        if plan.confirm_top and not unfinished(rows) and len(rows) >= plan.samples:
+            confirmed = confirm(plan, rows)
+        rows = summarize(run, plan, top=args.top, rows=rows, confirmed=confirmed)
+    if unfinished(rows) or len(rows) < plan.samples or (confirmed is not None and confirmed.unfinished):
         return 130
     if rows and all(r.status == "ERROR" for r in rows):
         print(f"[marktune] the search failed: every trial ({len(rows)} of {len(rows)}) errored, so it found "

@@ -53,6 +53,7 @@ import numpy as np
 from marktune.mark.metrics import METRIC, TIME_ATTR
 from marktune.replay.surrogates import Surrogate, make_surrogate, recorded_stand_in
 from marktune.replay.table import Curve, ReplayTable
+from marktune.results.confirmation import best_by_mean
 from marktune.tune.samplers import SEARCHERS
 from marktune.tune.spaces import SearchSpace
 
@@ -243,15 +244,17 @@ class ReplayOutcome:
             return Confirmation(picked=plain, value=plain.value, extra_runs=0, regret=self._regret_of(plain))
         done = sorted((t for t in self.trials if t.finished), key=lambda t: t.ended_at_trainings)
         finalists = sorted(done, key=lambda t: -t.value)[:top]  # stable: ties go to the one that ended first
-        best, best_value, runs = None, -math.inf, 0
+        seen, runs = [], 0
         for trial in finalists:
             others = [c for c in self.table.configs[trial.config].curves if c.seed != trial.curve.seed]
             drawn = [others[i] for i in rng.permutation(len(others))[:seeds]]
-            values = [trial.value] + [c.val[-1] + trial.final_shift for c in drawn]
+            seen.append([trial.value] + [c.val[-1] + trial.final_shift for c in drawn])
             runs += len(drawn)
-            if float(np.mean(values)) > best_value:
-                best, best_value = trial, float(np.mean(values))
-        return Confirmation(picked=best, value=best_value, extra_runs=runs, regret=self._regret_of(best))
+        i = best_by_mean(list(enumerate(seen)))  # the live stage's rule (marktune.results.confirmation)
+        if i is None:
+            return Confirmation(picked=None, value=math.nan, extra_runs=runs, regret=math.nan)
+        best = finalists[i]
+        return Confirmation(picked=best, value=float(np.mean(seen[i])), extra_runs=runs, regret=self._regret_of(best))
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from typing import Any
 
 from marktune.mark.config import ConfigError, MarkConfig
 from marktune.mark.metrics import METRIC, TIME_ATTR
+from marktune.results.confirmation import read_confirmation
 from marktune.results.files import (BEST_CONFIG_FILE, PARAMS_FILE, RUNTIME_KEY, STATE_GLOB, TRIAL_DIR_PREFIX,
                                     TRIALS_TABLE, checkpoint_tasks, task_results)
 from marktune.results.noise import SeedNoise, Ties, find_ties, scored_from_result
@@ -124,7 +125,17 @@ class Experiment:
         # a tie on validation ACC (common on easy benchmarks) goes to the trial the search wrote
         # into best_config.yaml, so that "best 1" everywhere is the configuration that file holds
         chosen = _best_config_trial(self.path)
-        return sorted(done, key=lambda t: (-t.val_acc, t.trial_id != chosen))[:k]
+        # after a confirmation stage its finalists come first, best mean over their seeds first
+        confirmed = read_confirmation(self.path)
+        ranking = {tid: i for i, tid in enumerate(confirmed.verdict.get("ranking", []) if confirmed else [])}
+        return sorted(done, key=lambda t: (ranking.get(t.trial_id, len(ranking)), -t.val_acc,
+                                           t.trial_id != chosen))[:k]
+
+    def seeds_used(self) -> set[int]:
+        """Every seed the search saw: its trials' and its confirmation stage's."""
+        confirmed = read_confirmation(self.path)
+        return ({int(t.config.get("seed", 0)) for t in self.trials if t.config}
+                | set(confirmed.seeds if confirmed else ()))
 
     def ties(self) -> Ties | None:
         """The complete trials within the noise of the best (``marktune.results.noise``), with the

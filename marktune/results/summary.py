@@ -32,6 +32,7 @@ import yaml
 
 from marktune.mark.config import MarkConfig
 from marktune.mark.metrics import METRIC, TIME_ATTR
+from marktune.results.confirmation import FINALIST, WINNER, Verdict
 from marktune.results.files import BEST_CONFIG_FILE, TRIAL_DIR_PREFIX, TRIALS_TABLE, atomic_output, write_atomic
 from marktune.results.noise import Scored, SeedNoise, Ties, find_ties, scored_from_result
 from marktune.results.status import decide_status
@@ -54,6 +55,11 @@ class TrialRow:
     val_se: float = math.nan  # binomial SE of val_acc from its validation counts (NaN: unknown)
     val_images: int | None = None  # validation images val_acc was scored on (None: unknown)
     tied: str = ""  # best, tied, no (complete trials, once mark_ties ran), else ""
+    # the confirmation stage's (marktune.results.confirmation), for its finalists only
+    confirmed: str = ""  # winner, finalist, else ""
+    confirm_val_mean: float = math.nan  # mean val ACC over the trial's seeds, the search's included
+    confirm_val_se: float = math.nan
+    confirm_seeds: int = 0  # seeds that mean is over
 
 
 def trial_rows(results, *, searched: Sequence[str], num_tasks: int,
@@ -111,29 +117,54 @@ def mark_ties(rows: Sequence[TrialRow], *, noise: SeedNoise | None = None) -> Ti
     return ties
 
 
+def mark_confirmed(rows: Sequence[TrialRow], verdict: Verdict) -> None:
+    """Set the confirmation columns of the finalists' rows from the stage's verdict."""
+    for r in rows:
+        c = verdict.of(r.trial_id)
+        if c is None:
+            continue
+        r.confirmed = WINNER if r.trial_id == verdict.winner else FINALIST
+        r.confirm_val_mean, r.confirm_val_se = c.mean, c.se
+        r.confirm_seeds = sum(map(math.isfinite, c.vals))
+
+
 def write_outputs(rows: list[TrialRow], out_dir: Path, *, searched: Sequence[str], space_name: str) -> Path | None:
-    """trials.csv (every trial) and best_config.yaml (best complete trial); returns the latter."""
+    """trials.csv (every trial) and best_config.yaml (the confirmation's winner where rows are
+    marked so, else the best complete trial); returns the latter."""
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_output(out_dir / TRIALS_TABLE, newline="") as f:
         writer = csv.writer(f)
         # after error: readers take the searched settings as the columns between bwt and error
         writer.writerow(["trial_id", "status", "tasks_done", "val_acc", "test_acc", "bwt", *searched, "error",
-                         "val_se", "val_images", "tied"])
+                         "val_se", "val_images", "tied", "confirmed", "confirm_val_mean", "confirm_val_se",
+                         "confirm_seeds"])
         for r in rows:
             writer.writerow([r.trial_id, r.status, r.tasks_done, _num(r.val_acc), _num(r.test_acc), _num(r.bwt),
                              *[r.params.get(k) for k in searched], r.error, _num(r.val_se, digits=5),
-                             "" if r.val_images is None else r.val_images, r.tied])
+                             "" if r.val_images is None else r.val_images, r.tied, r.confirmed,
+                             _num(r.confirm_val_mean), _num(r.confirm_val_se, digits=5),
+                             r.confirm_seeds or ""])
     complete = [r for r in rows if r.status == "COMPLETE"]
     if not complete:
         return None
-    best = max(complete, key=lambda r: r.val_acc)
+    winner = next((r for r in complete if r.confirmed == WINNER), None)
+    best = winner or max(complete, key=lambda r: r.val_acc)
     path = out_dir / BEST_CONFIG_FILE
+    if winner is not None:
+        finalists = sum(r.confirmed in (WINNER, FINALIST) for r in rows)
+        why = (f"# The confirmation's winner: best mean validation ACC over {winner.confirm_seeds} seeds "
+               f"({winner.confirm_val_mean:.4f}) of the top {finalists} of {len(complete)} complete trials "
+               f"(space {space_name}).\n")
+    else:
+        why = f"# Best of {len(complete)} complete trials by validation ACC (space {space_name}).\n"
     write_atomic(
         path,
-        f"# Best of {len(complete)} complete trials by validation ACC (space {space_name}).\n"
-        f"# Run it: python -m marktune.run --config {path}\n"
+        why + f"# Run it: python -m marktune.run --config {path}\n"
         + yaml.safe_dump({"trial_id": best.trial_id, "val_acc": best.val_acc, "test_acc": best.test_acc,
-                          "bwt": best.bwt, "config": best.config}, sort_keys=False))
+                          "bwt": best.bwt,
+                          **({"confirm_val_mean": best.confirm_val_mean, "confirm_seeds": best.confirm_seeds}
+                             if winner is not None else {}),
+                          "config": best.config}, sort_keys=False))
     return path
 
 

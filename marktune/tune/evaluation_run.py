@@ -38,7 +38,7 @@ def run_evaluation(plan: EvalPlan):
         "seed": tune.grid_search(plan.seeds),
         "class_order": _class_order(plan),
         "eval_label": tune.sample_from(lambda config: labels[config["eval_row"]]),
-        **{k: _pick(k, rows) for k in keys},
+        **{k: pick_from_row(k, rows) for k in keys},
         RUNTIME_KEY: plan.runtime.to_dict(),
     }
     run_config = tune.RunConfig(
@@ -63,10 +63,12 @@ def run_evaluation(plan: EvalPlan):
     return results
 
 
-def _pick(key: str, rows: list[dict[str, Any]]):
+def pick_from_row(key: str, rows: list[dict[str, Any]], *, row_key: str = "eval_row"):
+    """Setting ``key`` of the grid row ``config[row_key]`` (the grid runs over row numbers: Tune
+    cannot grid over dicts of settings)."""
     from ray import tune
 
-    return tune.sample_from(lambda config: rows[config["eval_row"]][key])
+    return tune.sample_from(lambda config: rows[config[row_key]][key])
 
 
 def _class_order(plan: EvalPlan):

@@ -156,6 +156,9 @@ class SearchPlan:
     tuning_tasks: int | None = None  # first-k only
     stream_tasks: int = 0  # tasks of the whole stream
     constant_liar: bool = True  # TPE's: a running trial counts as a bad result while others are proposed
+    # the confirmation stage: the top confirm_top complete trials re-run at confirm_seeds more seeds
+    confirm_top: int = 0
+    confirm_seeds: int = 2
     verbose: bool = False  # Ray's trial tables too
     quiet: bool = False  # no status lines
 
@@ -185,10 +188,30 @@ class SearchPlan:
         if self.searcher.startswith("tpe") and self.samples > self.n_startup_trials:
             searcher += ", constant liar " + ("on" if self.constant_liar else "off")
         if self.scheduler == "none":
-            return f"{searcher}; no early stopping (every trial runs its {self.num_tasks} tasks)"
+            text = f"{searcher}; no early stopping (every trial runs its {self.num_tasks} tasks)"
+        else:
+            d = self.space.defaults
+            text = (f"{searcher}; ASHA stops weak trials (grace period {d['grace_period']} tasks, "
+                    f"reduction factor {d['reduction_factor']})")
+        if self.confirm_top:
+            s = "s" if self.confirm_seeds != 1 else ""
+            return text + (f"; then the top {self.confirm_top} complete trials run at {self.confirm_seeds} more "
+                           f"seed{s} and the best mean validation ACC wins")
+        return text + "; the best one-seed validation ACC wins (no confirmation stage)"
+
+    def why(self) -> str:
+        """Why this strategy, in one line: the space's reason when the strategy is the space's own,
+        else which flags changed it."""
         d = self.space.defaults
-        return (f"{searcher}; ASHA stops weak trials (grace period {d['grace_period']} tasks, "
-                f"reduction factor {d['reduction_factor']})")
+        mine = {"samples": self.samples, "searcher": self.searcher, "scheduler": self.scheduler,
+                "n_startup_trials": self.n_startup_trials, "confirm_top": self.confirm_top,
+                "confirm_seeds": self.confirm_seeds}
+        changed = [k for k, v in mine.items() if v != d[k] and not (k == "n_startup_trials" and
+                                                                   self.searcher in ("random", "qmc"))]
+        if changed:
+            return ("your flags (" + ", ".join(f"--{k.replace('_', '-')} {mine[k]}" for k in changed)
+                    + f"; the space's default is {', '.join(f'{d[k]}' for k in changed)})")
+        return d["why"] or "the space's defaults (it gives no reason)"
 
     def search_protocol(self) -> SearchProtocol:
         """The protocol as ``marktune_search.json`` records it (read by ``marktune.results.protocols``)."""

@@ -110,6 +110,7 @@ def run_search(plan: SearchPlan) -> SearchRun:
     print(f"[marktune] experiment {experiment}: {plan.samples} trials of {plan.space.name} "
           f"({plan.num_tasks} tasks each), {resources['cpu']:g} CPU + {gpus:g} GPU per trial")
     print(f"[marktune] strategy: {plan.strategy()}")
+    print(f"[marktune] why: {plan.why()}")
     if plan.protocol != "full":
         print(f"[marktune] protocol {plan.protocol}: "
               + (f"trials run tasks 1-{plan.tuning_tasks} of {plan.stream_tasks}; tasks "

@@ -63,6 +63,11 @@ DEFAULTS = {"samples": 12, "max_concurrent": None,
             # which trials run, which stop early (the --searcher, --n-startup-trials, --scheduler flags)
             "searcher": "tpe", "n_startup_trials": 10, "constant_liar": True, "scheduler": "asha",
             "grace_period": 1, "reduction_factor": 2,
+            # the confirmation stage (--confirm-top, --confirm-seeds; marktune.results.confirmation):
+            # off unless a space turns it on from its own evidence
+            "confirm_top": 0, "confirm_seeds": 2,
+            # one line of why these defaults, printed as the search starts (the evidence is cited above it)
+            "why": None,
             "cpus_per_trial": 1.0, "gpus_per_trial": None,
             # marktune.evaluate's grid: initialisation seeds x class orders per configuration
             "eval_seeds": 3, "eval_orders": 1}
@@ -284,6 +289,10 @@ def _check_defaults(where: str, d: dict[str, Any]) -> None:
     whole("grace_period", 1)
     whole("reduction_factor", 2)
     whole("eval_seeds", 1)
+    whole("confirm_top", 0)
+    whole("confirm_seeds", 1)
+    if d["why"] is not None and not (isinstance(d["why"], str) and d["why"].strip()):
+        raise SpaceError(f"{where}: defaults.why must be one line of text (got {d['why']!r})")
     whole("eval_orders", 1)
     for key in ("cpus_per_trial", "gpus_per_trial"):
         v = d[key]

@@ -57,7 +57,8 @@ def keep_every_checkpoint():
 
 
 def prune_checkpoints(experiment: str) -> int:
-    """Delete every trial's checkpoints but its newest; returns how many were deleted.
+    """Delete every trial's checkpoints but its newest (search trials, evaluation runs and confirmation
+    runs); returns how many were deleted.
 
     Call only when no trial of the experiment runs (after ``Tuner.fit``): the experiment state
     Tune saved last points at each trial's newest checkpoint. Works on local paths and ``s3://``.
@@ -67,7 +68,7 @@ def prune_checkpoints(experiment: str) -> int:
     filesystem, root = pafs.FileSystem.from_uri(experiment)
     deleted = 0
     for trial in filesystem.get_file_info(pafs.FileSelector(root, allow_not_found=True)):
-        if trial.type != pafs.FileType.Directory or not trial.base_name.startswith("trial_"):
+        if trial.type != pafs.FileType.Directory or not trial.base_name.startswith(("trial_", "run_", "confirm_")):
             continue
         checkpoints = sorted(info.path for info in filesystem.get_file_info(pafs.FileSelector(trial.path))
                              if info.type == pafs.FileType.Directory

@@ -118,12 +118,38 @@ def test_no_argparse_namespace_below_the_command_line():
 
 
 @pytest.mark.parametrize("argv, searcher, liar, said", [
-    ([], "tpe", True, "Optuna's TPE (its first 4 trials random), constant liar on"),
+    (["--searcher", "tpe"], "tpe", True, "Optuna's TPE (its first 4 trials random), constant liar on"),
+    ([], "random", True, "Optuna's random sampler"),
     (["--searcher", "gp", "--samples", "12"], "gp", True, "Optuna's GP sampler (its first 4 trials random)"),
     (["--searcher", "qmc"], "qmc", True, "Optuna's QMC sampler (scrambled Sobol)"),
-    (["--no-constant-liar", "--samples", "12"], "tpe", False, "constant liar off"),
+    (["--searcher", "tpe", "--no-constant-liar", "--samples", "12"], "tpe", False, "constant liar off"),
 ])
 def test_the_searcher_and_the_constant_liar_reach_the_plan_and_its_words(argv, searcher, liar, said):
     plan = search.plan_from_args(search.build_parser().parse_args(["--space", "fmnist", *argv]))
     assert (plan.searcher, plan.constant_liar) == (searcher, liar)
     assert said in plan.strategy()
+
+
+def test_the_confirmation_flags_reach_the_plan_its_words_and_the_saved_settings(tmp_path):
+    from marktune.tune.search_settings import KEPT_ON_RESUME, search_settings
+
+    def plan(*argv):
+        return search.plan_from_args(search.build_parser().parse_args(["--space", "fmnist", *argv]))
+
+    base = plan()
+    on = plan("--confirm-top", "4", "--confirm-seeds", "3")
+    assert (on.confirm_top, on.confirm_seeds) == (4, 3)
+    assert "then the top 4 complete trials run at 3 more seeds" in on.strategy()
+    assert "--confirm-top 4" in on.why() and "--confirm-seeds 3" in on.why()
+    off = plan("--confirm-top", "0")
+    assert off.confirm_top == 0 and "no confirmation stage" in off.strategy()
+    # the space's own choice, and its reason, when no flag changed it
+    assert (base.confirm_top, base.confirm_seeds) == (base.space.defaults["confirm_top"],
+                                                     base.space.defaults["confirm_seeds"])
+    assert base.why() == base.space.defaults["why"]
+    assert {"confirm_top", "confirm_seeds"} <= set(KEPT_ON_RESUME)
+    assert search_settings(on)["confirm_top"] == 4 and search_settings(on)["confirm_seeds"] == 3
+    with pytest.raises(PlanError, match="--confirm-top must be >= 0"):
+        plan("--confirm-top", "-1")
+    with pytest.raises(PlanError, match="--confirm-seeds must be >= 1"):
+        plan("--confirm-seeds", "0")

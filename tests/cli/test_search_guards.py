@@ -115,7 +115,9 @@ def test_a_search_in_which_every_trial_errored_exits_non_zero_and_says_so(tmp_pa
     monkeypatch.setattr(search, "prune_checkpoints", lambda experiment: 0)
     rows = [TrialRow(trial_id=f"t{i}", status="ERROR", tasks_done=0, val_acc=float("nan"), test_acc=float("nan"),
                      bwt=float("nan"), params={}, config={}, error="ConfigError: x") for i in range(2)]
-    monkeypatch.setattr(search, "summarize", lambda run, plan, top: rows)
+    monkeypatch.setattr(search, "search_rows", lambda run, plan: rows)
+    monkeypatch.setattr(search, "summarize", lambda run, plan, top, rows, confirmed: rows)
+    monkeypatch.setattr(search, "confirm", lambda plan, rows: None)
     storage = tmp_path / "st"
     assert search.main([*T, "--storage", str(storage), "--name", "e"]) == 1
     assert "every trial (2 of 2) errored" in capsys.readouterr().err
@@ -225,13 +227,15 @@ def test_searcher_scheduler_and_startup_trials_come_from_the_space_unless_given(
 
     base = ["--storage", str(tmp_path), "--name", "x"]
     space = yaml.safe_load((SPACES_DIR / "digits.yaml").read_text())
-    for key in ("searcher", "scheduler", "n_startup_trials"):  # a space that does not say
-        space["defaults"].pop(key, None)
+    for key in ("searcher", "scheduler", "n_startup_trials", "confirm_top", "confirm_seeds", "why"):  # a space
+        space["defaults"].pop(key, None)  # that does not say
     unsaid = tmp_path / "unsaid.yaml"
     unsaid.write_text(yaml.safe_dump(space))
     plan = search.plan_from_args(search.build_parser().parse_args(["--space", str(unsaid), *base]))
     assert (plan.searcher, plan.scheduler, plan.n_startup_trials) == ("tpe", "asha", 10)  # Optuna's default
-    assert "TPE, which draws its first 10 trials at random: all 8 of these are random" in plan.strategy()
+    assert "TPE (its first 10 trials random)" in plan.strategy()
+    assert plan.why() == "the space's defaults (it gives no reason)"
+    assert plan.confirm_top == 0 and "no confirmation stage" in plan.strategy()  # off unless a space says
     space["defaults"].update(searcher="random", scheduler="none", n_startup_trials=4)
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(space))

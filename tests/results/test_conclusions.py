@@ -285,3 +285,24 @@ def test_a_validation_tie_goes_to_the_trial_in_best_config_yaml(tmp_path):
     assert [t.trial_id for t in load_experiment_with_space(exp).best_complete(3)] == ["t1", "t2", "t3"]
     (exp / "best_config.yaml").write_text("# Best of 3\n" + yaml.safe_dump({"trial_id": "t2", "config": {}}))
     assert [t.trial_id for t in load_experiment_with_space(exp).best_complete(3)] == ["t2", "t1", "t3"]
+
+
+def test_after_a_confirmation_stage_its_winner_is_best_1_and_its_seeds_are_not_fresh(tmp_path):
+    from marktune.cli.evaluate import fresh_seeds
+    from marktune.results.confirmation import CONFIRMATION_FILE, ConfirmationPlan, Finalist
+
+    exp = _fake_experiment(tmp_path / "confirmed", {"t1": ("TERMINATED", 5, 0.9), "t2": ("TERMINATED", 5, 0.85),
+                                                    "t3": ("TERMINATED", 5, 0.8)}, base=_digits_base(),
+                           searched=SEARCHED)
+    plan = ConfirmationPlan(finalists=(Finalist("t1", {"seed": 0}, 0.9, 0.9), Finalist("t2", {"seed": 0}, 0.85, 0.85)),
+                            seeds=(1000, 1001))
+    verdict = plan.decide({("t1", 1000): (0.7, 0.7), ("t1", 1001): (0.7, 0.7),
+                           ("t2", 1000): (0.9, 0.9), ("t2", 1001): (0.9, 0.9)})
+    (exp / CONFIRMATION_FILE).write_text(plan.to_json(verdict))
+    loaded = load_experiment_with_space(exp)
+    assert [t.trial_id for t in loaded.best_complete(3)] == ["t2", "t1", "t3"]
+    assert {1000, 1001} <= loaded.seeds_used()
+    assert fresh_seeds(loaded, 2) == [1002, 1003]
+    # before its verdict (an interrupted stage) the ranking is the search's
+    (exp / CONFIRMATION_FILE).write_text(plan.to_json())
+    assert [t.trial_id for t in load_experiment_with_space(exp).best_complete(3)] == ["t1", "t2", "t3"]
