@@ -112,8 +112,8 @@ def test_outputs_best_config_and_trials_csv(digits_search, tmp_path):
         table = list(csv.DictReader(f))
     assert len(table) == 6 and {r["status"] for r in table} <= {"COMPLETE", "PRUNED"}
     best = yaml.safe_load((experiment / "best_config.yaml").read_text())
-    best_row = max((r for r in rows if r.status == "COMPLETE"), key=lambda r: r.val_acc)
-    assert best["trial_id"] == best_row.trial_id  # selected on validation, not test
+    winner = [r["trial_id"] for r in table if r["confirmed"] == "winner"]
+    assert best["trial_id"] == winner[0]  # the confirmation's winner (test_the_confirmation_stage_...)
     # best_config.yaml runs as it is with marktune.run (two tasks to keep it short)
     code = run.main(["--config", str(experiment / "best_config.yaml"), "--set", "num_tasks=2",
                      "--out", str(tmp_path / "rerun"), "-q", "--device", "cpu"])
@@ -142,6 +142,43 @@ def test_curves_csv_holds_every_finished_task_of_every_trial_as_its_result_json(
         settings = {r["trial_id"]: r for r in csv.DictReader(f)}
     for r in table.rows:
         assert {k: str(v) for k, v in r.params.items()} == {k: settings[r.trial_id][k] for k in r.params}
+
+
+def test_the_confirmation_stage_reruns_the_top_trials_at_more_seeds_and_names_the_best_mean(digits_search):
+    """The digits space's default confirmation (top 3 at 2 more seeds): 6 Ray runs of the finalists'
+    configurations at seeds 1 and 2; the winner is the best mean val ACC over the 3 seeds, and every
+    output (confirmation.json, trials.csv, the summary, best_config.yaml) says so."""
+    import json
+
+    experiment, plan, out = digits_search["experiment"], digits_search["plan"], digits_search["stdout"]
+    assert (plan.confirm_top, plan.confirm_seeds) == (3, 2)
+    with open(experiment / "trials.csv") as f:
+        table = {r["trial_id"]: r for r in csv.DictReader(f)}
+    complete = sorted((r for r in table.values() if r["status"] == "COMPLETE"), key=lambda r: -float(r["val_acc"]))
+    finalists = [r["trial_id"] for r in complete[:3]]
+    record = json.loads((experiment / "confirmation.json").read_text())
+    assert [f["trial_id"] for f in record["finalists"]] == finalists and record["seeds"] == [1, 2]
+    # each run: the finalist's own settings at the new seed, run to the last task
+    runs = {}
+    for params in (experiment / "confirmation").glob("confirm_*/params.json"):
+        config = json.loads(params.read_text())
+        trial = json.loads((experiment / f"trial_{config['confirm_of']}" / "params.json").read_text())
+        assert {k: v for k, v in config.items() if k in trial and k != "seed"} == \
+            {k: v for k, v in trial.items() if k != "seed"}
+        results = [json.loads(line) for line in (params.parent / "result.json").read_text().splitlines()]
+        assert results[-1]["tasks_done"] == plan.num_tasks
+        runs[(config["confirm_of"], config["seed"])] = results[-1]["mean_val_acc"]
+    assert sorted(runs) == sorted((t, s) for t in finalists for s in (1, 2))
+    means = {t: (float(table[t]["val_acc"]) + runs[(t, 1)] + runs[(t, 2)]) / 3 for t in finalists}
+    winner = max(finalists, key=lambda t: means[t])
+    assert record["winner"] == winner
+    assert table[winner]["confirmed"] == "winner" and int(table[winner]["confirm_seeds"]) == 3
+    assert abs(float(table[winner]["confirm_val_mean"]) - means[winner]) < 1e-4  # written to 4 places
+    assert {table[t]["confirmed"] for t in finalists} == {"winner", "finalist"}
+    assert all(r["confirmed"] == "" for t, r in table.items() if t not in finalists)
+    assert f"the winner is {winner}, mean val ACC {means[winner]:.4f}" in out
+    assert "[marktune] why: your flags (--samples 6; the space's default is 32)" in out  # not the space's reason
+    assert yaml.safe_load((experiment / "best_config.yaml").read_text())["trial_id"] == winner
 
 
 def test_trials_reuse_the_ray_actors_of_finished_ones_by_default(digits_search):
@@ -414,3 +451,59 @@ def test_interrupted_search_says_so_and_resume_of_a_copy_finishes_it_and_never_t
     assert all(sorted(t.intermediate_values) == list(range(1, num_tasks + 1)) for t in study.trials)
     assert "[marktune] interrupted:" not in resumed.stdout
     assert json.loads((experiment / "marktune_search.json").read_text())["study_name"] == "sig"
+
+
+def test_ctrl_c_in_the_confirmation_stage_and_resume_runs_only_what_is_left(tmp_path):
+    """SIGINT once the confirmation stage's runs have started: exit 130, the summary says how to
+    continue and best_config.yaml stays the one-seed pick; --resume re-runs no search trial, keeps
+    the same finalists and seeds, finishes the stage's runs (no run twice) and writes the verdict."""
+    import json
+    import signal
+    import time
+
+    num_tasks = 4
+    space = _synthetic_space(tmp_path, num_tasks=num_tasks, samples=2)
+    storage = tmp_path / "storage"
+    experiment = storage / "conf"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    argv = ["--space", str(space), "--storage", str(storage), "--name", "conf", "--num-cpus", "2",
+            "--confirm-top", "2", "--confirm-seeds", "2"]
+    log = open(tmp_path / "first.log", "w")
+    first = subprocess.Popen([sys.executable, "-m", "marktune.search", *argv], cwd=ROOT, env=env, stdout=log,
+                             stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline and first.poll() is None:
+            done = [_tasks_reported(d) for d in (experiment / "confirmation").glob("confirm_*")]
+            if any(0 < n < num_tasks for n in done):
+                break
+            time.sleep(0.2)
+        assert first.poll() is None, "the search ended before its confirmation could be interrupted"
+        os.kill(first.pid, signal.SIGINT)
+        code = first.wait(timeout=300)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait(timeout=60)
+        log.close()
+    out = (tmp_path / "first.log").read_text()
+    assert code == 130, out[-4000:]
+    assert "confirmation runs unfinished, so best_config.yaml is the one-seed pick for now" in out, out[-3000:]
+    planned = json.loads((experiment / "confirmation.json").read_text())
+    assert "winner" not in planned and planned["seeds"] == [1, 2]
+    assert "confirm_val_mean" not in yaml.safe_load((experiment / "best_config.yaml").read_text())
+    trials_before = {p: p.stat().st_mtime for p in experiment.glob("trial_*/result.json")}
+
+    resumed = subprocess.run([sys.executable, "-m", "marktune.search", "--resume", "--name", "conf", "--storage",
+                              str(storage), "--num-cpus", "2"], cwd=ROOT, env=env, capture_output=True, text=True,
+                             timeout=900, start_new_session=True)
+    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-4000:]
+    assert "confirmation: continuing the top 2 trials" in resumed.stdout
+    assert {p: p.stat().st_mtime for p in experiment.glob("trial_*/result.json")} == trials_before  # no trial re-ran
+    record = json.loads((experiment / "confirmation.json").read_text())
+    assert record["finalists"] == planned["finalists"] and record["seeds"] == [1, 2] and record["winner"]
+    runs = sorted((json.loads(p.read_text())["confirm_of"], json.loads(p.read_text())["seed"])
+                  for p in (experiment / "confirmation").glob("confirm_*/params.json"))
+    assert runs == sorted((f["trial_id"], s) for f in planned["finalists"] for s in (1, 2))  # each once
+    assert all(_tasks_reported(d) == num_tasks for d in (experiment / "confirmation").glob("confirm_*"))
+    assert yaml.safe_load((experiment / "best_config.yaml").read_text())["trial_id"] == record["winner"]
