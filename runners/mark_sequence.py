@@ -131,6 +131,7 @@ def train_mark_sequence(config: dict[str, Any]) -> None:
     from marktune.mark.devices import TrialOutOfMemoryError, cap_gpu_memory, out_of_memory_message
     from marktune.mark.hardware import check_precision
     from marktune.mark.learner import MarkLearner
+    from marktune.results.pareto import parameter_counts, total_parameters
     from marktune.results.records import task_scalars
 
     # Tune logs every checkpoint it persists; with one per task per trial that line drowns the
@@ -150,10 +151,16 @@ def train_mark_sequence(config: dict[str, Any]) -> None:
     # quiet learner: the driver prints one line per finished task (marktune.tune.progress)
     learner = MarkLearner(mark_config, benchmark, device=device, verbose=0)
 
+    # the objectives a multi-objective search may rank on (marktune.results.objectives): the size is a
+    # function of the settings, known before training; the seconds add up over the whole sequence
+    kb_params, task_params = parameter_counts(mark_config)
+    sequence_seconds = 0.0
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as path:
             learner.load(Path(path) / STATE_FILE)
+            held = json.loads((Path(path) / CHECKPOINT_TASKS_FILE).read_text())
+            sequence_seconds = float(held.get("sequence_seconds", 0.0))
     # where this attempt started: 0, or the tasks of the checkpoint it resumed from (after a
     # lost node, a lost driver or a pause); reported so a recomputed task would show
     resumed_at = learner.tasks_done
@@ -170,6 +177,7 @@ def train_mark_sequence(config: dict[str, Any]) -> None:
             raise TrialOutOfMemoryError(out_of_memory_message(
                 trial_settings=mark_config.to_dict(), fraction=memory_fraction, device=device, error=err)) from None
         val, test = learner.matrices()
+        sequence_seconds += time.time() - started
         metrics = {
             TIME_ATTR: report.task + 1,
             "num_tasks": run_tasks,  # what this trial runs (the search's finish line)
@@ -187,11 +195,15 @@ def train_mark_sequence(config: dict[str, Any]) -> None:
             "task_finished_at": time.time(),
             "done_all_tasks": report.done,
             "resumed_at_task": resumed_at,
+            "total_params": total_parameters(kb_params, task_params, learner.num_tasks),
+            "sequence_seconds": sequence_seconds,
+            "forgetting_val": -report.bwt_val,
         }
         with tempfile.TemporaryDirectory() as tmp:
             learner.save(Path(tmp) / STATE_FILE)
             # what the checkpoint holds, readable without torch (marktune.tune.experiment_checks.missing_results)
-            (Path(tmp) / CHECKPOINT_TASKS_FILE).write_text(json.dumps({TIME_ATTR: learner.tasks_done}))
+            (Path(tmp) / CHECKPOINT_TASKS_FILE).write_text(json.dumps({TIME_ATTR: learner.tasks_done,
+                                                                        "sequence_seconds": sequence_seconds}))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 

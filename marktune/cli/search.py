@@ -29,9 +29,10 @@ from marktune.mark.config import ConfigError, parse_overrides
 from marktune.results.confirmation import CONFIRMATION_FILE, ConfirmationPlan, plan_confirmation
 from marktune.results.curves import write_search_curves
 from marktune.results.files import CURVES_TABLE, write_atomic
+from marktune.results.objectives import ObjectiveError, parse_objectives
 from marktune.results.node_moves import experiment_moves, node_loss_note
-from marktune.results.summary import (TrialRow, format_table, mark_confirmed, mark_ties, trial_rows, unfinished,
-                                      write_outputs)
+from marktune.results.summary import (TrialRow, format_front, format_table, mark_confirmed, mark_fronts, mark_ties,
+                                      trial_rows, unfinished, write_outputs)
 from marktune.tune.confirmation_run import ConfirmationRun, run_confirmation
 from marktune.tune.experiment_lock import lock_experiment
 from marktune.tune.launch import (check_address, check_cluster_resources, check_local_resources, check_optuna_storage,
@@ -82,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--scheduler", choices=SCHEDULERS,
                    help="early stopping: asha (stops weak trials at its rungs) or none (every trial runs "
                         "every task, recording its whole curve) (default: the space's, else asha)")
+    g.add_argument("--objectives", metavar="LIST",
+                   help="what the search optimises, comma-separated: val_acc (always), and any of params "
+                        "(fewer parameters), seconds (less compute), forgetting (less forgetting on val); "
+                        "e.g. val_acc,params: a multi-objective study (TPE: Optuna's MOTPE; --searcher nsga2: "
+                        "NSGA-II), ASHA ranks by non-dominated sorting, the result is a Pareto set "
+                        "(default: the space's, else val_acc alone)")
     g.add_argument("--confirm-top", type=int, metavar="K",
                    help="after the last trial, re-run the K best complete trials at --confirm-seeds more seeds and "
                         "name the winner on the mean validation ACC over its seeds; 0: no confirmation, the best "
@@ -135,7 +142,16 @@ def plan_from_args(args: argparse.Namespace) -> SearchPlan:
     startup = args.n_startup_trials if args.n_startup_trials is not None else d["n_startup_trials"]
     if startup < 0:
         raise SearchError(f"--n-startup-trials must be >= 0 (got {startup})")
+    try:
+        objectives = parse_objectives(args.objectives if args.objectives is not None else d["objectives"])
+    except ObjectiveError as err:
+        raise SearchError(str(err)) from None
+    if len(objectives) > 1 and args.confirm_top:
+        raise SearchError("--confirm-top picks one winner; with several --objectives the search returns a "
+                          "Pareto set: leave --confirm-top out (marktune.evaluate re-runs the set on fresh seeds)")
     confirm_top = args.confirm_top if args.confirm_top is not None else d["confirm_top"]
+    if len(objectives) > 1:
+        confirm_top = 0  # the space's confirmation is for one objective
     confirm_seeds = args.confirm_seeds if args.confirm_seeds is not None else d["confirm_seeds"]
     if confirm_top < 0:
         raise SearchError(f"--confirm-top must be >= 0 (got {confirm_top}; 0 turns the confirmation off)")
@@ -166,7 +182,7 @@ def plan_from_args(args: argparse.Namespace) -> SearchPlan:
     return SearchPlan(space=space, space_given=args.space, overrides=overrides, override_flags=tuple(args.overrides),
                       base_config=base, samples=samples, seed=args.seed, searcher=searcher, scheduler=scheduler,
                       n_startup_trials=startup, constant_liar=constant_liar, confirm_top=confirm_top,
-                      confirm_seeds=confirm_seeds, max_concurrent=max_concurrent,
+                      confirm_seeds=confirm_seeds, objectives=objectives, max_concurrent=max_concurrent,
                       cpus_per_trial=cpus, gpus_per_trial=gpus, max_failures=args.max_failures,
                       reuse_actors=args.reuse_actors, storage=storage, name=name, num_tasks=tuning_tasks or base.tasks, study_storage=study_storage,
                       runtime=runtime, ray=flags.ray_settings(args), resume=bool(args.resume), protocol=protocol,
@@ -193,6 +209,8 @@ def apply_saved_settings(args: argparse.Namespace, given: set[str]) -> argparse.
     if saved is None:
         return args
     values = vars(args)  # the namespace's own attributes: writing here sets the flags
+    # a search from before --objectives optimised val_acc alone: it cannot be resumed as another study
+    saved = {"objectives": "val_acc", **saved}
     for key in KEPT_ON_RESUME:
         if key not in saved:
             continue
@@ -202,6 +220,8 @@ def apply_saved_settings(args: argparse.Namespace, given: set[str]) -> argparse.
         mine = values[key]
         if key == "space" and (str(mine).endswith((".yaml", ".yml")) or "/" in str(mine)):
             mine = str(Path(mine).resolve())
+        if key == "objectives" and mine is not None:
+            mine = ",".join(n.strip() for n in str(mine).split(","))
         if mine != saved[key]:
             flag = kept_flag(key)
             if isinstance(saved[key], bool):  # --reuse-actors / --no-reuse-actors
@@ -232,7 +252,7 @@ def _resume_study_storage(args: argparse.Namespace, saved: str | None, *, given:
 def search_rows(run: SearchRun, plan: SearchPlan) -> list[TrialRow]:
     """One row per trial, best first (``marktune.results.summary.trial_rows``)."""
     return trial_rows(run.results, searched=list(plan.space.params), num_tasks=plan.num_tasks,
-                      interrupted=run.interrupted, configs=run.configs())
+                      interrupted=run.interrupted, configs=run.configs(), objectives=plan.objectives)
 
 
 def confirm(plan: SearchPlan, rows: Sequence[TrialRow]) -> ConfirmationRun | None:
@@ -263,8 +283,9 @@ def summarize(run: SearchRun, plan: SearchPlan, *, top: int, rows: list[TrialRow
     ties = mark_ties(rows, noise=plan.space.noise)  # before trials.csv: its `tied` column
     if confirmed is not None and confirmed.verdict is not None:
         mark_confirmed(rows, confirmed.verdict)  # before trials.csv and best_config.yaml
+    front = mark_fronts(rows, plan.objectives, noise=plan.space.noise) if plan.multiobjective else []
     out_dir = plan.local_dir()
-    best = write_outputs(rows, out_dir, searched=searched, space_name=plan.space.name)
+    best = write_outputs(rows, out_dir, searched=searched, space_name=plan.space.name, objectives=plan.objectives)
     made = {trial_id: i for i, trial_id in enumerate(run.states)}  # Tune's state lists the trials as made
     in_order = sorted(rows, key=lambda r: (made.get(r.trial_id, len(made)), r.trial_id))
     write_search_curves(out_dir / CURVES_TABLE, in_order, searched=searched, experiment=run.experiment)
@@ -280,6 +301,12 @@ def summarize(run: SearchRun, plan: SearchPlan, *, top: int, rows: list[TrialRow
     print(format_table(rows, searched, top))
     if ties is not None:
         print(f"[marktune] {ties.sentence(str(out_dir))}")
+    if front:
+        near = sorted((r for r in rows if r.near_front), key=lambda r: -r.val_acc)
+        print(f"[marktune] the Pareto set: {len(front)} of {counts['COMPLETE']} complete trials no other beats on "
+              f"every objective ({', '.join(o.name for o in plan.objectives)})"
+              + (f"; {len(near)} more off it only by the noise of their val ACC (near)" if near else "") + ":")
+        print(format_front(front, near, plan.objectives))
     if confirmed is not None and confirmed.verdict is not None:
         print(f"[marktune] {confirmed.verdict.sentence()}:")
         print(confirmed.verdict.table())

@@ -34,7 +34,8 @@ from marktune.mark.config import MarkConfig
 from marktune.mark.metrics import METRIC, TIME_ATTR
 from marktune.results.confirmation import FINALIST, WINNER, Verdict
 from marktune.results.files import BEST_CONFIG_FILE, TRIAL_DIR_PREFIX, TRIALS_TABLE, atomic_output, write_atomic
-from marktune.results.noise import Scored, SeedNoise, Ties, find_ties, scored_from_result
+from marktune.results.noise import Scored, SeedNoise, Ties, find_ties, scored_from_result, tie_margin
+from marktune.results.objectives import SINGLE, Objective, minimised, nondominated_ranks, objective_values
 from marktune.results.status import decide_status
 
 STATUS_ORDER = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "PENDING": 3, "ERROR": 4}
@@ -60,11 +61,16 @@ class TrialRow:
     confirm_val_mean: float = math.nan  # mean val ACC over the trial's seeds, the search's included
     confirm_val_se: float = math.nan
     confirm_seeds: int = 0  # seeds that mean is over
+    # a multi-objective search's (marktune.results.objectives), for complete trials once mark_fronts ran
+    values: tuple[float, ...] = ()  # each objective's value at the end, as reported
+    front: int | None = None  # non-domination rank: 0 = the Pareto set
+    near_front: bool = False  # off the Pareto set only by the noise of its val ACC
 
 
 def trial_rows(results, *, searched: Sequence[str], num_tasks: int,
                interrupted: Callable[[str], bool] | None = None,
-               configs: Mapping[str, Mapping[str, Any]] | None = None) -> list[TrialRow]:
+               configs: Mapping[str, Mapping[str, Any]] | None = None,
+               objectives: Sequence[Objective] = SINGLE) -> list[TrialRow]:
     """One row per Tune result, best first.
 
     ``interrupted(trial_id)``: whether the search stopped while the trial ran or waited (then
@@ -87,7 +93,8 @@ def trial_rows(results, *, searched: Sequence[str], num_tasks: int,
             bwt=float(metrics.get("bwt_test", math.nan)),
             params={k: config.get(k) for k in searched}, config=config,
             error=first_line(str(result.error)) if result.error is not None else "",
-            val_se=scored.se, val_images=scored.images))
+            val_se=scored.se, val_images=scored.images,
+            values=(objective_values(metrics, objectives) or ()) if len(objectives) > 1 else ()))
     rows.sort(key=lambda r: (STATUS_ORDER.get(r.status, 9), -r.tasks_done,
                              -(r.val_acc if math.isfinite(r.val_acc) else -1)))
     return rows
@@ -117,6 +124,50 @@ def mark_ties(rows: Sequence[TrialRow], *, noise: SeedNoise | None = None) -> Ti
     return ties
 
 
+def mark_fronts(rows: Sequence[TrialRow], objectives: Sequence[Objective], *,
+                noise: SeedNoise | None = None) -> list[TrialRow]:
+    """Set each complete row's non-domination rank (``front``, 0 = the Pareto set) and whether it
+    is off the set only by its val ACC's noise (``near_front``: no member of the set is at least
+    as good on every other objective and ahead on val ACC by more than the tie margin of
+    :mod:`marktune.results.noise`); the Pareto set's rows, most accurate first."""
+    noise = noise or SeedNoise()
+    done = [r for r in rows if r.status == "COMPLETE" and len(r.values) == len(objectives)]
+    ranks = nondominated_ranks(minimised([r.values for r in done], objectives))
+    for r, rank in zip(done, ranks):
+        r.front = rank
+    acc = [o.name for o in objectives].index("val_acc")
+    others = [i for i in range(len(objectives)) if i != acc]
+    front = [r for r in done if r.front == 0]
+    for r in done:
+        if r.front == 0:
+            continue
+        mine = minimised([r.values], objectives)[0]
+        r.near_front = not any(
+            all(minimised([f.values], objectives)[0][i] <= mine[i] for i in others)
+            and f.values[acc] - r.values[acc] >= tie_margin(se_best=f.val_se, se_other=r.val_se, seed_sd=noise.seed_sd)
+            for f in front)
+    return sorted(front, key=lambda r: -r.values[acc])
+
+
+def format_front(front: Sequence[TrialRow], near: Sequence[TrialRow], objectives: Sequence[Objective]) -> str:
+    """The Pareto set (and the trials within the noise of it), one row each: val ACC with its
+    binomial SE, then every other objective."""
+    head = ["trial", "", *[o.name for o in objectives], "val SE"]
+    body = [[r.trial_id, "front" if r.front == 0 else "near", *[_objective(o, v) for o, v in zip(objectives, r.values)],
+             _num(r.val_se)] for r in [*front, *near]]
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
+    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    return "\n".join([fmt(head), fmt(["-" * w for w in widths]), *map(fmt, body)])
+
+
+def _objective(objective: Objective, value: float) -> str:
+    if objective.name == "params":
+        return f"{value:,.0f}"
+    if objective.name == "seconds":
+        return f"{value:.1f}"
+    return f"{value:+.4f}" if objective.name == "forgetting" else f"{value:.4f}"
+
+
 def mark_confirmed(rows: Sequence[TrialRow], verdict: Verdict) -> None:
     """Set the confirmation columns of the finalists' rows from the stage's verdict."""
     for r in rows:
@@ -128,7 +179,8 @@ def mark_confirmed(rows: Sequence[TrialRow], verdict: Verdict) -> None:
         r.confirm_seeds = sum(map(math.isfinite, c.vals))
 
 
-def write_outputs(rows: list[TrialRow], out_dir: Path, *, searched: Sequence[str], space_name: str) -> Path | None:
+def write_outputs(rows: list[TrialRow], out_dir: Path, *, searched: Sequence[str], space_name: str,
+                  objectives: Sequence[Objective] = SINGLE) -> Path | None:
     """trials.csv (every trial) and best_config.yaml (the confirmation's winner where rows are
     marked so, else the best complete trial); returns the latter."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -137,13 +189,17 @@ def write_outputs(rows: list[TrialRow], out_dir: Path, *, searched: Sequence[str
         # after error: readers take the searched settings as the columns between bwt and error
         writer.writerow(["trial_id", "status", "tasks_done", "val_acc", "test_acc", "bwt", *searched, "error",
                          "val_se", "val_images", "tied", "confirmed", "confirm_val_mean", "confirm_val_se",
-                         "confirm_seeds"])
+                         "confirm_seeds", *(["front", "near_front", *[o.name for o in objectives[1:]]]
+                                            if len(objectives) > 1 else [])])
         for r in rows:
             writer.writerow([r.trial_id, r.status, r.tasks_done, _num(r.val_acc), _num(r.test_acc), _num(r.bwt),
                              *[r.params.get(k) for k in searched], r.error, _num(r.val_se, digits=5),
                              "" if r.val_images is None else r.val_images, r.tied, r.confirmed,
                              _num(r.confirm_val_mean), _num(r.confirm_val_se, digits=5),
-                             r.confirm_seeds or ""])
+                             r.confirm_seeds or "",
+                             *([("" if r.front is None else r.front), ("yes" if r.near_front else ""),
+                                *[r.values[i + 1] if r.values else "" for i in range(len(objectives) - 1)]]
+                               if len(objectives) > 1 else [])])
     complete = [r for r in rows if r.status == "COMPLETE"]
     if not complete:
         return None

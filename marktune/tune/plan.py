@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from marktune.results.files import RUNTIME_KEY
+from marktune.results.objectives import SINGLE, Objective
 from marktune.results.protocols import DEFAULT_TUNING_TASKS, SearchProtocol
 from runners.runtime import TrialRuntime
 
@@ -159,6 +160,8 @@ class SearchPlan:
     # the confirmation stage: the top confirm_top complete trials re-run at confirm_seeds more seeds
     confirm_top: int = 0
     confirm_seeds: int = 2
+    # what it optimises (marktune.results.objectives): val_acc alone, or val_acc against size, time or forgetting
+    objectives: tuple[Objective, ...] = SINGLE
     verbose: bool = False  # Ray's trial tables too
     quiet: bool = False  # no status lines
 
@@ -175,7 +178,8 @@ class SearchPlan:
         TPE draws its first ``n_startup_trials`` at random: a search of no more samples than
         that is random search, and this says so."""
         names = {"tpe": "Optuna's TPE", "tpe-independent": "Optuna's TPE (one density per setting)",
-                 "tpe-group": "Optuna's TPE (grouped settings)", "gp": "Optuna's GP sampler"}
+                 "tpe-group": "Optuna's TPE (grouped settings)", "gp": "Optuna's GP sampler",
+                 "nsga2": "Optuna's NSGA-II"}
         if self.searcher == "random":
             searcher = "Optuna's random sampler"
         elif self.searcher == "qmc":
@@ -187,17 +191,27 @@ class SearchPlan:
             searcher = f"{names[self.searcher]} (its first {self.n_startup_trials} trials random)"
         if self.searcher.startswith("tpe") and self.samples > self.n_startup_trials:
             searcher += ", constant liar " + ("on" if self.constant_liar else "off")
+        if self.multiobjective:
+            searcher = (f"{len(self.objectives)} objectives ({', '.join(o.name for o in self.objectives)}: "
+                        + ", ".join(f"{o.direction} {o.words}" for o in self.objectives) + f"); {searcher}")
         if self.scheduler == "none":
             text = f"{searcher}; no early stopping (every trial runs its {self.num_tasks} tasks)"
         else:
             d = self.space.defaults
-            text = (f"{searcher}; ASHA stops weak trials (grace period {d['grace_period']} tasks, "
+            text = (f"{searcher}; {'multi-objective ASHA (non-dominated sorting)' if self.multiobjective else 'ASHA'} "
+                    f"stops weak trials (grace period {d['grace_period']} tasks, "
                     f"reduction factor {d['reduction_factor']})")
+        if self.multiobjective:
+            return text + "; the result is the Pareto set of the complete trials"
         if self.confirm_top:
             s = "s" if self.confirm_seeds != 1 else ""
             return text + (f"; then the top {self.confirm_top} complete trials run at {self.confirm_seeds} more "
                            f"seed{s} and the best mean validation ACC wins")
         return text + "; the best one-seed validation ACC wins (no confirmation stage)"
+
+    @property
+    def multiobjective(self) -> bool:
+        return len(self.objectives) > 1
 
     def why(self) -> str:
         """Why this strategy, in one line: the space's reason when the strategy is the space's own,
@@ -205,9 +219,12 @@ class SearchPlan:
         d = self.space.defaults
         mine = {"samples": self.samples, "searcher": self.searcher, "scheduler": self.scheduler,
                 "n_startup_trials": self.n_startup_trials, "confirm_top": self.confirm_top,
-                "confirm_seeds": self.confirm_seeds}
+                "confirm_seeds": self.confirm_seeds,
+                "objectives": ",".join(o.name for o in self.objectives)}
+        d = {**d, "objectives": d.get("objectives") or "val_acc"}
         changed = [k for k, v in mine.items() if v != d[k] and not (k == "n_startup_trials" and
-                                                                   self.searcher in ("random", "qmc"))]
+                                                                   self.searcher in ("random", "qmc"))
+                   and not (self.multiobjective and k.startswith("confirm_"))]  # off with several objectives
         if changed:
             return ("your flags (" + ", ".join(f"--{k.replace('_', '-')} {mine[k]}" for k in changed)
                     + f"; the space's default is {', '.join(f'{d[k]}' for k in changed)})")

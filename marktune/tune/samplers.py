@@ -12,6 +12,8 @@ explicitly, not left to Optuna's defaults, so an upgrade of Optuna cannot change
 * ``gp``: Optuna's Gaussian-process sampler (``GPSampler``, log EI; no constant liar exists for it).
 * ``qmc``: a scrambled Sobol sequence (``QMCSampler``); categorical settings drawn at random.
 * ``random``: ``RandomSampler``.
+* ``nsga2``: NSGA-II (``NSGAIISampler``, Optuna's defaults: population 50), for a search with
+  several ``--objectives``; TPE handles several objectives too (Optuna's MOTPE).
 
 ``constant_liar`` (a space default and ``--constant-liar``/``--no-constant-liar``) applies to the
 TPE samplers only. The replay bench (``bench/replay.py``, docs/replay.md) measured them side by side.
@@ -29,7 +31,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import optuna
 
-SEARCHERS = ("tpe", "tpe-independent", "tpe-group", "gp", "qmc", "random")
+SEARCHERS = ("tpe", "tpe-independent", "tpe-group", "gp", "qmc", "random", "nsga2")
 TPE_SEARCHERS = ("tpe", "tpe-independent", "tpe-group")
 
 
@@ -62,4 +64,6 @@ def _sampler(kind: str, *, seed: int | None, n_startup_trials: int, constant_lia
         return optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=seed,
                                           independent_sampler=optuna.samplers.RandomSampler(seed=seed),
                                           warn_independent_sampling=False, warn_asynchronous_seeding=False)
+    if kind == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
     return optuna.samplers.RandomSampler(seed=seed)

@@ -7,7 +7,7 @@ FIFO scheduler, so every trial runs to its last task and records its whole curve
 Tune never calls a scheduler's ``save``/``restore`` (ray-project/ray#30838), so every trial Tune
 restores refills the rungs from the results it reported (its ``result.json``). The bookkeeping
 is apart from Ray: :func:`replayable` picks a trial's results to replay (pure),
-:func:`reported_results` reads them, and ``marktune.tune.ray_internals`` is the only place
+:func:`marktune.tune.tune_setup.reported_results` reads them, and ``marktune.tune.ray_internals`` is the only place
 that touches ASHA's brackets.
 
 Example (Ray is imported by this module):
@@ -22,27 +22,33 @@ Example (Ray is imported by this module):
 from __future__ import annotations
 
 import math
-from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
 
 from marktune.mark.metrics import TIME_ATTR
-from marktune.results.files import RESULT_FILE, parse_results
+from marktune.results.objectives import SINGLE, Objective
 from marktune.tune import ray_internals
 from marktune.tune.state_keeper import relocate
+from marktune.tune.tune_setup import reported_results
 
 
 def make_scheduler(*, num_tasks: int, grace_period: int, reduction_factor: float,
-                   kind: str = "asha", brackets: int = 1) -> "ResumableASHA | NoStopping":
+                   kind: str = "asha", brackets: int = 1, objectives: Sequence[Objective] = SINGLE):
     """``kind`` asha: ASHA on tasks done (the metric and mode come from the Tuner's TuneConfig:
     METRIC, max), in ``brackets`` brackets (more than one: Ray's asynchronous Hyperband, which the
-    replay bench measures; the search uses one); none: no early stopping (grace period and
-    reduction factor unused)."""
+    replay bench measures; the search uses one); with several ``objectives``, the multi-objective
+    ASHA (:class:`marktune.tune.mo_asha.MultiObjectiveASHA`); none: no early stopping (grace
+    period and reduction factor unused)."""
     if kind == "none":
         return NoStopping()
     if kind != "asha":
         raise ValueError(f"unknown scheduler {kind!r}; one of asha, none")
+    if len(objectives) > 1:
+        from marktune.tune.mo_asha import MultiObjectiveASHA
+
+        return MultiObjectiveASHA(objectives=objectives, num_tasks=num_tasks, grace_period=grace_period,
+                                  reduction_factor=reduction_factor)
     return ResumableASHA(time_attr=TIME_ATTR, max_t=num_tasks, grace_period=grace_period,
                          reduction_factor=reduction_factor, brackets=brackets)
 
@@ -96,20 +102,3 @@ def replayable(results: Iterable[Mapping[str, Any]], *, time_attr: str,
             continue
         out.append((result[time_attr], float(value)))
     return out
-
-
-def reported_results(trial) -> list[dict[str, Any]]:
-    """What a Tune trial reported so far: its ``result.json`` lines (driver copy, else storage)."""
-    if not getattr(trial, "has_reported_at_least_once", True):
-        return []  # a new trial (it has no directory yet), or a restored one that never reported
-    texts = []
-    try:
-        texts.append((Path(trial.local_path) / RESULT_FILE).read_text())
-    except (OSError, RuntimeError, TypeError):  # no driver copy (RuntimeError: no directory name yet)
-        try:
-            filesystem = trial.storage.storage_filesystem
-            with filesystem.open_input_stream(f"{trial.path}/{RESULT_FILE}") as f:
-                texts.append(f.readall().decode())
-        except Exception:  # noqa: BLE001 - nothing reported anywhere
-            pass
-    return parse_results("".join(texts))

@@ -96,13 +96,16 @@ def run_search(plan: SearchPlan) -> SearchRun:
     else:
         # --scheduler none: Tune's FIFO scheduler, so every trial runs to its last task
         scheduler = make_scheduler(num_tasks=plan.num_tasks, grace_period=plan.space.defaults["grace_period"],
-                                   reduction_factor=plan.space.defaults["reduction_factor"], kind=plan.scheduler)
+                                   reduction_factor=plan.space.defaults["reduction_factor"], kind=plan.scheduler,
+                                   objectives=plan.objectives)
         searcher = make_searcher(storage=plan.study_storage, study_name=plan.name, num_tasks=plan.num_tasks,
                                  seed=plan.seed, kind=plan.searcher, n_startup_trials=plan.n_startup_trials,
-                                 constant_liar=plan.constant_liar)
+                                 constant_liar=plan.constant_liar, objectives=plan.objectives)
+        # several objectives: the searcher and the scheduler hold their own; Tune's one metric stays unset
+        metric, mode = (None, None) if plan.multiobjective else (METRIC, "max")
         tuner = tune.Tuner(
             trainable, param_space=param_space, run_config=run_config,
-            tune_config=tune.TuneConfig(metric=METRIC, mode="max", num_samples=plan.samples,
+            tune_config=tune.TuneConfig(metric=metric, mode=mode, num_samples=plan.samples,
                                         search_alg=searcher,
                                         scheduler=scheduler,
                                         max_concurrent_trials=plan.max_concurrent, reuse_actors=plan.reuse_actors,

@@ -16,7 +16,7 @@ from marktune.tune.plan import SearchPlan
 # what a resumed search takes from the experiment unless given again (and then must match)
 # (Tune restores the sampled-trial count, the searcher and the RunConfig's FailureConfig itself)
 KEPT_ON_RESUME = ("space", "overrides", "samples", "seed", "searcher", "n_startup_trials", "constant_liar", "scheduler",
-                  "confirm_top", "confirm_seeds", "max_failures", "reuse_actors", "protocol", "tuning_tasks")
+                  "confirm_top", "confirm_seeds", "objectives", "max_failures", "reuse_actors", "protocol", "tuning_tasks")
 
 
 def kept_flag(key: str) -> str:
@@ -39,6 +39,7 @@ def search_settings(plan: SearchPlan) -> dict[str, Any]:
             "searcher": plan.searcher, "n_startup_trials": plan.n_startup_trials,
             "constant_liar": plan.constant_liar, "scheduler": plan.scheduler,
             "confirm_top": plan.confirm_top, "confirm_seeds": plan.confirm_seeds,
+            "objectives": ",".join(o.name for o in plan.objectives),
             "num_tasks": plan.num_tasks, "max_failures": plan.max_failures, "reuse_actors": plan.reuse_actors,
             # the study: None = the journal file in the experiment directory; a URL's password is
             # not written here (a resumed search then needs --optuna-storage again)

@@ -24,11 +24,12 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from ray.tune.search.optuna import OptunaSearch
 
 from marktune.mark.metrics import METRIC, TIME_ATTR
+from marktune.results.objectives import SINGLE, Objective, objective_values
 from marktune.tune import ray_internals
 from marktune.tune.samplers import make_sampler
 from marktune.tune.study import JOURNAL_FILE, StudyStorage, hide_password
@@ -64,13 +65,17 @@ def _stored_spec(stored: Any) -> StudyStorage | None:
 
 
 def make_searcher(*, storage: StudyStorage, study_name: str, num_tasks: int, seed: int | None,
-                  kind: str = "tpe", n_startup_trials: int = 10, constant_liar: bool = True) -> "MarkOptunaSearch":
+                  kind: str = "tpe", n_startup_trials: int = 10, constant_liar: bool = True,
+                  objectives: Sequence[Objective] = SINGLE) -> "MarkOptunaSearch":
     """Optuna behind Tune, its study in ``storage`` under ``study_name``; ``kind`` names the sampler
     (:data:`marktune.tune.samplers.SEARCHERS`: tpe, the default, is multivariate TPE with the
     constant liar, random for its first ``n_startup_trials`` trials). Whatever the sampler, the
-    study, its pruned trials and ``--resume`` are the same."""
+    study, its pruned trials and ``--resume`` are the same. Several ``objectives``
+    (:mod:`marktune.results.objectives`): a multi-objective study, one direction per objective
+    (TPE is then Optuna's multi-objective TPE; ``nsga2`` is NSGA-II)."""
     sampler = make_sampler(kind, seed=seed, n_startup_trials=n_startup_trials, constant_liar=constant_liar)
-    return MarkOptunaSearch(storage=storage, study_name=study_name, num_tasks=num_tasks, sampler=sampler)
+    return MarkOptunaSearch(storage=storage, study_name=study_name, num_tasks=num_tasks, sampler=sampler,
+                            objectives=objectives)
 
 
 class MarkOptunaSearch(OptunaSearch):
@@ -83,12 +88,22 @@ class MarkOptunaSearch(OptunaSearch):
     was interrupted in is told nothing: it stays RUNNING in the study until it continues.
     """
 
-    def __init__(self, *, storage: StudyStorage, study_name: str, num_tasks: int, sampler) -> None:
+    def __init__(self, *, storage: StudyStorage, study_name: str, num_tasks: int, sampler,
+                 objectives: Sequence[Objective] = SINGLE) -> None:
         self._storage_spec = storage
         self._num_tasks = num_tasks
         self.sampler = sampler  # the one the study is created with (Tune keeps it privately)
-        super().__init__(metric=METRIC, mode="max", sampler=sampler, study_name=study_name,
+        self.objectives = tuple(objectives)
+        if len(self.objectives) == 1:
+            metric, mode = METRIC, "max"
+        else:  # a list: Ray's OptunaSearch makes a study with one direction per objective
+            metric, mode = [o.metric for o in self.objectives], [o.direction for o in self.objectives]
+        super().__init__(metric=metric, mode=mode, sampler=sampler, study_name=study_name,
                          storage=storage.open())
+
+    @property
+    def multiobjective(self) -> bool:
+        return len(self.objectives) > 1
 
     @property
     def study(self) -> "optuna.Study | None":
@@ -106,7 +121,7 @@ class MarkOptunaSearch(OptunaSearch):
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         ot_trial = self._open_trial(trial_id)
-        if ot_trial is None:
+        if ot_trial is None or self.multiobjective:  # Optuna keeps no intermediate values of several objectives
             return
         value = result.get(self.metric)
         if value is not None and math.isfinite(value):
@@ -123,13 +138,17 @@ class MarkOptunaSearch(OptunaSearch):
         if ot_trial is None:
             return
         finished = bool(result) and int(result.get(TIME_ATTR, 0)) >= self._num_tasks
-        value = result.get(self.metric) if result else None
+        if self.multiobjective:
+            values = objective_values(result or {}, self.objectives)
+            value = list(values) if values is not None else None
+        else:
+            value = result.get(self.metric) if result else None
         if result and TIME_ATTR in result:
             # Tune hands the last result (the one ASHA judged) only to this method
             self.on_trial_result(trial_id, result)
         if error:
             state, told = TrialState.FAIL, None
-        elif finished and value is not None and math.isfinite(value):
+        elif finished and value is not None and (self.multiobjective or math.isfinite(value)):
             state, told = TrialState.COMPLETE, value
         else:  # stopped early: TPE sees it as pruned, with its intermediate values
             state, told = TrialState.PRUNED, None

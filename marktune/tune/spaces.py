@@ -51,6 +51,7 @@ from marktune.mark.yaml_io import load_yaml_file
 from marktune.results.experiment import Experiment, load_experiment, same_setting
 from marktune.results.files import read_settings
 from marktune.results.noise import SeedNoise
+from marktune.results.objectives import ObjectiveError, parse_objectives
 from marktune.tune.samplers import SEARCHERS  # the Optuna samplers, by name
 from marktune.tune.space_checks import (SpaceError, check_choice_values, check_combinations, check_kind,
                                         check_values, seed_refusal, setting_type)
@@ -68,6 +69,8 @@ DEFAULTS = {"samples": 12, "max_concurrent": None,
             "confirm_top": 0, "confirm_seeds": 2,
             # one line of why these defaults, printed as the search starts (the evidence is cited above it)
             "why": None,
+            # what the search optimises (--objectives; marktune.results.objectives): null is val_acc alone
+            "objectives": None,
             "cpus_per_trial": 1.0, "gpus_per_trial": None,
             # marktune.evaluate's grid: initialisation seeds x class orders per configuration
             "eval_seeds": 3, "eval_orders": 1}
@@ -290,6 +293,11 @@ def _check_defaults(where: str, d: dict[str, Any]) -> None:
     whole("reduction_factor", 2)
     whole("eval_seeds", 1)
     whole("confirm_top", 0)
+    if d["objectives"] is not None:
+        try:
+            parse_objectives(d["objectives"])
+        except ObjectiveError as err:
+            raise SpaceError(f"{where}: defaults.objectives: {err}") from None
     whole("confirm_seeds", 1)
     if d["why"] is not None and not (isinstance(d["why"], str) and d["why"].strip()):
         raise SpaceError(f"{where}: defaults.why must be one line of text (got {d['why']!r})")

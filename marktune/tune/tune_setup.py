@@ -11,6 +11,9 @@ Works on local paths and ``s3://`` (through pyarrow's filesystems).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+from marktune.results.files import RESULT_FILE, parse_results
 
 
 def last_trial_states(experiment: str) -> dict[str, dict]:
@@ -77,3 +80,20 @@ def prune_checkpoints(experiment: str) -> int:
             filesystem.delete_dir(path)
             deleted += 1
     return deleted
+
+
+def reported_results(trial) -> list[dict[str, Any]]:
+    """What a Tune trial reported so far: its ``result.json`` lines (driver copy, else storage)."""
+    if not getattr(trial, "has_reported_at_least_once", True):
+        return []  # a new trial (it has no directory yet), or a restored one that never reported
+    texts = []
+    try:
+        texts.append((Path(trial.local_path) / RESULT_FILE).read_text())
+    except (OSError, RuntimeError, TypeError):  # no driver copy (RuntimeError: no directory name yet)
+        try:
+            filesystem = trial.storage.storage_filesystem
+            with filesystem.open_input_stream(f"{trial.path}/{RESULT_FILE}") as f:
+                texts.append(f.readall().decode())
+        except Exception:  # noqa: BLE001 - nothing reported anywhere
+            pass
+    return parse_results("".join(texts))

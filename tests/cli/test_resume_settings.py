@@ -93,3 +93,36 @@ def test_resume_keeps_the_searcher_the_scheduler_and_tpes_startup_trials(tmp_pat
                                ("--n-startup-trials", "10", "3")):
         with pytest.raises(SearchError, match=f"started with {flag} {saved}, not"):
             _args(["--resume", "--name", "x", "--storage", str(tmp_path), flag, value])
+
+
+def test_objectives_are_checked_before_ray_and_kept_on_resume(tmp_path):
+    import json
+
+    from marktune.tune.search_settings import SETTINGS_FILE
+
+    def plan(*argv):
+        return search.plan_from_args(_args(["--space", "digits", "--storage", str(tmp_path), *argv]))
+
+    several = plan("--name", "mo", "--objectives", "val_acc,params")
+    assert [o.name for o in several.objectives] == ["val_acc", "params"] and several.confirm_top == 0
+    assert "multi-objective ASHA" in several.strategy() and "Pareto set" in several.strategy()
+    for bad, said in (("val_acc,size", "unknown objective 'size'"), ("val_acc,params,params", "given twice"),
+                      ("params", "must include val_acc")):
+        with pytest.raises(SearchError, match=said):
+            plan("--name", "bad", "--objectives", bad)
+    with pytest.raises(SearchError, match="--confirm-top picks one winner"):
+        plan("--name", "bad", "--objectives", "val_acc,params", "--confirm-top", "3")
+    # a single-objective experiment cannot be resumed as a multi-objective one (another study)
+    save_settings(plan("--name", "one"), str(tmp_path / "one"))
+    with pytest.raises(SearchError, match="--objectives 'val_acc'"):
+        _args(["--resume", "--name", "one", "--storage", str(tmp_path), "--objectives", "val_acc,params"])
+    save_settings(several, str(tmp_path / "mo"))
+    assert _args(["--resume", "--name", "mo", "--storage", str(tmp_path)]).objectives == "val_acc,params"
+    spaced = _args(["--resume", "--name", "mo", "--storage", str(tmp_path), "--objectives", "val_acc, params"])
+    assert [o.name for o in search.plan_from_args(spaced).objectives] == ["val_acc", "params"]
+    # nor one from before --objectives existed (its settings do not name them)
+    old = json.loads((tmp_path / "one" / SETTINGS_FILE).read_text())
+    old.pop("objectives")
+    (tmp_path / "one" / SETTINGS_FILE).write_text(json.dumps(old))
+    with pytest.raises(SearchError, match="--objectives 'val_acc'"):
+        _args(["--resume", "--name", "one", "--storage", str(tmp_path), "--objectives", "val_acc,params"])

@@ -507,3 +507,53 @@ def test_ctrl_c_in_the_confirmation_stage_and_resume_runs_only_what_is_left(tmp_
     assert runs == sorted((f["trial_id"], s) for f in planned["finalists"] for s in (1, 2))  # each once
     assert all(_tasks_reported(d) == num_tasks for d in (experiment / "confirmation").glob("confirm_*"))
     assert yaml.safe_load((experiment / "best_config.yaml").read_text())["trial_id"] == record["winner"]
+
+
+@pytest.mark.mostly_waiting
+def test_a_multi_objective_search_prunes_by_non_dominated_sorting_and_reports_its_pareto_set(tmp_path, capsys):
+    """--objectives val_acc,params on synthetic tasks of about a second: a two-direction Optuna
+    study, the multi-objective ASHA stopping some trials (told PRUNED), and a summary and trials.csv
+    that give the Pareto set of the complete trials, each member's parameter count as reported."""
+    from optuna.study import StudyDirection
+    from optuna.trial import TrialState
+
+    from marktune.results.objectives import minimised, nondominated_ranks, parse_objectives
+
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({
+        "benchmark": "synthetic",
+        "fixed": {"num_tasks": 3, "epochs": 1, "meta_epochs": 2, "mini_tasks": 2, "inner_steps": 2, "latent_dim": 16,
+                  "fe_channels": 8, "batch_size": 32, "synthetic_classes_per_task": 4,
+                  "synthetic_images_per_class": 60, "synthetic_image_size": 16},
+        "search": {"lr_meta": {"type": "loguniform", "low": 0.001, "high": 0.1},
+                   "kb_width": {"type": "choice", "values": [4, 8, 16, 32]}},
+        "defaults": {"samples": 8, "grace_period": 1, "reduction_factor": 2, "cpus_per_trial": 1,
+                     "searcher": "random"},
+    }))
+    storage = tmp_path / "st"
+    outcome, rows, plan = search_in_process(["--space", str(space), "--storage", str(storage), "--name", "mo",
+                                             "--num-cpus", "2", "--objectives", "val_acc,params", "-q"])
+    out = capsys.readouterr().out
+    experiment = storage / "mo"
+    study = _journal_study(experiment, "mo")
+    assert study.directions == [StudyDirection.MAXIMIZE, StudyDirection.MINIMIZE]
+    states = [t.state for t in study.trials]
+    assert TrialState.PRUNED in states and TrialState.COMPLETE in states, states
+    complete = [r for r in rows if r.status == "COMPLETE"]
+    told = sorted(tuple(round(v, 6) for v in t.values) for t in study.trials if t.state == TrialState.COMPLETE)
+    assert told == sorted(tuple(round(v, 6) for v in r.values) for r in complete)  # both objectives, told
+    objectives = parse_objectives("val_acc,params")
+    ranks = nondominated_ranks(minimised([r.values for r in complete], objectives))
+    assert [r.front for r in complete] == ranks
+    with open(experiment / "trials.csv") as f:
+        table = {r["trial_id"]: r for r in csv.DictReader(f)}
+    assert {t for t, r in table.items() if r["front"] == "0"} == {r.trial_id for r in complete if r.front == 0}
+    # the parameter count: a function of the settings, the same after every task, larger with a wider KB
+    sizes = {}
+    for r in complete:
+        assert float(table[r.trial_id]["params"]) == r.values[1]
+        sizes.setdefault(r.config["kb_width"], set()).add(r.values[1])
+    assert all(len(v) == 1 for v in sizes.values())
+    widths = sorted(sizes)
+    assert [next(iter(sizes[w])) for w in widths] == sorted(next(iter(sizes[w])) for w in widths)
+    assert "the Pareto set:" in out and "multi-objective ASHA" in out

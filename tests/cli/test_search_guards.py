@@ -181,7 +181,7 @@ def test_ctrl_c_before_the_run_leaves_no_lock_behind(tmp_path, monkeypatch):
     assert not (tmp_path / "st" / "x" / LOCK_FILE).exists()
 
 
-@pytest.mark.parametrize("key, value, allowed", [("searcher", "bayes", "tpe, tpe-independent, tpe-group, gp, qmc, random"),
+@pytest.mark.parametrize("key, value, allowed", [("searcher", "bayes", "tpe, tpe-independent, tpe-group, gp, qmc, random, nsga2"),
                                                  ("scheduler", "hyperband", "asha, none")])
 def test_a_bad_searcher_or_scheduler_in_a_space_file_is_refused_before_ray_starts(tmp_path, capsys, no_ray,
                                                                                   key, value, allowed):

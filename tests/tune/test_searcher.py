@@ -125,4 +125,5 @@ def test_each_searcher_is_the_optuna_sampler_it_names_with_its_options_spelled_o
     assert isinstance(samplers.make_sampler("gp", seed=0, n_startup_trials=4), optuna.samplers.GPSampler)
     assert isinstance(samplers.make_sampler("qmc", seed=0, n_startup_trials=4), optuna.samplers.QMCSampler)
     assert isinstance(samplers.make_sampler("random", seed=0, n_startup_trials=4), optuna.samplers.RandomSampler)
-    assert set(samplers.SEARCHERS) == {"tpe", "tpe-independent", "tpe-group", "gp", "qmc", "random"}
+    assert isinstance(samplers.make_sampler("nsga2", seed=0, n_startup_trials=4), optuna.samplers.NSGAIISampler)
+    assert set(samplers.SEARCHERS) == {"tpe", "tpe-independent", "tpe-group", "gp", "qmc", "random", "nsga2"}
