@@ -54,6 +54,7 @@ from marktune.mark.metrics import METRIC, TIME_ATTR
 from marktune.replay.surrogates import Surrogate, make_surrogate, recorded_stand_in
 from marktune.replay.table import Curve, ReplayTable
 from marktune.results.confirmation import best_by_mean
+from marktune.results.objectives import SINGLE, Objective, hypervolume_2d, nondominated_ranks
 from marktune.tune.samplers import SEARCHERS
 from marktune.tune.spaces import SearchSpace
 
@@ -75,12 +76,20 @@ class Strategy:
     n_startup_trials: int | None = None  # TPE's and GP's random start; None: Optuna's default (10)
     constant_liar: bool = True  # TPE's
     brackets: int = 1  # ASHA's; more than 1: asynchronous Hyperband (Ray's AsyncHyperBandScheduler's brackets)
+    # what the searcher and ASHA rank on: val_acc alone, or val_acc and params (the multi-objective
+    # study and ASHA of marktune.results.objectives; a table holds no forgetting, and seconds are
+    # not a setting's property)
+    objectives: tuple[Objective, ...] = SINGLE
+    asha_objectives: tuple[Objective, ...] | None = None  # what ASHA ranks on, if not ``objectives``
 
     def __post_init__(self) -> None:
         if self.proposals not in PROPOSALS:
             raise ValueError(f"proposals must be one of {PROPOSALS}, not {self.proposals!r}")
         if (self.grace_period is None) != (self.reduction_factor is None):
             raise ValueError("ASHA needs both grace_period and reduction_factor")
+        if any(o.name not in ("val_acc", "params") for o in self.objectives):
+            raise ValueError("a replay ranks on val_acc and params only: the tables hold neither forgetting "
+                             "nor a setting's seconds")
 
     @property
     def prunes(self) -> bool:
@@ -160,7 +169,8 @@ def replay_searcher(strategy: Strategy, *, num_tasks: int, seed: int):
     kind = "random" if strategy.proposals == "random-sampler" else strategy.proposals
     startup = 10 if strategy.n_startup_trials is None else strategy.n_startup_trials  # Optuna's default, the search's
     return make_searcher(storage=InMemoryStudyStorage(), study_name="replay", num_tasks=num_tasks,
-                         seed=seed, kind=kind, n_startup_trials=startup, constant_liar=strategy.constant_liar)
+                         seed=seed, kind=kind, n_startup_trials=startup, constant_liar=strategy.constant_liar,
+                         objectives=strategy.objectives)
 
 
 def replay_scheduler(strategy: Strategy, *, num_tasks: int):
@@ -170,8 +180,9 @@ def replay_scheduler(strategy: Strategy, *, num_tasks: int):
     from marktune.tune.scheduler import make_scheduler
 
     scheduler = make_scheduler(num_tasks=num_tasks, grace_period=strategy.grace_period,
-                               reduction_factor=strategy.reduction_factor, brackets=strategy.brackets)
-    scheduler.set_search_properties(METRIC, "max")
+                               reduction_factor=strategy.reduction_factor, brackets=strategy.brackets,
+                               objectives=strategy.asha_objectives or strategy.objectives)
+    scheduler.set_search_properties(METRIC, "max")  # the multi-objective ASHA keeps its own
     return scheduler
 
 
@@ -193,6 +204,7 @@ class ReplayedTrial:
     stop_after: int  # tasks it runs unless stopped
     worth: float  # what a pick of it is worth: the final test ACC of what it stands for
     final_shift: float = 0.0  # its final val minus its recorded seed's (a modelled stand-in's offset)
+    size: float = math.nan  # its total parameters, from its settings (a multi-objective replay's)
     tasks_run: int = 0
     ended_at_s: float | None = None  # simulated clock when it ended
     ended_at_trainings: int | None = None  # task-trainings done (all trials) when it ended
@@ -231,6 +243,25 @@ class ReplayOutcome:
     def _regret_of(self, trial: ReplayedTrial) -> float:
         return round(self.table.best_final_test - trial.worth, 12)
 
+    def pareto_pick(self) -> list[ReplayedTrial]:
+        """What a search on (val ACC, parameters) reports: the finished trials no other finished one
+        beats on both, by their final val ACC as seen."""
+        done = [t for t in self.trials if t.finished]
+        ranks = nondominated_ranks([(-t.value, t.size) for t in done])
+        return [t for t, r in zip(done, ranks) if r == 0]
+
+    def hypervolume_regret(self, sizes: Sequence[float]) -> float:
+        """How much of the table's own front the reported Pareto set misses, in % of the box between
+        the table's best corner and its worst (least accurate, largest): the hypervolume of the
+        table's configurations (3-seed mean final test ACC, parameters; ``sizes`` in the table's
+        order) minus that of the picks, each scored by what it is worth."""
+        worth = [c.final_test for c in self.table.configs]
+        reference = (-min(worth), max(sizes))
+        box = (max(worth) - min(worth)) * (max(sizes) - min(sizes))
+        table = hypervolume_2d([(-w, z) for w, z in zip(worth, sizes)], reference)
+        picked = hypervolume_2d([(-t.worth, t.size) for t in self.pareto_pick()], reference)
+        return 100 * (table - picked) / box if box > 0 else math.nan
+
     def confirm(self, *, top: int, seeds: int, rng: np.random.Generator) -> "Confirmation":
         """The confirmation stage after the whole budget: the ``top`` finished trials by their
         (one-seed) final val ACC each run again at ``seeds`` more seeds, drawn without replacement
@@ -266,6 +297,24 @@ class Confirmation:
     value: float
     extra_runs: int
     regret: float
+
+
+class _Sizes:
+    """Total parameters of settings in a space (a function of the settings: counted on the meta
+    device, cached per settings)."""
+
+    def __init__(self, space: SearchSpace) -> None:
+        self._space, self._seen = space, {}
+
+    def of(self, settings: dict[str, Any]) -> float:
+        from marktune.results.pareto import parameter_counts, total_parameters
+
+        key = tuple(sorted((k, repr(v)) for k, v in settings.items()))
+        if key not in self._seen:
+            config = self._space.default_trial_config(dict(settings))
+            kb, task = parameter_counts(config)
+            self._seen[key] = float(total_parameters(kb, task, config.tasks))
+        return self._seen[key]
 
 
 class _TableDraws:
@@ -314,7 +363,11 @@ def _replay(table: ReplayTable, space: SearchSpace, strategy: Strategy, samples:
     else:
         surrogate = surrogate if surrogate is not None else make_surrogate(table=table, space=space)
         searcher = replay_searcher(strategy, num_tasks=num_tasks, seed=seed)
-        searcher.set_search_properties(METRIC, "max", space.param_space())
+        if len(strategy.objectives) > 1:  # as the search's Tuner: the searcher keeps its own metrics
+            searcher.set_search_properties(None, None, space.param_space())
+        else:
+            searcher.set_search_properties(METRIC, "max", space.param_space())
+    sizes = _Sizes(space) if len(strategy.objectives) > 1 else None
     queue: list[tuple[float, int, int]] = []  # (clock at the end of its next task, start order, trial)
     handles: list[ReplayedTrialHandle] = []
 
@@ -322,12 +375,15 @@ def _replay(table: ReplayTable, space: SearchSpace, strategy: Strategy, samples:
         trial_id = f"{len(outcome.trials):05d}"
         if draws is not None:
             stand_in = recorded_stand_in(table, draws.next(), rng)
+            settings = table.configs[stand_in.config].params
         else:
-            stand_in = surrogate.stand_in(searcher.suggest(trial_id), rng)
+            settings = searcher.suggest(trial_id)
+            stand_in = surrogate.stand_in(settings, rng)
         curve = stand_in.curve
         outcome.trials.append(ReplayedTrial(trial_id=trial_id, config=stand_in.config, curve=curve,
                                             stop_after=stop_after, worth=stand_in.worth,
-                                            final_shift=stand_in.final_shift))
+                                            final_shift=stand_in.final_shift,
+                                            size=sizes.of(settings) if sizes is not None else math.nan))
         handles.append(ReplayedTrialHandle(trial_id))
         if scheduler is not None:
             scheduler.on_trial_add(None, handles[-1])
@@ -349,7 +405,7 @@ def _replay(table: ReplayTable, space: SearchSpace, strategy: Strategy, samples:
         k = trial.tasks_run
         outcome.events.append((now, trial.trial_id, k))
         result = {METRIC: trial.curve.val[k - 1], TIME_ATTR: k, "training_iteration": k,
-                  "trial_id": trial.trial_id}
+                  "trial_id": trial.trial_id, "total_params": trial.size}
         # Tune: the scheduler judges each result; the searcher sees it unless it is a STOP
         decision = scheduler.on_trial_result(None, handle, result) if scheduler is not None else CONTINUE
         last = k >= trial.stop_after

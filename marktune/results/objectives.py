@@ -142,6 +142,24 @@ def nondominated_order(points: Sequence[Sequence[float]]) -> list[int]:
     return order
 
 
+def hypervolume_2d(points: Sequence[Sequence[float]], reference: Sequence[float]) -> float:
+    """The area two-objective points (both minimised) dominate inside the box up to ``reference``;
+    points outside the box or dominated add nothing.
+
+    >>> hypervolume_2d([(0, 2), (1, 1), (2, 0), (2, 2)], (3, 3))
+    6.0
+    """
+    inside = sorted((float(a), float(b)) for a, b in points if a < reference[0] and b < reference[1])
+    area, best_b = 0.0, float(reference[1])
+    for i, (a, b) in enumerate(inside):
+        if b >= best_b:
+            continue  # dominated by a point before it
+        next_a = next((x for x, y in inside[i + 1:] if y < b), float(reference[0]))
+        area += (next_a - a) * (float(reference[1]) - b)
+        best_b = b
+    return area
+
+
 def keeps(position: int, count: int, reduction_factor: float) -> bool:
     """Whether a trial at ``position`` (0 = best) among ``count`` recorded at a rung, itself
     included, continues: its position over the count is within 1/eta (Syne Tune's MOASHA rule).

@@ -595,3 +595,31 @@ def test_a_slice_of_the_shipped_table_converts_to_syne_tune_s_tabular_shape(tmp_
     saved = np.load(tmp_path / "bb.npz")
     assert list(saved["config_ids"]) == arrays.config_ids and np.array_equal(saved["objectives"], arrays.objectives)
     assert list(saved["objectives_names"]) == list(blackbox.OBJECTIVES)
+
+
+def test_a_multi_objective_replay_reports_a_pareto_set_and_its_hypervolume_regret():
+    from marktune.replay.search import _Sizes
+    from marktune.replay.table import synthetic_curves
+    from marktune.results.objectives import dominates, parse_objectives
+    from marktune.tune.spaces import load_space
+
+    space = load_space("fmnist")
+    table = ReplayTable.from_curves(synthetic_curves(space=space, configs=8, seed=0))
+    sizes = _Sizes(space)
+    table_sizes = [sizes.of(c.params) for c in table.configs]
+    two = parse_objectives("val_acc,params")
+    regrets = {}
+    for samples in (2, 8):
+        outcome = replay(table=table, space=space, strategy=Strategy(name="r", proposals="table", objectives=two),
+                         samples=samples, workers=2, seed=0)
+        picks = outcome.pareto_pick()
+        assert picks and all(not dominates((-a.value, a.size), (-b.value, b.size)) for a in picks for b in picks)
+        assert all(t.size == table_sizes[t.config] for t in outcome.trials)  # a function of the settings
+        regrets[samples] = outcome.hypervolume_regret(table_sizes)
+    assert 0 <= regrets[8] < regrets[2]  # seeing every configuration misses (almost) nothing of the front
+    pruned = replay(table=table, space=space, strategy=Strategy(name="m", proposals="table", objectives=two,
+                                                                grace_period=1, reduction_factor=2),
+                    samples=8, workers=2, seed=0)
+    assert pruned.task_trainings < pruned.budget and math.isfinite(pruned.hypervolume_regret(table_sizes))
+    with pytest.raises(ValueError, match="val_acc and params only"):
+        Strategy(name="x", proposals="table", objectives=parse_objectives("val_acc,forgetting"))

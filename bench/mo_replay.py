@@ -1,0 +1,106 @@
+"""Accuracy against size: which multi-objective search finds the table's front? Replayed on a dense table.
+
+Each strategy is replayed ``--replay-seeds`` times (``marktune.replay.search.replay``: the
+search's own searcher and scheduler on simulated workers) with the objectives val_acc and params.
+A search reports the Pareto set of its finished trials by (final val ACC as seen, parameters);
+it is scored by the hypervolume it misses (``ReplayOutcome.hypervolume_regret``): the table's own
+front (each configuration's 3-seed mean final test ACC against its parameter count) minus the
+picks', each pick worth its configuration's mean, in % of the box between the table's best and
+worst corners. Also the task-trainings each used, as a share of a full random search's.
+
+Strategies: ``random`` draws from the table (no surrogate error); ``random-sampler``, ``tpe``
+(Optuna's multi-objective TPE) and ``nsga2`` propose through the surrogate, so compare them with
+``random-sampler``. ``+ asha``: ASHA on val ACC alone; ``+ mo-asha``: the multi-objective ASHA
+(``marktune/tune/mo_asha.py``).
+
+    PYTHONPATH=. .venv/bin/python bench/mo_replay.py bench/curves/digits.csv --space digits \\
+        --samples 32 --workers 2 --replay-seeds 20 [--only random,tpe] [--markdown FILE]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from marktune.mark.hardware import cpu_model_name  # noqa: E402
+from marktune.replay.search import Interval, Strategy, _Sizes, replay  # noqa: E402
+from marktune.replay.surrogates import make_surrogate  # noqa: E402
+from marktune.replay.table import ReplayTable, check_table  # noqa: E402
+from marktune.results.curves import read_curves  # noqa: E402
+from marktune.results.objectives import parse_objectives  # noqa: E402
+from marktune.tune.spaces import load_space  # noqa: E402
+
+TWO = parse_objectives("val_acc,params")
+
+
+def strategies() -> list[Strategy]:
+    out = []
+    for label, proposals in (("random", "table"), ("random-sampler", "random-sampler"), ("tpe", "tpe"),
+                             ("nsga2", "nsga2")):
+        out.append(Strategy(name=label, proposals=proposals, objectives=TWO))
+        if proposals in ("table", "tpe"):
+            out.append(Strategy(name=f"{label} + asha g2 r3 (val ACC alone)", proposals=proposals,
+                                grace_period=2, reduction_factor=3, objectives=TWO, asha_objectives=TWO[:1]))
+            for grace, factor in ((2, 3), (1, 2)):
+                out.append(Strategy(name=f"{label} + mo-asha g{grace} r{factor}", proposals=proposals,
+                                    grace_period=grace, reduction_factor=factor, objectives=TWO))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("curves", type=Path)
+    p.add_argument("--space", required=True)
+    p.add_argument("--samples", type=int, default=32)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--replay-seeds", type=int, default=20)
+    p.add_argument("--only", default="", help="comma-separated strategy names' first words (default: all)")
+    p.add_argument("--markdown", type=Path)
+    args = p.parse_args(argv)
+    space = load_space(args.space)
+    curves = read_curves(args.curves)
+    check_table(curves, space, source=str(args.curves))
+    table = ReplayTable.from_curves(curves)
+    sizes = _Sizes(space)
+    table_sizes = [sizes.of(c.params) for c in table.configs]
+    chosen = [s for s in strategies() if not args.only or s.name.split(" ")[0] in args.only.split(",")]
+    surrogate = None
+    started = time.perf_counter()
+    body = []
+    for strategy in chosen:
+        if strategy.proposals != "table" and surrogate is None:
+            surrogate = make_surrogate(table=table, space=space)
+        regrets, used = [], []
+        t0 = time.perf_counter()
+        for seed in range(args.replay_seeds):
+            outcome = replay(table=table, space=space, strategy=strategy, samples=args.samples,
+                             workers=args.workers, seed=seed,
+                             surrogate=None if strategy.proposals == "table" else surrogate)
+            # a modelled stand-in is scored by its own settings' size, a table draw by its configuration's
+            regrets.append(outcome.hypervolume_regret(table_sizes))
+            used.append(outcome.task_trainings / outcome.budget)
+        i = Interval.of(regrets)
+        body.append([strategy.name, f"{i.mean:.2f} [{i.low:.2f}, {i.high:.2f}]", f"{100 * np.mean(used):.0f} %",
+                     f"{time.perf_counter() - t0:.0f}"])
+        print(f"  {strategy.name}: {body[-1][1]} ({body[-1][3]} s)", file=sys.stderr, flush=True)
+    header = ["strategy", "hypervolume regret, % of the box [95 % interval]", "task-trainings", "wall s"]
+    intro = (f"mo replay: {args.curves} ({len(table.configs)} configurations; parameters "
+             f"{min(table_sizes):,.0f} to {max(table_sizes):,.0f}), space {args.space}, objectives val_acc and "
+             f"params; {args.samples} samples, {args.workers} workers, {args.replay_seeds} replay seeds; "
+             f"{cpu_model_name()}, {time.perf_counter() - started:.0f} s")
+    widths = [max(len(r[k]) for r in [header, *body]) for k in range(len(header))]
+    print(intro + "\n\n" + "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *body]))
+    if args.markdown:
+        args.markdown.write_text(intro + "\n\n" + "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+                                                             *["| " + " | ".join(r) + " |" for r in body]]) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
