@@ -46,6 +46,7 @@ from marktune.mark.config import ConfigError, MarkConfig
 from marktune.results.evaluation_table import aggregate, as_float, format_markdown, write_csv
 from marktune.results.experiment import Experiment, ExperimentError
 from marktune.results.files import write_atomic
+from marktune.results.objectives import front_on_fresh_seeds
 from marktune.results.pareto import parameter_counts
 from marktune.results.statistics import heldout_accuracy, heldout_backward_transfer
 from marktune.tune.evaluation_run import run_evaluation
@@ -59,7 +60,8 @@ from marktune.tune.spaces import load_experiment_with_space
 from runners.runtime import TrialRuntime
 
 FIRST_SEED = 1000  # evaluation seeds are the first S integers >= this that no search trial used
-DEFAULT_SEEDS, DEFAULT_ORDERS = 3, 1  # a space may set its own (defaults.eval_seeds, defaults.eval_orders)
+DEFAULT_SEEDS, DEFAULT_ORDERS = 3, 1
+DEFAULT_TOP = 3  # best trials re-run (a multi-objective search's: its whole Pareto set)  # a space may set its own (defaults.eval_seeds, defaults.eval_orders)
 
 
 class EvaluateError(ValueError):
@@ -97,8 +99,9 @@ def ablation_configs(best: Any, names: Sequence[str]) -> list[EvalConfig]:
             for name in names]
 
 
-def plan_configs(exp: Experiment, top: int, ablations: Sequence[str] = DEFAULT_ABLATIONS) -> list[EvalConfig]:
-    best = exp.best_complete(top)
+def plan_configs(exp: Experiment, top: int | None, ablations: Sequence[str] = DEFAULT_ABLATIONS) -> list[EvalConfig]:
+    front = exp.pareto_set()  # a multi-objective search: its Pareto set, most accurate first
+    best = front[:top] if front else exp.best_complete(DEFAULT_TOP if top is None else top)
     if not best:
         counts = {s: len(exp.by_status(s)) for s in ("PRUNED", "RUNNING", "MISSING", "ERROR")}
         raise EvaluateError(
@@ -137,7 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     flags.add_experiment_argument(p)
     g = p.add_argument_group("what to run")
-    g.add_argument("--top", type=int, default=3, metavar="N", help="best complete trials to re-run (default 3)")
+    g.add_argument("--top", type=int, metavar="N",
+                   help="best complete trials to re-run (default 3); after a search with several --objectives, "
+                        "the Pareto set's N most accurate members (default: the whole set), and the verdict says "
+                        "which stay non-dominated on the fresh seeds")
     g.add_argument("--seeds", type=int, metavar="N",
                    help=f"fresh initialisation seeds per class order (default: the space's, else {DEFAULT_SEEDS})")
     g.add_argument("--orders", type=int, metavar="N",
@@ -167,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def plan_from_args(args: argparse.Namespace) -> EvalPlan:
     """Everything checked before Ray starts; raises ExperimentError, EvaluateError, PlanError or ConfigError."""
-    if args.top < 1:
+    if args.top is not None and args.top < 1:
         raise EvaluateError(f"--top must be >= 1 (got {args.top})")
     if args.seeds is not None and args.seeds < 1:
         raise EvaluateError(f"--seeds must be >= 1 (got {args.seeds})")
@@ -337,6 +343,25 @@ def conclude_and_save(plan: EvalPlan, records: list[dict[str, Any]]) -> "conclus
     return conclusion
 
 
+def front_verdicts(plan: EvalPlan, records: list[dict[str, Any]]) -> str:
+    """After a multi-objective search: which Pareto-set members stay non-dominated on the fresh
+    seeds (test ACC against parameters, paired CI), as a markdown paragraph; "" otherwise."""
+    if len(plan.experiment.objectives()) < 2:
+        return ""
+    size = {r["configuration"]: r["kb_params"] + r["tasks_total"] * r["task_params"] for r in records}
+    members = [(c.label, size[c.label]) for c in plan.configs if c.kind == "best" and c.label in size]
+    rivals = [(c.label, size[c.label]) for c in plan.configs if c.kind == "default" and c.label in size]
+    verdicts = front_on_fresh_seeds(records, members, rivals=rivals)
+    stay = [v for v in verdicts if v.stays]
+    lines = [f"**The Pareto set on fresh seeds** (test ACC against parameters; a member is beaten when another "
+             f"member or the space's default, with no more parameters, is better by a paired 95 % CI above 0): "
+             f"{len(stay)} of {len(verdicts)} stay non-dominated.", ""]
+    for v in verdicts:
+        lines.append(f"- {v.label}: {v.params:,.0f} parameters, test ACC {100 * v.mean:.2f} %: "
+                     + ("stays" if v.stays else f"beaten by {', '.join(v.beaten_by)}"))
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------- main
 def main(argv: Sequence[str] | None = None) -> int:
     """Exit status: 0 when runs ended, 1 when every run errored, 2 for bad input (also: a search
@@ -389,9 +414,14 @@ def _run_and_report(plan: EvalPlan, note: str | None) -> int:
                            default_rule=plan.default_rule, data_seeds=plan.data_seeds)
     conclusion = conclude_and_save(plan, records)
     text = conclusions.format_markdown(conclusion) + "\n" + text
+    front = front_verdicts(plan, records)
+    if front:
+        text = front + "\n\n" + text
     write_atomic(out / "evaluation.md", text)
     print("\n" + text)
     print(f"[marktune] {conclusion.sentence}")
+    if front:
+        print(f"[marktune] {front.splitlines()[0].replace('**', '')}")
     for r in records:
         if r["status"] != "COMPLETE":
             print(f"[marktune] {r['configuration']} seed {r['seed']}: {r['status']} {r['error']}")

@@ -33,8 +33,11 @@ from marktune.mark.config import ConfigError, MarkConfig
 from marktune.mark.metrics import METRIC, TIME_ATTR
 from marktune.results.confirmation import read_confirmation
 from marktune.results.files import (BEST_CONFIG_FILE, PARAMS_FILE, RUNTIME_KEY, STATE_GLOB, TRIAL_DIR_PREFIX,
+                                    read_settings,
                                     TRIALS_TABLE, checkpoint_tasks, task_results)
 from marktune.results.noise import SeedNoise, Ties, find_ties, scored_from_result
+from marktune.results.objectives import (SINGLE, Objective, ObjectiveError, minimised, nondominated_ranks,
+                                         objective_values, parse_objectives)
 from marktune.results.status import LIVE_TUNE_STATUSES, TrialStatus, decide_status
 
 
@@ -130,6 +133,24 @@ class Experiment:
         ranking = {tid: i for i, tid in enumerate(confirmed.verdict.get("ranking", []) if confirmed else [])}
         return sorted(done, key=lambda t: (ranking.get(t.trial_id, len(ranking)), -t.val_acc,
                                            t.trial_id != chosen))[:k]
+
+    def objectives(self) -> tuple[Objective, ...]:
+        """What the search optimised (its ``marktune_search.json``; val_acc alone when it says nothing)."""
+        try:
+            return parse_objectives((read_settings(self.path) or {}).get("objectives"))
+        except ObjectiveError:
+            return SINGLE
+
+    def pareto_set(self) -> list[Trial]:
+        """A multi-objective search's complete trials no other beats on every objective (by their
+        last reported values), most accurate first; [] for a single-objective search."""
+        objectives = self.objectives()
+        if len(objectives) < 2:
+            return []
+        done = [(t, objective_values(t.results[-1], objectives)) for t in self.by_status("COMPLETE") if t.results]
+        done = [(t, v) for t, v in done if v is not None]
+        ranks = nondominated_ranks(minimised([v for _, v in done], objectives))
+        return sorted((t for (t, _), r in zip(done, ranks) if r == 0), key=lambda t: -t.val_acc)
 
     def seeds_used(self) -> set[int]:
         """Every seed the search saw: its trials' and its confirmation stage's."""

@@ -160,6 +160,50 @@ def hypervolume_2d(points: Sequence[Sequence[float]], reference: Sequence[float]
     return area
 
 
+@dataclass(frozen=True)
+class MemberVerdict:
+    """One Pareto-set member after fresh seeds: who, if anyone, now beats it on both axes."""
+
+    label: str
+    params: float
+    mean: float  # its mean over the fresh pairs (test ACC)
+    beaten_by: tuple[str, ...]  # members no larger and better by a paired CI above 0
+
+    @property
+    def stays(self) -> bool:
+        return not self.beaten_by
+
+
+def front_on_fresh_seeds(rows: Sequence[Mapping[str, object]], members: Sequence[tuple[str, float]], *,
+                         rivals: Sequence[tuple[str, float]] = (), metric: str = "test_acc") -> list[MemberVerdict]:
+    """Which of the Pareto set's ``members`` ((label, parameters)) stay non-dominated on fresh
+    seeds: a member is beaten by another member, or one of the ``rivals`` (the space's default),
+    that has no more parameters and whose paired difference on ``metric`` (evaluation.csv rows,
+    paired by data seed and seed) has its 95 % interval above 0.
+
+    >>> rows = [{"configuration": c, "data_seed": 0, "seed": s, "test_acc": v} for c, s, v in
+    ...         [("a", 1, .90), ("a", 2, .91), ("a", 3, .92), ("b", 1, .95), ("b", 2, .97), ("b", 3, .96)]]
+    >>> [(v.label, v.beaten_by) for v in front_on_fresh_seeds(rows, [("a", 2000), ("b", 1000)])]
+    [('a', ('b',)), ('b', ())]
+    """
+    from marktune.results.statistics import paired_difference, paired_values
+
+    out = []
+    for label, params in members:
+        beaten = []
+        for other, other_params in [*members, *rivals]:
+            if other == label or other_params > params:
+                continue
+            theirs, mine, _ = paired_values(rows, configuration=other, reference=label, metric=metric)
+            if paired_difference(theirs, mine).low > 0:
+                beaten.append(other)
+        values = [float(r[metric]) for r in rows if r.get("configuration") == label
+                  and math.isfinite(float(r.get(metric, math.nan)))]
+        out.append(MemberVerdict(label, float(params), sum(values) / len(values) if values else math.nan,
+                                 tuple(beaten)))
+    return out
+
+
 def keeps(position: int, count: int, reduction_factor: float) -> bool:
     """Whether a trial at ``position`` (0 = best) among ``count`` recorded at a rung, itself
     included, continues: its position over the count is within 1/eta (Syne Tune's MOASHA rule).

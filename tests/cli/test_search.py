@@ -557,3 +557,16 @@ def test_a_multi_objective_search_prunes_by_non_dominated_sorting_and_reports_it
     widths = sorted(sizes)
     assert [next(iter(sizes[w])) for w in widths] == sorted(next(iter(sizes[w])) for w in widths)
     assert "the Pareto set:" in out and "multi-objective ASHA" in out
+    # evaluate re-runs the whole Pareto set (no --top) and says which members stay non-dominated
+    from marktune.cli import evaluate
+    from marktune.results.experiment import load_experiment
+
+    assert [t.trial_id for t in load_experiment(experiment).pareto_set()] == \
+        [r.trial_id for r in sorted((r for r in complete if r.front == 0), key=lambda r: -r.val_acc)]
+    assert evaluate.main([str(experiment), "--seeds", "2", "--ablations", "", "--num-cpus", "2", "-q"]) == 0
+    with open(experiment / "evaluation.csv") as f:
+        evaluated = {r["source_trial"] for r in csv.DictReader(f) if r["kind"] == "best"}
+    assert evaluated == {r.trial_id for r in complete if r.front == 0}
+    report = (experiment / "evaluation.md").read_text()
+    assert "**The Pareto set on fresh seeds**" in report and "stay non-dominated" in report
+    assert "stay non-dominated" in capsys.readouterr().out

@@ -72,3 +72,18 @@ def test_the_pareto_set_and_the_trials_within_its_noise_reach_trials_csv(tmp_pat
     with open(tmp_path / "one" / "trials.csv") as f:
         assert "front" not in next(csv.reader(f))
     assert math.isfinite(front[0].val_se)
+
+
+def test_a_member_is_beaten_only_by_a_no_larger_rival_better_beyond_the_paired_interval():
+    from marktune.results.objectives import front_on_fresh_seeds
+
+    def rows(label, values):
+        return [{"configuration": label, "data_seed": 0, "seed": s, "test_acc": v} for s, v in enumerate(values)]
+
+    table = (rows("small", [0.90, 0.91, 0.92]) + rows("big", [0.95, 0.96, 0.97]) + rows("default", [0.93, 0.95, 0.94])
+             + rows("noisy", [0.80, 0.99, 0.90]))
+    got = {v.label: v for v in front_on_fresh_seeds(table, [("small", 1000), ("big", 5000), ("noisy", 1000)],
+                                                     rivals=[("default", 900)])}
+    assert got["small"].beaten_by == ("default",)  # smaller and better on every pair
+    assert got["big"].stays  # "default" is smaller but not better beyond the interval
+    assert got["noisy"].stays and abs(got["noisy"].mean - (0.80 + 0.99 + 0.90) / 3) < 1e-12  # a wide interval: no verdict
