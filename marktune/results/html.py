@@ -151,6 +151,13 @@ def pareto_section(exp: Experiment, figures: Path) -> str:
              "feature extractor, mask generator and classifier, counted from the configuration) and compute "
              "seconds. Red, joined and labelled: the non-dominated ones (no other is both cheaper and more "
              "accurate).</p>"]
+    objectives = exp.objectives()
+    found = {t.trial_id for t in exp.pareto_set()}
+    if len(objectives) > 1:
+        parts.append(f"<p id='search-front'>This search optimised {', '.join(o.name for o in objectives)} "
+                     f"together; the Pareto set it found ({len(found)} complete trials, on its last reported "
+                     f"values): {html.escape(', '.join(sorted(found))) or '-'}. They are marked "
+                     "<b>search's set</b> in the table below.</p>")
     views = [("search", search_points(exp), "validation ACC after the last task",
               f"{exp.name}: complete trials", "pareto_search.png", "pareto-search-table"),
              ("evaluation", evaluation_points(exp), "test ACC (mean over seeds)",
@@ -170,6 +177,8 @@ def pareto_section(exp: Experiment, figures: Path) -> str:
                 "<th class='l'>non-dominated on</th></tr>"]
         for p in sorted(points, key=lambda p: -p.accuracy):
             on = ", ".join(w for w, s in (("params", on_params), ("seconds", on_seconds)) if p.label in s)
+            if kind == "search" and p.label in found:
+                on = f"<b>search's set</b>{'; ' + on if on else ''}"
             rows.append(f"<tr><td class='l'>{html.escape(p.label)}</td><td>{_fmt(p.accuracy)}</td>"
                         f"<td>{p.params:,.0f}</td><td>{p.seconds:.1f}</td><td class='l'>{on or '-'}</td></tr>")
         rows.append("</table>")

@@ -18,7 +18,9 @@ from marktune.results.files import RESULT_FILE, read_results
 from marktune.results.records import tensorboard_tag
 from marktune.results.status import decide_status
 
-HPARAM_METRICS = ("hparams/val_acc", "hparams/test_acc", "hparams/bwt_test", "hparams/tasks_done")
+# the objectives a multi-objective search may rank on are there too (marktune.results.objectives)
+HPARAM_METRICS = ("hparams/val_acc", "hparams/test_acc", "hparams/bwt_test", "hparams/tasks_done",
+                  "hparams/params", "hparams/seconds", "hparams/forgetting")
 
 
 class MarkTensorBoardCallback(LoggerCallback):
@@ -84,6 +86,9 @@ class MarkTensorBoardCallback(LoggerCallback):
             "hparams/test_acc": float(last.get("mean_test_acc", math.nan)),
             "hparams/bwt_test": float(last.get("bwt_test", math.nan)),
             "hparams/tasks_done": float(tasks_done),
+            "hparams/params": float(last.get("total_params", math.nan)),
+            "hparams/seconds": float(last.get("sequence_seconds", math.nan)),
+            "hparams/forgetting": float(last.get("forgetting_val", math.nan)),
         }
         exp, ssi, sei = hparams(params, values)
         for summary in (exp, ssi, sei):

@@ -570,3 +570,10 @@ def test_a_multi_objective_search_prunes_by_non_dominated_sorting_and_reports_it
     report = (experiment / "evaluation.md").read_text()
     assert "**The Pareto set on fresh seeds**" in report and "stay non-dominated" in report
     assert "stay non-dominated" in capsys.readouterr().out
+    # the report marks the set the search found; TensorBoard's HParams hold every objective
+    from marktune.cli import report as report_cli
+    from marktune.tune.spaces import load_experiment_with_space
+
+    page = report_cli.build_report(load_experiment_with_space(experiment)).read_text()
+    assert "id='search-front'" in page  # and each member's row (the paragraph names the mark once)
+    assert page.count("search's set</b>") == 1 + sum(r.front == 0 for r in complete)
