@@ -9,8 +9,8 @@ other, with the space's defaults but for:
 
 Each search's winner (``best_config.yaml``) then runs at ``--fresh-seeds`` (seeds neither the
 table nor any search used; ``data_seed`` unset, so the seed draws the class order and split as in
-the table), and so does the dense table's best configuration (best 3-seed mean final test ACC)
-at the same seeds. A repeat's regret is the mean over those seeds of the table best's final test
+the table), and so do the dense table's best configuration (best 3-seed mean final test ACC)
+and the space's default configuration at the same seeds. A repeat's regret is the mean over those seeds of the table best's final test
 ACC minus the winner's, in points: paired by seed, so the class order's difficulty cancels.
 Printed per arm: mean regret and its 95 % t interval over repeats, and the paired difference of
 the two arms. Everything is appended to ``--out`` (CSV) as it ends; a second call skips what is
@@ -101,15 +101,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"live confirm: {args.space}, {args.repeats} repeats x {list(arms)}, {runs} runs a search; the table's "
           f"best {best.key} ({best.final_test:.4f} over {len(best.curves)} seeds); fresh seeds {args.fresh_seeds}; "
           f"{cpu_model_name()}", flush=True)
-    for seed in args.fresh_seeds:  # the table's best at the fresh seeds: the reference
-        if ("reference", "table-best", "", str(seed)) in done:
-            continue
-        started = time.perf_counter()
-        result = run_fresh(space_file, best.params, seed, work / f"table-best-{seed}")
-        append(args.out, {"kind": "reference", "arm": "table-best", "repeat": "", "seed": seed,
-                          "trial_id": best.key, "value": result["acc"], "runs": 1,
-                          "seconds": round(time.perf_counter() - started, 1)})
-        print(f"  table best at seed {seed}: test ACC {result['acc']:.4f}", flush=True)
+    # the references at the fresh seeds: the table's best, and the space's default configuration
+    # (its searched settings at the learner's defaults, as marktune.evaluate builds it)
+    default_params = {k: v for k, v in space.default_trial_config().to_dict().items()
+                      if k in space.params and v is not None}  # None: the learner's own default applies
+    for arm, key, params in (("table-best", best.key, best.params), ("space-default", "default", default_params)):
+        for seed in args.fresh_seeds:
+            if ("reference", arm, "", str(seed)) in done:
+                continue
+            started = time.perf_counter()
+            result = run_fresh(space_file, params, seed, work / f"{arm}-{seed}")
+            append(args.out, {"kind": "reference", "arm": arm, "repeat": "", "seed": seed, "trial_id": key,
+                              "value": result["acc"], "runs": 1, "seconds": round(time.perf_counter() - started, 1)})
+            print(f"  {arm} at seed {seed}: test ACC {result['acc']:.4f}", flush=True)
     for repeat in range(args.repeats):
         for arm, extra in arms.items():
             if ("search", arm, str(repeat), "") not in done:
@@ -135,7 +139,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def summarize(rows: list[dict], arms: list[str], seeds: list[int]) -> None:
-    reference = {int(r["seed"]): float(r["value"]) for r in rows if r["kind"] == "reference"}
+    reference = {int(r["seed"]): float(r["value"]) for r in rows if r["kind"] == "reference"
+                 and r["arm"] == "table-best"}
+    preset = {int(r["seed"]): float(r["value"]) for r in rows if r["kind"] == "reference"
+              and r["arm"] == "space-default"}
     regrets: dict[str, dict[int, float]] = {arm: {} for arm in arms}
     for arm in arms:
         fresh: dict[int, dict[int, float]] = {}
@@ -152,6 +159,10 @@ def summarize(rows: list[dict], arms: list[str], seeds: list[int]) -> None:
             i = Interval.of(values)
             print(f"{arm:<8} {len(values):<8} {i.mean:.2f} [{i.low:.2f}, {i.high:.2f}]"
                   f"{'':<22} {', '.join(f'{v:.2f}' for v in values)}")
+    if set(preset) >= set(seeds):
+        gap = 100 * float(np.mean([reference[s] - preset[s] for s in seeds]))
+        print(f"the space's default configuration: regret {gap:.2f} points at the same seeds "
+              "(an arm's regret below it is a win over the preset)")
     both = sorted(set(regrets[arms[0]]) & set(regrets[arms[1]]))
     if len(both) >= 2:
         diff = Interval.of([regrets[arms[1]][k] - regrets[arms[0]][k] for k in both])
