@@ -1,6 +1,7 @@
 """How should a search pick its winner through the seed noise? The pick rules replayed on a table.
 
-Replays random search (drawn from the table, one recorded seed per trial; no pruning, or ASHA
+Replays random search (drawn from the table, one recorded seed per trial, or with ``--shared-seed``
+one seed for every trial of a replay as in a live search; no pruning, or ASHA
 with ``--asha GRACExREDUCTION``) of each
 ``--samples`` count many times (``--replays``), and scores each pick rule by the regret of what it
 picks (the table's best mean final test ACC minus the pick's) and by P, the share of replays whose
@@ -67,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--asha", type=rule, default=None, metavar="GRACExREDUCTION",
                         help="the search stops trials with ASHA (e.g. 2x3: grace period 2 tasks, reduction "
                              "factor 3); default: no pruning")
+    parser.add_argument("--shared-seed", action="store_true",
+                        help="every trial of a replay shows the same recorded seed (drawn per replay), as a live "
+                             "search's trials all run at the space's seed; default: each trial draws its own")
     parser.add_argument("--markdown", type=Path, default=None)
     args = parser.parse_args(argv)
     default_path = args.default or args.curves.parent / "defaults" / args.curves.name
@@ -91,8 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         extra = {n: 0 for n in names}
         trainings = {n: 0.0 for n in names}
         for r in range(args.replays):
+            shared = seeds[r % len(seeds)] if args.shared_seed else None
             outcome = replay(table=table, space=space, strategy=strategy, samples=samples,
-                             workers=args.workers, seed=r)
+                             workers=args.workers, seed=r, trial_seed=shared)
             rng = np.random.default_rng(10_000_000 + r)
             picks = [("one seed", outcome.confirm(top=0, seeds=0, rng=rng))]
             picks += [(f"top {k} x {s} more seeds", outcome.confirm(top=k, seeds=s, rng=rng)) for k, s in args.rules]
@@ -111,9 +116,11 @@ def main(argv: list[str] | None = None) -> int:
                          f"{extra[name] / args.replays:.1f}", f"{100 * trainings[name] / args.replays:.0f} %"])
         print(f"  {samples} samples done ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
     header = ["samples", "pick", "regret in points [95 % interval], P(beats the default)", "extra runs", "task-trainings"]
+    seen = "every trial at one seed per replay" if args.shared_seed else "one recorded seed per trial"
+    pruning = "no pruning" if args.asha is None else "ASHA grace %d, reduction %d" % args.asha
     intro = (f"confirm bench: {args.curves} ({len(table.configs)} configurations, seeds {seeds}), space "
-             f"{space.path}; random search drawn from the table, one recorded seed per trial, {args.workers} "
-             f"workers, {'no pruning' if args.asha is None else 'ASHA grace %d, reduction %d' % args.asha}; {args.replays} replays per sample count; the table's best "
+             f"{space.path}; random search drawn from the table, {args.workers} "
+             f"workers, {seen}, {pruning}; {args.replays} replays per sample count; the table's best "
              f"{table.best_final_test:.4f}, the default's mean {preset:.4f} ({default_path}); "
              f"{cpu_model_name()}, {time.perf_counter() - started:.0f} s")
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]

@@ -332,22 +332,24 @@ class _TableDraws:
 
 
 def replay(*, table: ReplayTable, space: SearchSpace, strategy: Strategy, samples: int, workers: int = 2,
-           seed: int = 0, surrogate: Surrogate | None = None) -> ReplayOutcome:
-    """One simulated search of ``samples`` trials on ``workers`` workers (see the module's text)."""
+           seed: int = 0, surrogate: Surrogate | None = None, trial_seed: int | None = None) -> ReplayOutcome:
+    """One simulated search of ``samples`` trials on ``workers`` workers (see the module's text).
+    ``trial_seed``: every trial drawn from the table shows its curve at this recorded seed, as a
+    live search's trials all run at the space's seed (None: each draws one of its seeds)."""
     if strategy.proposals == "table":
-        return _replay(table, space, strategy, samples, workers, seed, surrogate)
+        return _replay(table, space, strategy, samples, workers, seed, surrogate, trial_seed)
     import optuna
 
     before = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per trial told
     try:
-        return _replay(table, space, strategy, samples, workers, seed, surrogate)
+        return _replay(table, space, strategy, samples, workers, seed, surrogate, trial_seed)
     finally:
         optuna.logging.set_verbosity(before)
 
 
 def _replay(table: ReplayTable, space: SearchSpace, strategy: Strategy, samples: int, workers: int, seed: int,
-            surrogate: Surrogate | None) -> ReplayOutcome:
+            surrogate: Surrogate | None, trial_seed: int | None = None) -> ReplayOutcome:
     if samples < 1 or workers < 1:
         raise ValueError("samples and workers must be at least 1")
     rng = np.random.default_rng(seed)
@@ -374,7 +376,7 @@ def _replay(table: ReplayTable, space: SearchSpace, strategy: Strategy, samples:
     def start(now: float) -> None:
         trial_id = f"{len(outcome.trials):05d}"
         if draws is not None:
-            stand_in = recorded_stand_in(table, draws.next(), rng)
+            stand_in = recorded_stand_in(table, draws.next(), rng, seed=trial_seed)
             settings = table.configs[stand_in.config].params
         else:
             settings = searcher.suggest(trial_id)

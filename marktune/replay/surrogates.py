@@ -67,10 +67,17 @@ class Surrogate(Protocol):
     def leave_one_out(self, *, folds: int = DEFAULT_FOLDS) -> tuple[float, float]: ...
 
 
-def recorded_stand_in(table: ReplayTable, index: int, rng: np.random.Generator) -> StandIn:
-    """Recorded configuration ``index`` as it is: one of its seeds' curves, drawn, worth its mean."""
+def recorded_stand_in(table: ReplayTable, index: int, rng: np.random.Generator, *,
+                      seed: int | None = None) -> StandIn:
+    """Recorded configuration ``index`` as it is: one of its seeds' curves, drawn (the one of
+    ``seed`` where it has one: every trial of a live search runs at the space's one seed), worth
+    its mean."""
     config = table.configs[index]
-    curve = config.curves[int(rng.integers(len(config.curves)))] if len(config.curves) > 1 else config.curves[0]
+    at_seed = [c for c in config.curves if seed is not None and c.seed == seed]
+    if at_seed:
+        curve = at_seed[0]
+    else:
+        curve = config.curves[int(rng.integers(len(config.curves)))] if len(config.curves) > 1 else config.curves[0]
     return StandIn(config=index, curve=curve, worth=config.final_test)
 
 

@@ -623,3 +623,19 @@ def test_a_multi_objective_replay_reports_a_pareto_set_and_its_hypervolume_regre
     assert pruned.task_trainings < pruned.budget and math.isfinite(pruned.hypervolume_regret(table_sizes))
     with pytest.raises(ValueError, match="val_acc and params only"):
         Strategy(name="x", proposals="table", objectives=parse_objectives("val_acc,forgetting"))
+
+
+def test_a_shared_trial_seed_shows_every_trial_at_that_recorded_seed_as_a_live_search_runs_them():
+    from marktune.tune.spaces import load_space
+
+    root = Path(__file__).resolve().parents[2]
+    table = ReplayTable.from_curves(read_curves(root / "bench" / "curves" / "fmnist-lowdata.csv"))
+    space = load_space("fmnist-lowdata")
+    strategy = Strategy(name="random", proposals="table")
+    shared = replay(table=table, space=space, strategy=strategy, samples=16, workers=2, seed=0, trial_seed=1)
+    assert {t.curve.seed for t in shared.trials} == {1}
+    drawn = replay(table=table, space=space, strategy=strategy, samples=16, workers=2, seed=0)
+    assert len({t.curve.seed for t in drawn.trials}) > 1
+    # the confirmation then re-runs the finalists at the other recorded seeds
+    confirmed = shared.confirm(top=3, seeds=2, rng=np.random.default_rng(0))
+    assert confirmed.extra_runs == 6 and confirmed.picked is not None
