@@ -26,7 +26,7 @@ from typing import Sequence
 
 from marktune.cli import flags
 from marktune.mark.config import ConfigError, parse_overrides
-from marktune.results.confirmation import CONFIRMATION_FILE, ConfirmationPlan, plan_confirmation
+from marktune.results.confirmation import CONFIRMATION_FILE, plan_confirmation, read_confirmation
 from marktune.results.curves import write_search_curves
 from marktune.results.files import CURVES_TABLE, write_atomic
 from marktune.results.objectives import ObjectiveError, parse_objectives
@@ -260,9 +260,8 @@ def confirm(plan: SearchPlan, rows: Sequence[TrialRow]) -> ConfirmationRun | Non
     ``confirmation.json`` before the first run, so that a resumed search re-runs the same ones;
     the verdict is added to it at the end. None when it is off or no trial completed."""
     path = plan.local_dir() / CONFIRMATION_FILE
-    if path.is_file():
-        confirmation = ConfirmationPlan.from_json(path.read_text())
-    else:
+    confirmation = read_confirmation(plan.local_dir())
+    if confirmation is None:
         confirmation = plan_confirmation([r for r in rows if r.status == "COMPLETE"], top=plan.confirm_top,
                                          seeds=plan.confirm_seeds)
         if confirmation is None:

@@ -132,8 +132,8 @@ def mark_fronts(rows: Sequence[TrialRow], objectives: Sequence[Objective], *,
     :mod:`marktune.results.noise`); the Pareto set's rows, most accurate first."""
     noise = noise or SeedNoise()
     done = [r for r in rows if r.status == "COMPLETE" and len(r.values) == len(objectives)]
-    ranks = nondominated_ranks(minimised([r.values for r in done], objectives))
-    for r, rank in zip(done, ranks):
+    low = dict(zip((r.trial_id for r in done), minimised([r.values for r in done], objectives)))
+    for r, rank in zip(done, nondominated_ranks(list(low.values()))):
         r.front = rank
     acc = [o.name for o in objectives].index("val_acc")
     others = [i for i in range(len(objectives)) if i != acc]
@@ -141,9 +141,8 @@ def mark_fronts(rows: Sequence[TrialRow], objectives: Sequence[Objective], *,
     for r in done:
         if r.front == 0:
             continue
-        mine = minimised([r.values], objectives)[0]
         r.near_front = not any(
-            all(minimised([f.values], objectives)[0][i] <= mine[i] for i in others)
+            all(low[f.trial_id][i] <= low[r.trial_id][i] for i in others)
             and f.values[acc] - r.values[acc] >= tie_margin(se_best=f.val_se, se_other=r.val_se, seed_sd=noise.seed_sd)
             for f in front)
     return sorted(front, key=lambda r: -r.values[acc])

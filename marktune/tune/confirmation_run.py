@@ -14,11 +14,11 @@ from typing import Any
 
 from marktune.mark.metrics import METRIC, TIME_ATTR
 from marktune.results.confirmation import CONFIRMATION_RUNS, ConfirmationPlan, Verdict
-from marktune.tune.evaluation_run import pick_from_row
+from marktune.tune.evaluation_run import pick_from_row, run_progress
 from marktune.tune.launch import prepare_tune, quiet_ray_output
 from marktune.tune.plan import RUNTIME_KEY, SearchPlan
 from marktune.tune.ray_internals import retry_transient_errors_only
-from marktune.tune.tune_setup import keep_every_checkpoint, last_trial_states, prune_checkpoints
+from marktune.tune.tune_setup import keep_every_checkpoint, prune_checkpoints
 
 
 @dataclass
@@ -65,7 +65,7 @@ def run_confirmation(plan: SearchPlan, confirmation: ConfirmationPlan) -> Confir
             trainable, param_space=param_space,
             run_config=tune.RunConfig(name=CONFIRMATION_RUNS, storage_path=plan.experiment,
                                       callbacks=[JsonLoggerCallback(), CSVLoggerCallback(),
-                                                 _progress_callback(confirmation.runs, quiet=plan.quiet)],
+                                                 _progress_callback(confirmation.runs)],
                                       failure_config=tune.FailureConfig(max_failures=plan.max_failures),
                                       checkpoint_config=keep_every_checkpoint(), verbose=1 if plan.verbose else 0),
             tune_config=tune.TuneConfig(max_concurrent_trials=plan.max_concurrent, reuse_actors=plan.reuse_actors,
@@ -77,8 +77,6 @@ def run_confirmation(plan: SearchPlan, confirmation: ConfirmationPlan) -> Confir
           f"{confirmation.runs} runs in {experiment}", flush=True)
     retry_transient_errors_only(is_permanent_error)
     results = tuner.fit()
-    states = last_trial_states(experiment)
-    unfinished = sum(s.get("status") in ("RUNNING", "PAUSED", "PENDING") for s in states.values())
     values: dict[tuple[str, int], tuple[float, float]] = {}
     errors = []
     for r in results:
@@ -90,35 +88,19 @@ def run_confirmation(plan: SearchPlan, confirmation: ConfirmationPlan) -> Confir
         metrics = r.metrics or {}
         if int(metrics.get(TIME_ATTR, 0) or 0) >= plan.num_tasks:
             values[key] = (float(metrics.get(METRIC, math.nan)), float(metrics.get("mean_test_acc", math.nan)))
-    done = len(values) + len(errors)
-    unfinished = max(unfinished, confirmation.runs - done)
+    unfinished = confirmation.runs - len(values) - len(errors)  # Ctrl-C: runs without a last task or an error
     if unfinished:
         return ConfirmationRun(verdict=None, unfinished=unfinished, experiment=experiment, errors=errors)
     prune_checkpoints(experiment)
     return ConfirmationRun(verdict=confirmation.decide(values), unfinished=0, experiment=experiment, errors=errors)
 
 
-def _progress_callback(total: int, *, quiet: bool):
-    from ray.tune import Callback
-
-    class ConfirmProgress(Callback):
-        """One line per finished confirmation run."""
-
-        def __init__(self) -> None:
-            self.done = 0
-
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            self.done += 1
-            r = trial.last_result or {}
-            print(f"[marktune] confirmation run {self.done}/{total}: trial {trial.config.get('confirm_of')} "
-                  f"seed {trial.config.get('seed')}: val ACC {r.get(METRIC, math.nan):.4f}", flush=True)
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            self.done += 1
-            print(f"[marktune] confirmation run {self.done}/{total} failed: trial {trial.config.get('confirm_of')} "
-                  f"seed {trial.config.get('seed')}", flush=True)
-
-    return ConfirmProgress()
+def _progress_callback(total: int):
+    return run_progress(
+        done=lambda n, trial, r: (f"[marktune] confirmation run {n}/{total}: trial {trial.config.get('confirm_of')} "
+                                  f"seed {trial.config.get('seed')}: val ACC {r.get(METRIC, math.nan):.4f}"),
+        failed=lambda n, trial: (f"[marktune] confirmation run {n}/{total} failed: trial "
+                                 f"{trial.config.get('confirm_of')} seed {trial.config.get('seed')}"))
 
 
 def _trial_name(trial) -> str:

@@ -8,7 +8,7 @@ from a grid over (configuration row, data seed, seed), and runs to the last task
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 from marktune.tune.launch import prepare_tune, quiet_ray_output
 from marktune.tune.ray_internals import retry_transient_errors_only
@@ -80,7 +80,9 @@ def _class_order(plan: EvalPlan):
     return tune.sample_from(lambda config: orders[config["eval_row"]] if config["data_seed"] == searched else None)
 
 
-def _progress_callback(total: int):
+def run_progress(*, done: Callable[[int, Any, dict], str], failed: Callable[[int, Any], str]):
+    """A Tune callback printing one line per finished run (of an evaluation, of a search's
+    confirmation stage): ``done(count, trial, last result)`` or ``failed(count, trial)``."""
     from ray.tune import Callback
 
     class RunProgress(Callback):
@@ -91,17 +93,23 @@ def _progress_callback(total: int):
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self.done += 1
-            r = trial.last_result or {}
-            print(f"[marktune] run {self.done}/{total} done: {trial.config.get('eval_label')} data seed "
-                  f"{trial.config.get('data_seed')} seed {trial.config.get('seed')}: test ACC {r.get('mean_test_acc', math.nan):.4f}, "
-                  f"BWT {r.get('bwt_test', math.nan):+.4f}", flush=True)
+            print(done(self.done, trial, trial.last_result or {}), flush=True)
 
         def on_trial_error(self, iteration, trials, trial, **info):
             self.done += 1
-            print(f"[marktune] run {self.done}/{total} failed: {trial.config.get('eval_label')} seed "
-                  f"{trial.config.get('seed')}", flush=True)
+            print(failed(self.done, trial), flush=True)
 
     return RunProgress()
+
+
+def _progress_callback(total: int):
+    return run_progress(
+        done=lambda n, trial, r: (
+            f"[marktune] run {n}/{total} done: {trial.config.get('eval_label')} data seed "
+            f"{trial.config.get('data_seed')} seed {trial.config.get('seed')}: test ACC "
+            f"{r.get('mean_test_acc', math.nan):.4f}, BWT {r.get('bwt_test', math.nan):+.4f}"),
+        failed=lambda n, trial: (f"[marktune] run {n}/{total} failed: {trial.config.get('eval_label')} seed "
+                                 f"{trial.config.get('seed')}"))
 
 
 def _trial_name(trial) -> str:
