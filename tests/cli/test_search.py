@@ -358,6 +358,30 @@ def _tasks_reported(trial_dir: Path) -> int:
     return done
 
 
+def _search_interrupted_when(ready, argv: list[str], *, log: Path) -> tuple[int, str]:
+    """``python -m marktune.search ARGV`` in its own process, SIGINT (what Ctrl-C sends the
+    driver) once ``ready()``; its exit status and output. It must still run then."""
+    import signal
+    import time
+
+    with open(log, "w") as out:
+        search = subprocess.Popen([sys.executable, "-m", "marktune.search", *argv], cwd=ROOT,
+                                  env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=out, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+        try:
+            deadline = time.time() + 600
+            while time.time() < deadline and search.poll() is None and not ready():
+                time.sleep(0.2)
+            assert search.poll() is None, "the search ended before it could be interrupted"
+            os.kill(search.pid, signal.SIGINT)
+            code = search.wait(timeout=300)
+        finally:
+            if search.poll() is None:
+                os.killpg(search.pid, signal.SIGKILL)
+                search.wait(timeout=60)
+    return code, log.read_text()
+
+
 def _hashes(root: Path) -> dict[str, str]:
     import hashlib
 
@@ -374,8 +398,6 @@ def test_interrupted_search_says_so_and_resume_of_a_copy_finishes_it_and_never_t
     before and after). One interrupted search serves both, which were two tests."""
     import json
     import shutil
-    import signal
-    import time
 
     from optuna.trial import TrialState
 
@@ -385,27 +407,12 @@ def test_interrupted_search_says_so_and_resume_of_a_copy_finishes_it_and_never_t
     storage = tmp_path / "storage"
     experiment = storage / "sig"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    log = open(tmp_path / "first.log", "w")
-    first = subprocess.Popen([sys.executable, "-m", "marktune.search", "--space", str(space), "--storage", str(storage),
-                              "--name", "sig", "--num-cpus", "2", "--seed", "0"],
-                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.time() + 600
-        while time.time() < deadline and first.poll() is None:
-            done = [_tasks_reported(d) for d in experiment.glob("trial_*")]
-            # a trial with 2 or more tasks (about 2 s) still to go: the SIGINT lands before it ends
-            if num_tasks in done and any(0 < n < num_tasks - 1 for n in done):
-                break
-            time.sleep(0.2)
-        assert first.poll() is None, "the search ended before it could be interrupted"
-        os.kill(first.pid, signal.SIGINT)  # what Ctrl-C sends the driver
-        code = first.wait(timeout=300)
-    finally:
-        if first.poll() is None:
-            os.killpg(first.pid, signal.SIGKILL)
-            first.wait(timeout=60)
-        log.close()
-    out = (tmp_path / "first.log").read_text()
+    def ready() -> bool:  # a trial with 2 or more tasks (about 2 s) still to go: the SIGINT lands before it ends
+        done = [_tasks_reported(d) for d in experiment.glob("trial_*")]
+        return num_tasks in done and any(0 < n < num_tasks - 1 for n in done)
+
+    code, out = _search_interrupted_when(ready, ["--space", str(space), "--storage", str(storage), "--name", "sig",
+                                                 "--num-cpus", "2", "--seed", "0"], log=tmp_path / "first.log")
     assert code == 130, out[-4000:]
     with open(experiment / "trials.csv") as f:
         table = list(csv.DictReader(f))
@@ -463,8 +470,6 @@ def test_ctrl_c_in_the_confirmation_stage_and_resume_runs_only_what_is_left(tmp_
     continue and best_config.yaml stays the one-seed pick; --resume re-runs no search trial, keeps
     the same finalists and seeds, finishes the stage's runs (no run twice) and writes the verdict."""
     import json
-    import signal
-    import time
 
     num_tasks = 4
     space = _synthetic_space(tmp_path, num_tasks=num_tasks, samples=2)
@@ -473,25 +478,9 @@ def test_ctrl_c_in_the_confirmation_stage_and_resume_runs_only_what_is_left(tmp_
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     argv = ["--space", str(space), "--storage", str(storage), "--name", "conf", "--num-cpus", "2",
             "--confirm-top", "2", "--confirm-seeds", "2"]
-    log = open(tmp_path / "first.log", "w")
-    first = subprocess.Popen([sys.executable, "-m", "marktune.search", *argv], cwd=ROOT, env=env, stdout=log,
-                             stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.time() + 600
-        while time.time() < deadline and first.poll() is None:
-            done = [_tasks_reported(d) for d in (experiment / "confirmation").glob("confirm_*")]
-            if any(0 < n < num_tasks for n in done):
-                break
-            time.sleep(0.2)
-        assert first.poll() is None, "the search ended before its confirmation could be interrupted"
-        os.kill(first.pid, signal.SIGINT)
-        code = first.wait(timeout=300)
-    finally:
-        if first.poll() is None:
-            os.killpg(first.pid, signal.SIGKILL)
-            first.wait(timeout=60)
-        log.close()
-    out = (tmp_path / "first.log").read_text()
+    code, out = _search_interrupted_when(
+        lambda: any(0 < _tasks_reported(d) < num_tasks for d in (experiment / "confirmation").glob("confirm_*")),
+        argv, log=tmp_path / "first.log")
     assert code == 130, out[-4000:]
     assert "confirmation runs unfinished, so best_config.yaml is the one-seed pick for now" in out, out[-3000:]
     planned = json.loads((experiment / "confirmation.json").read_text())
