@@ -4,7 +4,9 @@ from __future__ import annotations
 import doctest
 import importlib.util
 import itertools
+import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -189,6 +191,7 @@ def test_an_interval_is_a_t_interval_over_the_seeds_with_a_value():
 def _load_bench(name: str):
     spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -591,10 +594,42 @@ def test_a_slice_of_the_shipped_table_converts_to_syne_tune_s_tabular_shape(tmp_
     with_error = blackbox.to_blackbox_arrays(ReplayTable.from_curves(read_curves(
         shipped_slice(DIGITS, tmp_path / "more", configs=120))))
     assert "c104" in with_error.dropped and "c104" not in with_error.config_ids  # an errored seed: left out
-    blackbox.save_blackbox(arrays, tmp_path / "bb.npz")
+    from marktune.tune.spaces import load_space
+
+    blackbox.save_blackbox(arrays, tmp_path / "bb.npz", space=load_space("digits"))
     saved = np.load(tmp_path / "bb.npz")
     assert list(saved["config_ids"]) == arrays.config_ids and np.array_equal(saved["objectives"], arrays.objectives)
     assert list(saved["objectives_names"]) == list(blackbox.OBJECTIVES)
+    settings = [json.loads(str(s)) for s in saved["settings"]]  # what a settings-proposing searcher is answered by
+    assert settings[0] == first[0].params and len(settings) == len(arrays.config_ids)
+    space = {p["name"]: p for p in json.loads(str(saved["space"]))}
+    assert space["lr_meta"] == {"name": "lr_meta", "kind": "loguniform", "low": 1e-3, "high": 1e-1, "values": None}
+    assert space["mask_activation"]["values"] == ["relu", "sigmoid"] and set(space) == set(first[0].params)
+
+
+def test_the_syne_tune_bench_answers_a_proposal_with_the_nearest_configuration_and_scores_as_the_replay(tmp_path):
+    from marktune.replay import blackbox
+    from marktune.tune.spaces import load_space
+
+    bench = _load_bench("syne_tune_check")  # its table side is numpy only: it runs here without Syne Tune
+    arrays = blackbox.to_blackbox_arrays(ReplayTable.from_curves(read_curves(shipped_slice(DIGITS, tmp_path, configs=12))))
+    blackbox.save_blackbox(arrays, tmp_path / "bb.npz", space=load_space("digits"))
+    table = bench.Table(tmp_path / "bb.npz")
+    assert [table.nearest(table.encode(s)) for s in arrays.settings] == list(range(len(arrays.settings)))
+    near = dict(arrays.settings[2], lr_meta=arrays.settings[2]["lr_meta"] * 1.01)  # a proposal off the table
+    assert table.nearest(table.encode(near)) == 2
+    assert table.unit.min() >= 0 and table.unit.max() <= 1
+    worst, best = int(np.argmin(table.worth)), int(np.argmax(table.worth))
+    R = bench.Report
+    # a trial of the worst configuration ends first with the higher val; the best ends after half the budget
+    reports = [R(clock=t, trial=0, tasks=t, val=0.9, config=worst) for t in range(1, 6)]
+    reports += [R(clock=10 + t, trial=1, tasks=t, val=0.5, config=best) for t in range(1, 6)]
+    reports += [R(clock=20 + t, trial=2, tasks=t, val=0.95, config=best) for t in range(1, 6)]
+    scored = bench.score(reports, table, budget=20)  # 15 task-trainings of 20
+    assert scored.regrets[0.25] == pytest.approx(table.best - table.worth[worst])  # 5 trainings: trial 0 only
+    assert scored.regrets[0.5] == pytest.approx(table.best - table.worth[worst])  # 10: trial 1 ends at 10, lower val
+    assert scored.regrets[1.0] == pytest.approx(0.0)  # trial 2's val is the best
+    assert scored.trainings == pytest.approx(15 / 20) and scored.wall_s == 25
 
 
 def test_a_multi_objective_replay_reports_a_pareto_set_and_its_hypervolume_regret():
