@@ -201,7 +201,7 @@ def train_mark_sequence(config: dict[str, Any]) -> None:
         }
         with tempfile.TemporaryDirectory() as tmp:
             learner.save(Path(tmp) / STATE_FILE)
-            # what the checkpoint holds, readable without torch (marktune.tune.experiment_checks.missing_results)
+            # what the checkpoint holds, readable without torch (marktune.tune.folders.experiment.missing_results)
             (Path(tmp) / CHECKPOINT_TASKS_FILE).write_text(json.dumps({TIME_ATTR: learner.tasks_done,
                                                                         "sequence_seconds": sequence_seconds}))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))

@@ -51,8 +51,8 @@ from marktune.results.pareto import parameter_counts
 from marktune.results.statistics import heldout_accuracy, heldout_backward_transfer
 from marktune.tune.evaluation_run import run_evaluation
 from marktune.results.files import LOCK_FILE
-from marktune.results.output_folder import RunFolderTaken, check_evaluation_folder, move_aside
-from marktune.tune.experiment_lock import ExperimentLock, lock_search_directory
+from marktune.tune.folders.output import RunFolderTaken, check_evaluation_folder, move_aside
+from marktune.tune.folders.lock import ExperimentLock, lock_search_directory
 from marktune.tune.launch import check_cluster_resources, check_evaluation, shutdown_ray, start_ray
 from marktune.tune.plan import (EvalConfig, EvalPlan, PlanError, check_name, check_seed,
                                 check_trial_resources, trial_threads)

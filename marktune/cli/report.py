@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from marktune.tune.folders.output import RunFolderTaken, check_report_file
 from marktune.results import html as report_html
 from marktune.results.experiment import Experiment, ExperimentError
 from marktune.tune.spaces import load_experiment_with_space
@@ -56,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     from marktune.cli import flags
 
     flags.add_experiment_argument(p)
-    p.add_argument("--out", help="HTML file to write (default: <experiment>/report.html)")
+    p.add_argument("--out", help="HTML file to write (default: <experiment>/report.html); never a file that "
+                                 "is not a marktune report, nor into another run's or experiment's folder")
     flags.add_optuna_storage_flag(
         p, help="the study's database, when the search used --optuna-storage with a password "
                 "(default: what the search recorded, else its optuna_journal.log)")
@@ -70,10 +72,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ExperimentError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        try:
+            check_report_file(out, experiment=exp.path)
+        except RunFolderTaken as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     note = exp.missing_note()
     if note:
         print(f"[marktune] {note}")
-    path = build_report(exp, Path(args.out) if args.out else None, optuna_storage=args.optuna_storage)
+    path = build_report(exp, out, optuna_storage=args.optuna_storage)
     print(f"[marktune] report: {path}")
     print(f"[marktune] figures: {exp.path / 'figures'} ({', '.join(sorted(p.name for p in (exp.path / 'figures').glob('*.png')))})")
     return 0

@@ -22,7 +22,7 @@ from marktune.data.benchmarks import DatasetMissingError, load_benchmark_for
 from marktune.mark.hardware import check_precision
 from marktune.mark.learner import MarkLearner, NonFiniteLossError
 from marktune.results.records import log_task_to_tensorboard, results_dict, write_json_atomic
-from marktune.results.output_folder import RunFolderTaken, check_run_folder, move_aside
+from marktune.tune.folders.output import RunFolderTaken, check_run_folder, move_aside
 from marktune.tune.plan import PlanError, check_config_seeds
 
 CHECKPOINT = "checkpoint.pt"

@@ -34,14 +34,14 @@ from marktune.results.node_moves import experiment_moves, node_loss_note
 from marktune.results.summary import (TrialRow, format_front, format_table, mark_confirmed, mark_fronts, mark_ties,
                                       trial_rows, unfinished, write_outputs)
 from marktune.tune.confirmation_run import ConfirmationRun, run_confirmation
-from marktune.tune.experiment_lock import lock_experiment
+from marktune.tune.folders.lock import lock_experiment
 from marktune.tune.launch import (check_address, check_cluster_resources, check_local_resources, check_optuna_storage,
                                   check_ray_flags, check_search, open_experiment, shutdown_ray, start_ray)
 from marktune.tune.plan import (DEFAULT_STORAGE, PlanError, SearchPlan, check_name,
                                 check_protocol, check_seed, check_trial_resources,
                                 local_experiment_dir, trial_threads)
 from marktune.tune.search_run import SearchRun, run_search
-from marktune.tune.search_settings import KEPT_ON_RESUME, kept_flag, kept_on_resume_in_words, load_settings
+from marktune.tune.folders.search_settings import KEPT_ON_RESUME, kept_flag, kept_on_resume_in_words, load_settings
 from marktune.tune.spaces import SCHEDULERS, SEARCHERS, SpaceError, available_spaces, load_space
 from marktune.tune.study import DASHBOARD_INSTALL, JOURNAL_FILE, StudyStorage, hide_password
 from marktune.tune.tune_setup import prune_checkpoints

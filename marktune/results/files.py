@@ -10,7 +10,7 @@ An experiment directory (``<storage>/<name>``) holds, as Tune and the search wri
   :func:`parse_results`.
 * ``experiment_state-*.json`` (:data:`STATE_GLOB`), ``trials.csv``, ``curves.csv``, ``best_config.yaml``.
 * ``marktune.lock`` (:data:`LOCK_FILE`): while a search or an evaluation runs, who runs it
-  (host, pid, start time; ``marktune.tune.experiment_lock``).
+  (host, pid, start time; ``marktune.tune.folders.lock``).
 
 Every file marktune itself writes goes through :func:`write_atomic` / :func:`atomic_output`: a
 temporary file in the same folder, fsynced, then renamed over the old one, so a crash or a
@@ -46,7 +46,7 @@ CURVES_TABLE = "curves.csv"  # every trial's per-task curve, next to trials.csv 
 BEST_CONFIG_FILE = "best_config.yaml"  # the best complete trial, written by the search at its end
 CHECKPOINT_TASKS_FILE = "tasks_done.json"  # in each trial checkpoint: {"tasks_done": N}, the tasks it holds
 RUNTIME_KEY = "marktune_runtime"  # a trial config's runtime settings (as runners.mark_sequence reads them)
-LOCK_FILE = "marktune.lock"  # who runs a search or an evaluation of the experiment now (marktune.tune.experiment_lock)
+LOCK_FILE = "marktune.lock"  # who runs a search or an evaluation of the experiment now (marktune.tune.folders.lock)
 MIN_FREE_BYTES = 64 * 2**20  # a search refuses to start in a folder with less free space than this
 
 

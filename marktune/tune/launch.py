@@ -308,14 +308,14 @@ def check_search(plan: SearchPlan) -> None:
                      cpu_fallback=plan.runtime.cpu_fallback)
     check_gpu_memory_fraction(plan.runtime.gpu_memory_fraction)
     check_storage(plan.storage)  # it creates the directory: after every check of the input
-    from marktune.tune.experiment_checks import check_experiment
+    from marktune.tune.folders.experiment import check_experiment
     check_experiment(plan)  # free space in that directory's disk
 
 
 def open_experiment(plan: SearchPlan) -> None:
     """What a search checks and repairs in its experiment once it holds the experiment's lock:
     the study (a torn journal line set aside; held exactly when resuming) and Tune's state files."""
-    from marktune.tune.experiment_checks import restore_experiment
+    from marktune.tune.folders.experiment import restore_experiment
     from marktune.tune.study import StorageError
 
     restore_experiment(plan)  # --resume: marktune's settings file first, before any journal is touched

@@ -29,7 +29,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from marktune.mark.metrics import TIME_ATTR
 from marktune.results.objectives import Objective, keeps, minimised, nondominated_order, objective_values
-from marktune.tune.state_keeper import relocate
+from marktune.tune.folders.state_keeper import relocate
 from marktune.tune.tune_setup import reported_results
 
 CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP

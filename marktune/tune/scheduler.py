@@ -29,7 +29,7 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
 from marktune.mark.metrics import TIME_ATTR
 from marktune.results.objectives import SINGLE, Objective
 from marktune.tune import ray_internals
-from marktune.tune.state_keeper import relocate
+from marktune.tune.folders.state_keeper import relocate
 from marktune.tune.tune_setup import reported_results
 
 

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from marktune.mark.metrics import METRIC
-from marktune.tune.experiment_checks import check_resumable, disk_full_of, missing_results_note
+from marktune.tune.folders.experiment import check_resumable, disk_full_of, missing_results_note
 from marktune.tune.launch import prepare_tune, quiet_ray_output
 from marktune.tune.ray_internals import retry_transient_errors_only
 from marktune.tune.plan import RUNTIME_KEY, SearchPlan
-from marktune.tune.search_settings import save_settings
+from marktune.tune.folders.search_settings import save_settings
 from marktune.tune.tune_setup import keep_every_checkpoint, last_trial_states
 
 
@@ -45,7 +45,7 @@ def run_search(plan: SearchPlan) -> SearchRun:
     from marktune.tune.progress import SearchProgress
     from marktune.tune.scheduler import make_scheduler
     from marktune.tune.searcher import make_searcher, resuming
-    from marktune.tune.state_keeper import StateKeeper, disk_full_seen, resumed_at, stop_watching
+    from marktune.tune.folders.state_keeper import StateKeeper, disk_full_seen, resumed_at, stop_watching
     from marktune.tune.study import open_study
     from marktune.tune.tensorboard_logger import MarkTensorBoardCallback
     from runners.mark_sequence import is_permanent_error, train_mark_sequence

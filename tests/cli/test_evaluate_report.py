@@ -150,6 +150,36 @@ def test_report_of_an_interrupted_search_says_what_is_missing(interrupted):
                                                                          "pareto_search.png"}
 
 
+def test_report_out_never_replaces_a_file_it_did_not_write_nor_writes_into_another_record(interrupted, tmp_path,
+                                                                                            capsys):
+    """The folder rule for report --out (marktune/tune/folders): its own report is rewritten; a
+    file it did not write, a folder, and a folder holding another run's or experiment's record
+    are refused, each left as it was."""
+    assert report.main([str(interrupted)]) == 0
+    assert report.main([str(interrupted), "--out", str(interrupted / "report.html")]) == 0  # its own, again
+    page = tmp_path / "page.html"
+    assert report.main([str(interrupted), "--out", str(page)]) == 0 and report.main(
+        [str(interrupted), "--out", str(page)]) == 0  # a report it wrote elsewhere: rewritten
+    capsys.readouterr()
+    run = tmp_path / "a-run"
+    run.mkdir()
+    (run / "results.json").write_text('{"tasks_done": 5, "num_tasks": 5}')
+    notes = tmp_path / "notes.html"
+    notes.write_text("<p>my notes</p>")
+    other = tmp_path / "other-search"
+    other.mkdir()
+    (other / "marktune_search.json").write_text("{}")
+    for out, words in [(run / "results.json", "is not a marktune report"), (run / "report.html", "another run's record"),
+                       (notes, "is not a marktune report"), (tmp_path, "is a folder"),
+                       (other / "report.html", "another experiment's record")]:
+        before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and interrupted not in p.parents}
+        assert report.main([str(interrupted), "--out", str(out)]) == 2, out
+        err = capsys.readouterr().err
+        assert words in err and "give another --out" in err, err
+        assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and interrupted not in p.parents} \
+            == before
+
+
 def test_report_pareto_section_on_hand_made_trials(tmp_path):
     # three complete trials: c is bigger (kb_width 16) and no more accurate than b, so only a
     # and b are on the parameters front; trial times make c the slowest

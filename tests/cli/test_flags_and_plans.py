@@ -131,7 +131,7 @@ def test_the_searcher_and_the_constant_liar_reach_the_plan_and_its_words(argv, s
 
 
 def test_the_confirmation_flags_reach_the_plan_its_words_and_the_saved_settings(tmp_path):
-    from marktune.tune.search_settings import KEPT_ON_RESUME, search_settings
+    from marktune.tune.folders.search_settings import KEPT_ON_RESUME, search_settings
 
     def plan(*argv):
         return search.plan_from_args(search.build_parser().parse_args(["--space", "fmnist", *argv]))

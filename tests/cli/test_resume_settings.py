@@ -5,7 +5,7 @@ import pytest
 
 from marktune.cli import search
 from marktune.cli.search import SearchError
-from marktune.tune.search_settings import save_settings
+from marktune.tune.folders.search_settings import save_settings
 
 
 def _args(argv):
@@ -98,7 +98,7 @@ def test_resume_keeps_the_searcher_the_scheduler_and_tpes_startup_trials(tmp_pat
 def test_objectives_are_checked_before_ray_and_kept_on_resume(tmp_path):
     import json
 
-    from marktune.tune.search_settings import SETTINGS_FILE
+    from marktune.tune.folders.search_settings import SETTINGS_FILE
 
     def plan(*argv):
         return search.plan_from_args(_args(["--space", "digits", "--storage", str(tmp_path), *argv]))

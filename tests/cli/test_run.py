@@ -219,7 +219,7 @@ def test_a_second_run_into_a_finished_run_s_folder_is_refused_or_moves_it_aside(
 def test_the_run_folder_examples_run():
     import doctest
 
-    from marktune.results import output_folder as run_folder
+    from marktune.tune.folders import output as run_folder
 
     failures, tried = doctest.testmod(run_folder)
     assert tried >= 5 and failures == 0

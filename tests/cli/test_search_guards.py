@@ -13,7 +13,7 @@ import pytest
 from marktune.cli import evaluate, search
 from marktune.results.files import LOCK_FILE
 from marktune.results.summary import TrialRow
-from marktune.tune.experiment_lock import ExperimentLock
+from marktune.tune.folders.lock import ExperimentLock
 from marktune.tune.plan import PlanError
 
 T = ["--space", "digits", "--samples", "2", "--set", "epochs=1", "--set", "kb_epochs=1", "--num-cpus", "2", "-q"]

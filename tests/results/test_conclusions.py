@@ -201,7 +201,7 @@ def test_search_protocol_flags_are_checked_and_recorded(tmp_path):
     with pytest.raises(search.SearchError, match=r"--tuning-tasks must be in 1\.\.4"):
         plan("--protocol", "first-k", "--tuning-tasks", "5")
     args = search.build_parser().parse_args(["--space", "digits", "--protocol", "other-order", "--set", "data_seed=7"])
-    from marktune.tune.search_settings import save_settings
+    from marktune.tune.folders.search_settings import save_settings
 
     save_settings(search.plan_from_args(args), str(tmp_path / "e"))
     saved = json.loads((tmp_path / "e" / "marktune_search.json").read_text())

@@ -11,7 +11,7 @@ import pytest
 
 from marktune.results.files import LOCK_FILE
 from marktune.tune import launch
-from marktune.tune.experiment_lock import ExperimentLock, ExperimentLocked, LockHolder, lock_experiment
+from marktune.tune.folders.lock import ExperimentLock, ExperimentLocked, LockHolder, lock_experiment
 from marktune.tune.plan import MAX_SEED, PlanError, RaySettings, check_name, check_seed
 
 

@@ -11,11 +11,11 @@ import pytest
 
 from marktune.cli import search
 from marktune.results.files import CHECKPOINT_TASKS_FILE, SETTINGS_FILE
-from marktune.tune.experiment_checks import (DiskFull, check_free_space, check_resumable, disk_full_of,
+from marktune.tune.folders.experiment import (DiskFull, check_free_space, check_resumable, disk_full_of,
                                              missing_results, missing_results_note, restore_kept_state, keep_state,
                                              whole)
 from marktune.tune.plan import PlanError
-from marktune.tune.search_settings import save_settings
+from marktune.tune.folders.search_settings import save_settings
 
 
 def _plan(tmp_path, name="exp", *extra):
@@ -83,7 +83,7 @@ def test_a_storage_folder_with_too_little_free_space_is_refused_before_ray(tmp_p
         check_free_space(str(tmp_path), minimum=2**62)
     check_free_space(str(tmp_path))  # this disk has room
     check_free_space("s3://bucket/x", minimum=2**62)  # not checked
-    monkeypatch.setattr("marktune.tune.experiment_checks.MIN_FREE_BYTES", 2**62)
+    monkeypatch.setattr("marktune.tune.folders.experiment.MIN_FREE_BYTES", 2**62)
     assert search.main(["--space", "digits", "--storage", str(tmp_path), "--name", "x"]) == 2
     assert "free on its disk" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
@@ -224,7 +224,7 @@ def test_a_full_disk_in_ray_s_logs_stops_the_search_as_ctrl_c_does_and_mutes_the
     import logging
     import signal
 
-    from marktune.tune import state_keeper
+    from marktune.tune.folders import state_keeper
 
     got = []
     previous = signal.signal(signal.SIGINT, lambda *a: got.append("SIGINT"))
@@ -255,7 +255,7 @@ def test_new_trials_of_a_resumed_experiment_are_pointed_at_it():
 
     from pyarrow import fs as pafs
 
-    from marktune.tune import state_keeper
+    from marktune.tune.folders import state_keeper
 
     moved = []
     trial = SimpleNamespace(storage=SimpleNamespace(storage_fs_path="/st", experiment_dir_name="base",

@@ -102,7 +102,7 @@ def test_a_damaged_line_in_the_middle_stops_before_ray_and_changes_nothing(tmp_p
 def test_the_search_s_preflight_repairs_the_journal_of_a_resumed_experiment(tmp_path, capsys):
     """`marktune.search --resume` checks the journal before Ray starts: Ray is never reached here."""
     from marktune.cli import search
-    from marktune.tune.search_settings import save_settings
+    from marktune.tune.folders.search_settings import save_settings
 
     argv = ["--space", "digits", "--storage", str(tmp_path), "--name", "exp"]
     save_settings(search.plan_from_args(search.build_parser().parse_args(argv)), str(tmp_path / "exp"))

@@ -5,13 +5,13 @@ generator's state (``searcher-state-*.pkl``, ``search_gen_state-*.json``) in a s
 and copies them over the experiment's files in place: a full disk leaves them cut short, and
 ``--resume`` then fails on them. :class:`StateKeeper` (a Tune callback of the search) copies
 them, each time they are whole, into ``.marktune_state/``
-(:func:`marktune.tune.experiment_checks.keep_state`); before Ray, on ``--resume``,
-:func:`marktune.tune.experiment_checks.restore_kept_state` puts a kept copy back in place of a
+(:func:`marktune.tune.folders.experiment.keep_state`); before Ray, on ``--resume``,
+:func:`marktune.tune.folders.experiment.restore_kept_state` puts a kept copy back in place of a
 file that is cut short.
 
 When a trial fails on a full disk, or Ray logs one, the callback mutes Ray's log records about
 it and stops the search the way Ctrl-C does (its trials stay unfinished, resumable); the search
-then ends with one message (:class:`marktune.tune.experiment_checks.DiskFull`).
+then ends with one message (:class:`marktune.tune.folders.experiment.DiskFull`).
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from typing import Iterator
 from ray.tune import Callback
 
 from marktune.results.files import free_bytes, is_disk_full
-from marktune.tune.experiment_checks import keep_state
+from marktune.tune.folders.experiment import keep_state
 
 FULL_BELOW_BYTES = 2**20  # a trial error with less free space than this is read as a full disk
 KEEP_EVERY_S = 1.0

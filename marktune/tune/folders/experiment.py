@@ -9,7 +9,7 @@
 * :func:`missing_results`: on ``--resume``, the trials whose ``result.json`` lacks tasks that
   their newest checkpoint holds.
 * :func:`keep_state` / :func:`restore_kept_state`: the last whole copy of Tune's own state files
-  (see :mod:`marktune.tune.state_keeper`), put back on ``--resume`` in place of one cut short.
+  (see :mod:`marktune.tune.folders.state_keeper`), put back on ``--resume`` in place of one cut short.
 * :class:`DiskFull`: what the search raises instead of hundreds of lines of tracebacks when
   the disk fills up while it runs (:func:`disk_full_of`).
 """
@@ -77,7 +77,7 @@ def check_resumable(storage: str, name: str) -> None:
     """Raise PlanError unless ``<storage>/<name>`` holds a ``marktune_search.json`` that parses
     and names the study ``name``: Tune's pickles (experiment state, searcher state) are restored
     only from a directory marktune's own settings file identifies."""
-    from marktune.tune.search_settings import load_settings
+    from marktune.tune.folders.search_settings import load_settings
 
     where = f"{storage.rstrip('/')}/{name}"
     settings = load_settings(storage, name)

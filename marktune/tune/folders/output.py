@@ -1,7 +1,8 @@
 """The rule for a command's output folder: it never writes over another run's record.
 
-``marktune.run`` (below) and ``marktune.evaluate`` (an evaluation's runs, ``--name``) follow it;
-a search's own experiment folder has its rules in ``marktune.tune`` (``--resume``, its lock).
+``marktune.run`` (below), ``marktune.evaluate`` (an evaluation's runs, ``--name``) and
+``marktune.report`` (``--out``, :func:`check_report_file`) follow it; a search's own experiment
+folder has its rules beside this module (:mod:`marktune.tune.folders`).
 
 A folder holds a run's record when it has any of :data:`RECORD_FILES`. ``run --out DIR`` into
 such a folder is refused before any data is loaded (:func:`check_run_folder`), naming what is
@@ -16,7 +17,7 @@ Example:
     >>> check_run_folder(out)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    marktune.results.output_folder.RunFolderTaken: --out ...run holds another run's record (results.json: a finished run, 5 of 5 tasks); continue it with --resume ...run, give another --out, or pass --overwrite to move it aside (renamed to run.replaced-<time>, not deleted)
+    marktune.tune.folders.output.RunFolderTaken: --out ...run holds another run's record (results.json: a finished run, 5 of 5 tasks); continue it with --resume ...run, give another --out, or pass --overwrite to move it aside (renamed to run.replaced-<time>, not deleted)
     >>> aside = move_aside(out, stamp="20261206-120000")
     >>> aside.name, (aside / "results.json").exists(), out.exists()
     ('run.replaced-20261206-120000', True, False)
@@ -27,7 +28,10 @@ import json
 import time
 from pathlib import Path
 
+from marktune.results.files import SETTINGS_FILE  # a search's settings: the folder is an experiment
+
 RECORD_FILES = ("results.json", "checkpoint.pt", "config.yaml")
+REPORT_TITLE = "<title>marktune report:"  # what the head of a page marktune.report wrote holds
 
 
 class RunFolderTaken(ValueError):
@@ -64,6 +68,33 @@ def check_evaluation_folder(out: Path, *, name: str, ignore: tuple[str, ...] = (
                          f"aside (renamed to {out.name}.replaced-<time>, not deleted)")
 
 
+def check_report_file(out: Path, *, experiment: Path) -> None:
+    """Refuse ``report --out FILE`` when FILE is a folder or a file that marktune.report did not
+    write, or when FILE's folder holds another run's record or another experiment (the
+    experiment's own folder is where its report goes by default)."""
+    def refuse(what: str) -> None:
+        raise RunFolderTaken(f"--out {out}: {what}; give another --out (a new .html file), or leave --out out "
+                             f"to write {experiment / 'report.html'}")
+
+    if out.is_dir():
+        refuse("is a folder")
+    if out.exists():
+        try:
+            with open(out, encoding="utf-8", errors="replace") as f:
+                head = f.read(4096)
+        except OSError as err:
+            refuse(f"cannot be read ({err.strerror})")
+        if REPORT_TITLE not in head:
+            refuse("exists and is not a marktune report (it would be replaced)")
+    folder = out.parent
+    if folder.resolve() == experiment.resolve():
+        return
+    found = [name for name in (*RECORD_FILES, SETTINGS_FILE) if (folder / name).exists()]
+    if found:
+        refuse(f"{folder} holds another {'experiment' if SETTINGS_FILE in found else 'run'}'s record "
+               f"({', '.join(found)})")
+
+
 def move_aside(out: Path, *, stamp: str | None = None) -> Path:
     """Rename ``out`` to ``<out>.replaced-<time>`` (a number added if that exists too); the new path."""
     stamp = stamp or time.strftime("%Y%m%d-%H%M%S")
@@ -76,4 +107,5 @@ def move_aside(out: Path, *, stamp: str | None = None) -> Path:
     return aside
 
 
-__all__ = ["RECORD_FILES", "RunFolderTaken", "check_run_folder", "check_evaluation_folder", "move_aside"]
+__all__ = ["RECORD_FILES", "RunFolderTaken", "check_run_folder", "check_evaluation_folder", "check_report_file",
+           "move_aside"]
