@@ -17,7 +17,7 @@ from marktune.results.confirmation import CONFIRMATION_RUNS, ConfirmationPlan, V
 from marktune.tune.evaluation_run import pick_from_row, run_progress
 from marktune.tune.launch import prepare_tune, quiet_ray_output
 from marktune.tune.plan import RUNTIME_KEY, SearchPlan
-from marktune.tune.ray_internals import retry_transient_errors_only
+from marktune.tune.ray_internals import handle_failures
 from marktune.tune.tune_setup import keep_every_checkpoint, prune_checkpoints
 
 
@@ -75,7 +75,7 @@ def run_confirmation(plan: SearchPlan, confirmation: ConfirmationPlan) -> Confir
           f"{len(confirmation.seeds)} more seed{'s' if len(confirmation.seeds) != 1 else ''} "
           f"({', '.join(map(str, confirmation.seeds))}): "
           f"{confirmation.runs} runs in {experiment}", flush=True)
-    retry_transient_errors_only(is_permanent_error)
+    handle_failures(is_permanent_error)
     results = tuner.fit()
     values: dict[tuple[str, int], tuple[float, float]] = {}
     errors = []

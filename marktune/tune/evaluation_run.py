@@ -11,7 +11,7 @@ import math
 from typing import Any, Callable
 
 from marktune.tune.launch import prepare_tune, quiet_ray_output
-from marktune.tune.ray_internals import retry_transient_errors_only
+from marktune.tune.ray_internals import handle_failures
 from marktune.tune.plan import RUNTIME_KEY, EvalPlan
 from marktune.tune.tune_setup import keep_every_checkpoint, prune_checkpoints
 
@@ -57,7 +57,7 @@ def run_evaluation(plan: EvalPlan):
           f"{plan.cpus_per_trial:g} CPU + {gpus:g} GPU each; "
           f"runs in {plan.tune_experiment}", flush=True)
     # a config error or a NaN fails once; --max-failures retries what may pass on a retry (a lost worker)
-    retry_transient_errors_only(is_permanent_error)
+    handle_failures(is_permanent_error)
     results = tuner.fit()
     prune_checkpoints(plan.tune_experiment)
     return results

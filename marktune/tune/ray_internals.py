@@ -13,7 +13,12 @@ marktune changes two of Ray Tune's classes in ways their public API does not off
   ``_completed_trials``), the study's name, space, mode and sampler (``_study_name``,
   ``_space``, ``_mode``, ``_sampler``) and its ``_setup_study``.
 * ``retry_transient_errors_only`` wraps Tune's ``Trial.handle_error`` and sets a trial's
-  ``max_failures`` so that Tune does not retry a trial whose error is permanent (a config error).
+  ``max_failures`` so that Tune does not retry a trial whose error is permanent (a config error),
+  and wraps ``TuneController._process_trial_failure`` so that the second report of one dead
+  actor does not end a trial that Tune already queued to retry (:func:`_stale_actor_failure`),
+  and ``TuneController._schedule_trial_restore`` so that a trial restarts from the checkpoint of
+  its last reported task (:func:`adopt_reported_checkpoint`). :func:`handle_failures` installs
+  all three.
 * ``autoscaler_node_types`` reads the autoscaler's cluster config from ``ray._private.state``.
 * The pre-flight token check reads the gRPC metadata Ray's own clients send
   (:func:`ray_token_metadata`, from ``ray._private``).
@@ -168,6 +173,102 @@ def retry_transient_errors_only(is_permanent: Callable[[BaseException | None], b
     Trial.handle_error = handle_error
 
 
+def handle_failures(is_permanent: Callable[[BaseException | None], bool]) -> None:
+    """Tune's failure handling as a search needs it (every run that starts trials calls it):
+    permanent errors fail once (:func:`retry_transient_errors_only`), one dead actor is one
+    failure (:func:`_stale_actor_failure`), a restarted trial goes on after its last reported task
+    (:func:`adopt_reported_checkpoint`)."""
+    retry_transient_errors_only(is_permanent)
+    _drop_stale_actor_failures()
+    _restore_from_the_last_report()
+
+
+def _stale_actor_failure(trial, exc: BaseException | None) -> bool:
+    """Whether ``exc`` reports the death of an actor the trial no longer runs on, after Tune has
+    already queued the trial to retry (PENDING).
+
+    An actor killed while two of its tasks were in flight (the restore of a checkpoint and the
+    first train step Tune schedules beside it) fails both. Tune 2.60 handles the first (a
+    failure counted, the trial back to PENDING) and then the second as a failure of a PENDING
+    trial, which ``_process_trial_failure`` ends as ERROR whatever ``max_failures`` allows
+    (its ``_on_error`` notes that such an actor "has already been cleaned up" and passes the
+    error on all the same). Seen in the soak (``bench/soak.py``): a trial ERROR after 17 of 50
+    allowed failures, its last two failures one actor at one moment."""
+    from ray.exceptions import RayActorError
+    from ray.tune.experiment import Trial
+
+    dead = getattr(exc, "actor_id", None)
+    if not isinstance(exc, RayActorError) or not dead or trial.status != Trial.PENDING:
+        return False
+    current = trial.temporary_state.ray_actor
+    return current is None or current._actor_id.hex() != dead
+
+
+def _drop_stale_actor_failures() -> None:
+    from ray.tune.execution.tune_controller import TuneController
+
+    original = getattr(TuneController._process_trial_failure, "marktune_original",
+                       TuneController._process_trial_failure)
+
+    def _process_trial_failure(self, trial, exception):
+        if _stale_actor_failure(trial, exception):
+            return  # counted once already, when the actor died; the trial waits for its retry
+        return original(self, trial, exception)
+    _process_trial_failure.marktune_original = original  # type: ignore[attr-defined]
+    TuneController._process_trial_failure = _process_trial_failure
+
+
+def adopt_reported_checkpoint(trial) -> bool:
+    """Register the checkpoint of the trial's last reported result when Tune has not; True if it did.
+
+    A function trainable's ``tune.report(metrics, checkpoint=...)`` persists the checkpoint
+    (``checkpoint_dir_name`` in the metrics) before the result reaches the driver, but Tune 2.60
+    registers it only when a separate ``save`` task on the actor returns
+    (``_checkpoint_trial_if_needed``, ``_on_saving_result``). A worker killed between the two, or
+    a driver whose experiment state was saved between them, restarts the trial from the task
+    before: that task runs twice and is reported twice (found by ``bench/soak.py``). The
+    checkpoint is whole (persisted before the result was sent), so it is registered here,
+    before the restore, with the result it came with."""
+    from pyarrow.fs import FileType
+    from ray.train._internal.session import _TrainingResult
+    from ray.tune import Checkpoint
+
+    last = trial.run_metadata.last_result or {}
+    name = last.get("checkpoint_dir_name")
+    if not name or trial.storage is None:
+        return False
+    registered = trial.latest_checkpoint_result
+    if registered is not None and _checkpoint_index(registered.checkpoint.path) >= _checkpoint_index(name):
+        return False
+    storage = trial.storage
+    path = f"{storage.trial_fs_path}/{name}"
+    if storage.storage_filesystem.get_file_info(path).type != FileType.Directory:
+        return False
+    trial.on_checkpoint(_TrainingResult(checkpoint=Checkpoint(path, filesystem=storage.storage_filesystem),
+                                        metrics=dict(last)))
+    return True
+
+
+def _checkpoint_index(path: str) -> int:
+    """checkpoint_000012 -> 12 (Tune's own naming, ``ray.train._internal.storage``); -1 if not one."""
+    tail = str(path).rstrip("/").rsplit("/", 1)[-1]
+    digits = tail.removeprefix("checkpoint_")
+    return int(digits) if digits.isdigit() else -1
+
+
+def _restore_from_the_last_report() -> None:
+    from ray.tune.execution.tune_controller import TuneController
+
+    original = getattr(TuneController._schedule_trial_restore, "marktune_original",
+                       TuneController._schedule_trial_restore)
+
+    def _schedule_trial_restore(self, trial):
+        adopt_reported_checkpoint(trial)
+        return original(self, trial)
+    _schedule_trial_restore.marktune_original = original  # type: ignore[attr-defined]
+    TuneController._schedule_trial_restore = _schedule_trial_restore
+
+
 def _retry_problems() -> list[str]:
     from ray.tune.experiment import Trial
 
@@ -177,6 +278,27 @@ def _retry_problems() -> list[str]:
     source = inspect.getsource(Trial.should_recover) if not problems else ""
     if source and ("max_failures" not in source or "num_failures" not in source):
         problems.append("Trial.should_recover (no longer compares num_failures with max_failures)")
+    from ray.tune.execution.tune_controller import TuneController
+
+    failure = getattr(TuneController._process_trial_failure, "marktune_original",
+                      TuneController._process_trial_failure)
+    problems += _missing_parameters(failure, ("trial", "exception"), "TuneController._process_trial_failure")
+    restore = getattr(TuneController._schedule_trial_restore, "marktune_original",
+                      TuneController._schedule_trial_restore)
+    problems += _missing_parameters(restore, ("trial",), "TuneController._schedule_trial_restore")
+    from ray.tune.experiment import Trial
+
+    for name in ("on_checkpoint", "latest_checkpoint_result", "run_metadata", "storage"):
+        if not hasattr(Trial, name) and name not in inspect.getsource(Trial.__init__):
+            problems.append(f"Trial.{name}")
+    try:
+        from ray.train._internal.session import _TrainingResult  # noqa: F401
+    except ImportError:
+        problems.append("ray.train._internal.session._TrainingResult")
+    from ray.tune.experiment.trial import _TemporaryTrialState
+
+    if "ray_actor" not in inspect.getsource(_TemporaryTrialState.__init__):
+        problems.append("Trial.temporary_state.ray_actor")
     return problems
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from marktune.mark.metrics import METRIC
 from marktune.tune.folders.experiment import check_resumable, disk_full_of, missing_results_note
 from marktune.tune.launch import prepare_tune, quiet_ray_output
-from marktune.tune.ray_internals import retry_transient_errors_only
+from marktune.tune.ray_internals import handle_failures
 from marktune.tune.plan import RUNTIME_KEY, SearchPlan
 from marktune.tune.folders.search_settings import save_settings
 from marktune.tune.tune_setup import keep_every_checkpoint, last_trial_states
@@ -124,7 +124,7 @@ def run_search(plan: SearchPlan) -> SearchRun:
     print(f"[marktune] compare trials: tensorboard --logdir {experiment}")
     print(f"[marktune] watch the study: {plan.study_storage.dashboard_command()}", flush=True)
     # a config error or a NaN fails once; --max-failures retries what may pass on a retry (a lost worker)
-    retry_transient_errors_only(is_permanent_error)
+    handle_failures(is_permanent_error)
     try:
         if not plan.resume:
             save_settings(plan, experiment)

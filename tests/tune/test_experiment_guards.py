@@ -167,6 +167,90 @@ def test_config_errors_and_bugs_are_permanent_lost_workers_and_io_are_not():
     assert not is_permanent_error(RuntimeError("a Tune error, not raised by the trial"))
 
 
+def test_a_second_report_of_one_dead_actor_does_not_end_a_trial_queued_to_retry():
+    """An actor killed with two tasks in flight (a restore and a train step) fails both; Tune's own
+    _process_trial_failure (the real one, on a stand-in controller) retries the trial on the first
+    and, without marktune's wrapper, ends it as ERROR on the second (found by bench/soak.py)."""
+    from unittest import mock
+
+    from ray.exceptions import ActorDiedError
+    from ray.tune.execution.tune_controller import TuneController
+    from ray.tune.experiment import Trial
+
+    from marktune.tune.ray_internals import handle_failures
+    from runners.mark_sequence import is_permanent_error
+
+    handle_failures(is_permanent_error)
+    trial = Trial("__fake", stub=True)
+    trial.max_failures = 50
+    no_files = mock.patch.object(Trial, "local_path", new_callable=mock.PropertyMock, return_value=None)
+    no_files.start()  # handle_error writes no error file
+    trial.set_status(Trial.RUNNING)
+    controller = mock.MagicMock()
+    controller._try_recover.side_effect = lambda t, exc: t.set_status(Trial.PENDING)  # requeued, actor gone
+    controller._schedule_trial_stop.side_effect = lambda t, exception=None: t.set_status(
+        Trial.ERROR if exception else Trial.TERMINATED)
+    from ray.core.generated.common_pb2 import ActorDiedErrorContext
+
+    def killed(actor: str) -> ActorDiedError:  # as Ray builds it for a worker that died (SIGKILL)
+        return ActorDiedError(ActorDiedErrorContext(actor_id=bytes.fromhex(actor), class_name="ImplicitFunc",
+                                                    error_message="Worker unexpectedly exits"))
+
+    died = killed("d7f5cca4431f802e1512348c01000000")
+    TuneController._process_trial_failure(controller, trial, died)  # the restore's failure
+    assert trial.status == Trial.PENDING and trial.run_metadata.num_failures == 1
+    TuneController._process_trial_failure(controller, trial, died)  # the train step's, same actor
+    assert trial.status == Trial.PENDING and trial.run_metadata.num_failures == 1
+    controller._schedule_trial_stop.assert_not_called()  # Tune's way of ending it as ERROR
+    trial.set_status(Trial.RUNNING)
+    TuneController._process_trial_failure(controller, trial, killed("22d71d0470ee2abb5367062001000000"))  # its next actor dies
+    assert trial.status == Trial.PENDING and trial.run_metadata.num_failures == 2
+    no_files.stop()
+
+
+def test_a_restarted_trial_goes_on_after_its_last_reported_task(tmp_path):
+    """A worker killed after its result reached the driver but before Tune's separate save task
+    registered the checkpoint: the restore takes the checkpoint the result names (persisted
+    before the result was sent), so the task is not run and reported twice (found by
+    bench/soak.py); Tune's own restore would take the one before."""
+    import json
+    from unittest import mock
+
+    from ray.train._internal.session import _TrainingResult
+    from ray.train._internal.storage import StorageContext
+    from ray.tune import Checkpoint
+    from ray.tune.execution.tune_controller import TuneController
+    from ray.tune.experiment import Trial
+
+    from marktune.tune.ray_internals import handle_failures
+    from runners.mark_sequence import is_permanent_error
+
+    handle_failures(is_permanent_error)
+    storage = StorageContext(storage_path=str(tmp_path), experiment_dir_name="exp", trial_dir_name="trial_a")
+    trial = Trial("__fake", stub=True, storage=storage)
+    trial_dir = tmp_path / "exp" / "trial_a"
+
+    def persisted(index: int, tasks: int) -> dict:
+        name = f"checkpoint_{index:06d}"
+        (trial_dir / name).mkdir(parents=True)
+        (trial_dir / name / "tasks_done.json").write_text(json.dumps({"tasks_done": tasks}))
+        return {"tasks_done": tasks, "checkpoint_dir_name": name}
+
+    first = persisted(0, 1)
+    trial.on_checkpoint(_TrainingResult(checkpoint=Checkpoint(str(trial_dir / "checkpoint_000000")), metrics=first))
+    trial.run_metadata.last_result = persisted(1, 2)  # task 2 reported; its save never came back
+    controller = mock.MagicMock()
+    assert TuneController._schedule_trial_restore(controller, trial)
+    restore = controller._schedule_trial_task.call_args.kwargs
+    assert restore["method_name"] == "restore"
+    assert restore["args"][0].checkpoint.path.endswith("checkpoint_000001")
+    assert restore["args"][0].metrics["tasks_done"] == 2
+    assert trial.storage.current_checkpoint_index == 1  # as Tune's own save of it would have set it
+    trial.run_metadata.last_result = {"tasks_done": 3, "checkpoint_dir_name": "checkpoint_000002"}  # not on disk
+    TuneController._schedule_trial_restore(controller, trial)
+    assert controller._schedule_trial_task.call_args.kwargs["args"][0].checkpoint.path.endswith("checkpoint_000001")
+
+
 @pytest.mark.slow
 @pytest.mark.mostly_waiting
 def test_tune_retries_a_transient_error_but_a_config_error_fails_once(tmp_path):
@@ -175,7 +259,7 @@ def test_tune_retries_a_transient_error_but_a_config_error_fails_once(tmp_path):
     import ray
     from ray import tune
 
-    from marktune.tune.ray_internals import retry_transient_errors_only
+    from marktune.tune.ray_internals import handle_failures
     from runners.mark_sequence import is_permanent_error
 
     # defined here, so that Ray pickles it by value (workers cannot import a test module)
@@ -191,7 +275,7 @@ def test_tune_retries_a_transient_error_but_a_config_error_fails_once(tmp_path):
             raise ConfigError("lr_task must be > 0 (got -1)")
         raise OSError("the disk went away")
 
-    retry_transient_errors_only(is_permanent_error)
+    handle_failures(is_permanent_error)
     ray.init(num_cpus=2, include_dashboard=False, address="local", ignore_reinit_error=True)
     try:
         tuner = tune.Tuner(tune.with_resources(_fails_with, {"cpu": 1}),
