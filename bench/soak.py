@@ -5,11 +5,13 @@ One soak round (:func:`soak_round`) runs ``python -m marktune.search`` on a smal
 Every 4-8 s it SIGKILLs one trial worker (a ``ray::ImplicitFunc`` process of that session), and
 once, at a random moment after the first task was reported, the driver with all of its Ray
 processes; then it resumes the search (``--resume``), still killing workers, until the search
-ends. The moments and the victims come from ``--seed``, printed (the search's own timing still varies from run to run, so a seed replays the kills, not every interleaving). Then
+ends. The moments and the victims come from ``--seed``, printed (the search's own timing still
+varies from run to run, so a seed replays the kills, not every interleaving). Then
 :func:`what_was_lost` checks the experiment:
 
 - every trial is in the Optuna study exactly once, in a final state, and trials.csv has the same
-  trials with the same states; none ended ERROR (a kill is transient: retried, ``--max-failures 50``);
+  trials with the same states; none ended ERROR (a kill is transient: retried,
+  ``--max-failures 50``);
 - curves.csv has, per trial, the tasks 1 .. tasks_done, with the val ACC that the study holds;
 - no task of any trial was reported twice (the trials' own ``result.json``);
 - ``optuna_journal.log`` reads whole (every line one JSON record; a fresh process loads it).
