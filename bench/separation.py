@@ -94,6 +94,10 @@ def run_one(job: tuple[str, dict[str, Any], dict[str, Any], int]) -> list[dict[s
           "val_acc": math.nan, "test_acc": math.nan, "seconds": math.nan}]
 
 
+class TooFewConfigurations(ValueError):
+    """A table with fewer than two configurations complete at every seed: nothing to decompose."""
+
+
 def decompose(final: np.ndarray) -> dict[str, float]:
     """Two-way (configuration x seed) decomposition without replication of ``final[c, s]``."""
     c, s = final.shape
@@ -145,7 +149,11 @@ def main(argv: list[str] | None = None) -> int:
         if recorded is None:
             print(f"separation bench: {args.out} does not exist; nothing to report", file=sys.stderr)
             return 2
-        report(recorded, seeds=args.seeds, default_table=extra)
+        try:
+            report(recorded, seeds=args.seeds, default_table=extra)
+        except TooFewConfigurations as err:
+            print(f"separation bench: {args.out}: {err}", file=sys.stderr)
+            return 2
         return 0
     rows: list[CurveRow] = recorded.rows if recorded is not None else []
     done = {(r.trial_id, r.seed) for r in rows}
@@ -196,6 +204,10 @@ def report(table, *, seeds: list[int], default_table=None) -> dict[str, float]:
             final.setdefault(cid, {})[seed] = rows[-1].test_acc
     random_ids = sorted(cid for cid in final if cid != DEFAULT_ID and all(s in final[cid] for s in seeds))
     failed = sorted({cid for cid, _ in curves} - set(random_ids) - {DEFAULT_ID})
+    if len(random_ids) < 2:  # the decomposition and Kendall's tau need two configurations at every seed
+        raise TooFewConfigurations(f"the table has {len(random_ids)} random configurations with a final result "
+                                   f"at every seed {seeds} (besides {DEFAULT_ID!r}); the report needs at least 2 "
+                                   f"(record more with --configs, or give the seeds the table holds with --seeds)")
     y = np.array([[final[cid][s] for s in seeds] for cid in random_ids])
     if len(seeds) < 2:  # one seed: curves for the replay bench, no decomposition
         print(f"\n{len(random_ids)} random configurations complete at seed {seeds[0]}: final mean test ACC "

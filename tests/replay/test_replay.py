@@ -474,6 +474,9 @@ def test_the_benches_refuse_a_bad_slice_of_the_shipped_table_before_any_work(tmp
         assert f"{path}, line 8 (trial c00 seed 1 task 2), column kb_depth: empty" in capsys.readouterr().err
     assert separation.main(["--space", "digits", "--out", str(path), "--report-only"]) == 2
     assert "line 8 (trial c00 seed 1 task 2), column kb_depth: empty" in capsys.readouterr().err
+    defaults_only = ROOT / "bench" / "curves" / "defaults" / "digits.csv"  # the default's rows alone
+    assert separation.main(["--space", "digits", "--out", str(defaults_only), "--report-only"]) == 2
+    assert "has 0 random configurations with a final result at every seed [0, 1]" in capsys.readouterr().err
 
 
 def test_a_good_table_passes_and_its_errored_runs_are_listed_as_results(tmp_path):
