@@ -20,7 +20,7 @@ the table's seeds drawn at random, as a live search sees one seed:
   no model. BOHB's KDE at Syne Tune's defaults needs more than (settings) "good" and as many
   "bad" results on a rung, where good is the top 15 %: with 9 settings, 67 results, more than a
   32- or 64-sample search has, so ``bohb`` never leaves random sampling there; ``bohb-min`` sets
-  its ``num_min_data_points`` to settings + 1, the least it accepts that can fit (21 results).
+  its ``num_min_data_points`` to settings + 1, the least it accepts that can fit (20 results).
 - ``dehb``: DEHB 0.1.2's ask/tell on the same unit cube and mapping, fidelities 1, 2 and 5 tasks
   (its eta 2 from 1 to 5 tasks gives 1.25, 2.5, 5; rounded), each evaluation trained from
   scratch as DEHB does, ``--workers`` jobs at a time, until the budget's task-trainings are spent.
