@@ -2,7 +2,7 @@
 
 One soak round (:func:`soak_round`) runs ``python -m marktune.search`` on a small synthetic space
 (``--samples`` trials of 3 tasks, 2 at a time, about a second a task) in a session of its own.
-Every 4-8 s it SIGKILLs one trial worker (a ``ray::ImplicitFunc`` process of that session), and
+Every 3-6 s it SIGKILLs one trial worker (a ``ray::ImplicitFunc`` process of that session), and
 once, at a random moment after the first task was reported, the driver with all of its Ray
 processes; then it resumes the search (``--resume``), still killing workers, until the search
 ends. The moments and the victims come from ``--seed``, printed (the search's own timing still
@@ -117,7 +117,7 @@ class Round:
     lost: list[str] = field(default_factory=list)  # what_was_lost's findings
 
 
-def soak_round(workdir: Path, *, seed: int, samples: int = 12, kill_every: tuple[float, float] = (4.0, 8.0),
+def soak_round(workdir: Path, *, seed: int, samples: int = 12, kill_every: tuple[float, float] = (3.0, 6.0),
                timeout_s: float = 900.0, log=print) -> Round:
     """One search under fire, resumed after its driver was killed; then the checks."""
     rng = random.Random(seed)
@@ -249,16 +249,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=10.0, help="run rounds until this much time has passed")
     parser.add_argument("--seed", type=int, default=0, help="the first round's seed (then +1 per round)")
     parser.add_argument("--samples", type=int, default=12)
+    parser.add_argument("--kill-every", type=float, nargs=2, default=(3.0, 6.0), metavar=("LOW", "HIGH"),
+                        help="seconds between worker kills, drawn uniformly (default 3 6)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/marktune-soak"))
     args = parser.parse_args(argv)
-    print(f"soak: rounds of a {args.samples}-trial search, a trial worker killed every 4-8 s and the driver once; "
+    print(f"soak: rounds of a {args.samples}-trial search, a trial worker killed every {args.kill_every[0]:g}-"
+          f"{args.kill_every[1]:g} s and the driver once; "
           f"{args.minutes:g} min from seed {args.seed}; folders under {args.workdir}", flush=True)
     deadline = time.monotonic() + 60 * args.minutes
     rounds: list[Round] = []
     seed = args.seed
     while time.monotonic() < deadline:
         rounds.append(soak_round(args.workdir / f"seed-{seed}", seed=seed, samples=args.samples,
-                                 log=lambda s: print(s, flush=True)))
+                                 kill_every=tuple(args.kill_every), log=lambda s: print(s, flush=True)))
         seed += 1
     lost = [r for r in rounds if r.lost]
     print(f"soak: {len(rounds)} rounds, {sum(r.worker_kills for r in rounds)} trial workers and "
