@@ -162,15 +162,29 @@ def retry_transient_errors_only(is_permanent: Callable[[BaseException | None], b
     ``max_failures`` to its failures so far. Once per process; the newest ``is_permanent`` wins."""
     from ray.tune.experiment import Trial
 
-    original = getattr(Trial.handle_error, "marktune_original", Trial.handle_error)
+    def wrap(original):
+        def handle_error(self, exc=None):
+            original(self, exc)
+            if is_permanent(exc):
+                stop_at = max(0, self.run_metadata.num_failures - 1)
+                self.max_failures = stop_at if self.max_failures < 0 else min(self.max_failures, stop_at)
+        return handle_error
+    _wrap_method(Trial, "handle_error", wrap)
 
-    def handle_error(self, exc=None):
-        original(self, exc)
-        if is_permanent(exc):
-            stop_at = max(0, self.run_metadata.num_failures - 1)
-            self.max_failures = stop_at if self.max_failures < 0 else min(self.max_failures, stop_at)
-    handle_error.marktune_original = original  # type: ignore[attr-defined]
-    Trial.handle_error = handle_error
+
+def _unwrapped(owner, name: str):
+    """``owner.name`` as Ray defines it, under any wrapper of :func:`_wrap_method`."""
+    method = getattr(owner, name)
+    return getattr(method, "marktune_original", method)
+
+
+def _wrap_method(owner, name: str, wrap: Callable[[Callable], Callable]) -> None:
+    """Put ``wrap(Ray's own method)`` in place of ``owner.name``; installing it again replaces
+    the earlier wrapper rather than wrapping it (the newest arguments win)."""
+    original = _unwrapped(owner, name)
+    replacement = wrap(original)
+    replacement.marktune_original = original  # type: ignore[attr-defined]
+    setattr(owner, name, replacement)
 
 
 def handle_failures(is_permanent: Callable[[BaseException | None], bool]) -> None:
@@ -207,15 +221,13 @@ def _stale_actor_failure(trial, exc: BaseException | None) -> bool:
 def _drop_stale_actor_failures() -> None:
     from ray.tune.execution.tune_controller import TuneController
 
-    original = getattr(TuneController._process_trial_failure, "marktune_original",
-                       TuneController._process_trial_failure)
-
-    def _process_trial_failure(self, trial, exception):
-        if _stale_actor_failure(trial, exception):
-            return  # counted once already, when the actor died; the trial waits for its retry
-        return original(self, trial, exception)
-    _process_trial_failure.marktune_original = original  # type: ignore[attr-defined]
-    TuneController._process_trial_failure = _process_trial_failure
+    def wrap(original):
+        def _process_trial_failure(self, trial, exception):
+            if _stale_actor_failure(trial, exception):
+                return  # counted once already, when the actor died; the trial waits for its retry
+            return original(self, trial, exception)
+        return _process_trial_failure
+    _wrap_method(TuneController, "_process_trial_failure", wrap)
 
 
 def adopt_reported_checkpoint(trial) -> bool:
@@ -259,20 +271,18 @@ def _checkpoint_index(path: str) -> int:
 def _restore_from_the_last_report() -> None:
     from ray.tune.execution.tune_controller import TuneController
 
-    original = getattr(TuneController._schedule_trial_restore, "marktune_original",
-                       TuneController._schedule_trial_restore)
-
-    def _schedule_trial_restore(self, trial):
-        adopt_reported_checkpoint(trial)
-        return original(self, trial)
-    _schedule_trial_restore.marktune_original = original  # type: ignore[attr-defined]
-    TuneController._schedule_trial_restore = _schedule_trial_restore
+    def wrap(original):
+        def _schedule_trial_restore(self, trial):
+            adopt_reported_checkpoint(trial)
+            return original(self, trial)
+        return _schedule_trial_restore
+    _wrap_method(TuneController, "_schedule_trial_restore", wrap)
 
 
 def _retry_problems() -> list[str]:
     from ray.tune.experiment import Trial
 
-    problems = _missing_parameters(Trial.handle_error, ("exc",), "Trial.handle_error")
+    problems = _missing_parameters(_unwrapped(Trial, "handle_error"), ("exc",), "Trial.handle_error")
     if not callable(getattr(Trial, "should_recover", None)):
         problems.append("Trial.should_recover")
     source = inspect.getsource(Trial.should_recover) if not problems else ""
@@ -280,14 +290,10 @@ def _retry_problems() -> list[str]:
         problems.append("Trial.should_recover (no longer compares num_failures with max_failures)")
     from ray.tune.execution.tune_controller import TuneController
 
-    failure = getattr(TuneController._process_trial_failure, "marktune_original",
-                      TuneController._process_trial_failure)
-    problems += _missing_parameters(failure, ("trial", "exception"), "TuneController._process_trial_failure")
-    restore = getattr(TuneController._schedule_trial_restore, "marktune_original",
-                      TuneController._schedule_trial_restore)
-    problems += _missing_parameters(restore, ("trial",), "TuneController._schedule_trial_restore")
-    from ray.tune.experiment import Trial
-
+    problems += _missing_parameters(_unwrapped(TuneController, "_process_trial_failure"), ("trial", "exception"),
+                                    "TuneController._process_trial_failure")
+    problems += _missing_parameters(_unwrapped(TuneController, "_schedule_trial_restore"), ("trial",),
+                                    "TuneController._schedule_trial_restore")
     for name in ("on_checkpoint", "latest_checkpoint_result", "run_metadata", "storage"):
         if not hasattr(Trial, name) and name not in inspect.getsource(Trial.__init__):
             problems.append(f"Trial.{name}")
