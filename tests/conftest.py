@@ -1,8 +1,10 @@
 """Shared fixtures: tiny configurations that train in well under a second per task on CPU."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,6 +21,16 @@ TINY = dict(benchmark="synthetic", num_tasks=3, synthetic_classes_per_task=2,
 def _few_threads():
     # 2-core CI machines: oversubscribing threads makes every test slower
     torch.set_num_threads(2)
+
+
+def load_bench(name: str):
+    """``bench/<name>.py`` as a module (the benches are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", Path(__file__).resolve().parents[1] / "bench"
+                                                  / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
 
 def tiny_config(**overrides) -> MarkConfig:

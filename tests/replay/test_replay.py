@@ -2,15 +2,14 @@
 from __future__ import annotations
 
 import doctest
-import importlib.util
 import itertools
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_bench
 
 from marktune.results.curves import CurveRow, CurvesTable, read_curves, write_curves
 from marktune.replay import search as replay_module
@@ -188,16 +187,8 @@ def test_an_interval_is_a_t_interval_over_the_seeds_with_a_value():
     assert Interval.of([0.01] * 20).low == pytest.approx(0.01)
 
 
-def _load_bench(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 def _bench():
-    return _load_bench("replay")
+    return load_bench("replay")
 
 
 def test_the_bench_prints_every_strategy_on_a_synthetic_table(tmp_path, capsys):
@@ -468,8 +459,8 @@ def test_the_benches_refuse_a_bad_slice_of_the_shipped_table_before_any_work(tmp
     lines[7] = ",".join(cells)
     path = tmp_path / "slice.csv"
     path.write_text("\n".join(lines) + "\n")
-    separation = _load_bench("separation")
-    for bench, extra in ((_bench(), ["--jobs", "1"]), (_load_bench("surrogates"), [])):
+    separation = load_bench("separation")
+    for bench, extra in ((_bench(), ["--jobs", "1"]), (load_bench("surrogates"), [])):
         assert bench.main([str(path), "--space", "digits", *extra]) == 2
         assert f"{path}, line 8 (trial c00 seed 1 task 2), column kb_depth: empty" in capsys.readouterr().err
     assert separation.main(["--space", "digits", "--out", str(path), "--report-only"]) == 2
@@ -505,14 +496,14 @@ def test_the_fresh_seed_bench_picks_the_best_the_worst_and_ranks_between():
     rows += [CurveRow(trial_id="one-seed", status="COMPLETE", params={"lr_meta": 0.01, "kb_width": 32}, task=1,
                       val_acc=0.99, test_acc=0.99, seconds=1.0, seed=0)]  # no seed SD: never chosen
     table = ReplayTable.from_curves(CurvesTable(searched=["lr_meta", "kb_width"], rows=rows))
-    picked = _load_bench("fresh_seeds").chosen(table, 4)
+    picked = load_bench("fresh_seeds").chosen(table, 4)
     assert [table.configs[i].key for _, i in picked] == ["c9", "c6", "c3", "c0"]
     assert [rank for rank, _ in picked] == [0, 3, 6, 9]
 
 
 def test_the_separation_bench_gives_the_seed_sd_per_band_of_accuracy():
     y = np.array([[0.5, 0.7], [0.6, 0.6], [0.9, 0.92], [0.95, 0.95]])  # variances 0.02, 0, 0.0002, 0
-    bands = _load_bench("separation").seed_sd_by_band(y, quantiles=(0.0, 0.5, 1.0))
+    bands = load_bench("separation").seed_sd_by_band(y, quantiles=(0.0, 0.5, 1.0))
     assert [(configs, round(sd, 6)) for _, _, configs, sd in bands] == [(2, 0.1), (2, 0.01), (4, round(0.00505 ** 0.5, 6))]
 
 
@@ -568,7 +559,7 @@ def test_the_confirmation_stage_re_runs_the_top_trials_and_picks_on_their_mean()
 
 
 def test_the_fresh_seed_bench_can_take_the_top_of_a_one_seed_table_and_pool_its_seed_sd(tmp_path, capsys):
-    bench = _load_bench("fresh_seeds")
+    bench = load_bench("fresh_seeds")
     rows = [CurveRow(trial_id=f"c{i}", status="COMPLETE", params={"lr_meta": 0.01, "kb_width": 32}, task=1,
                      val_acc=0.5 + 0.1 * i, test_acc=0.5, seconds=1.0, seed=0) for i in range(4)]
     table = ReplayTable.from_curves(CurvesTable(searched=["lr_meta", "kb_width"], rows=rows))
@@ -614,7 +605,7 @@ def test_the_syne_tune_bench_answers_a_proposal_with_the_nearest_configuration_a
     from marktune.replay import blackbox
     from marktune.tune.spaces import load_space
 
-    bench = _load_bench("syne_tune_check")  # its table side is numpy only: it runs here without Syne Tune
+    bench = load_bench("syne_tune_check")  # its table side is numpy only: it runs here without Syne Tune
     arrays = blackbox.to_blackbox_arrays(ReplayTable.from_curves(read_curves(shipped_slice(DIGITS, tmp_path, configs=12))))
     blackbox.save_blackbox(arrays, tmp_path / "bb.npz", space=load_space("digits"))
     table = bench.Table(tmp_path / "bb.npz")

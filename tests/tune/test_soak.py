@@ -3,22 +3,10 @@ seconds and the driver once, then resumed; every trial once in the study in a fi
 trials.csv and curves.csv agreeing with it, no task reported twice, the journal whole."""
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _soak():
-    spec = importlib.util.spec_from_file_location("bench_soak", ROOT / "bench" / "soak.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_bench
 
 
 @pytest.mark.slow
@@ -26,7 +14,7 @@ def _soak():
 def test_a_search_under_random_kills_loses_nothing(tmp_path):
     seed = int(os.environ.get("MARKTUNE_SOAK_SEED", "0"))  # a failure replays with this seed
     print(f"soak seed {seed} (replay: MARKTUNE_SOAK_SEED={seed})")
-    soak = _soak()
+    soak = load_bench("soak")
     outcome = soak.soak_round(tmp_path, seed=seed, samples=12)
     # how many workers die depends on the machine's speed (an idle 2-core EPYC: 2 in a 43 s round);
     # bench/soak.py --minutes N is the long run
@@ -42,7 +30,7 @@ def test_the_soak_s_checks_find_what_a_damaged_experiment_lost(tmp_path):
     import optuna
     from optuna.storages.journal import JournalFileBackend
 
-    soak = _soak()
+    soak = load_bench("soak")
     experiment = tmp_path / soak.NAME
     experiment.mkdir()
     storage = optuna.storages.JournalStorage(JournalFileBackend(str(experiment / "optuna_journal.log")))
