@@ -6,7 +6,10 @@
 
 Runs each seed once with the released code (``bench/released.py``, its checkout as the first
 argument; nothing is fetched) and once with marktune, on the same data and settings, with no
-gradient clip, one torch thread per run (``--jobs`` runs at a time). Each run ends "non-finite"
+gradient clip, one torch thread per run (``--jobs`` runs at a time). Both sides flush denormal floats to zero (``flush_denormals``, marktune's default): the
+released code's KB warm-up runs into denormals, on which this Intel Xeon's convolutions took
+365-419 s for one task at one thread instead of about 40 s; flushing changes only values below
+1.2e-38. Each run ends "non-finite"
 (a loss became NaN or infinite: the run stops there), "dead" (it finished with a task at chance
 in its last test row: accuracy at most 1/classes + 0.05) or "ok". Rows are appended to ``--out``
 as runs end, and runs already there are skipped, so an interrupted recording resumes.
@@ -28,6 +31,7 @@ import argparse
 import csv
 import math
 import os
+import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -44,7 +48,10 @@ SETTINGS = {
     "released-init": ({**BASE, "mask_init": "default"}, 5),
 }  # name: (marktune settings, tasks to run)
 SIDES = ("released", "marktune")
-FIELDS = ("setting", "side", "seed", "outcome", "where", "tasks_done", "acc", "dead_tasks", "seconds", "cpu")
+COMMIT = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                        cwd=Path(__file__).resolve().parent).stdout.strip() or "unknown"
+FIELDS = ("setting", "side", "seed", "outcome", "where", "tasks_done", "acc", "dead_tasks", "seconds", "cpu",
+          "flush_denormals", "commit")
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -65,12 +72,13 @@ def one_run(checkout: str, setting: str, side: str, seed: int) -> dict:
 
     from marktune.data import load_benchmark_for
     from marktune.mark.config import MarkConfig
-    from marktune.mark.hardware import cpu_model_name
+    from marktune.mark.hardware import cpu_model_name, flush_denormals
     from marktune.mark.learner import MarkLearner
     from marktune.mark.training import NonFiniteLossError
     from released import run_released
 
     torch.set_num_threads(1)
+    flush_denormals(True)  # both sides: marktune's default; see the module's docstring
     settings, tasks = SETTINGS[setting]
     cfg = MarkConfig.from_dict({**settings, "seed": seed})
     benchmark = load_benchmark_for(cfg)
@@ -95,7 +103,7 @@ def one_run(checkout: str, setting: str, side: str, seed: int) -> dict:
     return {"setting": setting, "side": side, "seed": seed, "outcome": outcome, "where": where,
             "tasks_done": done, "acc": f"{sum(row) / len(row):.4f}" if row and not where else "",
             "dead_tasks": " ".join(str(u) for u in dead), "seconds": f"{time.perf_counter() - start:.1f}",
-            "cpu": cpu_model_name()}
+            "cpu": cpu_model_name(), "flush_denormals": True, "commit": COMMIT}
 
 
 def read_rows(path: Path) -> list[dict]:

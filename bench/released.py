@@ -208,8 +208,7 @@ def run_released(checkout: str | Path, cfg: MarkConfig, *, benchmark=None, tasks
                         layer[0].weight.zero_()
                         layer[0].bias.fill_(1.0 if args.use_relu else 4.0)
         criterion = watch.criterion()
-        tasks = len(args.taskcla)
-        acc = np.zeros((tasks, tasks), dtype=np.float64)
+        acc = np.zeros((len(args.taskcla),) * 2, dtype=np.float64)
         done = 0
         start = time.perf_counter()
         try:

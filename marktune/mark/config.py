@@ -108,6 +108,9 @@ class MarkConfig:
     # loop is launch-bound there), off on the CPU (2.4x slower there, bench/sequence.py)
     meta_vmap: bool | None = None
     channels_last: bool = True  # conv tensors in channels-last layout (round-off only; faster on CPU here)
+    # denormal floats (below 1.2e-38) flushed to zero on the CPU (round-off below 1.2e-38 per value):
+    # phases 3 and 5 ran 1.4x faster with it on an Intel Xeon (docs/performance.md)
+    flush_denormals: bool = True
     # deterministic algorithms, no cuDNN autotuning, no TF32 (marktune.mark.devices.deterministic_mode):
     # a task run again on CUDA then gives the same rows exactly, at some speed
     deterministic: bool = False

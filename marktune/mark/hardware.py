@@ -12,8 +12,10 @@ Example:
 """
 from __future__ import annotations
 
+import ctypes
 import functools
 import platform
+import threading
 from pathlib import Path
 
 import torch
@@ -62,3 +64,36 @@ def check_precision(precision: str, device: str | torch.device) -> None:
         f"{torch.backends.cpu.get_cpu_capability()}) has no native bfloat16 instructions (avx512_bf16 "
         "or amx_bf16), so bf16 would be emulated about a thousand times slower than fp32 and a run "
         "would look hung. Use precision=fp32 here, or bf16 on a GPU or a CPU that has it.")
+
+
+def flush_denormals(on: bool) -> int:
+    """Flush denormal floats to zero (x86 FTZ/DAZ) in this thread and in torch's CPU worker threads.
+
+    Gradients of the frozen KB in phases 3 and 5 run into denormals (below 1.2e-38), on which
+    Intel CPUs take microcode assists: a convolution's input gradient took 1.5 s instead of 8 ms
+    with denormal output gradients (docs/performance.md). ``torch.set_flush_denormal`` sets only
+    the calling thread's MXCSR, and OpenMP's workers inherit it only when they are created, so
+    it is also run once on every thread of torch's OpenMP team (libgomp's ``GOMP_parallel``).
+    Returns the number of threads set; 0 where the CPU cannot flush denormals.
+    """
+    import torch
+
+    if not torch.set_flush_denormal(on):
+        return 0
+    threads = torch.get_num_threads()
+    if threads <= 1:
+        return 1
+    try:
+        gomp = ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libgomp.so.1"))
+    except OSError:  # not the libgomp build of torch: only threads created from here on inherit it
+        return 1
+    seen: set[int] = set()
+
+    def on_each_thread(_data) -> None:
+        torch.set_flush_denormal(on)
+        seen.add(threading.get_native_id())
+
+    callback = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(on_each_thread)
+    gomp.GOMP_parallel(callback, None, ctypes.c_uint(threads), ctypes.c_uint(0))
+    return len(seen)
+

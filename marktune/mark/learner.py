@@ -38,7 +38,7 @@ from marktune.mark.compute import ComputePath, FastPath, LearnerView
 from marktune.mark.config import MarkConfig
 from marktune.mark.devices import deterministic_mode
 from marktune.mark.evaluation import Masks, TaskReport
-from marktune.mark.hardware import check_precision
+from marktune.mark.hardware import check_precision, flush_denormals
 from marktune.mark.model import KnowledgeBase, MaskGenerator, TaskHead, ones_masks
 from marktune.mark.phase4 import InnerLoop, MetaRule, MetaStepRecord, Phase4Context, Phase4Settings, meta_rule
 from marktune.mark.runtime import Runtime
@@ -70,6 +70,7 @@ class MarkLearner:
         self.device = torch.device(device)
         self.record_meta = record_meta
         check_precision(config.precision, self.device)  # bf16 on a CPU without it would crawl
+        flush_denormals(config.flush_denormals)  # process-wide, as torch's threads are
         self.meta_records: list[MetaStepRecord] = []
         self.meta_rule: MetaRule = meta_rule(config.meta_update)
         # meta_vmap None: batched mini-tasks where the loop is launch-bound (CUDA), the loop elsewhere

@@ -167,3 +167,15 @@ def test_restored_learner_evaluates_like_the_uninterrupted_one(tmp_path):
     resumed.load(tmp_path / "s.pt")
     resumed.run()
     assert resumed.matrices() == full.matrices()
+
+
+def test_flush_denormals_is_round_off_only():
+    # FTZ/DAZ changes only values below 1.2e-38 (float32's smallest normal), far inside
+    # assert_close's atol of 1e-5; each learner sets the process's mode when it is built,
+    # so each runs before the next is built
+    a = make(tiny_config(num_tasks=2, flush_denormals=True))
+    a.run()
+    b = make(tiny_config(num_tasks=2, flush_denormals=False))
+    b.run()
+    assert a.matrices() == b.matrices()
+    assert_modules_close(a.kb, b.kb)

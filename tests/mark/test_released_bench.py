@@ -130,6 +130,11 @@ def test_run_released_times_each_phase_and_leaves_no_module_behind(stand_in):
     assert "approach" not in sys.modules and "models.conv" not in sys.modules
 
 
+def test_run_released_stops_after_the_tasks_asked_for(stand_in):
+    run = released.run_released(stand_in(), synthetic(), tasks=1)
+    assert run.tasks_done == 1 and run.test[1:].sum() == 0
+
+
 @pytest.mark.parametrize("phase, expected", [("meta", "task 0, phase meta"), ("kb", "task 0, phase kb")])
 def test_run_released_stops_at_the_first_non_finite_loss_and_names_where(stand_in, phase, expected):
     run = released.run_released(stand_in(nan_in=phase), synthetic())
