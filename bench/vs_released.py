@@ -10,10 +10,11 @@ initialised to ones on both sides, ``mask_init=identity``: with PyTorch's init b
 die at this size and every task sits at chance, so ACC would tell nothing) and the same
 torch threads. The released code is not fetched: give its checkout (``bench/released.py``).
 
-Prints the wall seconds of each and their ratio, per-phase seconds, ACC (test, after the last
-task), and the share of this CPU's fp32 GEMM peak that each reached: the peak is a large
-``torch.mm`` at the same thread count, the work is the convolutions' and linear layers' FLOPs
-counted from their shapes as they ran (``torch.utils.flop_counter``), both sides alike.
+The released code runs as released, without flushing denormals (``--released-flush-denormals``
+flushes them for it too); marktune flushes them by default (``flush_denormals``). Prints the wall seconds of each and their ratio, per-phase seconds, ACC (test, after the last
+task), and this CPU's fp32 GEMM peak (a large ``torch.mm`` at the same thread count); with ``--flops``
+also the share of it marktune reached over its wall time, its convolutions' and linear layers'
+FLOPs counted from their shapes as they ran (``torch.utils.flop_counter``) in a second run.
 """
 from __future__ import annotations
 
@@ -28,28 +29,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from gemm_share import gemm_peak_gflops  # noqa: E402
 from released import PHASES, check_checkout, run_released  # noqa: E402
 
 from marktune.data import load_benchmark_for  # noqa: E402
 from marktune.mark import metrics  # noqa: E402
 from marktune.mark.config import MarkConfig  # noqa: E402
-from marktune.mark.hardware import cpu_model_name  # noqa: E402
+from marktune.mark.hardware import cpu_model_name, flush_denormals  # noqa: E402
 from marktune.mark.learner import MarkLearner  # noqa: E402
 
 SETTINGS = dict(benchmark="fmnist", num_tasks=5, max_train_per_task=2000, epochs=3,
                 meta_epochs=2, mini_tasks=5, inner_steps=10, meta_update="seed", mask_init="identity")
-
-
-def gemm_peak_gflops(n: int = 2048, repeat: int = 10) -> float:
-    """This CPU's fp32 matmul rate at the current torch thread count (best of ``repeat``)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - start)
-    return 2 * n ** 3 / best / 1e9
 
 
 def counted(fn):
@@ -77,7 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch threads for both (default 2)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--flops", action="store_true",
-                        help="also count each side's FLOPs in a second, uncounted-time run (slow)")
+                        help="also count marktune's FLOPs in a second run (not timed; slower) for its GEMM-peak share")
+    parser.add_argument("--released-flush-denormals", action="store_true",
+                        help="run the released code with denormals flushed to zero too (marktune's default; "
+                             "the released code does not)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     checkout = check_checkout(args.checkout)
@@ -88,18 +81,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"CPU: {cpu_model_name()} ({torch.backends.cpu.get_cpu_capability()}), {args.threads} torch threads, "
           f"torch {torch.__version__}", flush=True)
 
+    if args.released_flush_denormals:
+        flush_denormals(True)
     released = run_released(checkout, cfg, benchmark=benchmark)
     print(f"released code: {released.wall_seconds:.1f} s, ACC {released.acc:.4f}"
           + (f", NON-FINITE at {released.nonfinite}" if released.nonfinite else ""), flush=True)
     ours = run_marktune(cfg, benchmark)
     print(f"marktune:      {ours['wall']:.1f} s, ACC {ours['acc']:.4f}", flush=True)
-    peak = gemm_peak_gflops()
+    peak = gemm_peak_gflops(repeat=10)
     figures = {"cpu": cpu_model_name(), "threads": args.threads, "gemm_peak_gflops": peak,
+               "released_flush_denormals": args.released_flush_denormals,
                "released": {"wall": released.wall_seconds, "phases": released.phase_seconds, "acc": released.acc,
                             "nonfinite": released.nonfinite},
                "marktune": ours, "speedup": released.wall_seconds / ours["wall"]}
     if args.flops:
-        _, figures["released"]["flops"] = counted(lambda: run_released(checkout, cfg, benchmark=benchmark))
         _, figures["marktune"]["flops"] = counted(lambda: run_marktune(cfg, benchmark))
 
     print("\n== side by side ==")
@@ -111,10 +106,10 @@ def main(argv: list[str] | None = None) -> int:
           f"released ACC)")
     print(f"fp32 GEMM peak at {args.threads} threads: {peak:.0f} GFLOP/s")
     if args.flops:
-        for name, side in (("released code", figures["released"]), ("marktune", figures["marktune"])):
-            share = side["flops"] / side["wall"] / 1e9 / peak
-            side["gemm_share"] = share
-            print(f"{name}: {side['flops'] / 1e12:.2f} TFLOP (conv + linear), {share:.0%} of the peak over its wall time")
+        side = figures["marktune"]
+        side["gemm_share"] = share = side["flops"] / side["wall"] / 1e9 / peak
+        print(f"marktune: {side['flops'] / 1e12:.2f} TFLOP (convolutions and linear layers, forward and backward), "
+              f"{share:.0%} of the peak over its wall time (bench/gemm_share.py: the ceiling op by op)")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
     return 0
