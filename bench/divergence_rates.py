@@ -21,6 +21,8 @@ Settings (``--setting``):
 * ``warmup``: the first task only (of the same 5-task split) with 6 epochs in every phase, the
   fmnist space's KB warm-up length, where the space's history saw the warm-up blow up.
 * ``released-init``: ``issue41`` with PyTorch's mask init on both sides, as the released code.
+* ``warmup-clip``: ``warmup`` with the fmnist and digits spaces' ``kb_grad_clip: 1.0``
+  (``--sides marktune``: the released code has no clip).
 
 The summary gives, per setting and side, the count and share of each outcome with a 95 %
 Clopper-Pearson interval, and the difference between the sides' non-finite shares.
@@ -46,6 +48,7 @@ SETTINGS = {
     "issue41": (BASE, 5),
     "warmup": ({**BASE, "epochs": 6}, 1),
     "released-init": ({**BASE, "mask_init": "default"}, 5),
+    "warmup-clip": ({**BASE, "epochs": 6, "kb_grad_clip": 1.0}, 1),  # marktune only: the spaces' clip
 }  # name: (marktune settings, tasks to run)
 SIDES = ("released", "marktune")
 COMMIT = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
