@@ -6,10 +6,9 @@
 
 Runs each seed once with the released code (``bench/released.py``, its checkout as the first
 argument; nothing is fetched) and once with marktune, on the same data and settings, with no
-gradient clip, one torch thread per run (``--jobs`` runs at a time). Both sides flush denormal floats to zero (``flush_denormals``, marktune's default): the
-released code's KB warm-up runs into denormals, on which this Intel Xeon's convolutions took
-365-419 s for one task at one thread instead of about 40 s; flushing changes only values below
-1.2e-38. Each run ends "non-finite"
+gradient clip, one torch thread per run (``--jobs`` runs at a time). Both sides flush denormal floats to zero (``flush_denormals``, marktune's default): both run
+into denormal gradients, on which an Intel Xeon's convolutions slow down many times
+(docs/performance.md); flushing changes only values below 1.2e-38. Each run ends "non-finite"
 (a loss became NaN or infinite: the run stops there), "dead" (it finished with a task at chance
 in its last test row: accuracy at most 1/classes + 0.05) or "ok". Rows are appended to ``--out``
 as runs end, and runs already there are skipped, so an interrupted recording resumes.
