@@ -115,12 +115,11 @@ def read_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def interval(k: int, n: int) -> tuple[float, float]:
+def interval(k: int, n: int, method: str = "exact") -> tuple[float, float]:
+    """95 % interval of the share k/n: Clopper-Pearson (``exact``) or ``wilson`` (scipy's)."""
     from scipy.stats import binomtest
 
-    if n == 0:
-        return (math.nan, math.nan)
-    ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="exact")
+    ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method=method)
     return ci.low, ci.high
 
 
@@ -149,15 +148,10 @@ def summary(rows: list[dict]) -> str:
                 lines.append("            non-finite at " + "; ".join(where))
         if len(shares) == 2:
             (k1, n1), (k2, n2) = shares["marktune"], shares["released"]
-            diff = k1 / n1 - k2 / n2
-            # Newcombe's hybrid score interval of a difference of two proportions (from Wilson's)
-            def wilson(k, n):
-                z = 1.959964
-                centre = (k + z * z / 2) / (n + z * z)
-                half = z * math.sqrt(k * (n - k) / n + z * z / 4) / (n + z * z)
-                return centre - half, centre + half
-            (l1, u1), (l2, u2) = wilson(k1, n1), wilson(k2, n2)
             p1, p2 = k1 / n1, k2 / n2
+            diff = p1 - p2
+            # Newcombe's hybrid score interval of a difference of two proportions, from Wilson's
+            (l1, u1), (l2, u2) = interval(k1, n1, "wilson"), interval(k2, n2, "wilson")
             low = diff - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)
             high = diff + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
             lines.append(f"  non-finite share, marktune - released: {diff:+.2f} [{low:+.2f}, {high:+.2f}] (Newcombe)")

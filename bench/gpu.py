@@ -43,9 +43,9 @@ from marktune.mark.hardware import cpu_has_native_bf16, cpu_model_name  # noqa: 
 from marktune.mark.learner import MarkLearner  # noqa: E402
 from marktune.mark.model import ones_masks  # noqa: E402
 from marktune.mark.phase4 import adapt_mini_task  # noqa: E402
+from marktune.mark.training import PHASES, phase_totals  # noqa: E402
 from tests.oracles import released_adapt_mini_task  # noqa: E402
 
-PHASES = ("feature", "kb", "mask", "meta", "consolidation", "eval")
 FULL_TASKS = 20
 
 
@@ -101,7 +101,7 @@ def describe_device(device: str) -> str:
 
 
 def phase_line(result: dict) -> str:
-    totals = {p: sum(s.get(p, 0.0) for s in result["seconds"]) for p in PHASES}
+    totals = phase_totals(result["seconds"])
     return " / ".join(f"{totals[p]:.1f}" for p in PHASES)
 
 

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import io
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -36,9 +37,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from marktune.mark.config import MarkConfig  # noqa: E402
+from marktune.mark.training import PHASES  # noqa: E402  (the released phases are timed under marktune's names)
 
 RELEASED_FILES = ("approach.py", "models/conv.py", "utils.py")
-PHASES = ("feature", "kb", "mask", "meta", "consolidation", "eval")
 
 
 class ReleasedCodeMissing(FileNotFoundError):
@@ -56,7 +57,6 @@ class ReleasedRun:
     wall_seconds: float
     nonfinite: str | None = None  # "task T, phase P" of the first non-finite loss, else None
     tasks_done: int = 0
-    notes: list[str] = field(default_factory=list)
 
     @property
     def acc(self) -> float:
@@ -182,7 +182,7 @@ def run_released(checkout: str | Path, cfg: MarkConfig, *, benchmark=None, tasks
     args.taskcla = [[t, task.num_classes] for t, task in enumerate(benchmark.tasks)]
     watch = _Watch(stop_on_nonfinite)
     with _released_modules(checkout) as (approach, conv), \
-            contextlib.redirect_stdout(sys.stdout if verbose else open("/dev/null", "w")):
+            contextlib.redirect_stdout(sys.stdout if verbose else io.StringIO()):
         def new_task(*a, **k):
             watch.meta_done = False
             return "feature"

@@ -33,11 +33,10 @@ from marktune.mark import metrics# noqa: E402
 from marktune.mark.config import MarkConfig  # noqa: E402
 from marktune.data import load_benchmark_for  # noqa: E402
 from marktune.mark.learner import MarkLearner  # noqa: E402
-from marktune.mark.training import TaskData  # noqa: E402
+from marktune.mark.training import PHASES, TaskData, phase_totals  # noqa: E402
 
 ISSUE_5 = dict(benchmark="fmnist", num_tasks=5, max_train_per_task=2000, epochs=3,
                meta_epochs=2, mini_tasks=5, inner_steps=10)
-PHASES = ("feature", "kb", "mask", "meta", "consolidation", "eval")
 
 
 def peak_rss_mb() -> float:
@@ -121,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     load_after = os.getloadavg()[0]
 
-    per_phase = {p: sum(s.get(p, 0.0) for s in learner.seconds) for p in PHASES}
+    per_phase = phase_totals(learner.seconds)
     train_s = sum(v for k, v in per_phase.items() if k != "eval")
     eval_s = per_phase["eval"]
     train_ips = training_images(cfg, learner) / max(train_s, 1e-9)

@@ -30,13 +30,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gemm_share import gemm_peak_gflops  # noqa: E402
-from released import PHASES, check_checkout, run_released  # noqa: E402
+from released import check_checkout, run_released  # noqa: E402
 
 from marktune.data import load_benchmark_for  # noqa: E402
 from marktune.mark import metrics  # noqa: E402
 from marktune.mark.config import MarkConfig  # noqa: E402
 from marktune.mark.hardware import cpu_model_name, flush_denormals  # noqa: E402
 from marktune.mark.learner import MarkLearner  # noqa: E402
+from marktune.mark.training import PHASES, phase_totals  # noqa: E402
 
 SETTINGS = dict(benchmark="fmnist", num_tasks=5, max_train_per_task=2000, epochs=3,
                 meta_epochs=2, mini_tasks=5, inner_steps=10, meta_update="seed", mask_init="identity")
@@ -57,7 +58,7 @@ def run_marktune(cfg: MarkConfig, benchmark) -> dict:
     learner.run()
     wall = time.perf_counter() - start
     _, test = learner.matrices()
-    return {"wall": wall, "phases": {p: sum(s.get(p, 0.0) for s in learner.seconds) for p in PHASES},
+    return {"wall": wall, "phases": phase_totals(learner.seconds),
             "acc": metrics.average_accuracy(test)}
 
 

@@ -76,8 +76,6 @@ def flush_denormals(on: bool) -> int:
     it is also run once on every thread of torch's OpenMP team (libgomp's ``GOMP_parallel``).
     Returns the number of threads set; 0 where the CPU cannot flush denormals.
     """
-    import torch
-
     if not torch.set_flush_denormal(on):
         return 0
     threads = torch.get_num_threads()
@@ -96,4 +94,3 @@ def flush_denormals(on: bool) -> int:
     callback = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(on_each_thread)
     gomp.GOMP_parallel(callback, None, ctypes.c_uint(threads), ctypes.c_uint(0))
     return len(seen)
-

@@ -17,7 +17,7 @@ import itertools
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -146,6 +146,16 @@ def live_features(task: TaskData, runtime: Runtime, *, train_mode: bool) -> Call
         with torch.no_grad(), runtime.autocast():
             return task.extractor(runtime.images(task.x[idx])).float()
     return compute
+
+
+# the keys of MarkLearner.seconds (one dict per task), in the order the phases run
+PHASES = ("feature", "kb", "mask", "meta", "consolidation", "eval")
+
+
+def phase_totals(seconds: Iterable[dict[str, float]]) -> dict[str, float]:
+    """Seconds of each phase in :data:`PHASES`, summed over the tasks' ``seconds`` dicts."""
+    seconds = list(seconds)
+    return {p: sum(s.get(p, 0.0) for s in seconds) for p in PHASES}
 
 
 @contextlib.contextmanager
