@@ -16,6 +16,14 @@ pick's mean beats the space's default configuration's mean (``bench/curves/defau
     ... [--samples 8 16 32 64] [--rules 3x2 5x2 2x1] [--replays 1000] [--workers 2] [--asha 2x3]
     ... [--markdown FILE]
 
+Scored on held-out seeds by default (``--score held-out``, :mod:`marktune.replay.seed_roles`): in
+each replay every trial runs at one recorded seed, the confirmation re-runs at others, and each
+pick, the oracle's included, is worth its configuration's mean final test ACC at the seeds neither
+used (the default configuration's too); the replays rotate through every such assignment, and
+the table gives the mean regret per search seed beside the overall one. ``--score seen`` is the
+former scoring, on every recorded seed (biased: the one-seed pick is scored at the seed that
+selected it).
+
 "task-trainings" is what each rule costs: the search's task-trainings plus its extra runs (each a
 whole sequence), as a share of a full random search's of the same sample count.
 """
@@ -33,7 +41,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from marktune.mark.hardware import cpu_model_name  # noqa: E402
-from marktune.replay.search import Interval, Strategy, replay  # noqa: E402
+from marktune.replay.search import Interval, Strategy, replay, worth_of  # noqa: E402
+from marktune.replay.seed_roles import SEEN_WARNING, TooFewSeedsError, assignments, table_seeds  # noqa: E402
 from marktune.replay.table import ReplayTable, ReplayTableError, check_table  # noqa: E402
 from marktune.results.curves import CurvesError, read_curves  # noqa: E402
 from marktune.tune.spaces import load_space  # noqa: E402
@@ -71,19 +80,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shared-seed", action="store_true",
                         help="every trial of a replay shows the same recorded seed (drawn per replay), as a live "
                              "search's trials all run at the space's seed; default: each trial draws its own")
+    parser.add_argument("--score", choices=("held-out", "seen"), default="held-out",
+                        help="held-out (default): picks are scored on seeds neither the search nor the confirmation "
+                             "ran at; seen: on every recorded seed (biased)")
     parser.add_argument("--markdown", type=Path, default=None)
     args = parser.parse_args(argv)
+    for name in ("samples", "replays", "workers"):
+        if min(getattr(args, name) if isinstance(getattr(args, name), list) else [getattr(args, name)]) < 1:
+            parser.error(f"--{name} must be at least 1")
     default_path = args.default or args.curves.parent / "defaults" / args.curves.name
     try:
         space = load_space(args.space)
         curves = read_curves(args.curves)
         check_table(curves, space, source=str(args.curves))
-        preset = ReplayTable.from_curves(read_curves(default_path)).configs[0].final_test
-    except (ReplayTableError, CurvesError, OSError, IndexError) as err:
+        default = ReplayTable.from_curves(read_curves(default_path)).configs[0]
+        table = ReplayTable.from_curves(curves)
+        seeds = table_seeds(table.configs)
+        roles = (assignments(seeds, confirm=max(s for _, s in args.rules)) if args.score == "held-out" else None)
+    except (ReplayTableError, CurvesError, OSError, IndexError, TooFewSeedsError) as err:
         print(f"confirm bench: {err}", file=sys.stderr)
         return 2
-    table = ReplayTable.from_curves(curves)
-    seeds = sorted({c.seed for cfg in table.configs for c in cfg.curves if c.seed is not None})
+    if roles and not all(default.has_seeds(r.score) for r in roles):
+        print(f"confirm bench: {default_path}: the default configuration is not recorded at every seed of the table "
+              f"({', '.join(map(str, seeds))}); record it there too", file=sys.stderr)
+        return 2
     started = time.perf_counter()
     strategy = Strategy(name="random", proposals="table") if args.asha is None else Strategy(
         name="random + asha", proposals="table", grace_period=args.asha[0], reduction_factor=args.asha[1])
@@ -91,37 +111,49 @@ def main(argv: list[str] | None = None) -> int:
     body = []
     for samples in args.samples:
         regrets: dict[str, list[float]] = {n: [] for n in names}
+        by_seed: dict[str, dict[int, list[float]]] = {n: {} for n in names}  # search seed -> regrets
         wins: dict[str, list[bool]] = {n: [] for n in names}
         extra = {n: 0 for n in names}
         trainings = {n: 0.0 for n in names}
         for r in range(args.replays):
-            shared = seeds[r % len(seeds)] if args.shared_seed else None
+            shared = seeds[r % len(seeds)] if args.shared_seed and seeds else None
+            role = roles[r % len(roles)] if roles else None
             outcome = replay(table=table, space=space, strategy=strategy, samples=samples,
-                             workers=args.workers, seed=r, trial_seed=shared)
+                             workers=args.workers, seed=r, trial_seed=shared, roles=role)
+            preset = worth_of(default, role)
             rng = np.random.default_rng(10_000_000 + r)
             picks = [("one seed", outcome.confirm(top=0, seeds=0, rng=rng))]
             picks += [(f"top {k} x {s} more seeds", outcome.confirm(top=k, seeds=s, rng=rng)) for k, s in args.rules]
             for name, confirmation in picks:
                 regrets[name].append(confirmation.regret)
+                by_seed[name].setdefault(role.search if role else -1, []).append(confirmation.regret)
                 wins[name].append(confirmation.picked.worth > preset)
                 extra[name] += confirmation.extra_runs
                 trainings[name] += ((outcome.task_trainings + confirmation.extra_runs * table.num_tasks)
                                     / outcome.budget)
             oracle = max(t.worth for t in outcome.trials if t.finished)
-            regrets["oracle"].append(table.best_final_test - oracle)
+            regrets["oracle"].append(outcome.reference - oracle)
+            by_seed["oracle"].setdefault(role.search if role else -1, []).append(outcome.reference - oracle)
             wins["oracle"].append(oracle > preset)
             trainings["oracle"] += outcome.task_trainings / outcome.budget
         for name in names:
-            body.append([str(samples), name, cell(regrets[name], wins[name]),
+            spread = (" ".join(f"{s}: {100 * np.nanmean(v):.2f}" for s, v in sorted(by_seed[name].items()))
+                      if roles else "-")
+            body.append([str(samples), name, cell(regrets[name], wins[name]), spread,
                          f"{extra[name] / args.replays:.1f}", f"{100 * trainings[name] / args.replays:.0f} %"])
         print(f"  {samples} samples done ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
-    header = ["samples", "pick", "regret in points [95 % interval], P(beats the default)", "extra runs", "task-trainings"]
-    seen = "every trial at one seed per replay" if args.shared_seed else "one recorded seed per trial"
+    header = ["samples", "pick", "regret in points [95 % interval], P(beats the default)",
+              "mean regret by search seed", "extra runs", "task-trainings"]
+    seen = ("every trial at one seed per replay" if args.shared_seed or roles else "one recorded seed per trial")
+    scoring = (f"scored on held-out seeds, the replays rotating through {len(roles)} assignments of the seeds "
+               f"(search / confirm / score: {roles[0]}; ...), the default's mean at the same score seeds"
+               if roles else SEEN_WARNING)
     pruning = "no pruning" if args.asha is None else "ASHA grace %d, reduction %d" % args.asha
     intro = (f"confirm bench: {args.curves} ({len(table.configs)} configurations, seeds {seeds}), space "
              f"{space.path}; random search drawn from the table, {args.workers} "
              f"workers, {seen}, {pruning}; {args.replays} replays per sample count; the table's best "
-             f"{table.best_final_test:.4f}, the default's mean {preset:.4f} ({default_path}); "
+             f"{table.best_final_test:.4f}, the default's mean {default.final_test:.4f} ({default_path}), over every seed; "
+             f"{scoring}; "
              f"{cpu_model_name()}, {time.perf_counter() - started:.0f} s")
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
     print(intro + "\n\n" + "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()

@@ -7,6 +7,11 @@ picked by validation) at 25, 50 and 100 % of the task-trainings of a full random
 same sample count, with 95 % t intervals over the replay seeds; then Kendall's tau of each rung
 (val ACC after task k) against the final values.
 
+Scored on held-out seeds by default (``--score held-out``, :mod:`marktune.replay.seed_roles`): each
+replay's trials all run at one recorded seed and the pick is worth its configuration's mean final
+test ACC at the other seeds; the replays rotate through the seeds. ``--score seen`` scores on every
+recorded seed, the one the pick was selected at included (biased; for tables of one seed).
+
     PYTHONPATH=. .venv/bin/python bench/replay.py bench/curves/fmnist.csv --space search_spaces/fmnist.yaml
     PYTHONPATH=. .venv/bin/python bench/replay.py --synthetic 48 --space search_spaces/fmnist.yaml --samples 48
     ... [--samples N] [--workers 2] [--replay-seeds 20] [--jobs 2] [--surrogate weighted|nearest] [--markdown FILE]
@@ -24,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from marktune.mark.hardware import cpu_model_name  # noqa: E402
 from marktune.results.curves import CurvesError, read_curves, write_curves  # noqa: E402
+from marktune.replay.seed_roles import SEEN_WARNING, TooFewSeedsError, assignments, table_seeds  # noqa: E402
 from marktune.replay.search import (FRACTIONS, Interval, Strategy, StrategyResult, benchmark_strategies,  # noqa: E402
                                     replay_strategies, standard_strategies)
 from marktune.replay.surrogates import DEFAULT_FOLDS, SURROGATES, WeightedNearest, make_surrogate  # noqa: E402
@@ -108,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
                         "the table) or nearest (all settings alike)")
     parser.add_argument("--synthetic", type=int, default=None, metavar="N",
                         help="replay a synthetic table of N configurations instead of a file")
+    parser.add_argument("--score", choices=("held-out", "seen"), default="held-out",
+                        help="held-out (default): a pick is scored on recorded seeds its search did not run at; "
+                        "seen: on every recorded seed, its own included (biased; a table of one seed needs it)")
     parser.add_argument("--save-table", type=Path, default=None, help="write the (synthetic) table here")
     parser.add_argument("--markdown", type=Path, default=None, help="also write the tables as markdown here")
     args = parser.parse_args(argv)
@@ -122,6 +131,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ReplayTableError, CurvesError, OSError) as err:
         print(f"replay bench: {err}", file=sys.stderr)
         return 2
+    roles = None
+    if args.score == "held-out":
+        try:
+            roles = assignments(table_seeds(ReplayTable.from_curves(curves).configs), confirm=0)
+        except (TooFewSeedsError, ReplayTableError) as err:
+            print(f"replay bench: {args.curves or 'the synthetic table'}: {err}", file=sys.stderr)
+            return 2
     if args.save_table:
         write_curves(args.save_table, curves.rows, searched=curves.searched)
     table = ReplayTable.from_curves(curves)
@@ -139,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         strategies = [Strategy(**{**s.__dict__, "proposals": "random-sampler"}) if s.proposals == "table"
                       and s.stop_after is None else s for s in strategies]
     results = replay_strategies(table=table, space=space, strategies=strategies, samples=samples,
-                                workers=args.workers, seeds=seeds, surrogate=surrogate, jobs=args.jobs)
+                                workers=args.workers, seeds=seeds, surrogate=surrogate, jobs=args.jobs, roles=roles)
     loo, loo_mean = surrogate.leave_one_out()
     best = max(table.configs, key=lambda c: c.final_test)
     source = "synthetic table" if args.synthetic else str(args.curves)
@@ -158,7 +174,10 @@ def main(argv: list[str] | None = None) -> int:
         f"cross-validated mean absolute error of the final val ACC (each configuration predicted without its "
         f"fold, {DEFAULT_FOLDS} folds; nearest: exact leave-one-out) {points(loo)} points (predicting the mean of "
         f"the others: {points(loo_mean)})",
-        f"best final test ACC in the table: {best.final_test:.4f} ({best.key})",
+        f"best final test ACC in the table: {best.final_test:.4f} ({best.key}, its mean over every seed)",
+        (f"scored on held-out seeds: each replay's trials run at one recorded seed and a pick is worth its mean final "
+         f"test ACC at the others, the regret's reference the best such mean; the replays rotate through "
+         f"{len(roles)} assignments ({'; '.join(map(str, roles))})" if roles else SEEN_WARNING),
     ]
     if isinstance(surrogate, WeightedNearest):
         shares = sorted(surrogate.setting_weights().items(), key=lambda kv: -kv[1])

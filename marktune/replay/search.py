@@ -31,6 +31,12 @@ trial picked is worth (a recorded configuration's final test ACC, its seeds' mea
 stand-in's predicted one), picked by its val ACC among the trials that ran all their tasks by the
 time ``fraction`` x samples x tasks task-trainings were done.
 
+Held-out scoring (``roles``, :mod:`marktune.replay.seed_roles`): every trial runs at the roles'
+search seed, the confirmation draws from its confirm seeds, and both the pick's worth and the
+table's best are means over its score seeds only, so no pick is scored at a seed it was selected
+at. Only configurations complete at all the roles' seeds are drawn. Without ``roles`` a pick is
+worth its mean over every recorded seed (seen seeds: biased, kept for tables of one seed).
+
 Example:
     >>> from marktune.tune.spaces import load_space
     >>> from marktune.replay.table import ReplayTable, synthetic_curves
@@ -51,6 +57,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from marktune.mark.metrics import METRIC, TIME_ATTR
+from marktune.replay.seed_roles import SeedRoles
 from marktune.replay.surrogates import Surrogate, make_surrogate, recorded_stand_in
 from marktune.replay.table import Curve, ReplayTable
 from marktune.results.confirmation import best_by_mean
@@ -225,6 +232,8 @@ class ReplayOutcome:
     wall_s: float = 0.0
     events: list[tuple[float, str, int]] = field(default_factory=list)  # (clock, trial id, tasks done)
     study: Any = None  # the searcher's Optuna study (None for proposals drawn from the table)
+    roles: SeedRoles | None = None  # held-out scoring's seeds; None: scored on every recorded seed
+    reference: float = math.nan  # the table's best, as a pick is scored (set by replay)
 
     def pick(self, fraction: float) -> ReplayedTrial | None:
         """The finished trial of best val ACC among those that ended within ``fraction`` of the
@@ -241,7 +250,7 @@ class ReplayOutcome:
         return math.nan if picked is None else self._regret_of(picked)
 
     def _regret_of(self, trial: ReplayedTrial) -> float:
-        return round(self.table.best_final_test - trial.worth, 12)
+        return round(self.reference - trial.worth, 12)
 
     def pareto_pick(self) -> list[ReplayedTrial]:
         """What a search on (val ACC, parameters) reports: the finished trials no other finished one
@@ -255,7 +264,7 @@ class ReplayOutcome:
         the table's best corner and its worst (least accurate, largest): the hypervolume of the
         table's configurations (3-seed mean final test ACC, parameters; ``sizes`` in the table's
         order) minus that of the picks, each scored by what it is worth."""
-        worth = [c.final_test for c in self.table.configs]
+        worth = [worth_of(c, self.roles) for c in self.table.configs]
         reference = (-min(worth), max(sizes))
         box = (max(worth) - min(worth)) * (max(sizes) - min(sizes))
         table = hypervolume_2d([(-w, z) for w, z in zip(worth, sizes)], reference)
@@ -266,8 +275,9 @@ class ReplayOutcome:
         """The confirmation stage after the whole budget: the ``top`` finished trials by their
         (one-seed) final val ACC each run again at ``seeds`` more seeds, drawn without replacement
         from the recorded seeds of its configuration that it has not shown (fewer where fewer are
-        left); the winner is the best mean final val over its seeds. A modelled stand-in's extra
-        runs keep its offset from its configuration. ``top`` 0: no confirmation (the plain pick)."""
+        left; with held-out scoring, from the roles' confirm seeds only); the winner is the best mean
+        final val over its seeds. A modelled stand-in's extra runs keep its offset from its
+        configuration. ``top`` 0: no confirmation (the plain pick)."""
         plain = self.pick(1.0)
         if plain is None:
             return Confirmation(picked=None, value=math.nan, extra_runs=0, regret=math.nan)
@@ -277,7 +287,8 @@ class ReplayOutcome:
         finalists = sorted(done, key=lambda t: -t.value)[:top]  # stable: ties go to the one that ended first
         seen, runs = [], 0
         for trial in finalists:
-            others = [c for c in self.table.configs[trial.config].curves if c.seed != trial.curve.seed]
+            others = [c for c in self.table.configs[trial.config].curves if c.seed != trial.curve.seed
+                      and (self.roles is None or c.seed in self.roles.confirm)]
             drawn = [others[i] for i in rng.permutation(len(others))[:seeds]]
             seen.append([trial.value] + [c.val[-1] + trial.final_shift for c in drawn])
             runs += len(drawn)
@@ -317,6 +328,12 @@ class _Sizes:
         return self._seen[key]
 
 
+def worth_of(config, roles: SeedRoles | None) -> float:
+    """What a pick of a recorded configuration is worth: its mean final test ACC at the roles'
+    score seeds (held out), or over every recorded seed without roles."""
+    return config.final_test if roles is None else config.test_at(roles.score)
+
+
 class _TableDraws:
     """Random proposals drawn from the table without replacement, a fresh pass when exhausted.
     (A random search's table is a sample of the random sampler's proposals: drawing from it is
@@ -332,24 +349,29 @@ class _TableDraws:
 
 
 def replay(*, table: ReplayTable, space: SearchSpace, strategy: Strategy, samples: int, workers: int = 2,
-           seed: int = 0, surrogate: Surrogate | None = None, trial_seed: int | None = None) -> ReplayOutcome:
+           seed: int = 0, surrogate: Surrogate | None = None, trial_seed: int | None = None,
+           roles: SeedRoles | None = None) -> ReplayOutcome:
     """One simulated search of ``samples`` trials on ``workers`` workers (see the module's text).
     ``trial_seed``: every trial drawn from the table shows its curve at this recorded seed, as a
-    live search's trials all run at the space's seed (None: each draws one of its seeds)."""
+    live search's trials all run at the space's seed (None: each draws one of its seeds).
+    ``roles``: held-out scoring (its search seed replaces ``trial_seed``)."""
+    if roles is not None:
+        trial_seed = roles.search
     if strategy.proposals == "table":
-        return _replay(table, space, strategy, samples, workers, seed, surrogate, trial_seed)
+        return _replay(table, space, strategy, samples, workers, seed, surrogate, trial_seed, roles)
     import optuna
 
     before = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per trial told
     try:
-        return _replay(table, space, strategy, samples, workers, seed, surrogate, trial_seed)
+        return _replay(table, space, strategy, samples, workers, seed, surrogate, trial_seed, roles)
     finally:
         optuna.logging.set_verbosity(before)
 
 
 def _replay(table: ReplayTable, space: SearchSpace, strategy: Strategy, samples: int, workers: int, seed: int,
-            surrogate: Surrogate | None, trial_seed: int | None = None) -> ReplayOutcome:
+            surrogate: Surrogate | None, trial_seed: int | None = None,
+            roles: SeedRoles | None = None) -> ReplayOutcome:
     if samples < 1 or workers < 1:
         raise ValueError("samples and workers must be at least 1")
     rng = np.random.default_rng(seed)
@@ -358,10 +380,15 @@ def _replay(table: ReplayTable, space: SearchSpace, strategy: Strategy, samples:
     num_tasks = table.num_tasks
     stop_after = strategy.stop_after or num_tasks
     scheduler = replay_scheduler(strategy, num_tasks=num_tasks)
-    outcome = ReplayOutcome(table=table, trials=[], budget=samples * num_tasks)
+    # with held-out scoring, only configurations recorded at every seed of the roles take part
+    pool = [i for i, c in enumerate(table.configs) if roles is None or c.has_seeds(roles.seeds)]
+    if not pool:
+        raise ValueError(f"no configuration of the table is complete at every seed of {roles}")
+    outcome = ReplayOutcome(table=table, trials=[], budget=samples * num_tasks, roles=roles,
+                            reference=max(worth_of(table.configs[i], roles) for i in pool))
     searcher, draws = None, None
     if strategy.proposals == "table":
-        draws = _TableDraws(len(table.configs), rng)
+        draws = _TableDraws(len(pool), rng)
     else:
         surrogate = surrogate if surrogate is not None else make_surrogate(table=table, space=space)
         searcher = replay_searcher(strategy, num_tasks=num_tasks, seed=seed)
@@ -376,14 +403,17 @@ def _replay(table: ReplayTable, space: SearchSpace, strategy: Strategy, samples:
     def start(now: float) -> None:
         trial_id = f"{len(outcome.trials):05d}"
         if draws is not None:
-            stand_in = recorded_stand_in(table, draws.next(), rng, seed=trial_seed)
+            stand_in = recorded_stand_in(table, pool[draws.next()], rng, seed=trial_seed)
             settings = table.configs[stand_in.config].params
         else:
             settings = searcher.suggest(trial_id)
-            stand_in = surrogate.stand_in(settings, rng)
-        curve = stand_in.curve
+            stand_in = surrogate.stand_in(settings, rng, seed=trial_seed)
+        curve, worth = stand_in.curve, stand_in.worth
+        if roles is not None:  # held out: the recorded configuration's mean at the score seeds, moved as
+            recorded = table.configs[stand_in.config]  # far as a modelled stand-in's prediction moved it
+            worth += worth_of(recorded, roles) - recorded.final_test if recorded.has_seeds(roles.score) else 0.0
         outcome.trials.append(ReplayedTrial(trial_id=trial_id, config=stand_in.config, curve=curve,
-                                            stop_after=stop_after, worth=stand_in.worth,
+                                            stop_after=stop_after, worth=worth,
                                             final_shift=stand_in.final_shift,
                                             size=sizes.of(settings) if sizes is not None else math.nan))
         handles.append(ReplayedTrialHandle(trial_id))
@@ -465,11 +495,15 @@ class StrategyResult:
 
 def replay_strategy(*, table: ReplayTable, space: SearchSpace, strategy: Strategy, samples: int,
                     workers: int, seeds: Sequence[int], surrogate: Surrogate | None = None,
-                    fractions: Sequence[float] = FRACTIONS) -> StrategyResult:
+                    fractions: Sequence[float] = FRACTIONS,
+                    roles: Sequence[SeedRoles] | None = None) -> StrategyResult:
+    """Replays at each of ``seeds``; with ``roles`` (held-out scoring) the i-th replay takes the
+    assignment ``roles[i % len(roles)]``, so the replays rotate through them."""
     if surrogate is None and strategy.proposals != "table":
         surrogate = make_surrogate(table=table, space=space)  # once, not per seed
     outcomes = [replay(table=table, space=space, strategy=strategy, samples=samples, workers=workers,
-                       seed=seed, surrogate=surrogate) for seed in seeds]
+                       seed=seed, surrogate=surrogate, roles=roles[i % len(roles)] if roles else None)
+                for i, seed in enumerate(seeds)]
     return StrategyResult(
         strategy=strategy,
         regrets={f: Interval.of([o.regret(f) for o in outcomes]) for f in fractions},
@@ -482,18 +516,18 @@ _REPLAY_WORKER_MODULES = ("marktune.replay.search", "marktune.tune.searcher", "m
 
 
 def _replay_strategy_args(args: tuple) -> StrategyResult:
-    table, space, strategy, samples, workers, seeds, surrogate = args
+    table, space, strategy, samples, workers, seeds, surrogate, roles = args
     return replay_strategy(table=table, space=space, strategy=strategy, samples=samples, workers=workers,
-                           seeds=seeds, surrogate=surrogate)
+                           seeds=seeds, surrogate=surrogate, roles=roles)
 
 
 def replay_strategies(*, table: ReplayTable, space: SearchSpace, strategies: Sequence[Strategy], samples: int,
                       workers: int, seeds: Sequence[int], surrogate: Surrogate | None = None,
-                      jobs: int = 1) -> list[StrategyResult]:
+                      jobs: int = 1, roles: Sequence[SeedRoles] | None = None) -> list[StrategyResult]:
     """:func:`replay_strategy` for each strategy, in ``jobs`` processes (in order)."""
     if surrogate is None and any(s.proposals != "table" for s in strategies):
         surrogate = make_surrogate(table=table, space=space)  # once, not per strategy or process
-    work = [(table, space, s, samples, workers, list(seeds), surrogate) for s in strategies]
+    work = [(table, space, s, samples, workers, list(seeds), surrogate, roles) for s in strategies]
     if jobs <= 1:
         return [_replay_strategy_args(w) for w in work]
     from concurrent.futures import ProcessPoolExecutor

@@ -62,7 +62,8 @@ class Surrogate(Protocol):
 
     def nearest(self, params: Mapping[str, Any], *, exclude: int | None = None) -> int: ...
 
-    def stand_in(self, params: Mapping[str, Any], rng: np.random.Generator) -> StandIn: ...
+    def stand_in(self, params: Mapping[str, Any], rng: np.random.Generator, *,
+                 seed: int | None = None) -> StandIn: ...
 
     def leave_one_out(self, *, folds: int = DEFAULT_FOLDS) -> tuple[float, float]: ...
 
@@ -190,9 +191,10 @@ class NearestRecorded:
             d[exclude] = np.inf
         return int(np.argmin(d))  # ties: the configuration listed first
 
-    def stand_in(self, params: Mapping[str, Any], rng: np.random.Generator) -> StandIn:
-        """The nearest recorded configuration, one of its seeds' curves."""
-        return recorded_stand_in(self._table, self.nearest(params), rng)
+    def stand_in(self, params: Mapping[str, Any], rng: np.random.Generator, *,
+                 seed: int | None = None) -> StandIn:
+        """The nearest recorded configuration, one of its seeds' curves (``seed``'s where it has it)."""
+        return recorded_stand_in(self._table, self.nearest(params), rng, seed=seed)
 
     def leave_one_out(self, *, folds: int = DEFAULT_FOLDS) -> tuple[float, float]:
         """(mean absolute error of the final val ACC predicted from the nearest other configuration,
@@ -272,9 +274,10 @@ class ModelledCurves(WeightedNearest):
             mean = expit(np.asarray(self._gp.predict(np.array([featurise(self._params, params)])))[0])
         return mean[:-1], float(mean[-1])
 
-    def stand_in(self, params: Mapping[str, Any], rng: np.random.Generator) -> StandIn:
+    def stand_in(self, params: Mapping[str, Any], rng: np.random.Generator, *,
+                 seed: int | None = None) -> StandIn:
         val, test = self.predict(params)
-        recorded = recorded_stand_in(self._table, self.nearest(params), rng)
+        recorded = recorded_stand_in(self._table, self.nearest(params), rng, seed=seed)
         noise = np.array(recorded.curve.val) - self._y[recorded.config]
         curve = Curve(val=tuple(float(v) for v in np.clip(val + noise, 0.0, 1.0)), test=recorded.curve.test,
                       seconds=recorded.curve.seconds, seed=recorded.curve.seed)

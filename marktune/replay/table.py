@@ -62,6 +62,16 @@ class RecordedConfig:
     def final_val(self) -> float:
         return float(np.mean([c.val[-1] for c in self.curves]))
 
+    def test_at(self, seeds: Sequence[int]) -> float:
+        """Mean final test ACC over its curves at ``seeds`` (NaN where it has none there): what a
+        pick is worth when scored on held-out seeds."""
+        finals = [c.test[-1] for c in self.curves if c.seed in seeds]
+        return float(np.mean(finals)) if finals else math.nan
+
+    def has_seeds(self, seeds: Sequence[int]) -> bool:
+        """Whether it holds a complete curve at every one of ``seeds``."""
+        return set(seeds) <= {c.seed for c in self.curves}
+
     def val_after(self, tasks: int) -> float:
         """Mean over seeds of the val ACC after ``tasks`` tasks (a rung's value)."""
         return float(np.mean([c.val[tasks - 1] for c in self.curves]))

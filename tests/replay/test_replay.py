@@ -14,6 +14,7 @@ from conftest import load_bench
 from marktune.results.curves import CurveRow, CurvesTable, read_curves, write_curves
 from marktune.replay import search as replay_module
 from marktune.replay import surrogates as surrogates_module
+from marktune.replay import seed_roles as seed_roles_module
 from marktune.replay import table as replay_table_module
 from marktune.replay.search import Interval, Strategy, replay
 from marktune.replay.surrogates import NearestRecorded, WeightedNearest, make_surrogate
@@ -62,7 +63,7 @@ FIRST_K = {
 
 
 def test_docstring_examples_run():
-    for module in (replay_module, replay_table_module, surrogates_module):
+    for module in (replay_module, replay_table_module, surrogates_module, seed_roles_module):
         failures, tried = doctest.testmod(module)
         assert tried > 0 and failures == 0, module.__name__
 
@@ -194,7 +195,7 @@ def _bench():
 def test_the_bench_prints_every_strategy_on_a_synthetic_table(tmp_path, capsys):
     markdown = tmp_path / "replay.md"
     assert _bench().main(["--synthetic", "12", "--space", "fmnist", "--samples", "6", "--replay-seeds", "3",
-                          "--jobs", "1", "--markdown", str(markdown), "--tpe-startup", "2,10"]) == 0
+                          "--score", "seen", "--jobs", "1", "--markdown", str(markdown), "--tpe-startup", "2,10"]) == 0
     out = capsys.readouterr().out
     for name in ("random ", "random + asha g1 r2", "random + asha g2 r3", "tpe s2 ", "tpe s10 + asha g1 r3",
                  "first-1", "first-4", "cross-validated mean absolute error", "Kendall's tau", "machine:"):
@@ -220,7 +221,7 @@ def test_the_bench_runs_on_slices_of_the_shipped_curves(tmp_path, capsys):
     for path in SHIPPED:  # bench/curves/NAME.csv was recorded in search_spaces/NAME.yaml
         assert _bench().main([str(shipped_slice(path, tmp_path)), "--space",
                               str(ROOT / "search_spaces" / f"{path.stem}.yaml"), "--replay-seeds", "4",
-                              "--jobs", "2"]) == 0
+                              "--jobs", "2", *(["--score", "seen"] if path.stem == "fmnist" else [])]) == 0
     assert "regret at 100 %" in capsys.readouterr().out
 
 
@@ -383,7 +384,8 @@ def test_the_seed_sd_is_pooled_over_the_configurations_with_two_seeds():
 
 
 def test_the_bench_says_which_surrogate_it_used(capsys):
-    common = ["--synthetic", "6", "--space", "fmnist", "--samples", "2", "--replay-seeds", "2", "--jobs", "1"]
+    common = ["--synthetic", "6", "--space", "fmnist", "--samples", "2", "--replay-seeds", "2", "--jobs", "1",
+              "--score", "seen"]
     assert _bench().main(common) == 0
     out = capsys.readouterr().out
     assert "(--surrogate gp): Gaussian process on logit ACC" in out
@@ -578,8 +580,8 @@ def test_a_slice_of_the_shipped_table_converts_to_syne_tune_s_tabular_shape(tmp_
     path = shipped_slice(DIGITS, tmp_path, configs=12)
     curves = read_curves(path)
     arrays = blackbox.to_blackbox_arrays(ReplayTable.from_curves(curves))
-    assert arrays.seeds == [0, 1, 2] and list(arrays.fidelities) == [1, 2, 3, 4, 5]
-    assert arrays.objectives.shape == (12 - len(arrays.dropped), 3, 5, 3)
+    assert arrays.seeds == [0, 1, 2, 3, 4] and list(arrays.fidelities) == [1, 2, 3, 4, 5]
+    assert arrays.objectives.shape == (12 - len(arrays.dropped), 5, 5, 3)
     first = [r for r in curves.rows if r.trial_id == arrays.config_ids[0] and r.seed == 1]
     cell = arrays.objectives[0, 1]  # the first kept configuration at seed 1, every task
     assert list(cell[:, 0]) == [r.val_acc for r in first] and list(cell[:, 1]) == [r.test_acc for r in first]
@@ -668,3 +670,88 @@ def test_a_shared_trial_seed_shows_every_trial_at_that_recorded_seed_as_a_live_s
     # the confirmation then re-runs the finalists at the other recorded seeds
     confirmed = shared.confirm(top=3, seeds=2, rng=np.random.default_rng(0))
     assert confirmed.extra_runs == 6 and confirmed.picked is not None
+
+
+# ---------------------------------------------------------------- held-out scoring
+def seeded_table(finals: dict[str, tuple[float, ...]]) -> ReplayTable:
+    """key -> final val = test ACC per seed 0, 1, ... (two tasks, the first equal to the last)."""
+    rows = []
+    for i, (key, per_seed) in enumerate(finals.items()):
+        for seed, final in enumerate(per_seed):
+            rows += [CurveRow(trial_id=key, status="COMPLETE", params={"lr_meta": 0.001 * (i + 1), "kb_width": 32},
+                              task=k, val_acc=final, test_acc=final, seconds=1.0, seed=seed) for k in (1, 2)]
+    return ReplayTable.from_curves(CurvesTable(searched=["lr_meta", "kb_width"], rows=rows))
+
+
+def test_a_held_out_pick_is_never_scored_at_the_seed_that_selected_it():
+    from marktune.replay.seed_roles import SeedRoles
+
+    # A is lucky at seed 0 only; B is steady. A search at seed 0 picks A.
+    table = seeded_table({"A": (0.99, 0.80, 0.80), "B": (0.90, 0.90, 0.90)})
+    held_out = replay(table=table, space=SPACE, strategy=RANDOM, samples=2, seed=0,
+                      roles=SeedRoles(search=0, confirm=(), score=(1, 2)))
+    assert {t.curve.seed for t in held_out.trials} == {0}
+    assert table.configs[held_out.pick(1.0).config].key == "A"
+    assert held_out.regret(1.0) == pytest.approx(0.90 - 0.80)  # A at seeds 1 and 2 only, not 0.99 at seed 0
+    seen = replay(table=table, space=SPACE, strategy=RANDOM, samples=2, seed=0, trial_seed=0)
+    assert seen.regret(1.0) == pytest.approx(0.90 - (0.99 + 0.80 + 0.80) / 3)  # the biased score, for contrast
+
+
+def test_a_held_out_confirmation_re_runs_at_its_confirm_seeds_and_never_at_the_score_seeds():
+    from marktune.replay.seed_roles import SeedRoles
+
+    # A is lucky at seeds 0 and 1: confirmed at seed 1 it still wins, and it is worth 0.80 on seeds 2-3
+    table = seeded_table({"A": (0.99, 0.99, 0.80, 0.80), "B": (0.90, 0.90, 0.90, 0.90)})
+    roles = SeedRoles(search=0, confirm=(1,), score=(2, 3))
+    for seed in range(5):
+        outcome = replay(table=table, space=SPACE, strategy=RANDOM, samples=2, seed=seed, roles=roles)
+        confirmed = outcome.confirm(top=2, seeds=1, rng=np.random.default_rng(seed))
+        assert confirmed.extra_runs == 2
+        assert table.configs[confirmed.picked.config].key == "A" and confirmed.regret == pytest.approx(0.10)
+
+
+def test_seed_roles_give_every_seed_one_role_and_too_few_seeds_are_refused_in_words():
+    from marktune.replay.seed_roles import SeedRoles, TooFewSeedsError, assignments
+
+    roles = assignments([0, 1, 2, 3, 4], confirm=2)
+    assert len(roles) == 30 and len(set(roles)) == 30
+    for r in roles:
+        assert sorted(r.seeds) == [0, 1, 2, 3, 4] and len(r.score) == 2
+    with pytest.raises(TooFewSeedsError, match="at least 4 recorded seeds.*--score seen"):
+        assignments([0, 1, 2], confirm=2)
+    with pytest.raises(ValueError, match="two roles"):
+        SeedRoles(search=0, confirm=(1,), score=(0,))
+
+
+def test_the_benches_score_held_out_by_default_and_refuse_a_table_of_too_few_seeds(tmp_path, capsys):
+    table = tmp_path / "three.csv"
+    rows = []
+    for i in range(6):
+        for seed in range(3):
+            rows += [CurveRow(trial_id=f"c{i}", status="COMPLETE", params={"lr_meta": 0.001 * (i + 1),
+                                                                           "kb_width": 32},
+                              task=k, val_acc=0.5 + 0.05 * i, test_acc=0.5 + 0.05 * i, seconds=1.0, seed=seed)
+                     for k in (1, 2)]
+    write_curves(table, rows, searched=["lr_meta", "kb_width"])
+    default = tmp_path / "defaults" / "three.csv"
+    default.parent.mkdir()
+    write_curves(default, [CurveRow(trial_id="default", status="COMPLETE", params={}, task=k, val_acc=0.7,
+                                    test_acc=0.7, seconds=1.0, seed=s) for s in range(3) for k in (1, 2)],
+                 searched=["lr_meta", "kb_width"])
+    space = tmp_path / "hand.yaml"
+    space.write_text("benchmark: fmnist\nfixed: {num_tasks: 2}\nsearch:\n"
+                     "  lr_meta: {type: loguniform, low: 0.0001, high: 0.1}\n"
+                     "  kb_width: {type: choice, values: [32, 64]}\n")
+    confirm = load_bench("confirm")
+    assert confirm.main([str(table), "--space", str(space), "--samples", "4", "--replays", "4"]) == 2
+    assert "at least 4 recorded seeds" in capsys.readouterr().err
+    assert confirm.main([str(table), "--space", str(space), "--samples", "4", "--replays", "6",
+                         "--rules", "2x1"]) == 0
+    out = capsys.readouterr().out
+    assert "scored on held-out seeds" in out and "search 0, confirm 1, score 2" in out
+    assert confirm.main([str(table), "--space", str(space), "--samples", "4", "--replays", "4",
+                         "--score", "seen"]) == 0
+    assert "biased" in capsys.readouterr().out
+    assert _bench().main([str(table), "--space", str(space), "--samples", "4", "--replay-seeds", "3",
+                          "--jobs", "1"]) == 0
+    assert "scored on held-out seeds" in capsys.readouterr().out
