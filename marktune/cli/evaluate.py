@@ -52,6 +52,7 @@ from marktune.results.statistics import heldout_accuracy, heldout_backward_trans
 from marktune.tune.evaluation_run import run_evaluation
 from marktune.results.files import LOCK_FILE
 from marktune.tune.folders.output import RunFolderTaken, check_evaluation_folder, move_aside
+from marktune.tune.folders.ownership import MARKER, FolderOwned, check_kind, claim
 from marktune.tune.folders.lock import ExperimentLock, lock_search_directory
 from marktune.tune.launch import check_cluster_resources, check_evaluation, shutdown_ray, start_ray
 from marktune.tune.plan import (EvalConfig, EvalPlan, PlanError, check_name, check_seed,
@@ -381,9 +382,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             plan = plan_from_args(args)
             if "://" not in plan.storage:  # its own folder: never another evaluation's, one command at a time
                 own = Path(plan.tune_experiment)
+                check_kind(own, "evaluation", flag="--name")  # a search's or a run's folder: never touched
                 if args.name is not None and args.overwrite and own.is_dir() and any(own.iterdir()):
-                    print(f"[marktune] moved {own} aside to {move_aside(own)}", flush=True)
-                check_evaluation_folder(own, name=plan.name, ignore=(LOCK_FILE,))
+                    print(f"[marktune] --overwrite: moved the evaluation in {own} aside to {move_aside(own)}",
+                          flush=True)
+                check_evaluation_folder(own, name=plan.name, ignore=(LOCK_FILE, MARKER))
+                claim(own, "evaluation")
                 held.callback(ExperimentLock(own, what="evaluation", command=shlex.join(
                     ["python", "-m", "marktune.evaluate", *(sys.argv[1:] if argv is None else argv)])).acquire().release)
             note = plan.experiment.missing_note()
@@ -393,7 +397,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             start_ray(plan.ray)
             check_cluster_resources(cpus_per_trial=plan.cpus_per_trial, gpus_per_trial=plan.gpus_per_trial,
                                     address=plan.ray.address, unit="run")
-        except (ExperimentError, EvaluateError, ConfigError, PlanError, RunFolderTaken) as err:
+        except (ExperimentError, EvaluateError, ConfigError, PlanError, RunFolderTaken, FolderOwned) as err:
             shutdown_ray()
             print(f"error: {err}", file=sys.stderr)
             return 2

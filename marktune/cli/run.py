@@ -23,6 +23,7 @@ from marktune.mark.hardware import check_precision
 from marktune.mark.learner import MarkLearner, NonFiniteLossError
 from marktune.results.records import log_task_to_tensorboard, results_dict, write_json_atomic
 from marktune.tune.folders.output import RunFolderTaken, check_run_folder, move_aside
+from marktune.tune.folders.ownership import FolderOwned, check_kind, check_not_inside, claim
 from marktune.tune.plan import PlanError, check_config_seeds
 
 CHECKPOINT = "checkpoint.pt"
@@ -96,12 +97,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     out = args.resume or args.out or Path("runs") / f"{config.benchmark}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if args.resume is None and not args.overwrite:
-        try:
+    try:  # a search's or an evaluation's folder is never written into or moved, --overwrite or not
+        check_kind(out, "run", flag="--resume" if args.resume else "--out")
+        check_not_inside(out, flag="--resume" if args.resume else "--out", itself=False)
+        if args.resume is None and not args.overwrite:
             check_run_folder(out)  # another run's record is never written over
-        except RunFolderTaken as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+    except (RunFolderTaken, FolderOwned) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     verbose = 0 if args.quiet else args.verbose
     try:
         benchmark = load_benchmark_for(config, data_dir=args.data_dir, download=args.download)
@@ -109,8 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.resume is None and args.overwrite and out.exists() and any(out.iterdir()):
-        print(f"moved the record in {out} aside to {move_aside(out)}")
-    out.mkdir(parents=True, exist_ok=True)
+        print(f"--overwrite: moved the run in {out} aside to {move_aside(out)}")
+    claim(out, "run")
     config.save_yaml(out / "config.yaml")
     learner = MarkLearner(config, benchmark, device=device, verbose=verbose)
     if args.resume is not None and (out / CHECKPOINT).is_file():

@@ -46,6 +46,7 @@ CURVES_TABLE = "curves.csv"  # every trial's per-task curve, next to trials.csv 
 BEST_CONFIG_FILE = "best_config.yaml"  # the best complete trial, written by the search at its end
 CHECKPOINT_TASKS_FILE = "tasks_done.json"  # in each trial checkpoint: {"tasks_done": N}, the tasks it holds
 RUNTIME_KEY = "marktune_runtime"  # a trial config's runtime settings (as runners.mark_sequence reads them)
+OWNER_FILE = ".marktune_owner"  # which command owns a folder (marktune.tune.folders.ownership)
 LOCK_FILE = "marktune.lock"  # who runs a search or an evaluation of the experiment now (marktune.tune.folders.lock)
 MIN_FREE_BYTES = 64 * 2**20  # a search refuses to start in a folder with less free space than this
 

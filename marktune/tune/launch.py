@@ -307,6 +307,13 @@ def check_search(plan: SearchPlan) -> None:
     check_local_gpus(plan.gpus_per_trial, address=address, num_gpus=plan.ray.num_gpus,
                      cpu_fallback=plan.runtime.cpu_fallback)
     check_gpu_memory_fraction(plan.runtime.gpu_memory_fraction)
+    if "://" not in plan.storage:  # never inside, or in place of, another command's folder
+        from marktune.tune.folders.ownership import FolderOwned, check_kind, check_not_inside
+        try:
+            check_not_inside(Path(plan.storage), flag="--storage")
+            check_kind(plan.local_dir(), "search", flag="--name")
+        except FolderOwned as err:
+            raise PlanError(str(err)) from None
     check_storage(plan.storage)  # it creates the directory: after every check of the input
     from marktune.tune.folders.experiment import check_experiment
     check_experiment(plan)  # free space in that directory's disk
@@ -318,6 +325,9 @@ def open_experiment(plan: SearchPlan) -> None:
     from marktune.tune.folders.experiment import restore_experiment
     from marktune.tune.study import StorageError
 
+    if "://" not in plan.storage:
+        from marktune.tune.folders.ownership import claim
+        claim(plan.local_dir(), "search")  # the folder is this search's before anything else is written
     restore_experiment(plan)  # --resume: marktune's settings file first, before any journal is touched
     try:
         plan.study_storage.check(study_name=plan.name, resume=plan.resume)

@@ -211,7 +211,7 @@ def test_a_second_run_into_a_finished_run_s_folder_is_refused_or_moves_it_aside(
 
     assert run.main([*first, "--seed", "2", "--overwrite"]) == 0
     moved = [p for p in tmp_path.iterdir() if p.name.startswith("run.replaced-")]
-    assert len(moved) == 1 and f"moved the record in {out} aside to {moved[0]}" in capsys.readouterr().out
+    assert len(moved) == 1 and f"--overwrite: moved the run in {out} aside to {moved[0]}" in capsys.readouterr().out
     assert {name: (moved[0] / name).read_bytes() for name in before} == before  # the old record, whole
     assert json.loads((out / "results.json").read_text())["config"]["seed"] == 2
 

@@ -26,6 +26,9 @@ command            its folder                      the rule (and who checks it)
                                                    are rewritten
 =================  ==============================  ============================================
 
-Moved aside means renamed to ``<name>.replaced-<time>``, never deleted. Every refusal comes
+Above them all, ownership (:mod:`.ownership`): each command marks its folder as its own first
+(``.marktune_owner``) and never writes into, moves or renames a folder another kind of command
+owns, nor one nested inside it, ``--overwrite`` or not; ``--overwrite`` moves aside only a folder of
+its own kind and says where. Moved aside means renamed to ``<name>.replaced-<time>``, never deleted. Every refusal comes
 before any expensive work, and names the folder and the ways on.
 """

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from marktune.results.files import LOCK_FILE, SETTINGS_FILE, STATE_GLOB
+from marktune.results.files import LOCK_FILE, OWNER_FILE, SETTINGS_FILE, STATE_GLOB
 from marktune.tune.plan import PlanError
 
 
@@ -198,6 +198,9 @@ class ExperimentLock:
 
     def _remove_created_dir(self) -> None:
         for directory in self._created:
+            marker = directory / OWNER_FILE  # the owner's mark alone is not a record: a refused start
+            if marker.is_file() and [p.name for p in directory.iterdir()] == [OWNER_FILE]:
+                marker.unlink(missing_ok=True)
             try:
                 directory.rmdir()  # only when empty: nothing else was written
             except OSError:

@@ -1,0 +1,145 @@
+"""Does the replay predict live searches? The replay's held-out prediction for the live protocol
+of ``bench/live_confirm.py``, set beside the live repeats it recorded (issue 47, item 4).
+
+The live protocol, replayed on a dense table with the space's defaults: per repeat r, two
+searches with the same draws (the sampler's seed r), every trial at the space's seed (0):
+
+* ``default``: ``samples`` trials with the space's scheduler, the top K confirmed at S more seeds;
+* ``plain``: ``samples + K x S`` trials, no confirmation (the one-seed pick at the same runs).
+
+Each pick is scored on held-out seeds (:mod:`marktune.replay.seed_roles`): with ``--roles live``
+the live assignment (search at seed 0, confirm at 1 .. S, score on the rest; live scored at fresh
+seeds the table lacks), with ``--roles all`` every assignment in turn. Printed per side: the
+paired gain (plain's regret minus default's, in points) as mean [95 % t interval], its SD per
+search, how often the confirmation changed the pick and the mean gain when it did; then what
+the live repeats measured, the chance of a live mean at or below the one seen if the replay's
+per-search distribution held (resampling it, ``--live`` repeats at a time), and the repeats a
+live test needs to tell the replay's mean gain from zero (two-sided 5 %, power 80 %:
+n = ((1.96 + 0.84) SD / mean)^2).
+
+    PYTHONPATH=. .venv/bin/python bench/calibration.py bench/curves/digits.csv --space digits \\
+        --live bench/curves/live/digits-confirm.csv [--replays 3000] [--roles live|all] [--markdown FILE]
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from marktune.mark.hardware import cpu_model_name  # noqa: E402
+from marktune.replay.search import Interval, Strategy, replay  # noqa: E402
+from marktune.replay.seed_roles import SeedRoles, TooFewSeedsError, assignments, table_seeds  # noqa: E402
+from marktune.replay.table import ReplayTable, ReplayTableError, check_table  # noqa: E402
+from marktune.results.curves import CurvesError, read_curves  # noqa: E402
+from marktune.tune.spaces import load_space  # noqa: E402
+
+Z_POWER = 1.959964 + 0.841621  # two-sided 5 %, power 80 %
+
+
+def live_gains(path: Path) -> list[float]:
+    """Per live repeat, plain's regret minus default's at the fresh seeds, in points (paired by
+    repeat and seed: the reference cancels)."""
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    fresh: dict[tuple[str, int], dict[int, float]] = {}
+    for r in rows:
+        if r["kind"] == "fresh":
+            fresh.setdefault((r["arm"], int(r["repeat"])), {})[int(r["seed"])] = float(r["value"])
+    out = []
+    for repeat in sorted({k for _, k in fresh}):
+        default, plain = fresh.get(("default", repeat)), fresh.get(("plain", repeat))
+        if default and plain and set(default) == set(plain):
+            out.append(100 * float(np.mean([default[s] - plain[s] for s in default])))
+    return out
+
+
+def repeats_needed(mean: float, sd: float) -> float:
+    return math.inf if mean == 0 else (Z_POWER * sd / mean) ** 2
+
+
+def simulate(table: ReplayTable, space, roles: list[SeedRoles], replays: int) -> dict[str, np.ndarray]:
+    d = space.defaults
+    samples, top, more = int(d["samples"]), int(d["confirm_top"]), int(d["confirm_seeds"])
+    if d.get("scheduler") == "asha":
+        strategy = Strategy(name="random + asha", proposals="table", grace_period=int(d["grace_period"]),
+                            reduction_factor=float(d["reduction_factor"]))
+    else:
+        strategy = Strategy(name="random", proposals="table")
+    gains, changed = np.empty(replays), np.zeros(replays, dtype=bool)
+    for r in range(replays):
+        role = roles[r % len(roles)]
+        searched = replay(table=table, space=space, strategy=strategy, samples=samples, seed=r, roles=role)
+        confirmed = searched.confirm(top=top, seeds=more, rng=np.random.default_rng(10_000_000 + r))
+        plain = replay(table=table, space=space, strategy=strategy, samples=samples + top * more, seed=r, roles=role)
+        gains[r] = 100 * (plain.regret(1.0) - confirmed.regret)
+        changed[r] = confirmed.picked is not searched.pick(1.0)
+    return {"gain": gains, "changed": changed}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("curves", type=Path, help="the space's dense table (5 seeds)")
+    p.add_argument("--space", required=True)
+    p.add_argument("--live", type=Path, required=True, help="bench/live_confirm.py's CSV")
+    p.add_argument("--replays", type=int, default=3000)
+    p.add_argument("--roles", choices=("live", "all"), default="live",
+                   help="live: search at seed 0, confirm at 1 .. S, score on the rest; all: every assignment")
+    p.add_argument("--markdown", type=Path, default=None)
+    args = p.parse_args(argv)
+    if args.replays < 2:
+        p.error("--replays must be at least 2")
+    try:
+        space = load_space(args.space)
+        curves = read_curves(args.curves)
+        check_table(curves, space, source=str(args.curves))
+        table = ReplayTable.from_curves(curves)
+        more = int(space.defaults["confirm_seeds"])
+        every = assignments(table_seeds(table.configs), confirm=more)
+        live = live_gains(args.live)
+    except (ReplayTableError, CurvesError, OSError, TooFewSeedsError, KeyError, ValueError) as err:
+        print(f"calibration bench: {err}", file=sys.stderr)
+        return 2
+    if int(space.defaults.get("confirm_top") or 0) < 1:
+        print(f"calibration bench: the space {space.name} has no confirmation stage to calibrate", file=sys.stderr)
+        return 2
+    roles = every if args.roles == "all" else [r for r in every if r.search == 0
+                                                and r.confirm == tuple(range(1, more + 1))]
+    sim = simulate(table, space, roles, args.replays)
+    gain, changed = sim["gain"], sim["changed"]
+    predicted, sd = Interval.of(list(gain)), float(np.std(gain, ddof=1))
+    rng = np.random.default_rng(0)
+    lines = [f"calibration bench: {args.curves}, space {space.path} (its defaults: {space.defaults['samples']} "
+             f"samples, scheduler {space.defaults.get('scheduler')}, top {space.defaults['confirm_top']} x "
+             f"{more} more seeds); {args.replays} replays, roles {args.roles} "
+             f"({'; '.join(map(str, roles[:3]))}{' ...' if len(roles) > 3 else ''}); {cpu_model_name()}",
+             "",
+             "| | paired gain of the confirmation, points | SD per search | pick changed | gain when changed |",
+             "|---|---|---|---|---|",
+             f"| replay, held out | {predicted.mean:.2f} [{predicted.low:.2f}, {predicted.high:.2f}] | {sd:.2f} | "
+             f"{100 * changed.mean():.0f} % | {gain[changed].mean() if changed.any() else math.nan:.2f} |"]
+    if len(live) >= 2:
+        seen = Interval.of(live)
+        draws = rng.choice(gain, size=(20_000, len(live)))
+        chance = float((draws.mean(axis=1) <= seen.mean).mean())
+        lines.append(f"| live ({len(live)} repeats, fresh seeds) | {seen.mean:.2f} [{seen.low:.2f}, {seen.high:.2f}] | "
+                     f"{np.std(live, ddof=1):.2f} | | |")
+        lines += ["", f"If the replay's per-search gains held, a live mean of {len(live)} repeats at or below "
+                  f"{seen.mean:.2f} would occur with probability {chance:.3f}.",
+                  f"Repeats a live test needs to tell the replay's mean gain from zero (5 %, power 80 %): "
+                  f"{repeats_needed(predicted.mean, sd):.0f} (from the replay's SD per search)."]
+    text = "\n".join(lines)
+    print(text)
+    if args.markdown:
+        args.markdown.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
