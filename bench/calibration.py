@@ -64,14 +64,10 @@ def repeats_needed(mean: float, sd: float) -> float:
     return math.inf if mean == 0 else (Z_POWER * sd / mean) ** 2
 
 
-def simulate(table: ReplayTable, space, roles: list[SeedRoles], replays: int) -> dict[str, np.ndarray]:
-    d = space.defaults
-    samples, top, more = int(d["samples"]), int(d["confirm_top"]), int(d["confirm_seeds"])
-    if d.get("scheduler") == "asha":
-        strategy = Strategy(name="random + asha", proposals="table", grace_period=int(d["grace_period"]),
-                            reduction_factor=float(d["reduction_factor"]))
-    else:
-        strategy = Strategy(name="random", proposals="table")
+def simulate(table: ReplayTable, space, roles: list[SeedRoles], replays: int, *, samples: int, top: int, more: int,
+             asha: tuple[int, float] | None) -> dict[str, np.ndarray]:
+    strategy = (Strategy(name="random", proposals="table") if asha is None else
+                Strategy(name="random + asha", proposals="table", grace_period=asha[0], reduction_factor=asha[1]))
     gains, changed = np.empty(replays), np.zeros(replays, dtype=bool)
     for r in range(replays):
         role = roles[r % len(roles)]
@@ -87,7 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("curves", type=Path, help="the space's dense table (5 seeds)")
     p.add_argument("--space", required=True)
-    p.add_argument("--live", type=Path, required=True, help="bench/live_confirm.py's CSV")
+    p.add_argument("--live", type=Path, default=None, help="bench/live_confirm.py's CSV (none: the replay alone)")
+    p.add_argument("--samples", type=int, default=None, help="default: the space's")
+    p.add_argument("--rule", default=None, metavar="TOPxSEEDS", help="the confirmation (default: the space's)")
+    p.add_argument("--asha", default=None, metavar="GRACExREDUCTION|none", help="default: the space's scheduler")
     p.add_argument("--replays", type=int, default=3000)
     p.add_argument("--roles", choices=("live", "all"), default="live",
                    help="live: search at seed 0, confirm at 1 .. S, score on the rest; all: every assignment")
@@ -95,30 +94,41 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.replays < 2:
         p.error("--replays must be at least 2")
+    if args.samples is not None and args.samples < 1:
+        p.error("--samples must be at least 1")
     try:
         space = load_space(args.space)
         curves = read_curves(args.curves)
         check_table(curves, space, source=str(args.curves))
         table = ReplayTable.from_curves(curves)
-        more = int(space.defaults["confirm_seeds"])
+        d = space.defaults
+        samples = args.samples or int(d["samples"])
+        top, more = ((int(d["confirm_top"] or 0), int(d["confirm_seeds"])) if args.rule is None
+                     else tuple(int(v) for v in args.rule.lower().split("x")))
+        if args.asha is None:
+            asha = (int(d["grace_period"]), float(d["reduction_factor"])) if d.get("scheduler") == "asha" else None
+        else:
+            asha = None if args.asha == "none" else (int(args.asha.split("x")[0]), float(args.asha.split("x")[1]))
+        if top < 1 or more < 1:
+            raise ValueError(f"no confirmation stage to calibrate (top {top} x {more} seeds): give --rule TOPxSEEDS")
         every = assignments(table_seeds(table.configs), confirm=more)
-        live = live_gains(args.live)
+        live = live_gains(args.live) if args.live else []
     except (ReplayTableError, CurvesError, OSError, TooFewSeedsError, KeyError, ValueError) as err:
         print(f"calibration bench: {err}", file=sys.stderr)
         return 2
-    if int(space.defaults.get("confirm_top") or 0) < 1:
-        print(f"calibration bench: the space {space.name} has no confirmation stage to calibrate", file=sys.stderr)
-        return 2
     roles = every if args.roles == "all" else [r for r in every if r.search == 0
                                                 and r.confirm == tuple(range(1, more + 1))]
-    sim = simulate(table, space, roles, args.replays)
+    sim = simulate(table, space, roles, args.replays, samples=samples, top=top, more=more, asha=asha)
     gain, changed = sim["gain"], sim["changed"]
     predicted, sd = Interval.of(list(gain)), float(np.std(gain, ddof=1))
     rng = np.random.default_rng(0)
-    lines = [f"calibration bench: {args.curves}, space {space.path} (its defaults: {space.defaults['samples']} "
-             f"samples, scheduler {space.defaults.get('scheduler')}, top {space.defaults['confirm_top']} x "
-             f"{more} more seeds); {args.replays} replays, roles {args.roles} "
+    by_seed = {s: float(np.mean(gain[[i for i in range(args.replays) if roles[i % len(roles)].search == s]]))
+               for s in sorted({r.search for r in roles})}
+    lines = [f"calibration bench: {args.curves}, space {space.path}: {samples} samples, "
+             f"{'no pruning' if asha is None else 'ASHA grace %d, reduction %g' % asha}, top {top} x {more} more "
+             f"seeds against the one-seed pick of {samples + top * more} samples; {args.replays} replays, roles {args.roles} "
              f"({'; '.join(map(str, roles[:3]))}{' ...' if len(roles) > 3 else ''}); {cpu_model_name()}",
+             "mean gain by search seed: " + ", ".join(f"{s}: {v:.2f}" for s, v in by_seed.items()),
              "",
              "| | paired gain of the confirmation, points | SD per search | pick changed | gain when changed |",
              "|---|---|---|---|---|",
@@ -134,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{seen.mean:.2f} would occur with probability {chance:.3f}.",
                   f"Repeats a live test needs to tell the replay's mean gain from zero (5 %, power 80 %): "
                   f"{repeats_needed(predicted.mean, sd):.0f} (from the replay's SD per search)."]
+    else:
+        lines += ["", f"Repeats a live test needs to tell this mean gain from zero (5 %, power 80 %): "
+                  f"{repeats_needed(predicted.mean, sd):.0f}."]
     text = "\n".join(lines)
     print(text)
     if args.markdown:

@@ -56,7 +56,7 @@ from marktune.tune.folders.ownership import MARKER, FolderOwned, check_kind, cla
 from marktune.tune.folders.lock import ExperimentLock, lock_search_directory
 from marktune.tune.launch import check_cluster_resources, check_evaluation, shutdown_ray, start_ray
 from marktune.tune.plan import (EvalConfig, EvalPlan, PlanError, check_name, check_seed,
-                                check_trial_resources, trial_threads)
+                                check_stage_size, check_trial_resources, trial_threads)
 from marktune.tune.spaces import load_experiment_with_space
 from runners.runtime import TrialRuntime
 
@@ -201,7 +201,11 @@ def plan_from_args(args: argparse.Namespace) -> EvalPlan:
         name = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     protocol, configs, benchmark, data_seeds = plan_pairs(exp, configs, benchmark=args.benchmark, orders=args.orders)
     defaults = exp.space.defaults if exp.space is not None else {}
-    seeds = fresh_seeds(exp, args.seeds if args.seeds is not None else int(defaults.get("eval_seeds") or DEFAULT_SEEDS))
+    n_seeds = args.seeds if args.seeds is not None else int(defaults.get("eval_seeds") or DEFAULT_SEEDS)
+    check_stage_size(len(configs) * n_seeds * max(len(data_seeds), 1),
+                     what=f"{len(configs)} configurations x --seeds {n_seeds}"
+                     + (f" x {len(data_seeds)} class orders" if len(data_seeds) > 1 else ""))
+    seeds = fresh_seeds(exp, n_seeds)
     for seed in seeds:
         check_seed(seed, flag="evaluation seed")
     for seed in data_seeds:

@@ -38,7 +38,7 @@ from marktune.tune.folders.lock import lock_experiment
 from marktune.tune.launch import (check_address, check_cluster_resources, check_local_resources, check_optuna_storage,
                                   check_ray_flags, check_search, open_experiment, shutdown_ray, start_ray)
 from marktune.tune.plan import (DEFAULT_STORAGE, PlanError, SearchPlan, check_name,
-                                check_protocol, check_seed, check_trial_resources,
+                                check_protocol, check_seed, check_stage_size, check_trial_resources,
                                 local_experiment_dir, trial_threads)
 from marktune.tune.search_run import SearchRun, run_search
 from marktune.tune.folders.search_settings import KEPT_ON_RESUME, kept_flag, kept_on_resume_in_words, load_settings
@@ -136,6 +136,9 @@ def plan_from_args(args: argparse.Namespace) -> SearchPlan:
     samples = args.samples if args.samples is not None else d["samples"]
     if samples < 1:
         raise SearchError(f"--samples must be >= 1 (got {samples})")
+    check_stage_size(samples, what=f"--samples {samples}")
+    if args.top < 1:
+        raise SearchError(f"--top must be >= 1 (got {args.top}): the rows of the best-trials table")
     searcher = args.searcher or d["searcher"]
     constant_liar = args.constant_liar if args.constant_liar is not None else d["constant_liar"]
     scheduler = args.scheduler or d["scheduler"]
@@ -158,6 +161,17 @@ def plan_from_args(args: argparse.Namespace) -> SearchPlan:
     if confirm_seeds < 1:
         raise SearchError(f"--confirm-seeds must be >= 1 (got {confirm_seeds}; --confirm-top 0 turns the "
                           "confirmation off)")
+    if confirm_top > samples and args.confirm_top is None:
+        confirm_top = samples  # the space's stage, on a search smaller than it: every trial is a finalist
+    if confirm_top > samples:
+        raise SearchError(f"--confirm-top {confirm_top} is more than the search's {samples} trials: give at most "
+                          f"--confirm-top {samples}")
+    if confirm_top:
+        check_stage_size(confirm_top * confirm_seeds,
+                         what=f"the confirmation stage, --confirm-top {confirm_top} x --confirm-seeds {confirm_seeds},")
+        # its seeds follow the search's seed, past every seed a trial used (at most one a trial)
+        check_seed(args.seed + samples + confirm_seeds, flag=f"--seed {args.seed} + --samples {samples} + "
+                   f"--confirm-seeds {confirm_seeds}: the confirmation's last seed")
     max_concurrent = args.max_concurrent if args.max_concurrent is not None else d["max_concurrent"]
     cpus = args.cpus_per_trial if args.cpus_per_trial is not None else float(d["cpus_per_trial"])
     gpus = args.gpus_per_trial if args.gpus_per_trial is not None else d["gpus_per_trial"]

@@ -30,7 +30,8 @@ if TYPE_CHECKING:
     from marktune.tune.study import StudyStorage
 
 __all__ = ["RUNTIME_KEY", "DEFAULT_STORAGE", "PlanError", "RaySettings", "SearchPlan", "EvalConfig",
-           "EvalPlan", "check_trial_resources", "check_protocol", "check_name", "check_seed", "check_config_seeds", "MAX_SEED",
+           "EvalPlan", "check_trial_resources", "check_protocol", "check_name", "check_seed", "check_stage_size",
+           "MAX_STAGE_RUNS", "check_config_seeds", "MAX_SEED",
            "local_experiment_dir", "trial_threads"]
 
 DEFAULT_STORAGE = "results"
@@ -86,6 +87,26 @@ def check_name(name: str, *, flag: str = "--name") -> None:
     if not _NAME.fullmatch(name or "") or name in (".", ".."):
         raise PlanError(f"{flag} {name!r}: a name is one folder name of letters, digits, '.', '_' and '-' "
                         f"(it goes inside --storage); e.g. {flag} fmnist-lr-sweep")
+
+
+# The most runs one stage may plan (a search's trials; its confirmation's finalists x seeds; an
+# evaluation's rows x seeds x orders). Every run is a whole MARK sequence and the driver keeps a
+# record of each: a stage past this never finishes, and planning it alone fills the driver's memory.
+MAX_STAGE_RUNS = 100_000
+
+
+def check_stage_size(runs: int, *, what: str) -> None:
+    """Refuse a stage of more than :data:`MAX_STAGE_RUNS` runs before any work starts.
+
+    >>> check_stage_size(3 * 2, what="--confirm-top 3 x --confirm-seeds 2")
+    >>> check_stage_size(3 * 10**11, what="--confirm-top 3 x --confirm-seeds 100000000000")
+    Traceback (most recent call last):
+    ...
+    marktune.tune.plan.PlanError: --confirm-top 3 x --confirm-seeds 100000000000 is 300,000,000,000 runs, each a whole MARK sequence; one stage runs at most 100,000: ask for fewer
+    """
+    if runs > MAX_STAGE_RUNS:
+        raise PlanError(f"{what} is {runs:,} runs, each a whole MARK sequence; one stage runs at most "
+                        f"{MAX_STAGE_RUNS:,}: ask for fewer")
 
 
 def check_seed(seed: int, *, flag: str) -> None:
