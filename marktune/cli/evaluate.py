@@ -101,6 +101,9 @@ def ablation_configs(best: Any, names: Sequence[str]) -> list[EvalConfig]:
 
 
 def plan_configs(exp: Experiment, top: int | None, ablations: Sequence[str] = DEFAULT_ABLATIONS) -> list[EvalConfig]:
+    missing = exp.missing_winner()
+    if missing:  # nothing is evaluated, or named "best 1", in the winner's place
+        raise EvaluateError(missing)
     front = exp.pareto_set()  # a multi-objective search: its Pareto set, most accurate first
     best = front[:top] if front else exp.best_complete(DEFAULT_TOP if top is None else top)
     if not best:

@@ -26,7 +26,9 @@ from typing import Sequence
 
 from marktune.cli import flags
 from marktune.mark.config import ConfigError, parse_overrides
-from marktune.results.confirmation import CONFIRMATION_FILE, plan_confirmation, read_confirmation
+from marktune.cli.signals import INTERRUPTED, sigterm_as_interrupt
+from marktune.results.confirmation import (CONFIRMATION_FILE, ConfirmationError, plan_confirmation,
+                                           read_confirmation)
 from marktune.results.curves import write_search_curves
 from marktune.results.files import CURVES_TABLE, write_atomic
 from marktune.results.objectives import ObjectiveError, parse_objectives
@@ -110,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", action="store_true",
                    help=f"continue the experiment --name in --storage with {kept_on_resume_in_words()} "
                         "it started with, and its --optuna-storage")
+    g.add_argument("--replan-confirmation", action="store_true",
+                   help=f"with --resume: move a damaged or inconsistent {CONFIRMATION_FILE} aside (renamed, not "
+                        "deleted) and plan the confirmation stage again from the search's trials")
     flags.add_protocol_flags(p)
     flags.add_resource_flags(p, unit="trial")
     flags.add_gpu_runtime_flags(p)
@@ -274,7 +279,9 @@ def confirm(plan: SearchPlan, rows: Sequence[TrialRow]) -> ConfirmationRun | Non
     ``confirmation.json`` before the first run, so that a resumed search re-runs the same ones;
     the verdict is added to it at the end. None when it is off or no trial completed."""
     path = plan.local_dir() / CONFIRMATION_FILE
-    confirmation = read_confirmation(plan.local_dir())
+    # checked against this search's complete trials: a damaged or foreign record is refused, not re-planned
+    confirmation = read_confirmation(plan.local_dir(), complete={r.trial_id: r.config for r in rows
+                                                                 if r.status == "COMPLETE"})
     if confirmation is None:
         confirmation = plan_confirmation([r for r in rows if r.status == "COMPLETE"], top=plan.confirm_top,
                                          seeds=plan.confirm_seeds)
@@ -357,9 +364,24 @@ def resume_command(plan: SearchPlan) -> str:
     return cmd
 
 
+def replan_or_check_confirmation(plan: SearchPlan, *, replan: bool) -> None:
+    """On --resume, before Ray: the confirmation's record parses and holds together (its finalists
+    are checked against the trials once they are read), or --replan-confirmation moves it aside."""
+    if replan and not plan.resume:
+        raise PlanError("--replan-confirmation goes with --resume --name <experiment>")
+    if not plan.resume or "://" in plan.storage and not plan.local_dir().is_dir():
+        return
+    path = plan.local_dir() / CONFIRMATION_FILE
+    if replan and path.exists():
+        aside = path.with_name(f"{CONFIRMATION_FILE}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+        path.rename(aside)
+        print(f"[marktune] --replan-confirmation: moved {path} aside to {aside}; the stage is planned again", flush=True)
+    read_confirmation(plan.local_dir())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Exit status: 0 when every trial ended and not all errored, 1 when every trial errored,
-    130 when the search was interrupted (Ctrl-C; continue it with --resume), 2 for bad input
+    130 when the search was interrupted (Ctrl-C; continue it with --resume), 143 the same after SIGTERM, 2 for bad input
     (also: another search holds the experiment)."""
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -383,11 +405,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    command=shlex.join(["python", "-m", "marktune.search",
                                                        *(sys.argv[1:] if argv is None else argv)]))
             held.callback(lock.release)
+            replan_or_check_confirmation(plan, replan=args.replan_confirmation)
             open_experiment(plan)
             start_ray(plan.ray)
+            term = sigterm_as_interrupt()  # after ray.init, which sets its own
             check_cluster_resources(cpus_per_trial=plan.cpus_per_trial, gpus_per_trial=plan.gpus_per_trial,
                                     address=plan.ray.address)
-        except (SpaceError, ConfigError, PlanError) as err:
+        except (SpaceError, ConfigError, PlanError, ConfirmationError) as err:
             shutdown_ray()  # if the refusal came once Ray was up (a trial no node can hold)
             print(f"error: {err}", file=sys.stderr)
             return 2
@@ -399,10 +423,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = search_rows(run, plan)
         confirmed = None
         if plan.confirm_top and not unfinished(rows) and len(rows) >= plan.samples:
-            confirmed = confirm(plan, rows)
+            try:
+                confirmed = confirm(plan, rows)
+            except ConfirmationError as err:  # nothing is named the winner on a record that does not hold
+                print(f"error: {err}", file=sys.stderr)
+                return 2
         rows = summarize(run, plan, top=args.top, rows=rows, confirmed=confirmed)
     if unfinished(rows) or len(rows) < plan.samples or (confirmed is not None and confirmed.unfinished):
-        return 130
+        return term.exit_code(INTERRUPTED)
     if rows and all(r.status == "ERROR" for r in rows):
         print(f"[marktune] the search failed: every trial ({len(rows)} of {len(rows)}) errored, so it found "
               "nothing (the errors are above)", file=sys.stderr)

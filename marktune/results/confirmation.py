@@ -173,6 +173,34 @@ class ConfirmationPlan:
         return Verdict(finalists=tuple(confirmed), winner=winner, search_pick=self.finalists[0].trial_id,
                        extra_seeds=self.seeds)
 
+    def problem(self, complete: Mapping[str, Mapping[str, Any]] | None = None) -> str:
+        """What contradicts itself or the search's complete trials (``complete``: trial id ->
+        config); '' when nothing does."""
+        ids = [f.trial_id for f in self.finalists]
+        if not ids or not self.seeds:
+            return "it names no finalist or no seed"
+        if len(set(ids)) != len(ids) or len(set(self.seeds)) != len(self.seeds):
+            return "it names a finalist or a seed twice"
+        for f in self.finalists:
+            own = int(f.config.get("seed", 0))
+            if own in self.seeds:
+                return f"finalist {f.trial_id} ran the search at seed {own}, which is also one of its extra seeds"
+            if complete is not None:
+                if f.trial_id not in complete:
+                    return f"finalist {f.trial_id} is not a complete trial of this search"
+                if int(complete[f.trial_id].get("seed", 0)) != own:
+                    return (f"finalist {f.trial_id}'s seed ({own}) is not the seed its trial ran at "
+                            f"({complete[f.trial_id].get('seed', 0)})")
+        winner = self.verdict.get("winner")
+        if winner is not None and winner not in ids:
+            return f"its winner {winner} is not one of its finalists ({', '.join(ids)})"
+        if not set(self.verdict.get("ranking", [])) <= set(ids):
+            return "its ranking names a trial that is not a finalist"
+        for r in self.verdict.get("results", []):
+            if r.get("trial_id") not in ids or list(r.get("seeds", []))[1:] != list(self.seeds):
+                return f"its results for {r.get('trial_id')} do not match its finalists and seeds"
+        return ""
+
     def to_json(self, verdict: Verdict | None = None) -> str:
         data: dict[str, Any] = {"seeds": list(self.seeds),
                                 "finalists": [{"trial_id": f.trial_id, "search_val": f.search_val,
@@ -194,12 +222,36 @@ class ConfirmationPlan:
                    verdict={k: data[k] for k in ("winner", "ranking", "results") if k in data})
 
 
-def read_confirmation(experiment_dir: Path) -> ConfirmationPlan | None:
-    """The experiment's ``confirmation.json``; None where there is none (or it is unreadable)."""
-    try:
-        return ConfirmationPlan.from_json((Path(experiment_dir) / CONFIRMATION_FILE).read_text())
-    except (OSError, ValueError, KeyError, TypeError):
+class ConfirmationError(ValueError):
+    """``confirmation.json`` is damaged or does not match the experiment; the message names the
+    file and the repair."""
+
+
+def _repair(path: Path) -> str:
+    return (f"repair: `python -m marktune.search --resume --name {path.parent.name} --storage "
+            f"{path.parent.parent} --replan-confirmation` moves it aside and plans the stage again from the "
+            "search's trials")
+
+
+def read_confirmation(experiment_dir: Path, *,
+                      complete: Mapping[str, Mapping[str, Any]] | None = None) -> ConfirmationPlan | None:
+    """The experiment's ``confirmation.json``, checked; None where there is none. A file that does
+    not parse, or whose finalists, seeds or verdict contradict each other (or, given ``complete``:
+    trial id -> config of the search's complete trials, a finalist that is not one of them or
+    whose seed differs) raises :class:`ConfirmationError`: it is never trusted, rewritten or
+    skipped silently."""
+    path = Path(experiment_dir) / CONFIRMATION_FILE
+    if not path.exists():
         return None
+    try:
+        plan = ConfirmationPlan.from_json(path.read_text())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ConfirmationError(f"{path} cannot be read as the confirmation stage's record "
+                                f"({type(err).__name__}: {err}); {_repair(path)}") from None
+    problem = plan.problem(complete)
+    if problem:
+        raise ConfirmationError(f"{path}: {problem}; {_repair(path)}")
+    return plan
 
 
 def plan_confirmation(complete: Sequence[Any], *, top: int, seeds: int) -> ConfirmationPlan | None:

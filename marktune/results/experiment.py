@@ -31,7 +31,7 @@ from typing import Any
 
 from marktune.mark.config import ConfigError, MarkConfig
 from marktune.mark.metrics import METRIC, TIME_ATTR
-from marktune.results.confirmation import read_confirmation
+from marktune.results.confirmation import ConfirmationError, read_confirmation
 from marktune.results.files import (BEST_CONFIG_FILE, PARAMS_FILE, RUNTIME_KEY, STATE_GLOB, TRIAL_DIR_PREFIX,
                                     read_settings,
                                     TRIALS_TABLE, checkpoint_tasks, task_results)
@@ -133,6 +133,21 @@ class Experiment:
         ranking = {tid: i for i, tid in enumerate(confirmed.verdict.get("ranking", []) if confirmed else [])}
         return sorted(done, key=lambda t: (ranking.get(t.trial_id, len(ranking)), -t.val_acc,
                                            t.trial_id != chosen))[:k]
+
+    def missing_winner(self) -> str:
+        """Why the search's winner cannot be evaluated: best_config.yaml or the confirmation names
+        a trial whose record is gone (its folder deleted); '' when it is there."""
+        confirmed = read_confirmation(self.path)
+        named = [(_best_config_trial(self.path), BEST_CONFIG_FILE)]
+        if confirmed is not None and confirmed.verdict.get("winner"):
+            named.append((str(confirmed.verdict["winner"]), "confirmation.json"))
+        present = {t.trial_id for t in self.trials if t.status != "MISSING"}
+        for tid, where in named:
+            if tid and tid not in present:
+                return (f"{self.path}: {where} names trial {tid} as the search's winner, but its folder "
+                        f"{TRIAL_DIR_PREFIX}{tid} is missing; restore it (from a backup or the cluster's storage) "
+                        "before evaluating: no other trial is evaluated in its place")
+        return ""
 
     def objectives(self) -> tuple[Objective, ...]:
         """What the search optimised (its ``marktune_search.json``; val_acc alone when it says nothing)."""
@@ -259,6 +274,7 @@ def load_experiment(path: str | os.PathLike) -> Experiment:
         tid = tdir.name[len(TRIAL_DIR_PREFIX):]
         trials[tid] = _trial(tid, params, task_results(tdir))
         trials[tid].checkpoint_tasks = checkpoint_tasks(tdir)
+    with_folder = set(trials)
     for tid, info in state.items():
         if info.get("trainable_name") not in (None, "train_mark_sequence"):
             raise ExperimentError(f"{root} is not a marktune search experiment: its trials run "
@@ -278,6 +294,9 @@ def load_experiment(path: str | os.PathLike) -> Experiment:
     num_tasks = _num_tasks(trials.values())
     for trial in trials.values():
         trial.status = _status(trial, num_tasks, has_state=bool(state))
+        if trial.trial_id not in with_folder and trial.tune_status in ("TERMINATED", "ERROR"):
+            trial.status = "MISSING"  # it ran, and its record is gone: not a trial that stopped early
+            trial.error = f"its folder {TRIAL_DIR_PREFIX}{trial.trial_id} is missing from {root}"
         if trial.status == "ERROR" and not trial.error:
             trial.error = _error_text(root / f"{TRIAL_DIR_PREFIX}{trial.trial_id}", {})
 
@@ -290,6 +309,10 @@ def load_experiment(path: str | os.PathLike) -> Experiment:
     exp = Experiment(path=root, name=root.name, trials=list(trials.values()), searched=searched,
                      num_tasks=num_tasks, benchmark=str(benchmarks.pop()), space_name=None,
                      has_state=bool(state))
+    try:  # checked once here: what reads it later trusts it
+        read_confirmation(root, complete={t.trial_id: t.config for t in trials.values() if t.status == "COMPLETE"})
+    except ConfirmationError as err:
+        raise ExperimentError(str(err)) from None
     return exp
 
 

@@ -358,9 +358,9 @@ def _tasks_reported(trial_dir: Path) -> int:
     return done
 
 
-def _search_interrupted_when(ready, argv: list[str], *, log: Path) -> tuple[int, str]:
-    """``python -m marktune.search ARGV`` in its own process, SIGINT (what Ctrl-C sends the
-    driver) once ``ready()``; its exit status and output. It must still run then."""
+def _search_interrupted_when(ready, argv: list[str], *, log: Path, sig: int | None = None) -> tuple[int, str]:
+    """``python -m marktune.search ARGV`` in its own process, ``sig`` (default SIGINT, what Ctrl-C
+    sends the driver) once ``ready()``; its exit status and output. It must still run then."""
     import signal
     import time
 
@@ -373,7 +373,7 @@ def _search_interrupted_when(ready, argv: list[str], *, log: Path) -> tuple[int,
             while time.time() < deadline and search.poll() is None and not ready():
                 time.sleep(0.2)
             assert search.poll() is None, "the search ended before it could be interrupted"
-            os.kill(search.pid, signal.SIGINT)
+            os.kill(search.pid, signal.SIGINT if sig is None else sig)
             code = search.wait(timeout=300)
         finally:
             if search.poll() is None:
@@ -390,7 +390,8 @@ def _hashes(root: Path) -> dict[str, str]:
 
 
 def test_interrupted_search_says_so_and_resume_of_a_copy_finishes_it_and_never_touches_the_original(tmp_path):
-    """SIGINT (Ctrl-C) once one trial has finished and another is mid-sequence: the summary says
+    """SIGTERM (a scheduler's or ``kill``'s stop; handled as Ctrl-C, which the confirmation test
+    below sends) once one trial has finished and another is mid-sequence: exit 143, the summary says
     the search was interrupted and how to continue; trials.csv and the study call no trial
     PRUNED (ASHA stops none here). The experiment is then copied (cp -a storage/sig
     moved/sig), and --resume --storage moved finishes every trial on the copy's own files:
@@ -411,9 +412,12 @@ def test_interrupted_search_says_so_and_resume_of_a_copy_finishes_it_and_never_t
         done = [_tasks_reported(d) for d in experiment.glob("trial_*")]
         return num_tasks in done and any(0 < n < num_tasks - 1 for n in done)
 
+    import signal
+
     code, out = _search_interrupted_when(ready, ["--space", str(space), "--storage", str(storage), "--name", "sig",
-                                                 "--num-cpus", "2", "--seed", "0"], log=tmp_path / "first.log")
-    assert code == 130, out[-4000:]
+                                                 "--num-cpus", "2", "--seed", "0"], log=tmp_path / "first.log",
+                                         sig=signal.SIGTERM)
+    assert code == 143, out[-4000:]
     with open(experiment / "trials.csv") as f:
         table = list(csv.DictReader(f))
     statuses = [r["status"] for r in table]

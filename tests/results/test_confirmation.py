@@ -86,3 +86,45 @@ def test_docstring_examples_run():
 
     failures, tried = doctest.testmod(confirmation)
     assert tried > 0 and failures == 0
+
+
+# ---------------------------------------------------------------- damaged or foreign state (issue 48, item 2)
+def _recorded(tmp_path):
+    plan = plan_confirmation([_row("a", 0.99), _row("b", 0.97)], top=2, seeds=2)
+    verdict = plan.decide({("a", 1): (0.9, 0.9), ("a", 2): (0.9, 0.9), ("b", 1): (0.99, 0.9), ("b", 2): (0.99, 0.9)})
+    (tmp_path / CONFIRMATION_FILE).write_text(plan.to_json(verdict))
+    return plan
+
+
+import json  # noqa: E402
+
+import pytest  # noqa: E402
+
+from marktune.results.confirmation import ConfirmationError  # noqa: E402
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: "{\"seeds\": [1, 2], \"finali", "cannot be read as the confirmation stage's record"),
+    (lambda d: "", "cannot be read"),
+    (lambda d: json.dumps({**d, "winner": "zz"}), "its winner zz is not one of its finalists"),
+    (lambda d: json.dumps({**d, "seeds": [0, 1]}), "also one of its extra seeds"),
+    (lambda d: json.dumps({**d, "finalists": d["finalists"] * 2}), "names a finalist or a seed twice"),
+    (lambda d: json.dumps({**d, "ranking": ["zz", "a"]}), "its ranking names a trial that is not a finalist"),
+])
+def test_a_damaged_confirmation_record_is_refused_naming_the_file_and_the_repair(tmp_path, damage, message):
+    _recorded(tmp_path)
+    path = tmp_path / CONFIRMATION_FILE
+    path.write_text(damage(json.loads(path.read_text())))
+    with pytest.raises(ConfirmationError, match=message) as err:
+        read_confirmation(tmp_path)
+    assert str(path) in str(err.value) and "--replan-confirmation" in str(err.value)
+
+
+def test_a_finalist_that_is_not_a_complete_trial_of_this_search_is_refused(tmp_path):
+    _recorded(tmp_path)
+    complete = {"a": {"seed": 0}, "b": {"seed": 0}}
+    assert read_confirmation(tmp_path, complete=complete).verdict["winner"] == "b"
+    with pytest.raises(ConfirmationError, match="finalist b is not a complete trial of this search"):
+        read_confirmation(tmp_path, complete={"a": {"seed": 0}, "c": {"seed": 0}})
+    with pytest.raises(ConfirmationError, match="finalist a's seed \\(0\\) is not the seed its trial ran at \\(7\\)"):
+        read_confirmation(tmp_path, complete={"a": {"seed": 7}, "b": {"seed": 0}})

@@ -1,0 +1,59 @@
+"""State is checked, not trusted (issue 48, item 2): a damaged or foreign confirmation.json and a
+deleted winner are refused in words by evaluate and report before any work, never evaluated or
+named in their place. In-process; Ray never starts."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import yaml
+
+from marktune.cli import evaluate, report
+from marktune.results.confirmation import CONFIRMATION_FILE
+from marktune.results.experiment import load_experiment
+
+from test_search_guards import _complete_experiment, _files, no_ray  # noqa: F401 - a fixture
+
+EVALUATE = ["--num-cpus", "2", "--seeds", "1", "--ablations", ""]
+
+
+def _confirmation(exp, finalists, winner):
+    trials = {t.trial_id: t for t in load_experiment(exp).trials}
+    (exp / CONFIRMATION_FILE).write_text(json.dumps({
+        "seeds": [1], "winner": winner, "ranking": [winner],
+        "finalists": [{"trial_id": f, "search_val": 0.9, "search_test": 0.9,
+                       "config": trials[f].config if f in trials else {"seed": 0}} for f in finalists]}))
+
+
+def test_a_confirmation_naming_a_trial_that_is_not_a_finalist_of_this_search_is_refused(tmp_path, capsys, no_ray):
+    exp = _complete_experiment(tmp_path)
+    _confirmation(exp, ["aaaa0002", "zzzz9999"], "zzzz9999")  # a foreign trial named the winner
+    before = _files(tmp_path)
+    assert evaluate.main([str(exp), *EVALUATE]) == 2
+    err = capsys.readouterr().err
+    assert "finalist zzzz9999 is not a complete trial of this search" in err and "--replan-confirmation" in err
+    assert report.main([str(exp)]) == 2
+    assert "finalist zzzz9999 is not a complete trial" in capsys.readouterr().err
+    assert _files(tmp_path) == before  # nothing written: no verdict under a wrong winner
+
+
+def test_a_truncated_confirmation_is_refused_not_ignored(tmp_path, capsys, no_ray):
+    exp = _complete_experiment(tmp_path)
+    _confirmation(exp, ["aaaa0001", "aaaa0002"], "aaaa0002")
+    text = (exp / CONFIRMATION_FILE).read_text()
+    (exp / CONFIRMATION_FILE).write_text(text[: len(text) // 2])
+    assert evaluate.main([str(exp), *EVALUATE]) == 2
+    assert "cannot be read as the confirmation stage's record" in capsys.readouterr().err
+
+
+def test_a_deleted_winner_is_reported_missing_and_nothing_is_evaluated_in_its_place(tmp_path, capsys, no_ray):
+    exp = _complete_experiment(tmp_path)
+    (exp / "best_config.yaml").write_text(yaml.safe_dump({"trial_id": "aaaa0001", "config": {}}))
+    shutil.rmtree(exp / "trial_aaaa0001")
+    trial = next(t for t in load_experiment(exp).trials if t.trial_id == "aaaa0001")
+    assert trial.status == "MISSING" and "trial_aaaa0001 is missing" in trial.error  # not "PRUNED 0/5"
+    before = _files(tmp_path)
+    assert evaluate.main([str(exp), *EVALUATE]) == 2
+    err = capsys.readouterr().err
+    assert "best_config.yaml names trial aaaa0001 as the search's winner" in err and "restore it" in err
+    assert _files(tmp_path) == before
