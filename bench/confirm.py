@@ -48,11 +48,14 @@ from marktune.results.curves import CurvesError, read_curves  # noqa: E402
 from marktune.tune.spaces import load_space  # noqa: E402
 
 
+ALL = 10**9  # "all" as a rule's TOP: every trial that ran to the end is re-run (a search at 1 + S seeds)
+
+
 def rule(text: str) -> tuple[int, int]:
     try:
-        top, seeds = (int(v) for v in text.lower().split("x"))
+        top, seeds = (ALL if v == "all" else int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"a rule is TOPxSEEDS, e.g. 3x2 (got {text!r})") from None
+        raise argparse.ArgumentTypeError(f"a rule is TOPxSEEDS, e.g. 3x2 or allx2 (got {text!r})") from None
     if top < 1 or seeds < 1:
         raise argparse.ArgumentTypeError(f"TOP and SEEDS must be at least 1 (got {text!r})")
     return top, seeds
@@ -107,7 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     strategy = Strategy(name="random", proposals="table") if args.asha is None else Strategy(
         name="random + asha", proposals="table", grace_period=args.asha[0], reduction_factor=args.asha[1])
-    names = ["one seed", *[f"top {k} x {s} more seeds" for k, s in args.rules], "oracle"]
+    def label(k: int, s: int) -> str:
+        return f"all at {1 + s} seeds" if k == ALL else f"top {k} x {s} more seeds"
+
+    names = ["one seed", *[label(k, s) for k, s in args.rules], "oracle"]
     body = []
     for samples in args.samples:
         regrets: dict[str, list[float]] = {n: [] for n in names}
@@ -123,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             preset = worth_of(default, role)
             rng = np.random.default_rng(10_000_000 + r)
             picks = [("one seed", outcome.confirm(top=0, seeds=0, rng=rng))]
-            picks += [(f"top {k} x {s} more seeds", outcome.confirm(top=k, seeds=s, rng=rng)) for k, s in args.rules]
+            picks += [(label(k, s), outcome.confirm(top=k, seeds=s, rng=rng)) for k, s in args.rules]
             for name, confirmation in picks:
                 regrets[name].append(confirmation.regret)
                 by_seed[name].setdefault(role.search if role else -1, []).append(confirmation.regret)

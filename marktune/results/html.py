@@ -213,6 +213,40 @@ def verdict_paragraph(exp: Experiment) -> str:
             f"<p class='muted'>Selection: {html.escape(conclusion.record.protocol.label())}.</p>")
 
 
+def confirmation_section(exp: Experiment) -> str:
+    """The confirmation stage's finalists, their mean and SE over seeds, and its winner; '' when the
+    search had no such stage."""
+    from marktune.results.confirmation import ConfirmedTrial, read_confirmation
+
+    plan = read_confirmation(exp.path)
+    if plan is None:
+        return ""
+    head = "<h2 id='confirmation'>Confirmation stage</h2>"
+    seeds = ", ".join(map(str, plan.seeds))
+    results = plan.verdict.get("results")
+    if not results:
+        return (head + f"<p class='note'>Planned, not finished: finalists "
+                f"{html.escape(', '.join(f.trial_id for f in plan.finalists))} at seeds {seeds}; "
+                "best_config.yaml is still the one-seed pick. Continue it with the search's --resume.</p>")
+    winner = plan.verdict.get("winner")
+    rows = ["<table id='confirmation-table'><tr><th class='l'>trial</th><th>val ACC (search)</th>"
+            "<th>mean val ACC</th><th>SE</th><th>seeds</th><th>mean test ACC</th><th class='l'></th></tr>"]
+    for r in results:
+        c = ConfirmedTrial(trial_id=r["trial_id"], seeds=tuple(r["seeds"]), vals=tuple(r["vals"]),
+                           tests=tuple(r["tests"]))
+        cells = [f"{c.vals[0]:.4f}", *(f"{v:.4f}" if math.isfinite(v) else "-" for v in (c.mean, c.se)),
+                 str(len(c.seeds)), f"{c.test_mean:.4f}" if math.isfinite(c.test_mean) else "-"]
+        rows.append(f"<tr><td class='l'>{html.escape(c.trial_id)}</td>" + "".join(f"<td>{x}</td>" for x in cells)
+                    + f"<td class='l'>{'winner' if c.trial_id == winner else ''}</td></tr>")
+    rows.append("</table>")
+    pick = plan.finalists[0].trial_id
+    said = (f"the winner is <b>{html.escape(str(winner))}</b>" if winner else "no finalist ran at every seed")
+    return (head + f"<p>The top {len(plan.finalists)} trials re-ran at {len(plan.seeds)} more seeds ({seeds}); "
+            f"{said}, on the mean validation ACC over its seeds (the search's one-seed pick was "
+            f"{html.escape(pick)}). best_config.yaml holds the winner. Test ACC is reported, never used.</p>"
+            + "\n".join(rows))
+
+
 def paired_section(exp: Experiment) -> str:
     """The paired table against the default, with the interval's method and the rank stability."""
     from marktune.results.statistics import METHOD
@@ -317,6 +351,7 @@ def build_report(exp: Experiment, out: Path | None = None, *, importances: Impor
     if best is None:
         parts.append("<p class='note'>No trial ran every task yet.</p>")
     parts.append(trials_table(exp, best))
+    parts.append(confirmation_section(exp))
 
     parts.append("<h2 id='curves'>Mean validation accuracy per task</h2>")
     if any(t.results for t in exp.trials):

@@ -57,3 +57,24 @@ def test_a_deleted_winner_is_reported_missing_and_nothing_is_evaluated_in_its_pl
     err = capsys.readouterr().err
     assert "best_config.yaml names trial aaaa0001 as the search's winner" in err and "restore it" in err
     assert _files(tmp_path) == before
+
+
+def test_the_report_shows_the_confirmation_s_finalists_means_and_winner(tmp_path, no_ray):
+    from marktune.results.confirmation import plan_confirmation
+    from marktune.results.html import build_report, Importances
+    from marktune.tune.spaces import load_experiment_with_space
+
+    exp = _complete_experiment(tmp_path)
+    complete = [t for t in load_experiment(exp).best_complete(2)]
+    plan = plan_confirmation(complete, top=2, seeds=2)
+    page = lambda: build_report(load_experiment_with_space(exp), importances=Importances(None, "none")).read_text()  # noqa: E731
+    assert "id='confirmation'" not in page()  # no stage: no section
+    (exp / CONFIRMATION_FILE).write_text(plan.to_json())
+    assert "Planned, not finished: finalists aaaa0001, aaaa0002 at seeds 1, 2" in page()
+    verdict = plan.decide({("aaaa0001", 1): (0.80, 0.8), ("aaaa0001", 2): (0.80, 0.8),
+                           ("aaaa0002", 1): (0.90, 0.8), ("aaaa0002", 2): (0.90, 0.8)})
+    (exp / CONFIRMATION_FILE).write_text(plan.to_json(verdict))
+    text = page()
+    assert "the winner is <b>aaaa0002</b>" in text and "one-seed pick was aaaa0001" in text
+    row = text.split("id='confirmation-table'")[1].split("<td class='l'>aaaa0002</td>")[1].split("</tr>")[0]
+    assert "<td>0.8667</td>" in row and "winner" in row  # mean of 0.80 (its search value), 0.90, 0.90
