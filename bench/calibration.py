@@ -33,6 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from marktune.cli.flags import at_least  # noqa: E402
 from marktune.mark.hardware import cpu_model_name  # noqa: E402
 from marktune.replay.search import Interval, Strategy, replay  # noqa: E402
 from marktune.replay.seed_roles import SeedRoles, TooFewSeedsError, assignments, table_seeds  # noqa: E402
@@ -84,18 +85,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("curves", type=Path, help="the space's dense table (5 seeds)")
     p.add_argument("--space", required=True)
     p.add_argument("--live", type=Path, default=None, help="bench/live_confirm.py's CSV (none: the replay alone)")
-    p.add_argument("--samples", type=int, default=None, help="default: the space's")
+    p.add_argument("--samples", type=at_least(1), default=None, help="default: the space's")
     p.add_argument("--rule", default=None, metavar="TOPxSEEDS", help="the confirmation (default: the space's)")
     p.add_argument("--asha", default=None, metavar="GRACExREDUCTION|none", help="default: the space's scheduler")
-    p.add_argument("--replays", type=int, default=3000)
+    p.add_argument("--replays", type=at_least(2), default=3000)
     p.add_argument("--roles", choices=("live", "all"), default="live",
                    help="live: search at seed 0, confirm at 1 .. S, score on the rest; all: every assignment")
     p.add_argument("--markdown", type=Path, default=None)
     args = p.parse_args(argv)
-    if args.replays < 2:
-        p.error("--replays must be at least 2")
-    if args.samples is not None and args.samples < 1:
-        p.error("--samples must be at least 1")
     try:
         space = load_space(args.space)
         curves = read_curves(args.curves)

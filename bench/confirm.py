@@ -40,6 +40,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from marktune.cli.flags import at_least  # noqa: E402
 from marktune.mark.hardware import cpu_model_name  # noqa: E402
 from marktune.replay.search import Interval, Strategy, replay, worth_of  # noqa: E402
 from marktune.replay.seed_roles import SEEN_WARNING, TooFewSeedsError, assignments, table_seeds  # noqa: E402
@@ -73,10 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--space", required=True)
     parser.add_argument("--default", type=Path, default=None,
                         help="the default configuration's curves (default: bench/curves/defaults/<table's name>)")
-    parser.add_argument("--samples", type=int, nargs="+", default=[8, 16, 32, 64])
+    parser.add_argument("--samples", type=at_least(1), nargs="+", default=[8, 16, 32, 64])
     parser.add_argument("--rules", type=rule, nargs="+", default=[(3, 2)], metavar="TOPxSEEDS")
-    parser.add_argument("--replays", type=int, default=1000)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--replays", type=at_least(1), default=1000)
+    parser.add_argument("--workers", type=at_least(1), default=2)
     parser.add_argument("--asha", type=rule, default=None, metavar="GRACExREDUCTION",
                         help="the search stops trials with ASHA (e.g. 2x3: grace period 2 tasks, reduction "
                              "factor 3); default: no pruning")
@@ -88,9 +89,6 @@ def main(argv: list[str] | None = None) -> int:
                              "ran at; seen: on every recorded seed (biased)")
     parser.add_argument("--markdown", type=Path, default=None)
     args = parser.parse_args(argv)
-    for name in ("samples", "replays", "workers"):
-        if min(getattr(args, name) if isinstance(getattr(args, name), list) else [getattr(args, name)]) < 1:
-            parser.error(f"--{name} must be at least 1")
     default_path = args.default or args.curves.parent / "defaults" / args.curves.name
     try:
         space = load_space(args.space)

@@ -31,6 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from marktune.cli.flags import at_least  # noqa: E402
 from marktune.mark.hardware import cpu_model_name  # noqa: E402
 from marktune.replay.table import ReplayTable, ReplayTableError, check_table  # noqa: E402
 from marktune.results.curves import CurvesError, read_curves  # noqa: E402
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("curves", type=Path, help="a curves table with a seed column")
     parser.add_argument("--space", required=True, help="the space the table was recorded in (name or .yaml)")
-    parser.add_argument("--configs", type=int, default=6)
+    parser.add_argument("--configs", type=at_least(1), default=6)
     parser.add_argument("--seeds", type=int, nargs="+", default=[3, 4], help="fresh seeds (not in the table)")
     parser.add_argument("--out", type=Path, required=True, help="CSV of the fresh runs (appended, resumable)")
     parser.add_argument("--top", action="store_true",

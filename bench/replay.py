@@ -27,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from marktune.cli.flags import at_least  # noqa: E402
 from marktune.mark.hardware import cpu_model_name  # noqa: E402
 from marktune.results.curves import CurvesError, read_curves, write_curves  # noqa: E402
 from marktune.replay.seed_roles import SEEN_WARNING, TooFewSeedsError, assignments, table_seeds  # noqa: E402
@@ -89,11 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("curves", nargs="?", type=Path, help="a curves table (curves.csv); or --synthetic")
     parser.add_argument("--space", required=True, help="the space the table was recorded in (name or .yaml)")
-    parser.add_argument("--samples", type=int, default=None, help="trials per replayed search (default: the "
+    parser.add_argument("--samples", type=at_least(1), default=None, help="trials per replayed search (default: the "
                         "space's defaults.samples)")
-    parser.add_argument("--workers", type=int, default=2, help="simulated parallel workers")
-    parser.add_argument("--replay-seeds", type=int, default=20)
-    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="processes")
+    parser.add_argument("--workers", type=at_least(1), default=2, help="simulated parallel workers")
+    parser.add_argument("--replay-seeds", type=at_least(1), default=20)
+    parser.add_argument("--jobs", type=at_least(1), default=min(2, os.cpu_count() or 1), help="processes")
     parser.add_argument("--tpe-startup", type=_startups, default=[None], metavar="N[,N...]",
                         help="TPE's n_startup_trials, one TPE strategy set per value (default: Optuna's, "
                         "10, as the search)")

@@ -39,6 +39,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from marktune.cli.flags import at_least  # noqa: E402
 from marktune.replay.table import ReplayTableError, check_table  # noqa: E402
 from marktune.results.curves import CurveRow, CurvesError, read_curves, write_curves  # noqa: E402
 from marktune.tune.spaces import Param, SearchSpace, load_space  # noqa: E402
@@ -116,10 +117,11 @@ def decompose(final: np.ndarray) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--space", default="fmnist-lowdata")
-    parser.add_argument("--configs", type=int, default=24)
+    parser.add_argument("--configs", type=at_least(2), default=24, help="random configurations (at least 2: the "
+                        "decomposition compares them)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--sample-seed", type=int, default=0, help="seed of the configurations' draw")
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=at_least(1), default=2)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", type=Path, required=True, help="the curves table (CSV) to write")
     parser.add_argument("--report-only", action="store_true",
@@ -139,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     try:  # a table read back is checked before any work starts
         recorded = read_curves(args.out) if (args.report_only or args.resume) and args.out.exists() else None
         if recorded is not None:
-            check_table(recorded, space, source=str(args.out), blank_ids=[DEFAULT_ID])
+            # (a recording cut short may hold fewer than 2 finished configurations: --resume goes on,
+            # and the report refuses too few in its own words)
+            check_table(recorded, space, source=str(args.out), blank_ids=[DEFAULT_ID], min_configs=0)
         extra = (read_curves(args.split_default) if args.report_only and args.split_default
                  and args.split_default.exists() else None)
     except (ReplayTableError, CurvesError) as err:

@@ -12,6 +12,24 @@ from typing import Any, Sequence
 from marktune.tune.plan import RaySettings
 
 
+def at_least(minimum: int):
+    """An argparse type: a whole number of at least ``minimum``, refused in words otherwise.
+
+    >>> at_least(1)("3"), at_least(2).__name__
+    (3, 'whole number >= 2')
+    """
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum} (got {value})")
+        return value
+    parse.__name__ = f"whole number >= {minimum}"
+    return parse
+
+
 def add_experiment_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("experiment", help="the search's experiment directory (<storage>/<name>)")
 

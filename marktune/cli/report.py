@@ -65,6 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def running_search(path: Path) -> str:
+    """Who runs a search of the experiment now, from its lock (a live holder); '' when none."""
+    from marktune.results.files import LOCK_FILE
+    from marktune.tune.folders.lock import LockHolder, holder_alive
+
+    holder = LockHolder.read(Path(path) / LOCK_FILE)
+    return holder.describe() if holder is not None and holder.what == "search" and holder_alive(holder) else ""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -72,6 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ExperimentError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    exp.running = running_search(exp.path)
     out = Path(args.out) if args.out else None
     if out is not None:
         try:

@@ -105,7 +105,7 @@ class TableCheck:
 
 
 def check_table(curves: CurvesTable, space: SearchSpace, *, source: str,
-                blank_ids: Sequence[str] = ()) -> TableCheck:
+                blank_ids: Sequence[str] = (), min_configs: int = 2) -> TableCheck:
     """Refuse a table a bench cannot trust, with a :class:`ReplayTableError` naming the row (its
     line in ``source``, the trial, seed and task) and the column:
 
@@ -116,7 +116,8 @@ def check_table(curves: CurvesTable, space: SearchSpace, *, source: str,
     * a task gap: a curve's tasks must be 1, 2, ... without a hole or a repeat, none past the
       space's task count. A run that failed in its first task is one row with task 0 and empty
       accuracies, its status ``ERROR...``;
-    * an accuracy that is not a number in [0, 1] (``read_curves`` refuses text already).
+    * an accuracy that is not a number in [0, 1] (``read_curves`` refuses text already);
+    * fewer than ``min_configs`` configurations that ran every task (a header-only table).
 
     Runs whose status says ERROR are listed (:attr:`TableCheck.errored`), not refused.
     """
@@ -153,6 +154,13 @@ def check_table(curves: CurvesTable, space: SearchSpace, *, source: str,
                                    f"space's {num_tasks} tasks")
         if rows[-1].status.startswith("ERROR"):
             errored.append(ErroredRun(trial_id=trial_id, seed=seed, status=rows[-1].status, tasks_done=done))
+    last = max((r.task for rows in runs.values() for r in rows), default=num_tasks)  # the table's task count
+    complete = {trial_id for (trial_id, _), rows in runs.items()
+                if rows and rows[-1].task == last and not rows[-1].status.startswith("ERROR")}
+    if len(complete - set(blank_ids)) < min_configs:  # a header-only table, or one configuration
+        raise ReplayTableError(f"{source}: {len(complete - set(blank_ids))} configuration(s) ran all {last} "
+                               f"tasks; a replay chooses among at least {min_configs} (record more with "
+                               "bench/separation.py --configs N)")
     return TableCheck(runs=len(runs), errored=errored)
 
 

@@ -113,6 +113,7 @@ class Experiment:
     space: Any = None  # marktune.tune.spaces.SearchSpace or None
     overrides: dict[str, Any] = field(default_factory=dict)  # shared settings that differ from the space's
     has_state: bool = True
+    running: str = ""  # who runs the search now (the caller reads the experiment's lock); "" when none
 
     def by_status(self, *statuses: str) -> list[Trial]:
         return [t for t in self.trials if t.status in statuses]
@@ -191,8 +192,12 @@ class Experiment:
         if running:
             parts.append(f"{len(running)} unfinished (still RUNNING/PENDING when the search stopped: "
                          f"{', '.join(t.trial_id for t in running)})")
+        gone = [t for t in missing if t.error.startswith("its folder")]
+        missing = [t for t in missing if t not in gone]
         if missing:
             parts.append(f"{len(missing)} never reported a result ({', '.join(t.trial_id for t in missing)})")
+        if gone:
+            parts.append(f"{len(gone)} ran but their folders are missing ({', '.join(t.trial_id for t in gone)})")
         lost = [t for t in self.trials if t.missing_tasks()]
         if lost:
             parts.append("recorded results missing for " + ", ".join(
@@ -201,6 +206,8 @@ class Experiment:
                 for t in lost))
         if not parts:
             return ""
+        if self.running:  # not interrupted: it goes on
+            return f"search still running ({self.running}): " + "; ".join(parts)
         return ("interrupted search: " if running or missing else "") + "; ".join(parts)
 
     def shared_settings(self) -> dict[str, Any]:

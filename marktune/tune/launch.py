@@ -206,13 +206,17 @@ def check_local_precision(precisions: Sequence[str], *, address: str | None) -> 
 def check_local_gpus(gpus_per_trial: float | None, *, address: str | None, num_gpus: float | None,
                      cpu_fallback: bool, cuda_available: Callable[[], bool] | None = None) -> None:
     """GPU trials on this machine's Ray need a GPU that CUDA can use: refuse them before Ray
-    starts. Declared fake GPUs (``--num-gpus``) pass, and their trials then fail loudly unless
-    ``--cpu-fallback``; on a cluster (``--address``) each trial checks for itself."""
+    starts. Declared fake GPUs (``--num-gpus``) pass with ``--cpu-fallback`` (their trials run on
+    the CPU) and are refused without it; on a cluster (``--address``) each trial checks for itself."""
     import torch
 
-    if address or not gpus_per_trial or num_gpus is not None:
+    if address or not gpus_per_trial or (num_gpus is not None and cpu_fallback):
         return
-    if not (cuda_available or torch.cuda.is_available)():
+    if num_gpus is not None and not (cuda_available or torch.cuda.is_available)():
+        raise PlanError(f"--num-gpus {num_gpus:g} declares GPUs this machine does not have (no CUDA device), so "
+                        f"every trial with --gpus-per-trial {gpus_per_trial:g} would fail on its first tensor; add "
+                        "--cpu-fallback to test GPU packing on the CPU, or use --gpus-per-trial 0")
+    if num_gpus is None and not (cuda_available or torch.cuda.is_available)():
         from marktune.mark.devices import cuda_diagnosis
 
         raise PlanError(f"--gpus-per-trial {gpus_per_trial:g}: no GPU is visible to this machine's Ray "

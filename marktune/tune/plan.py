@@ -205,6 +205,10 @@ class SearchPlan:
             searcher = "Optuna's random sampler"
         elif self.searcher == "qmc":
             searcher = "Optuna's QMC sampler (scrambled Sobol)"
+        elif self.searcher == "nsga2":  # its first generation, not n_startup_trials, is random
+            population = 50  # NSGAIISampler's default (marktune.tune.samplers makes it so)
+            searcher = (f"{names['nsga2']}, whose first generation of {population} trials is random"
+                        + (f": all {self.samples} of these are random" if self.samples <= population else ""))
         elif self.samples <= self.n_startup_trials:
             searcher = (f"{names[self.searcher]}, which draws its first {self.n_startup_trials} trials at random: "
                         f"all {self.samples} of these are random")

@@ -236,6 +236,10 @@ def _parse_param(where: str, name: str, spec: Any, known: set[str]) -> Param:
     if name == "benchmark":
         raise SpaceError(f"{where}: benchmark cannot be searched: a space is one benchmark's (its "
                          "top-level benchmark:); write one space file per benchmark")
+    if name == "num_tasks":  # the scheduler's time unit, the summary's "tasks each" and a COMPLETE trial
+        raise SpaceError(f"{where}: num_tasks cannot be searched: every trial of a search runs the same tasks "
+                         "(ASHA's rungs, the status COMPLETE and the ranking count them); fix it under fixed:, "
+                         "or write one space per task count")
     if not isinstance(spec, Mapping) or "type" not in spec:
         raise SpaceError(f"{where}: {name} needs a mapping with 'type' (one of {', '.join(KINDS)})")
     kind = spec["type"]

@@ -39,3 +39,13 @@ def test_an_evaluation_too_large_to_finish_is_refused_before_ray(tmp_path, capsy
     err = capsys.readouterr().err
     assert code == 2 and "x --seeds 100000000000 is" in err and "Traceback" not in err, err
     assert _files(tmp_path) == before
+
+
+def test_a_space_that_searches_the_number_of_tasks_is_refused(tmp_path, capsys, no_ray):
+    space = tmp_path / "tasks.yaml"
+    space.write_text("benchmark: digits\nsearch:\n  num_tasks: {type: choice, values: [2, 5]}\n"
+                     "  lr_meta: {type: loguniform, low: 0.001, high: 0.1}\n")
+    code = search.main(["--space", str(space), "--storage", str(tmp_path / "st"), "--num-cpus", "2", "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and "num_tasks cannot be searched" in err and "Traceback" not in err, err
+    assert not (tmp_path / "st").exists()

@@ -78,3 +78,19 @@ def test_the_report_shows_the_confirmation_s_finalists_means_and_winner(tmp_path
     assert "the winner is <b>aaaa0002</b>" in text and "one-seed pick was aaaa0001" in text
     row = text.split("id='confirmation-table'")[1].split("<td class='l'>aaaa0002</td>")[1].split("</tr>")[0]
     assert "<td>0.8667</td>" in row and "winner" in row  # mean of 0.80 (its search value), 0.90, 0.90
+
+
+def test_the_report_of_a_search_that_still_runs_does_not_call_it_interrupted(tmp_path, capsys):
+    from test_evaluate_report import _digits_base, _fake_experiment
+
+    from marktune.tune.folders.lock import ExperimentLock
+
+    exp = _fake_experiment(tmp_path / "live", {"aaaa0001": ("TERMINATED", 5, 0.9), "aaaa0002": ("RUNNING", 2, 0.8)},
+                           base=_digits_base(), searched={"lr_meta": [0.01, 0.02]})
+    assert report.main([str(exp)]) == 0
+    assert "interrupted search: 1 unfinished" in capsys.readouterr().out  # nobody runs it: interrupted
+    with ExperimentLock(exp, what="search", command="python -m marktune.search --name live"):
+        assert report.main([str(exp)]) == 0
+        out = capsys.readouterr().out
+    assert "search still running (a search (pid" in out and "interrupted" not in out
+    assert "Search still running" in (exp / "report.html").read_text()

@@ -72,6 +72,10 @@ def test_gpu_trials_on_a_local_ray_without_a_gpu_are_refused_before_ray_starts()
     check_local_gpus(0.5, address="10.0.0.1:6379", num_gpus=None, cpu_fallback=False, cuda_available=lambda: False)
     check_local_gpus(0.5, address=None, num_gpus=1, cpu_fallback=True, cuda_available=lambda: False)
     check_local_gpus(0.5, address=None, num_gpus=None, cpu_fallback=False, cuda_available=lambda: True)
+    check_local_gpus(0.5, address=None, num_gpus=1, cpu_fallback=False, cuda_available=lambda: True)
+    # fake GPUs without --cpu-fallback: every trial would fail after Ray started (issue 48)
+    with pytest.raises(SearchError, match="--num-gpus 1 declares GPUs this machine does not have.*--cpu-fallback"):
+        check_local_gpus(0.5, address=None, num_gpus=1, cpu_fallback=False, cuda_available=lambda: False)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a CUDA host a GPU is visible: nothing to refuse")

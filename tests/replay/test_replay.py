@@ -488,7 +488,7 @@ def test_a_good_table_passes_and_its_errored_runs_are_listed_as_results(tmp_path
     with pytest.raises(replay_table_module.ReplayTableError, match="column lr_meta: empty"):
         check_table(CurvesTable(searched=["lr_meta", "kb_width"], rows=default), SPACE, source="defaults")
     assert check_table(CurvesTable(searched=["lr_meta", "kb_width"], rows=default), SPACE, source="defaults",
-                       blank_ids=["default"]).errored == []
+                       blank_ids=["default"], min_configs=0).errored == []  # a default's table: one configuration
 
 
 def test_the_fresh_seed_bench_picks_the_best_the_worst_and_ranks_between():
@@ -755,3 +755,24 @@ def test_the_benches_score_held_out_by_default_and_refuse_a_table_of_too_few_see
     assert _bench().main([str(table), "--space", str(space), "--samples", "4", "--replay-seeds", "3",
                           "--jobs", "1"]) == 0
     assert "scored on held-out seeds" in capsys.readouterr().out
+
+
+def test_the_benches_refuse_a_header_only_or_one_configuration_table_and_zero_counts_in_words(tmp_path, capsys):
+    header_only, one = tmp_path / "h.csv", tmp_path / "one.csv"
+    lines = DIGITS.read_text().splitlines()
+    header_only.write_text(lines[0] + "\n")
+    one.write_text("\n".join([lines[0], *[ln for ln in lines[1:] if ln.startswith("c00,")]]) + "\n")
+    for name in ("replay", "confirm", "calibration", "surrogates"):
+        for table, found in ((header_only, "0 configuration(s) ran all 5 tasks"),
+                             (one, "1 configuration(s) ran all 5 tasks")):
+            assert load_bench(name).main([str(table), "--space", "digits"]) == 2, name
+            err = capsys.readouterr().err
+            assert found in err and "Traceback" not in err, (name, err)
+    for name, flags in (("replay", ["--workers", "0"]), ("replay", ["--replay-seeds", "0"]),
+                        ("confirm", ["--samples", "0"]), ("calibration", ["--replays", "1"])):
+        with pytest.raises(SystemExit) as stop:
+            load_bench(name).main([str(DIGITS), "--space", "digits", *flags])
+        assert stop.value.code == 2 and "must be at least" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        load_bench("separation").main(["--space", "digits", "--configs", "0", "--out", str(tmp_path / "s.csv")])
+    assert "--configs: must be at least 2" in capsys.readouterr().err and not (tmp_path / "s.csv").exists()
