@@ -776,3 +776,24 @@ def test_the_benches_refuse_a_header_only_or_one_configuration_table_and_zero_co
     with pytest.raises(SystemExit):
         load_bench("separation").main(["--space", "digits", "--configs", "0", "--out", str(tmp_path / "s.csv")])
     assert "--configs: must be at least 2" in capsys.readouterr().err and not (tmp_path / "s.csv").exists()
+
+
+def test_the_tie_bench_checks_the_rule_on_held_out_seeds_and_refuses_a_table_of_one_seed(tmp_path, capsys):
+    tie = load_bench("tie_check")
+    # two configurations, A ahead by 0.01 at seed 0 (within any margin): tied, and the same held out
+    rows = []
+    for key, lr, finals in (("A", 0.001, (0.91, 0.90, 0.90, 0.90)), ("B", 0.01, (0.90, 0.90, 0.90, 0.90)),
+                            ("C", 0.02, (0.50, 0.50, 0.50, 0.50))):
+        for seed, final in enumerate(finals):
+            rows += [CurveRow(trial_id=key, status="COMPLETE", params={"lr_meta": lr, "kb_width": 32}, task=k,
+                              val_acc=final, test_acc=final + 0.001 * seed * (key == "B"), seconds=1.0, seed=seed)
+                     for k in (1, 2)]
+    table = ReplayTable.from_curves(CurvesTable(searched=["lr_meta", "kb_width"], rows=rows))
+    val, test = tie.finals(table, [0, 1, 2, 3])
+    c = tie.check(val, test, sd=0.02, samples=3, replays=4)
+    assert c["tied"] >= 1 and c["tied_within"] == c["tied"]  # B (or A) within the margin held out
+    assert c["other"] >= 1 and c["other_within"] == 0  # C, far below: never tied, never within
+    one = tmp_path / "one.csv"
+    write_curves(one, [r for r in read_curves(DIGITS).rows if r.seed == 0], searched=read_curves(DIGITS).searched)
+    assert tie.main([str(one), "--space", "digits"]) == 2
+    assert "needs 3 or more" in capsys.readouterr().err
