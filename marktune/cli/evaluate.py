@@ -36,7 +36,6 @@ import math
 import shlex
 import sys
 import time
-from itertools import count
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -45,7 +44,8 @@ from marktune.results import conclusions
 from marktune.mark.config import ConfigError, MarkConfig
 from marktune.results.evaluation_table import aggregate, as_float, format_markdown, write_csv
 from marktune.results.experiment import Experiment, ExperimentError
-from marktune.results.files import write_atomic
+from marktune.results.confirmation import unused_seeds
+from marktune.results.files import is_remote, write_atomic
 from marktune.results.objectives import front_on_fresh_seeds
 from marktune.results.pareto import parameter_counts
 from marktune.results.statistics import heldout_accuracy, heldout_backward_transfer
@@ -123,14 +123,8 @@ def plan_configs(exp: Experiment, top: int | None, ablations: Sequence[str] = DE
 
 
 def fresh_seeds(exp: Experiment, n: int) -> list[int]:
-    used = exp.seeds_used()
-    seeds: list[int] = []
-    for s in count(FIRST_SEED):
-        if len(seeds) == n:
-            return seeds
-        if s not in used:
-            seeds.append(s)
-    return seeds
+    """``n`` seeds from FIRST_SEED on that neither the search's trials nor its confirmation used."""
+    return list(unused_seeds(FIRST_SEED, n, used=exp.seeds_used()))
 
 
 # ---------------------------------------------------------------- command line
@@ -197,10 +191,10 @@ def plan_from_args(args: argparse.Namespace) -> EvalPlan:
     if gpus is None and exp.space is not None:
         gpus = exp.space.defaults["gpus_per_trial"]
     storage = args.storage or str(exp.path.parent)
-    if "://" not in storage:
+    if not is_remote(storage):
         storage = str(Path(storage).expanduser().resolve())
     name = args.name or f"{exp.name}-eval"
-    if args.name is None and "://" not in storage and (Path(storage) / name).exists():
+    if args.name is None and not is_remote(storage) and (Path(storage) / name).exists():
         name = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     protocol, configs, benchmark, data_seeds = plan_pairs(exp, configs, benchmark=args.benchmark, orders=args.orders)
     defaults = exp.space.defaults if exp.space is not None else {}
@@ -324,7 +318,7 @@ def test_matrix(result) -> list[list[float]]:
     """The run's test accuracy matrix (row t: after task t), from its result.json (one line per task)."""
     from marktune.results.files import task_results
 
-    rows = task_results(str(result.path)) if "://" not in str(result.path) else []
+    rows = task_results(str(result.path)) if not is_remote(str(result.path)) else []
     if not rows and result.metrics_dataframe is not None and "test_row" in result.metrics_dataframe:
         cells = result.metrics_dataframe["test_row"].tolist()
         return [json.loads(c) if isinstance(c, str) else list(c) for c in cells]
@@ -387,7 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if lock is not None:
                 held.callback(lock.release)
             plan = plan_from_args(args)
-            if "://" not in plan.storage:  # its own folder: never another evaluation's, one command at a time
+            if not is_remote(plan.storage):  # its own folder: never another evaluation's, one command at a time
                 own = Path(plan.tune_experiment)
                 check_kind(own, "evaluation", flag="--name")  # a search's or a run's folder: never touched
                 if args.name is not None and args.overwrite and own.is_dir() and any(own.iterdir()):

@@ -30,7 +30,7 @@ from marktune.cli.signals import INTERRUPTED, sigterm_as_interrupt
 from marktune.results.confirmation import (CONFIRMATION_FILE, ConfirmationError, plan_confirmation,
                                            read_confirmation)
 from marktune.results.curves import write_search_curves
-from marktune.results.files import CURVES_TABLE, write_atomic
+from marktune.results.files import CURVES_TABLE, is_remote, write_atomic
 from marktune.results.objectives import ObjectiveError, parse_objectives
 from marktune.results.node_moves import experiment_moves, node_loss_note
 from marktune.results.summary import (TrialRow, format_front, format_table, mark_confirmed, mark_fronts, mark_ties,
@@ -42,6 +42,7 @@ from marktune.tune.launch import (check_address, check_cluster_resources, check_
 from marktune.tune.plan import (DEFAULT_STORAGE, PlanError, SearchPlan, check_name,
                                 check_protocol, check_seed, check_stage_size, check_trial_resources,
                                 local_experiment_dir, trial_threads)
+from marktune.tune.folders.search_state import finished_words, replan_or_check_confirmation
 from marktune.tune.search_run import SearchRun, run_search
 from marktune.tune.folders.search_settings import KEPT_ON_RESUME, kept_flag, kept_on_resume_in_words, load_settings
 from marktune.tune.spaces import SCHEDULERS, SEARCHERS, SpaceError, available_spaces, load_space
@@ -185,7 +186,7 @@ def plan_from_args(args: argparse.Namespace) -> SearchPlan:
     if args.resume and not args.name:
         raise SearchError("--resume needs --name of the experiment to continue")
     storage = args.storage
-    if "://" not in storage:
+    if not is_remote(storage):
         storage = str(Path(storage).expanduser().resolve())
         if args.resume and not (Path(storage) / args.name).is_dir():
             raise SearchError(f"--resume: no experiment {args.name!r} in {storage}")
@@ -335,7 +336,7 @@ def summarize(run: SearchRun, plan: SearchPlan, *, top: int, rows: list[TrialRow
     for r in rows:
         if r.status == "ERROR":
             print(f"[marktune] {r.trial_id} errored: {r.error}")
-    moved = node_loss_note(experiment_moves(out_dir)) if "://" not in plan.storage else ""
+    moved = node_loss_note(experiment_moves(out_dir)) if not is_remote(plan.storage) else ""
     if moved:  # a lost worker node, in words: the trials' rows say where each task ran
         print(f"[marktune] {moved}")
     print(f"[marktune] trials.csv: {out_dir / 'trials.csv'}")
@@ -358,25 +359,9 @@ def summarize(run: SearchRun, plan: SearchPlan, *, top: int, rows: list[TrialRow
 
 
 def resume_command(plan: SearchPlan) -> str:
-    cmd = f"python -m marktune.search --resume --name {plan.name} --storage {plan.storage}"
-    if plan.study_storage.url:
-        cmd += f" --optuna-storage {plan.study_storage.describe()}"
-    return cmd
+    from marktune.tune.folders.experiment import resume_words
 
-
-def replan_or_check_confirmation(plan: SearchPlan, *, replan: bool) -> None:
-    """On --resume, before Ray: the confirmation's record parses and holds together (its finalists
-    are checked against the trials once they are read), or --replan-confirmation moves it aside."""
-    if replan and not plan.resume:
-        raise PlanError("--replan-confirmation goes with --resume --name <experiment>")
-    if not plan.resume or "://" in plan.storage and not plan.local_dir().is_dir():
-        return
-    path = plan.local_dir() / CONFIRMATION_FILE
-    if replan and path.exists():
-        aside = path.with_name(f"{CONFIRMATION_FILE}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
-        path.rename(aside)
-        print(f"[marktune] --replan-confirmation: moved {path} aside to {aside}; the stage is planned again", flush=True)
-    read_confirmation(plan.local_dir())
+    return resume_words(plan)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -406,6 +391,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                        *(sys.argv[1:] if argv is None else argv)]))
             held.callback(lock.release)
             replan_or_check_confirmation(plan, replan=args.replan_confirmation)
+            done = finished_words(plan) if not args.replan_confirmation else ""
+            if done:  # nothing to run: no Ray started only to print what the files say
+                print(f"[marktune] {done}")
+                return 0
             open_experiment(plan)
             start_ray(plan.ray)
             term = sigterm_as_interrupt()  # after ray.init, which sets its own

@@ -68,7 +68,9 @@ from marktune.tune.spaces import SearchSpace
 # "table": random search drawn from the table; "random-sampler": Optuna's RandomSampler through the
 # surrogate; any other: that searcher (marktune.tune.samplers) through the surrogate
 PROPOSALS = ("table", "random-sampler", *[s for s in SEARCHERS if s != "random"])
-CONTINUE, STOP = "CONTINUE", "STOP"  # ray.tune.schedulers.TrialScheduler's decisions
+from ray.tune.schedulers import TrialScheduler  # noqa: E402 - Ray's own decisions, as the search's ASHA returns them
+
+CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
 
 
 @dataclass(frozen=True)

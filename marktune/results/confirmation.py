@@ -22,6 +22,8 @@ Example:
 """
 from __future__ import annotations
 
+import shlex
+
 import json
 import math
 from dataclasses import dataclass, field
@@ -50,19 +52,30 @@ def best_by_mean(candidates: Sequence[tuple[Hashable, Sequence[float]]]) -> Hash
     return best
 
 
+def unused_seeds(start: int, count: int, *, used: Sequence[int] | set[int] = ()) -> tuple[int, ...]:
+    """The ``count`` first integers from ``start`` on that are not in ``used``: the one rule by
+    which the confirmation stage and ``marktune.evaluate`` choose fresh seeds.
+
+    >>> unused_seeds(1000, 3, used={1001})
+    (1000, 1002, 1003)
+    """
+    used = set(used)
+    seeds: list[int] = []
+    s = start
+    while len(seeds) < count:
+        if s not in used:
+            seeds.append(s)
+        s += 1
+    return tuple(seeds)
+
+
 def confirmation_seeds(search_seed: int, count: int, *, used: Sequence[int] = ()) -> tuple[int, ...]:
     """The ``count`` first integers after ``search_seed`` that no search trial used.
 
     >>> confirmation_seeds(0, 2), confirmation_seeds(0, 2, used=[0, 1])
     ((1, 2), (2, 3))
     """
-    seeds: list[int] = []
-    s = search_seed
-    while len(seeds) < count:
-        s += 1
-        if s not in used:
-            seeds.append(s)
-    return tuple(seeds)
+    return unused_seeds(search_seed + 1, count, used=used)
 
 
 @dataclass(frozen=True)
@@ -228,8 +241,9 @@ class ConfirmationError(ValueError):
 
 
 def _repair(path: Path) -> str:
-    return (f"repair: `python -m marktune.search --resume --name {path.parent.name} --storage "
-            f"{path.parent.parent} --replan-confirmation` moves it aside and plans the stage again from the "
+    command = shlex.join(["python", "-m", "marktune.search", "--resume", "--name", path.parent.name, "--storage",
+                          str(path.parent.parent), "--replan-confirmation"])
+    return (f"repair: `{command}` moves it aside and plans the stage again from the "
             "search's trials")
 
 

@@ -29,7 +29,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 from marktune.mark.metrics import METRIC, TIME_ATTR
 from marktune.results.evaluation_table import as_float
 from marktune.results.files import (RESULT_FILE, TRIAL_DIR_PREFIX, atomic_output, last_per_task, parse_results,
-                                    task_results)
+                                    is_remote, task_results)
 
 FIXED_COLUMNS = ("trial_id", "status")
 VALUE_COLUMNS = ("task", "val_acc", "test_acc", "seconds")
@@ -127,7 +127,7 @@ def write_search_curves(path: str | Path, trials: Sequence[SearchedTrial], *, se
 def trial_results(experiment: str | Path, trial_id: str) -> list[dict[str, Any]]:
     """A trial's results, one per task, from its directory in ``experiment`` (a directory or a
     URL); [] when it has none (a trial that never started)."""
-    if "://" not in str(experiment):
+    if not is_remote(str(experiment)):
         return task_results(Path(experiment) / f"{TRIAL_DIR_PREFIX}{trial_id}")
     from pyarrow import fs as pafs
 

@@ -34,7 +34,7 @@ from marktune.mark.metrics import METRIC, TIME_ATTR
 from marktune.results.confirmation import ConfirmationError, read_confirmation
 from marktune.results.files import (BEST_CONFIG_FILE, PARAMS_FILE, RUNTIME_KEY, STATE_GLOB, TRIAL_DIR_PREFIX,
                                     read_settings,
-                                    TRIALS_TABLE, checkpoint_tasks, task_results)
+                                    TRIALS_TABLE, checkpoint_tasks, is_remote, task_results)
 from marktune.results.noise import SeedNoise, Ties, find_ties, scored_from_result
 from marktune.results.objectives import (SINGLE, Objective, ObjectiveError, minimised, nondominated_ranks,
                                          objective_values, parse_objectives)
@@ -251,7 +251,7 @@ class Experiment:
 def load_experiment(path: str | os.PathLike) -> Experiment:
     """Read an experiment directory; raise ExperimentError when it is missing or foreign."""
     text = str(path)
-    if "://" in text:
+    if is_remote(text):
         raise ExperimentError(f"{text}: give a local directory (copy it down first, e.g. "
                               f"`aws s3 sync {text} results/{text.rstrip('/').rsplit('/', 1)[-1]}`)")
     root = Path(text).expanduser()

@@ -123,10 +123,19 @@ def is_disk_full(err: BaseException | None) -> bool:
     return False
 
 
+def is_remote(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a URL (s3://, gs://, file://...) rather than a folder on this machine.
+
+    >>> is_remote("s3://bucket/results"), is_remote("results/fmnist-1")
+    (True, False)
+    """
+    return "://" in str(path)
+
+
 def free_bytes(folder: str | os.PathLike) -> int | None:
     """Free bytes for an unprivileged writer in ``folder`` (its nearest existing parent); None
     when that cannot be told (an s3:// URL, an unreadable path)."""
-    if "://" in str(folder):
+    if is_remote(folder):
         return None
     path = Path(folder).expanduser().absolute()
     while not path.exists() and path != path.parent:

@@ -33,6 +33,8 @@ Example:
 """
 from __future__ import annotations
 
+import shlex
+
 import math
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -171,13 +173,13 @@ class Ties:
         if not self.known:
             return (f"The noise of the best, {self.best}, is unknown ({self.noise_words()}; no seed_sd in the "
                     "space), so no trial is marked as tied with it. Check the best on fresh seeds: "
-                    f"python -m marktune.evaluate {experiment} --top {min(3, self.others + 1)} --seeds 3")
+                    f"python -m marktune.evaluate {shlex.quote(str(experiment))} --top {min(3, self.others + 1)} --seeds 3")
         n = len(self.tied)
         if n == 0:
             return f"No trial is within the noise of the best, {self.best} ({self.noise_words()})."
         return (f"{n} trial{' is' if n == 1 else 's are'} within the noise of the best, {self.best} "
                 f"({self.noise_words()}): {', '.join(self.tied)}. Tell them apart on fresh seeds: "
-                f"python -m marktune.evaluate {experiment} --top {max(self.reach, n + 1)} --seeds 3")
+                f"python -m marktune.evaluate {shlex.quote(str(experiment))} --top {max(self.reach, n + 1)} --seeds 3")
 
 
 def find_ties(trials: Sequence[Scored], *, seed_sd: float | None, measured: str | None = None,

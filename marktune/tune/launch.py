@@ -19,6 +19,7 @@ import socket
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from marktune.results.files import is_remote
 from marktune.tune.plan import EvalPlan, PlanError, RaySettings, SearchPlan
 
 
@@ -269,7 +270,7 @@ def check_storage(storage: str, *, flag: str = "--storage") -> None:
     """A local storage directory must exist or be creatable, and be writable, before Ray starts
     (Tune would fail after its start-up with a pyarrow traceback); a URL must take a write
     (:func:`check_remote_storage`)."""
-    if "://" in storage:
+    if is_remote(storage):
         check_remote_storage(storage, flag=flag)
         return
     path = Path(storage)
@@ -311,7 +312,7 @@ def check_search(plan: SearchPlan) -> None:
     check_local_gpus(plan.gpus_per_trial, address=address, num_gpus=plan.ray.num_gpus,
                      cpu_fallback=plan.runtime.cpu_fallback)
     check_gpu_memory_fraction(plan.runtime.gpu_memory_fraction)
-    if "://" not in plan.storage:  # never inside, or in place of, another command's folder
+    if not is_remote(plan.storage):  # never inside, or in place of, another command's folder
         from marktune.tune.folders.ownership import FolderOwned, check_kind, check_not_inside
         try:
             check_not_inside(Path(plan.storage), flag="--storage")
@@ -329,7 +330,7 @@ def open_experiment(plan: SearchPlan) -> None:
     from marktune.tune.folders.experiment import restore_experiment
     from marktune.tune.study import StorageError
 
-    if "://" not in plan.storage:
+    if not is_remote(plan.storage):
         from marktune.tune.folders.ownership import claim
         claim(plan.local_dir(), "search")  # the folder is this search's before anything else is written
     restore_experiment(plan)  # --resume: marktune's settings file first, before any journal is touched

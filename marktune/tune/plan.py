@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from marktune.results.files import RUNTIME_KEY
+from marktune.results.files import RUNTIME_KEY, is_remote
 from marktune.results.objectives import SINGLE, Objective
 from marktune.results.protocols import DEFAULT_TUNING_TASKS, SearchProtocol
 from runners.runtime import TrialRuntime
@@ -141,7 +141,7 @@ def check_protocol(protocol: str | None, tuning_tasks: int | None, *, stream_tas
 def local_experiment_dir(storage: str, name: str) -> Path:
     """The experiment directory, or ./results/<name> on this machine for an s3:// storage (its
     trials.csv, best_config.yaml and default Optuna journal live there)."""
-    if "://" in storage:
+    if is_remote(storage):
         return Path(DEFAULT_STORAGE).resolve() / name
     return Path(storage) / name
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from marktune.mark.metrics import METRIC
+from marktune.results.files import is_remote
 from marktune.tune.folders.experiment import check_resumable, disk_full_of, missing_results_note
 from marktune.tune.launch import prepare_tune, quiet_ray_output
 from marktune.tune.ray_internals import handle_failures
@@ -86,7 +87,7 @@ def run_search(plan: SearchPlan) -> SearchRun:
         # Tune unpickles the experiment's state: only from a directory marktune's settings file
         # names as this search (the pre-flight checked it too; callers may skip the pre-flight)
         check_resumable(plan.storage, plan.name)
-        note = missing_results_note(plan.local_dir()) if "://" not in plan.storage else ""
+        note = missing_results_note(plan.local_dir()) if not is_remote(plan.storage) else ""
         if note:
             print(f"[marktune] {note}", flush=True)
         # the study is the resumed experiment's (its journal, or the URL), whatever the checkpoint says
@@ -138,7 +139,9 @@ def run_search(plan: SearchPlan) -> SearchRun:
         raise
     finally:
         stop_watching()
-    note = missing_results_note(plan.local_dir(), ended=True) if "://" not in plan.storage else ""
+    states = last_trial_states(experiment)
+    unfinished = frozenset(tid for tid, s in states.items() if s.get("status") in ("RUNNING", "PENDING", "PAUSED"))
+    note = missing_results_note(plan.local_dir(), ended=True, unfinished=unfinished) if not is_remote(plan.storage) else ""
     if note:
         print(f"[marktune] {note}", flush=True)
     full = disk_full_of(_first_trial_error(results), plan)
@@ -150,8 +153,7 @@ def run_search(plan: SearchPlan) -> SearchRun:
         study = open_study(plan.study_storage, plan.name)
     except KeyError:  # interrupted before the searcher created it
         study = None
-    return SearchRun(results=results, experiment=experiment, study=study,
-                     states=last_trial_states(experiment))
+    return SearchRun(results=results, experiment=experiment, study=study, states=states)
 
 
 def _first_trial_error(results) -> BaseException | None:

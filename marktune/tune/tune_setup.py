@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from marktune.results.files import RESULT_FILE, parse_results
+from marktune.results.files import RESULT_FILE, is_remote, parse_results
 
 
 def last_trial_states(experiment: str) -> dict[str, dict]:
@@ -27,7 +27,7 @@ def last_trial_states(experiment: str) -> dict[str, dict]:
 
     from pyarrow import fs as pafs
 
-    filesystem, root = pafs.FileSystem.from_uri(experiment if "://" in experiment else str(Path(experiment).resolve()))
+    filesystem, root = pafs.FileSystem.from_uri(experiment if is_remote(experiment) else str(Path(experiment).resolve()))
     states = sorted(info.path for info in filesystem.get_file_info(pafs.FileSelector(root, allow_not_found=True))
                     if info.base_name.startswith("experiment_state-") and info.base_name.endswith(".json"))
     if not states:

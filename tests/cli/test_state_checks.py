@@ -94,3 +94,26 @@ def test_the_report_of_a_search_that_still_runs_does_not_call_it_interrupted(tmp
         out = capsys.readouterr().out
     assert "search still running (a search (pid" in out and "interrupted" not in out
     assert "Search still running" in (exp / "report.html").read_text()
+
+
+def test_resuming_a_finished_search_says_so_without_starting_ray(tmp_path):
+    from marktune.cli import search
+    from marktune.tune.folders.search_state import finished_words
+
+    exp = tmp_path / "st" / "done"
+    exp.mkdir(parents=True)
+    (exp / "best_config.yaml").write_text("trial_id: a\n")
+
+    def plan(*extra):
+        return search.plan_from_args(search.build_parser().parse_args(
+            ["--space", "digits", "--samples", "2", "--resume", "--name", "done", "--storage", str(tmp_path / "st"),
+             *extra]))
+
+    def table(*statuses):
+        (exp / "trials.csv").write_text("trial_id,status\n" + "".join(f"t{i},{s}\n" for i, s in enumerate(statuses)))
+
+    table("COMPLETE", "PRUNED")
+    assert finished_words(plan("--confirm-top", "0")).startswith(f"experiment {exp} has finished")
+    assert finished_words(plan()) == ""  # the space's confirmation has not run: resume runs it
+    table("COMPLETE", "RUNNING")
+    assert finished_words(plan("--confirm-top", "0")) == ""  # a trial was cut short: resume it

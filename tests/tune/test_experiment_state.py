@@ -176,6 +176,8 @@ def test_lost_rows_are_named_and_curves_keep_their_task_numbers(tmp_path):
     # on --resume: each trial whose result.json lacks tasks its checkpoint holds
     assert missing_results(exp) == [("a", [1, 2], 5), ("c", [1], 2)]
     assert missing_results(exp, ended=True) == [("a", [1, 2], 5), ("c", [1, 2], 2)]
+    # c cut short by Ctrl-C: --resume runs its newest checkpoint's task again, so it is not "lost"
+    assert missing_results(exp, ended=True, unfinished=frozenset({"c"})) == [("a", [1, 2], 5), ("c", [1], 2)]
     assert "a (tasks 1-2; its checkpoint holds 5)" in missing_results_note(exp)
     # after Ctrl-C the newest checkpoint may be one task ahead of result.json (Tune never
     # registered it, and runs that task again): not a loss

@@ -15,6 +15,8 @@
 """
 from __future__ import annotations
 
+import shlex
+
 import json
 import os
 import pickletools
@@ -22,8 +24,8 @@ import time
 from pathlib import Path
 
 from marktune.results.files import (MIN_FREE_BYTES, RESULT_FILE, SETTINGS_FILE, TRIAL_DIR_PREFIX, checkpoint_tasks,
-                                    disk_full_message, free_bytes, human_bytes, is_disk_full, read_results,
-                                    write_atomic)
+                                    disk_full_message, free_bytes, human_bytes, is_disk_full, is_remote,
+                                    read_results, write_atomic)
 from marktune.tune.plan import PlanError, SearchPlan
 
 
@@ -57,7 +59,7 @@ def restore_experiment(plan: SearchPlan) -> None:
     then the whole copies of Tune's state files a full disk cut short are put back."""
     if plan.resume:
         check_resumable(plan.storage, plan.name)
-    if plan.resume and "://" not in plan.storage:
+    if plan.resume and not is_remote(plan.storage):
         for note in restore_kept_state(plan.local_dir()):
             print(f"[marktune] {note}", flush=True)
 
@@ -100,39 +102,48 @@ def disk_full_of(err: BaseException, plan: SearchPlan) -> DiskFull | None:
     """The :class:`DiskFull` to raise for ``err`` when it is a full disk, else None."""
     if not is_disk_full(err):
         return None
-    return DiskFull(disk_full_message(plan.local_dir() if "://" not in plan.storage else plan.experiment,
+    return DiskFull(disk_full_message(plan.local_dir() if not is_remote(plan.storage) else plan.experiment,
                                       resume=resume_words(plan)))
 
 
 def resume_words(plan: SearchPlan) -> str:
-    return f"python -m marktune.search --resume --name {plan.name} --storage {plan.storage}"
+    """The command that continues the search, shell-quoted: it runs as printed."""
+    words = ["python", "-m", "marktune.search", "--resume", "--name", plan.name, "--storage", plan.storage]
+    if plan.study_storage.url:
+        words += ["--optuna-storage", plan.study_storage.describe()]
+    return shlex.join(words)
 
 
-def missing_results(experiment_dir: str | Path, *, ended: bool = False) -> list[tuple[str, list[int], int]]:
+def missing_results(experiment_dir: str | Path, *, ended: bool = False,
+                    unfinished: frozenset[str] = frozenset()) -> list[tuple[str, list[int], int]]:
     """(trial id, the task numbers its result.json lacks, tasks its checkpoint holds) for each
     trial whose recorded results are missing or shorter than its checkpoint.
 
     Before a resumed run (``ended=False``) the newest checkpoint's own task is not asked for:
     after Ctrl-C it may be one Tune never registered, and that task then runs again and is
-    recorded. After the run (``ended=True``) every task up to the furthest one is.
+    recorded. After the run (``ended=True``) every task up to the furthest one is, but for the
+    ``unfinished`` trials (cut short by Ctrl-C or SIGTERM), whose newest checkpoint's task
+    ``--resume`` runs again and records, as before a resumed run.
     """
     out = []
     root = Path(experiment_dir)
     for trial in sorted(root.glob(f"{TRIAL_DIR_PREFIX}*")):
         held = checkpoint_tasks(trial)  # 0 for checkpoints written before they said their task count
         recorded = {int(r["tasks_done"]) for r in read_results(trial / RESULT_FILE)}
-        last = max([held, *recorded]) if ended else held - 1
+        tid = trial.name.removeprefix(TRIAL_DIR_PREFIX)
+        last = max([held, *recorded]) if ended and tid not in unfinished else held - 1
         lost = [t for t in range(1, last + 1) if t not in recorded]
         if lost:
             out.append((trial.name.removeprefix(TRIAL_DIR_PREFIX), lost, held))
     return out
 
 
-def missing_results_note(experiment_dir: str | Path, *, ended: bool = False) -> str:
+def missing_results_note(experiment_dir: str | Path, *, ended: bool = False,
+                         unfinished: frozenset[str] = frozenset()) -> str:
     """A line naming every trial whose recorded results lack tasks of its checkpoint, or ''."""
     from marktune.results.experiment import task_ranges
 
-    missing = missing_results(experiment_dir, ended=ended)
+    missing = missing_results(experiment_dir, ended=ended, unfinished=unfinished)
     if not missing:
         return ""
     parts = [f"{tid} (tasks {task_ranges(lost)}; its checkpoint holds {held})" for tid, lost, held in missing]

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from marktune.results.files import LOCK_FILE, OWNER_FILE, SETTINGS_FILE, STATE_GLOB
+from marktune.results.files import LOCK_FILE, OWNER_FILE, SETTINGS_FILE, STATE_GLOB, is_remote
 from marktune.tune.plan import PlanError
 
 
@@ -232,7 +232,7 @@ class NoLock:
 
 def lock_experiment(storage: str, name: str, *, what: str, command: str | None = None) -> "ExperimentLock | NoLock":
     """The (taken) lock of experiment ``name`` in ``storage``; on s3:// storage none, with a note."""
-    if "://" in storage:
+    if is_remote(storage):
         print(f"[marktune] note: {storage} is remote storage, where marktune takes no lock: make sure no "
               f"other search or evaluation uses the experiment {name!r} at the same time", flush=True)
         return NoLock()

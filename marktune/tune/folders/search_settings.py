@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from marktune.results.files import SETTINGS_FILE, write_atomic
+from marktune.results.files import SETTINGS_FILE, is_remote, write_atomic
 from marktune.tune.plan import SearchPlan
 
 # what a resumed search takes from the experiment unless given again (and then must match)
@@ -50,7 +50,7 @@ def search_settings(plan: SearchPlan) -> dict[str, Any]:
 def save_settings(plan: SearchPlan, experiment: str) -> None:
     """Write ``marktune_search.json`` into the experiment directory ``experiment`` (a path or a URL)."""
     text = json.dumps(search_settings(plan), indent=1)
-    if "://" not in experiment:  # a temporary file, fsynced, renamed: never half a settings file
+    if not is_remote(experiment):  # a temporary file, fsynced, renamed: never half a settings file
         Path(experiment).mkdir(parents=True, exist_ok=True)
         write_atomic(Path(experiment) / SETTINGS_FILE, text)
         return
@@ -66,7 +66,7 @@ def load_settings(storage: str, name: str) -> dict[str, Any] | None:
     """The settings of experiment ``name`` in ``storage``; None where there are none."""
     from pyarrow import fs as pafs
 
-    if "://" not in storage:
+    if not is_remote(storage):
         storage = str(Path(storage).expanduser().resolve())
     try:
         filesystem, path = pafs.FileSystem.from_uri(f"{storage.rstrip('/')}/{name}")

@@ -26,7 +26,7 @@ from typing import Iterator
 
 from ray.tune import Callback
 
-from marktune.results.files import free_bytes, is_disk_full
+from marktune.results.files import free_bytes, is_disk_full, is_remote
 from marktune.tune.folders.experiment import keep_state
 
 FULL_BELOW_BYTES = 2**20  # a trial error with less free space than this is read as a full disk
@@ -149,7 +149,7 @@ def resumed_at(storage: str, name: str) -> Iterator[None]:
     """While a search resumes the local experiment ``<storage>/<name>``, :func:`relocate` points
     every trial Tune adds at it."""
     global _resumed_at
-    previous, _resumed_at = _resumed_at, ((str(Path(storage).resolve()), name) if "://" not in storage else None)
+    previous, _resumed_at = _resumed_at, ((str(Path(storage).resolve()), name) if not is_remote(storage) else None)
     try:
         yield
     finally:
