@@ -123,11 +123,12 @@ def main(argv: list[str] | None = None) -> int:
                                   "trial_id": chosen["trial_id"], "value": chosen["val_acc"], "runs": runs,
                                   "seconds": round(seconds, 1)})
                 print(f"  {arm} {repeat}: winner {chosen['trial_id']} ({seconds:.0f} s)", flush=True)
+            left = [s for s in args.fresh_seeds if ("fresh", arm, str(repeat), str(s)) not in done]
+            if not left:  # all recorded: the search's folder may be on another machine
+                continue
             experiment = args.storage / f"{arm}-{repeat}"
             chosen = yaml.safe_load((experiment / "best_config.yaml").read_text())
-            for seed in args.fresh_seeds:
-                if ("fresh", arm, str(repeat), str(seed)) in done:
-                    continue
+            for seed in left:
                 started = time.perf_counter()
                 params = {k: v for k, v in chosen["config"].items() if k not in ("seed", "data_seed", "class_order")}
                 result = run_fresh(space_file, params, seed, work / f"{arm}-{repeat}-{seed}")
