@@ -37,8 +37,8 @@ from marktune.cli.flags import at_least  # noqa: E402
 from marktune.mark.hardware import cpu_model_name  # noqa: E402
 from marktune.replay.search import Interval, Strategy, replay  # noqa: E402
 from marktune.replay.seed_roles import SeedRoles, TooFewSeedsError, assignments, table_seeds  # noqa: E402
-from marktune.replay.table import ReplayTable, ReplayTableError, check_table  # noqa: E402
-from marktune.results.curves import CurvesError, read_curves  # noqa: E402
+from marktune.replay.table import ReplayTable, ReplayTableError, read_checked_table  # noqa: E402
+from marktune.results.curves import CurvesError  # noqa: E402
 from marktune.tune.spaces import load_space  # noqa: E402
 
 Z_POWER = 1.959964 + 0.841621  # two-sided 5 %, power 80 %
@@ -95,9 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         space = load_space(args.space)
-        curves = read_curves(args.curves)
-        check_table(curves, space, source=str(args.curves))
-        table = ReplayTable.from_curves(curves)
+        table = read_checked_table(args.curves, space)
         d = space.defaults
         samples = args.samples or int(d["samples"])
         top, more = ((int(d["confirm_top"] or 0), int(d["confirm_seeds"])) if args.rule is None

@@ -44,7 +44,7 @@ from marktune.cli.flags import at_least  # noqa: E402
 from marktune.mark.hardware import cpu_model_name  # noqa: E402
 from marktune.replay.search import Interval, Strategy, replay, worth_of  # noqa: E402
 from marktune.replay.seed_roles import SEEN_WARNING, TooFewSeedsError, assignments, table_seeds  # noqa: E402
-from marktune.replay.table import ReplayTable, ReplayTableError, check_table  # noqa: E402
+from marktune.replay.table import ReplayTable, ReplayTableError, read_checked_table  # noqa: E402
 from marktune.results.curves import CurvesError, read_curves  # noqa: E402
 from marktune.tune.spaces import load_space  # noqa: E402
 
@@ -92,10 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     default_path = args.default or args.curves.parent / "defaults" / args.curves.name
     try:
         space = load_space(args.space)
-        curves = read_curves(args.curves)
-        check_table(curves, space, source=str(args.curves))
+        table = read_checked_table(args.curves, space)
         default = ReplayTable.from_curves(read_curves(default_path)).configs[0]
-        table = ReplayTable.from_curves(curves)
         seeds = table_seeds(table.configs)
         roles = (assignments(seeds, confirm=max(s for _, s in args.rules)) if args.score == "held-out" else None)
     except (ReplayTableError, CurvesError, OSError, IndexError, TooFewSeedsError) as err:

@@ -31,8 +31,8 @@ sys.path.insert(0, str(ROOT))
 from marktune.cli.flags import at_least  # noqa: E402
 from marktune.mark.hardware import cpu_model_name  # noqa: E402
 from marktune.replay.seed_roles import table_seeds  # noqa: E402
-from marktune.replay.table import ReplayTable, ReplayTableError, check_table  # noqa: E402
-from marktune.results.curves import CurvesError, read_curves  # noqa: E402
+from marktune.replay.table import ReplayTable, ReplayTableError, read_checked_table  # noqa: E402
+from marktune.results.curves import CurvesError  # noqa: E402
 from marktune.results.noise import tie_margin  # noqa: E402
 from marktune.tune.spaces import load_space  # noqa: E402
 
@@ -85,9 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         space = load_space(args.space)
-        curves = read_curves(args.curves)
-        check_table(curves, space, source=str(args.curves))
-        table = ReplayTable.from_curves(curves)
+        table = read_checked_table(args.curves, space)
     except (ReplayTableError, CurvesError, OSError) as err:
         print(f"tie bench: {err}", file=sys.stderr)
         return 2

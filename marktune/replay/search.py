@@ -55,6 +55,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
+from ray.tune.schedulers import TrialScheduler
 
 from marktune.mark.metrics import METRIC, TIME_ATTR
 from marktune.replay.seed_roles import SeedRoles
@@ -68,9 +69,7 @@ from marktune.tune.spaces import SearchSpace
 # "table": random search drawn from the table; "random-sampler": Optuna's RandomSampler through the
 # surrogate; any other: that searcher (marktune.tune.samplers) through the surrogate
 PROPOSALS = ("table", "random-sampler", *[s for s in SEARCHERS if s != "random"])
-from ray.tune.schedulers import TrialScheduler  # noqa: E402 - Ray's own decisions, as the search's ASHA returns them
-
-CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
+CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP  # Ray's own decisions, as the search's ASHA returns
 
 
 @dataclass(frozen=True)
@@ -411,9 +410,11 @@ def _replay(table: ReplayTable, space: SearchSpace, strategy: Strategy, samples:
             settings = searcher.suggest(trial_id)
             stand_in = surrogate.stand_in(settings, rng, seed=trial_seed)
         curve, worth = stand_in.curve, stand_in.worth
-        if roles is not None:  # held out: the recorded configuration's mean at the score seeds, moved as
-            recorded = table.configs[stand_in.config]  # far as a modelled stand-in's prediction moved it
-            worth += worth_of(recorded, roles) - recorded.final_test if recorded.has_seeds(roles.score) else 0.0
+        recorded = table.configs[stand_in.config]
+        if roles is not None and recorded.has_seeds(roles.score):
+            # held out: the recorded configuration's mean at the score seeds, moved as far as a
+            # modelled stand-in's prediction moved it from the configuration's mean
+            worth += worth_of(recorded, roles) - recorded.final_test
         outcome.trials.append(ReplayedTrial(trial_id=trial_id, config=stand_in.config, curve=curve,
                                             stop_after=stop_after, worth=worth,
                                             final_shift=stand_in.final_shift,

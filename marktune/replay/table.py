@@ -32,7 +32,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from marktune.results.curves import CurveRow, CurvesTable
+from marktune.results.curves import CurveRow, CurvesTable, read_curves
 from marktune.tune.spaces import Param, SearchSpace
 
 
@@ -162,6 +162,14 @@ def check_table(curves: CurvesTable, space: SearchSpace, *, source: str,
                                f"tasks; a replay chooses among at least {min_configs} (record more with "
                                "bench/separation.py --configs N)")
     return TableCheck(runs=len(runs), errored=errored)
+
+
+def read_checked_table(path, space: SearchSpace) -> ReplayTable:
+    """The curves table at ``path``, checked against ``space`` (:func:`check_table`) before any
+    work, as a :class:`ReplayTable`; raises ReplayTableError, CurvesError or OSError."""
+    curves = read_curves(path)
+    check_table(curves, space, source=str(path))
+    return ReplayTable.from_curves(curves)
 
 
 def _where(source: str, row: CurveRow) -> str:

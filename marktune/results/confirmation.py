@@ -22,10 +22,9 @@ Example:
 """
 from __future__ import annotations
 
-import shlex
-
 import json
 import math
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Hashable, Mapping, Sequence

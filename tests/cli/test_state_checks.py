@@ -117,3 +117,24 @@ def test_resuming_a_finished_search_says_so_without_starting_ray(tmp_path):
     assert finished_words(plan()) == ""  # the space's confirmation has not run: resume runs it
     table("COMPLETE", "RUNNING")
     assert finished_words(plan("--confirm-top", "0")) == ""  # a trial was cut short: resume it
+
+
+def test_replan_confirmation_moves_a_damaged_record_aside_and_never_over_an_earlier_one(tmp_path):
+    import pytest
+
+    from marktune.cli import search
+    from marktune.results.confirmation import ConfirmationError
+    from marktune.tune.folders.search_state import replan_or_check_confirmation
+
+    exp = tmp_path / "st" / "exp"
+    exp.mkdir(parents=True)
+    plan = search.plan_from_args(search.build_parser().parse_args(
+        ["--space", "digits", "--resume", "--name", "exp", "--storage", str(tmp_path / "st")]))
+    for text in ("{broken", "{also broken"):
+        (exp / CONFIRMATION_FILE).write_text(text)
+        with pytest.raises(ConfirmationError, match="cannot be read"):
+            replan_or_check_confirmation(plan, replan=False)
+        replan_or_check_confirmation(plan, replan=True)  # moved aside: nothing left to check
+        assert not (exp / CONFIRMATION_FILE).exists()
+    aside = sorted(p.read_text() for p in exp.glob(f"{CONFIRMATION_FILE}.replaced-*"))
+    assert aside == ["{also broken", "{broken"]  # both kept, the second not written over the first

@@ -15,11 +15,10 @@
 """
 from __future__ import annotations
 
-import shlex
-
 import json
 import os
 import pickletools
+import shlex
 import time
 from pathlib import Path
 
@@ -134,7 +133,7 @@ def missing_results(experiment_dir: str | Path, *, ended: bool = False,
         last = max([held, *recorded]) if ended and tid not in unfinished else held - 1
         lost = [t for t in range(1, last + 1) if t not in recorded]
         if lost:
-            out.append((trial.name.removeprefix(TRIAL_DIR_PREFIX), lost, held))
+            out.append((tid, lost, held))
     return out
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import csv
 import shlex
-import time
 
 from marktune.results.confirmation import CONFIRMATION_FILE, read_confirmation
 from marktune.results.files import BEST_CONFIG_FILE, TRIALS_TABLE, is_remote
+from marktune.tune.folders.output import move_aside
 from marktune.tune.plan import PlanError, SearchPlan
 
 
@@ -44,8 +44,7 @@ def replan_or_check_confirmation(plan: SearchPlan, *, replan: bool) -> None:
     if not plan.resume or is_remote(plan.storage) and not plan.local_dir().is_dir():
         return
     path = plan.local_dir() / CONFIRMATION_FILE
-    if replan and path.exists():
-        aside = path.with_name(f"{CONFIRMATION_FILE}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
-        path.rename(aside)
+    if replan and path.exists():  # renamed, never deleted; a second one the same second gets a number
+        aside = move_aside(path)
         print(f"[marktune] --replan-confirmation: moved {path} aside to {aside}; the stage is planned again", flush=True)
     read_confirmation(plan.local_dir())
