@@ -45,7 +45,8 @@ from marktune.tune.plan import (DEFAULT_STORAGE, PlanError, SearchPlan, check_na
 from marktune.tune.folders.search_state import finished_words, replan_or_check_confirmation
 from marktune.tune.search_run import SearchRun, run_search
 from marktune.tune.folders.search_settings import KEPT_ON_RESUME, kept_flag, kept_on_resume_in_words, load_settings
-from marktune.tune.spaces import SCHEDULERS, SEARCHERS, SpaceError, available_spaces, load_space
+from marktune.tune.spaces import SpaceError, available_spaces, load_space
+from marktune.tune.strategies import SAMPLERS, SCHEDULERS, flag_help
 from marktune.tune.study import DASHBOARD_INSTALL, JOURNAL_FILE, StudyStorage, hide_password
 from marktune.tune.tune_setup import prune_checkpoints
 from runners.runtime import TrialRuntime
@@ -73,19 +74,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: fmnist)")
     g.add_argument("--samples", type=int, metavar="N", help="trials to run (default: the space's)")
     g.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the sampler (trials use the space's seed)")
-    g.add_argument("--searcher", choices=SEARCHERS,
-                   help="who proposes the trials, an Optuna sampler: tpe (multivariate TPE), tpe-independent, "
-                        "tpe-group, gp (GPSampler), qmc (Sobol) or random (default: the space's, else tpe; "
-                        "docs/search.md)")
+    g.add_argument("--searcher", choices=list(SAMPLERS),
+                   help=f"who proposes the trials, an Optuna sampler: {flag_help(SAMPLERS)} (default: the "
+                        "space's, else tpe; docs/search.md)")
     g.add_argument("--constant-liar", action=argparse.BooleanOptionalAction, default=None,
                    help="TPE: count running trials as bad results, so that trials proposed while others run "
                         "spread out (default: the space's, else on)")
     g.add_argument("--n-startup-trials", type=int, metavar="N",
                    help="TPE: trials drawn at random before it models the others (default: the space's, "
                         "else 10, Optuna's)")
-    g.add_argument("--scheduler", choices=SCHEDULERS,
-                   help="early stopping: asha (stops weak trials at its rungs) or none (every trial runs "
-                        "every task, recording its whole curve) (default: the space's, else asha)")
+    g.add_argument("--scheduler", choices=list(SCHEDULERS),
+                   help=f"early stopping: {flag_help(SCHEDULERS)}; grace period, reduction factor and brackets "
+                        "are the space's (default: the space's, else asha)")
     g.add_argument("--objectives", metavar="LIST",
                    help="what the search optimises, comma-separated: val_acc (always), and any of params "
                         "(fewer parameters), seconds (less compute), forgetting (less forgetting on val); "
@@ -145,16 +145,17 @@ def plan_from_args(args: argparse.Namespace) -> SearchPlan:
     check_stage_size(samples, what=f"--samples {samples}")
     if args.top < 1:
         raise SearchError(f"--top must be >= 1 (got {args.top}): the rows of the best-trials table")
-    searcher = args.searcher or d["searcher"]
-    constant_liar = args.constant_liar if args.constant_liar is not None else d["constant_liar"]
-    scheduler = args.scheduler or d["scheduler"]
-    startup = args.n_startup_trials if args.n_startup_trials is not None else d["n_startup_trials"]
-    if startup < 0:
-        raise SearchError(f"--n-startup-trials must be >= 0 (got {startup})")
+    if args.n_startup_trials is not None and args.n_startup_trials < 0:
+        raise SearchError(f"--n-startup-trials must be >= 0 (got {args.n_startup_trials})")
+    strategy = space.strategy(searcher=args.searcher, n_startup_trials=args.n_startup_trials,
+                              constant_liar=args.constant_liar, scheduler=args.scheduler)
     try:
         objectives = parse_objectives(args.objectives if args.objectives is not None else d["objectives"])
     except ObjectiveError as err:
         raise SearchError(str(err)) from None
+    if len(objectives) > 1 and not strategy.scheduler_kind.multiobjective:
+        raise SearchError(f"--scheduler {strategy.scheduler} ranks one objective; with several --objectives use "
+                          + " or ".join(f"--scheduler {n}" for n, k in SCHEDULERS.items() if k.multiobjective))
     if len(objectives) > 1 and args.confirm_top:
         raise SearchError("--confirm-top picks one winner; with several --objectives the search returns a "
                           "Pareto set: leave --confirm-top out (marktune.evaluate re-runs the set on fresh seeds)")
@@ -195,13 +196,13 @@ def plan_from_args(args: argparse.Namespace) -> SearchPlan:
     study_storage = StudyStorage.for_experiment(experiment_dir=local_experiment_dir(storage, name),
                                                 url=args.optuna_storage)
     protocol, tuning_tasks = check_protocol(args.protocol, args.tuning_tasks, stream_tasks=base.tasks)
-    space.check_tasks_searched(tuning_tasks or base.tasks, tuning=tuning_tasks is not None, scheduler=scheduler)
+    space.check_tasks_searched(tuning_tasks or base.tasks, tuning=tuning_tasks is not None,
+                                scheduler=strategy.scheduler)
     runtime = TrialRuntime(data_dir=args.data_dir, download=args.download, threads=trial_threads(cpus),
                            cpu_fallback=args.cpu_fallback, gpu_memory_fraction=args.gpu_memory_fraction,
                            stop_after_tasks=tuning_tasks)  # first-k: each trial stops after k tasks
     return SearchPlan(space=space, space_given=args.space, overrides=overrides, override_flags=tuple(args.overrides),
-                      base_config=base, samples=samples, seed=args.seed, searcher=searcher, scheduler=scheduler,
-                      n_startup_trials=startup, constant_liar=constant_liar, confirm_top=confirm_top,
+                      base_config=base, samples=samples, seed=args.seed, search_strategy=strategy, confirm_top=confirm_top,
                       confirm_seeds=confirm_seeds, objectives=objectives, max_concurrent=max_concurrent,
                       cpus_per_trial=cpus, gpus_per_trial=gpus, max_failures=args.max_failures,
                       reuse_actors=args.reuse_actors, storage=storage, name=name, num_tasks=tuning_tasks or base.tasks, study_storage=study_storage,
@@ -312,7 +313,7 @@ def summarize(run: SearchRun, plan: SearchPlan, *, top: int, rows: list[TrialRow
     write_search_curves(out_dir / CURVES_TABLE, in_order, searched=searched, experiment=run.experiment)
     counts = {s: sum(r.status == s for r in rows) for s in ("COMPLETE", "PRUNED", "ERROR", "RUNNING", "PENDING")}
     left = unfinished(rows) + max(0, plan.samples - len(rows))
-    stopped = "stopped by ASHA" if plan.scheduler == "asha" else "stopped early"
+    stopped = plan.search_strategy.scheduler_kind.stopped_by
     line = (f"\n[marktune] {len(rows)} trials: {counts['COMPLETE']} complete, {counts['PRUNED']} {stopped}, "
             f"{counts['ERROR']} errored")
     if left:

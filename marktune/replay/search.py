@@ -63,12 +63,12 @@ from marktune.replay.surrogates import Surrogate, make_surrogate, recorded_stand
 from marktune.replay.table import Curve, ReplayTable
 from marktune.results.confirmation import best_by_mean
 from marktune.results.objectives import SINGLE, Objective, hypervolume_2d, nondominated_ranks
-from marktune.tune.samplers import SEARCHERS
 from marktune.tune.spaces import SearchSpace
+from marktune.tune.strategies import SAMPLERS, SCHEDULERS
 
 # "table": random search drawn from the table; "random-sampler": Optuna's RandomSampler through the
 # surrogate; any other: that searcher (marktune.tune.samplers) through the surrogate
-PROPOSALS = ("table", "random-sampler", *[s for s in SEARCHERS if s != "random"])
+PROPOSALS = ("table", "random-sampler", *[s for s in SAMPLERS if s != "random"])
 CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP  # Ray's own decisions, as the search's ASHA returns
 
 
@@ -83,7 +83,8 @@ class Strategy:
     stop_after: int | None = None  # first-k: every trial stops after this many tasks
     n_startup_trials: int | None = None  # TPE's and GP's random start; None: Optuna's default (10)
     constant_liar: bool = True  # TPE's
-    brackets: int = 1  # ASHA's; more than 1: asynchronous Hyperband (Ray's AsyncHyperBandScheduler's brackets)
+    scheduler: str = "asha"  # which stops trials when it prunes: a name of marktune.tune.strategies.SCHEDULERS
+    brackets: int = 1  # hyperband's (Ray's AsyncHyperBandScheduler's brackets)
     # what the searcher and ASHA rank on: val_acc alone, or val_acc and params (the multi-objective
     # study and ASHA of marktune.results.objectives; a table holds no forgetting, and seconds are
     # not a setting's property)
@@ -95,6 +96,9 @@ class Strategy:
             raise ValueError(f"proposals must be one of {PROPOSALS}, not {self.proposals!r}")
         if (self.grace_period is None) != (self.reduction_factor is None):
             raise ValueError("ASHA needs both grace_period and reduction_factor")
+        if self.scheduler not in SCHEDULERS or not SCHEDULERS[self.scheduler].stops:
+            raise ValueError(f"scheduler must be one that stops trials, of {', '.join(SCHEDULERS)}; "
+                             f"no pruning is grace_period None (got {self.scheduler!r})")
         if any(o.name not in ("val_acc", "params") for o in self.objectives):
             raise ValueError("a replay ranks on val_acc and params only: the tables hold neither forgetting "
                              "nor a setting's seconds")
@@ -128,9 +132,16 @@ BENCHMARK_PROPOSALS = (("random", "table", True), ("random-sampler", "random-sam
                        ("tpe", "tpe", True), ("tpe no-liar", "tpe", False),
                        ("tpe-independent", "tpe-independent", True), ("tpe-group", "tpe-group", True),
                        ("gp", "gp", True))
-# (label, grace period, reduction factor, brackets): no pruning, ASHA at grace 1/2 x eta 2/3, asynchronous Hyperband
-BENCHMARK_SCHEDULERS = (("", None, None, 1), (" + asha g1 r2", 1, 2, 1), (" + asha g1 r3", 1, 3, 1),
-                        (" + asha g2 r2", 2, 2, 1), (" + asha g2 r3", 2, 3, 1), (" + hyperband g1 r2", 1, 2, 3))
+# (scheduler, grace period, reduction factor), names of marktune.tune.strategies.SCHEDULERS as the live
+# search takes them: no pruning, ASHA at grace 1/2 x eta 2/3, asynchronous Hyperband (the spaces' 3 brackets)
+BENCHMARK_SCHEDULERS = (("none", None, None), ("asha", 1, 2), ("asha", 1, 3), ("asha", 2, 2), ("asha", 2, 3),
+                        ("hyperband", 1, 2))
+HYPERBAND_BRACKETS = 3  # marktune.tune.spaces.DEFAULTS' brackets
+
+
+def scheduler_label(name: str, grace: int | None, factor: float | None) -> str:
+    """``asha g1 r2``; "" for none (a strategy's name is its proposals' label + " + " this)."""
+    return "" if grace is None else f"{name} g{grace} r{factor:g}"
 
 
 def benchmark_strategies(*, num_tasks: int, n_startup_trials: int | None = None,
@@ -144,12 +155,16 @@ def benchmark_strategies(*, num_tasks: int, n_startup_trials: int | None = None,
     for label, kind, liar in BENCHMARK_PROPOSALS:
         if proposals is not None and label not in proposals:
             continue
-        for suffix, grace, factor, brackets in BENCHMARK_SCHEDULERS:
-            if schedulers is not None and suffix.strip(" +") not in schedulers:
+        for scheduler, grace, factor in BENCHMARK_SCHEDULERS:
+            suffix = scheduler_label(scheduler, grace, factor)
+            if schedulers is not None and suffix not in schedulers:
                 continue
             if grace is None or grace < num_tasks:
-                out.append(Strategy(name=label + suffix, proposals=kind, grace_period=grace, reduction_factor=factor,
-                                    brackets=brackets, n_startup_trials=n_startup_trials, constant_liar=liar))
+                out.append(Strategy(name=label + (f" + {suffix}" if suffix else ""), proposals=kind,
+                                    grace_period=grace, reduction_factor=factor,
+                                    scheduler="asha" if grace is None else scheduler,
+                                    brackets=HYPERBAND_BRACKETS if scheduler == "hyperband" else 1,
+                                    n_startup_trials=n_startup_trials, constant_liar=liar))
     if proposals is None or "first-k" in proposals:
         out += [Strategy(name=f"first-{k}", proposals="table", stop_after=k) for k in range(1, num_tasks)]
     return out
@@ -182,14 +197,14 @@ def replay_searcher(strategy: Strategy, *, num_tasks: int, seed: int):
 
 
 def replay_scheduler(strategy: Strategy, *, num_tasks: int):
-    """The search's ASHA, told its metric and mode as Tune's TuneConfig tells it; None: no pruning."""
+    """The search's scheduler (the registry's, by name), told its metric and mode as Tune's
+    TuneConfig tells it; None: no pruning."""
     if not strategy.prunes:
         return None
-    from marktune.tune.scheduler import make_scheduler
-
-    scheduler = make_scheduler(num_tasks=num_tasks, grace_period=strategy.grace_period,
-                               reduction_factor=strategy.reduction_factor, brackets=strategy.brackets,
-                               objectives=strategy.asha_objectives or strategy.objectives)
+    scheduler = SCHEDULERS[strategy.scheduler].build(num_tasks=num_tasks, grace_period=strategy.grace_period,
+                                                     reduction_factor=strategy.reduction_factor,
+                                                     brackets=strategy.brackets,
+                                                     objectives=strategy.asha_objectives or strategy.objectives)
     scheduler.set_search_properties(METRIC, "max")  # the multi-objective ASHA keeps its own
     return scheduler
 

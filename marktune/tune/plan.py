@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from marktune.mark.config import MarkConfig
     from marktune.results.experiment import Experiment
     from marktune.tune.spaces import SearchSpace
+    from marktune.tune.strategies import SearchStrategy
     from marktune.tune.study import StudyStorage
 
 __all__ = ["RUNTIME_KEY", "DEFAULT_STORAGE", "PlanError", "RaySettings", "SearchPlan", "EvalConfig",
@@ -158,10 +159,9 @@ class SearchPlan:
     base_config: MarkConfig
     samples: int
     seed: int  # of the sampler (trials use the space's seed)
-    # the flag, else the space's default (marktune.tune.spaces.DEFAULTS holds the last resort)
-    searcher: str  # marktune.tune.samplers.SEARCHERS: tpe, tpe-independent, tpe-group, gp, qmc, random
-    scheduler: str  # marktune.tune.spaces.SCHEDULERS: asha or none (every trial runs every task)
-    n_startup_trials: int  # TPE's and GP's random trials before they model; unused by random and qmc
+    # which sampler proposes, which scheduler stops, with their options: each flag, else the space's
+    # default (marktune.tune.strategies)
+    search_strategy: SearchStrategy
     max_concurrent: int | None
     cpus_per_trial: float
     gpus_per_trial: float | None  # None: 0.25 where the cluster has GPUs, else 0
@@ -177,7 +177,6 @@ class SearchPlan:
     protocol: str = "full"
     tuning_tasks: int | None = None  # first-k only
     stream_tasks: int = 0  # tasks of the whole stream
-    constant_liar: bool = True  # TPE's: a running trial counts as a bad result while others are proposed
     # the confirmation stage: the top confirm_top complete trials re-run at confirm_seeds more seeds
     confirm_top: int = 0
     confirm_seeds: int = 2
@@ -193,39 +192,25 @@ class SearchPlan:
     def local_dir(self) -> Path:
         return local_experiment_dir(self.storage, self.name)
 
-    def strategy(self) -> str:
-        """Which trials run and which stop, in words (the search prints it as it starts).
+    @property
+    def searcher(self) -> str:
+        return self.search_strategy.searcher
 
-        TPE draws its first ``n_startup_trials`` at random: a search of no more samples than
-        that is random search, and this says so."""
-        names = {"tpe": "Optuna's TPE", "tpe-independent": "Optuna's TPE (one density per setting)",
-                 "tpe-group": "Optuna's TPE (grouped settings)", "gp": "Optuna's GP sampler",
-                 "nsga2": "Optuna's NSGA-II"}
-        if self.searcher == "random":
-            searcher = "Optuna's random sampler"
-        elif self.searcher == "qmc":
-            searcher = "Optuna's QMC sampler (scrambled Sobol)"
-        elif self.searcher == "nsga2":  # its first generation, not n_startup_trials, is random
-            population = 50  # NSGAIISampler's default (marktune.tune.samplers makes it so)
-            searcher = (f"{names['nsga2']}, whose first generation of {population} trials is random"
-                        + (f": all {self.samples} of these are random" if self.samples <= population else ""))
-        elif self.samples <= self.n_startup_trials:
-            searcher = (f"{names[self.searcher]}, which draws its first {self.n_startup_trials} trials at random: "
-                        f"all {self.samples} of these are random")
-        else:
-            searcher = f"{names[self.searcher]} (its first {self.n_startup_trials} trials random)"
-        if self.searcher.startswith("tpe") and self.samples > self.n_startup_trials:
-            searcher += ", constant liar " + ("on" if self.constant_liar else "off")
-        if self.multiobjective:
-            searcher = (f"{len(self.objectives)} objectives ({', '.join(o.name for o in self.objectives)}: "
-                        + ", ".join(f"{o.direction} {o.words}" for o in self.objectives) + f"); {searcher}")
-        if self.scheduler == "none":
-            text = f"{searcher}; no early stopping (every trial runs its {self.num_tasks} tasks)"
-        else:
-            d = self.space.defaults
-            text = (f"{searcher}; {'multi-objective ASHA (non-dominated sorting)' if self.multiobjective else 'ASHA'} "
-                    f"stops weak trials (grace period {d['grace_period']} tasks, "
-                    f"reduction factor {d['reduction_factor']})")
+    @property
+    def scheduler(self) -> str:
+        return self.search_strategy.scheduler
+
+    @property
+    def n_startup_trials(self) -> int:
+        return self.search_strategy.n_startup_trials
+
+    @property
+    def constant_liar(self) -> bool:
+        return self.search_strategy.constant_liar
+
+    def strategy(self) -> str:
+        """Which trials run and which stop, and who wins, in words (the search prints it as it starts)."""
+        text = self.search_strategy.words(samples=self.samples, num_tasks=self.num_tasks, objectives=self.objectives)
         if self.multiobjective:
             return text + "; the result is the Pareto set of the complete trials"
         if self.confirm_top:
@@ -247,8 +232,8 @@ class SearchPlan:
                 "confirm_seeds": self.confirm_seeds,
                 "objectives": ",".join(o.name for o in self.objectives)}
         d = {**d, "objectives": d.get("objectives") or "val_acc"}
-        changed = [k for k, v in mine.items() if v != d[k] and not (k == "n_startup_trials" and
-                                                                   self.searcher in ("random", "qmc"))
+        changed = [k for k, v in mine.items() if v != d[k] and not (
+                   k == "n_startup_trials" and self.search_strategy.sampler_kind.random_start != "n_startup_trials")
                    and not (self.multiobjective and k.startswith("confirm_"))]  # off with several objectives
         if changed:
             return ("your flags (" + ", ".join(f"--{k.replace('_', '-')} {mine[k]}" for k in changed)

@@ -1,7 +1,8 @@
 """Which Optuna sampler proposes a search's settings: one name per sampler, each spelled out.
 
-A search space's ``defaults.searcher`` (or ``--searcher``) names one of :data:`SEARCHERS`;
-:func:`make_sampler` builds it. Every option that changes what a sampler proposes is set here
+A search space's ``defaults.searcher`` (or ``--searcher``) names one of :data:`SEARCHERS`, the
+registry :data:`marktune.tune.strategies.SAMPLERS`; :func:`make_sampler` builds it from the
+factory its entry names (one function below each). Every option that changes what a sampler proposes is set here
 explicitly, not left to Optuna's defaults, so an upgrade of Optuna cannot change a search:
 
 * ``tpe``: TPE, multivariate (one joint density over all settings) with the constant liar
@@ -12,7 +13,7 @@ explicitly, not left to Optuna's defaults, so an upgrade of Optuna cannot change
 * ``gp``: Optuna's Gaussian-process sampler (``GPSampler``, log EI; no constant liar exists for it).
 * ``qmc``: a scrambled Sobol sequence (``QMCSampler``); categorical settings drawn at random.
 * ``random``: ``RandomSampler``.
-* ``nsga2``: NSGA-II (``NSGAIISampler``, Optuna's defaults: population 50), for a search with
+* ``nsga2``: NSGA-II (``NSGAIISampler``, population 50 as Optuna's default, written out), for a search with
   several ``--objectives``; TPE handles several objectives too (Optuna's MOTPE).
 
 ``constant_liar`` (a space default and ``--constant-liar``/``--no-constant-liar``) applies to the
@@ -28,11 +29,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from marktune.tune.strategies import SAMPLERS, sampler
+
 if TYPE_CHECKING:
     import optuna
 
-SEARCHERS = ("tpe", "tpe-independent", "tpe-group", "gp", "qmc", "random", "nsga2")
-TPE_SEARCHERS = ("tpe", "tpe-independent", "tpe-group")
+SEARCHERS = tuple(SAMPLERS)  # the names, registered in marktune.tune.strategies
+TPE_SEARCHERS = tuple(name for name, kind in SAMPLERS.items() if kind.constant_liar)
 
 
 def make_sampler(kind: str, *, seed: int | None, n_startup_trials: int,
@@ -43,27 +46,57 @@ def make_sampler(kind: str, *, seed: int | None, n_startup_trials: int,
 
     import optuna
 
-    if kind not in SEARCHERS:
-        raise ValueError(f"unknown searcher {kind!r}; one of {', '.join(SEARCHERS)}")
+    entry = sampler(kind)
     with warnings.catch_warnings():  # group and QMCSampler are "experimental": a warning per search, no news
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return _sampler(kind, seed=seed, n_startup_trials=n_startup_trials, constant_liar=constant_liar)
+        return entry.build(seed=seed, n_startup_trials=n_startup_trials, constant_liar=constant_liar)
 
 
-def _sampler(kind: str, *, seed: int | None, n_startup_trials: int, constant_liar: bool):
+# ---------------------------------------------------------------- the factories the registry names
+def _tpe(*, seed, n_startup_trials, constant_liar, multivariate: bool, group: bool):
     import optuna
 
-    if kind in TPE_SEARCHERS:
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials,
-                                          multivariate=kind != "tpe-independent", group=kind == "tpe-group",
-                                          constant_liar=constant_liar)
-    if kind == "gp":
-        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=n_startup_trials)
-    if kind == "qmc":
-        # The independent sampler (for the categorical settings) gets the seed too, so a search replays.
-        return optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=seed,
-                                          independent_sampler=optuna.samplers.RandomSampler(seed=seed),
-                                          warn_independent_sampling=False, warn_asynchronous_seeding=False)
-    if kind == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials, multivariate=multivariate,
+                                      group=group, constant_liar=constant_liar)
+
+
+def tpe(*, seed, n_startup_trials, constant_liar):
+    return _tpe(seed=seed, n_startup_trials=n_startup_trials, constant_liar=constant_liar, multivariate=True,
+                group=False)
+
+
+def tpe_independent(*, seed, n_startup_trials, constant_liar):
+    return _tpe(seed=seed, n_startup_trials=n_startup_trials, constant_liar=constant_liar, multivariate=False,
+                group=False)
+
+
+def tpe_group(*, seed, n_startup_trials, constant_liar):
+    return _tpe(seed=seed, n_startup_trials=n_startup_trials, constant_liar=constant_liar, multivariate=True,
+                group=True)
+
+
+def gp(*, seed, n_startup_trials, constant_liar):
+    import optuna
+
+    return optuna.samplers.GPSampler(seed=seed, n_startup_trials=n_startup_trials)
+
+
+def qmc(*, seed, n_startup_trials, constant_liar):
+    import optuna
+
+    # The independent sampler (for the categorical settings) gets the seed too, so a search replays.
+    return optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=seed,
+                                      independent_sampler=optuna.samplers.RandomSampler(seed=seed),
+                                      warn_independent_sampling=False, warn_asynchronous_seeding=False)
+
+
+def nsga2(*, seed, n_startup_trials, constant_liar):
+    import optuna
+
+    return optuna.samplers.NSGAIISampler(seed=seed, population_size=SAMPLERS["nsga2"].population)
+
+
+def random_search(*, seed, n_startup_trials, constant_liar):
+    import optuna
+
     return optuna.samplers.RandomSampler(seed=seed)

@@ -1,5 +1,8 @@
 """Which trials stop: ASHA on tasks done, with rungs that survive ``--resume``; or none.
 
+The names are registered in :data:`marktune.tune.strategies.SCHEDULERS`; the factories they name
+(:func:`asha`, :func:`no_stopping`; :func:`marktune.tune.hyperband.hyperband`) build them.
+
 ``--scheduler none`` (or ``scheduler: none`` in a space's defaults) is :class:`NoStopping`: Tune's
 FIFO scheduler, so every trial runs to its last task and records its whole curve.
 
@@ -29,21 +32,27 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
 from marktune.mark.metrics import TIME_ATTR
 from marktune.results.objectives import SINGLE, Objective
 from marktune.tune import ray_internals
+from marktune.tune.strategies import scheduler as scheduler_kind
 from marktune.tune.folders.state_keeper import relocate
 from marktune.tune.tune_setup import reported_results
 
 
 def make_scheduler(*, num_tasks: int, grace_period: int, reduction_factor: float,
                    kind: str = "asha", brackets: int = 1, objectives: Sequence[Objective] = SINGLE):
-    """``kind`` asha: ASHA on tasks done (the metric and mode come from the Tuner's TuneConfig:
-    METRIC, max), in ``brackets`` brackets (more than one: Ray's asynchronous Hyperband, which the
-    replay bench measures; the search uses one); with several ``objectives``, the multi-objective
-    ASHA (:class:`marktune.tune.mo_asha.MultiObjectiveASHA`); none: no early stopping (grace
-    period and reduction factor unused)."""
-    if kind == "none":
-        return NoStopping()
-    if kind != "asha":
-        raise ValueError(f"unknown scheduler {kind!r}; one of asha, none")
+    """The scheduler named ``kind`` in :data:`marktune.tune.strategies.SCHEDULERS`: asha (ASHA on
+    tasks done; the metric and mode come from the Tuner's TuneConfig: METRIC, max; with several
+    ``objectives``, :class:`marktune.tune.mo_asha.MultiObjectiveASHA`), hyperband (asynchronous
+    Hyperband over ``brackets`` brackets), none (no early stopping; grace period and reduction
+    factor unused)."""
+    return scheduler_kind(kind).build(num_tasks=num_tasks, grace_period=grace_period,
+                                      reduction_factor=reduction_factor, brackets=brackets, objectives=objectives)
+
+
+# ---------------------------------------------------------------- the factories the registry names
+def asha(*, num_tasks: int, grace_period: int, reduction_factor: float, brackets: int = 1,
+         objectives: Sequence[Objective] = SINGLE):
+    """ASHA on tasks done, one bracket (``brackets`` is hyperband's; a replay may pass more, as
+    asynchronous Hyperband); with several ``objectives`` the multi-objective ASHA."""
     if len(objectives) > 1:
         from marktune.tune.mo_asha import MultiObjectiveASHA
 
@@ -51,6 +60,11 @@ def make_scheduler(*, num_tasks: int, grace_period: int, reduction_factor: float
                                   reduction_factor=reduction_factor)
     return ResumableASHA(time_attr=TIME_ATTR, max_t=num_tasks, grace_period=grace_period,
                          reduction_factor=reduction_factor, brackets=brackets)
+
+
+def no_stopping(**_options) -> "NoStopping":
+    """No early stopping: the grace period, reduction factor and objectives are unused."""
+    return NoStopping()
 
 
 class NoStopping(FIFOScheduler):

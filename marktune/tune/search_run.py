@@ -44,7 +44,6 @@ def run_search(plan: SearchPlan) -> SearchRun:
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     from marktune.tune.progress import SearchProgress
-    from marktune.tune.scheduler import make_scheduler
     from marktune.tune.searcher import make_searcher, resuming
     from marktune.tune.folders.state_keeper import StateKeeper, disk_full_seen, resumed_at, stop_watching
     from marktune.tune.study import open_study
@@ -95,10 +94,8 @@ def run_search(plan: SearchPlan) -> SearchRun:
             tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True,
                                        resume_errored=False, restart_errored=False, param_space=param_space)
     else:
-        # --scheduler none: Tune's FIFO scheduler, so every trial runs to its last task
-        scheduler = make_scheduler(num_tasks=plan.num_tasks, grace_period=plan.space.defaults["grace_period"],
-                                   reduction_factor=plan.space.defaults["reduction_factor"], kind=plan.scheduler,
-                                   objectives=plan.objectives)
+        # the registry's (marktune.tune.strategies); --scheduler none: Tune's FIFO scheduler
+        scheduler = plan.search_strategy.make_scheduler(num_tasks=plan.num_tasks, objectives=plan.objectives)
         searcher = make_searcher(storage=plan.study_storage, study_name=plan.name, num_tasks=plan.num_tasks,
                                  seed=plan.seed, kind=plan.searcher, n_startup_trials=plan.n_startup_trials,
                                  constant_liar=plan.constant_liar, objectives=plan.objectives)

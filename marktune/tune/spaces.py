@@ -11,10 +11,10 @@ A space file holds::
       mask_activation: {type: choice, values: [relu, sigmoid]}
     defaults:       # the search's own defaults (command-line flags override them)
       samples: 12
-      searcher: tpe         # an Optuna sampler (marktune.tune.samplers): tpe, tpe-independent, tpe-group, gp, qmc, random
+      searcher: tpe         # an Optuna sampler (marktune.tune.strategies.SAMPLERS): tpe, random, qmc, gp, ...
       n_startup_trials: 10  # TPE's random trials before it models (Optuna's default)
       constant_liar: true   # TPE: running trials count as bad results while others are proposed
-      scheduler: asha       # asha (stops weak trials) or none (every trial runs every task)
+      scheduler: asha       # asha (stops weak trials), hyperband (ASHA over brackets: brackets: 3) or none
       grace_period: 1       # ASHA, in tasks
       reduction_factor: 2
       eval_seeds: 3         # marktune.evaluate: initialisation seeds x class orders
@@ -52,18 +52,17 @@ from marktune.results.experiment import Experiment, load_experiment, same_settin
 from marktune.results.files import read_settings
 from marktune.results.noise import SeedNoise
 from marktune.results.objectives import ObjectiveError, parse_objectives
-from marktune.tune.samplers import SEARCHERS  # the Optuna samplers, by name
+from marktune.tune.strategies import SAMPLERS, SCHEDULERS, SearchStrategy, StrategyError
 from marktune.tune.space_checks import (SpaceError, check_choice_values, check_combinations, check_kind,
                                         check_values, seed_refusal, setting_type)
 
 SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
-# which trials run (marktune.tune.searcher) and which stop early (marktune.tune.scheduler)
-SCHEDULERS = ("asha", "none")  # ASHA on tasks done, or none: every trial runs to its last task
+SEARCHERS = tuple(SAMPLERS)  # which trials run, and which stop early: marktune.tune.strategies
 KINDS = ("loguniform", "uniform", "int", "logint", "choice")
 DEFAULTS = {"samples": 12, "max_concurrent": None,
             # which trials run, which stop early (the --searcher, --n-startup-trials, --scheduler flags)
             "searcher": "tpe", "n_startup_trials": 10, "constant_liar": True, "scheduler": "asha",
-            "grace_period": 1, "reduction_factor": 2,
+            "grace_period": 1, "reduction_factor": 2, "brackets": 3,  # brackets: hyperband's
             # the confirmation stage (--confirm-top, --confirm-seeds; marktune.results.confirmation):
             # off unless a space turns it on from its own evidence
             "confirm_top": 0, "confirm_seeds": 2,
@@ -149,12 +148,20 @@ class SearchSpace:
             return [str(v) for v in self.params["precision"].extremes()]
         return [self.default_trial_config(overrides).precision]
 
+    def strategy(self, **flags: Any) -> SearchStrategy:
+        """The search's strategy (:class:`marktune.tune.strategies.SearchStrategy`): each flag
+        given (not None), else this space's default."""
+        try:
+            return SearchStrategy.chosen(self.defaults, **flags)
+        except StrategyError as err:
+            raise SpaceError(f"{err} (the flags, else {self.path}'s defaults)") from None
+
     def check_tasks_searched(self, tasks: int, *, tuning: bool, scheduler: str = "asha") -> None:
-        """ASHA's grace period must fit in the tasks a trial runs (``--tuning-tasks`` under
+        """The scheduler's grace period must fit in the tasks a trial runs (``--tuning-tasks`` under
         first-k); Ray's scheduler otherwise fails with an assertion after Ray has started.
-        Without ASHA (``scheduler`` none) the grace period is not used."""
+        Without early stopping (``scheduler`` none) the grace period is not used."""
         grace = self.defaults["grace_period"]
-        if scheduler == "asha" and grace > tasks:
+        if SCHEDULERS[scheduler].stops and grace > tasks:
             raise SpaceError(f"{self.path}: defaults.grace_period ({grace}) exceeds the {tasks} tasks a "
                              f"trial runs{' (--tuning-tasks)' if tuning else ''}; lower grace_period to "
                              f"at most {tasks}" + (" or raise --tuning-tasks" if tuning else ""))
@@ -285,9 +292,10 @@ def _check_defaults(where: str, d: dict[str, Any]) -> None:
         if not isinstance(v, int) or isinstance(v, bool) or v < low:
             raise SpaceError(f"{where}: defaults.{key} must be a whole number >= {low} (got {v!r})")
 
-    for key, allowed in (("searcher", SEARCHERS), ("scheduler", SCHEDULERS)):
+    for key, allowed in (("searcher", SAMPLERS), ("scheduler", SCHEDULERS)):
         if d[key] not in allowed:
             raise SpaceError(f"{where}: defaults.{key} must be one of {', '.join(allowed)} (got {d[key]!r})")
+    whole("brackets", 1)
     whole("samples", 1)
     whole("n_startup_trials", 0)
     if not isinstance(d["constant_liar"], bool):
@@ -337,7 +345,7 @@ def _check_against_learner(where: str, space: SearchSpace, overrides: Mapping[st
         raise SpaceError(f"{where}: fixed settings and --set: {bad_seed}")
     check_values(where, space.base_config(overrides), space.params.values())
     check_combinations(where, space.base_config(overrides), list(space.params.values()))
-    if space.defaults["scheduler"] == "asha" and space.defaults["grace_period"] > base.tasks:
+    if SCHEDULERS[space.defaults["scheduler"]].stops and space.defaults["grace_period"] > base.tasks:
         raise SpaceError(f"{where}: defaults.grace_period ({space.defaults['grace_period']}) exceeds "
                          f"the number of tasks ({base.tasks})")
 

@@ -240,6 +240,25 @@ def test_without_asha_every_trial_runs_to_the_end_and_random_search_uses_optunas
     assert len(set().union(*pids)) == 3 and all(len(p) == 1 for p in pids), pids  # one process per trial
 
 
+def test_hyperband_runs_live_under_the_name_the_replay_uses(tmp_path, capsys):
+    """``--scheduler hyperband`` (one file and one registry entry, marktune.tune.strategies) runs a
+    real search through Ray: the plan names it, the settings record it, the summary counts what it
+    stopped. Which bracket a trial joins is Ray's random draw, so which trials stop is not asserted."""
+    import json
+
+    space = _space_file(tmp_path, fixed={"num_tasks": 3}, samples=3, grace_period=1,
+                        search_params={"lr_task": {"type": "choice", "values": [0.05, 1.0e-7]}})
+    argv = ["--space", str(space), "--storage", str(tmp_path / "s"), "--name", "hb", "--num-cpus", "2",
+            "--max-concurrent", "1", "--seed", "6", "-q", "--searcher", "random", "--scheduler", "hyperband"]
+    _, rows, experiment, study, plan = _search(argv)
+    out = capsys.readouterr().out
+    assert "asynchronous Hyperband stops weak trials (grace period 1 tasks, reduction factor 2, 3 brackets)" in out
+    assert len(rows) == 3 and {r.status for r in rows} <= {"COMPLETE", "PRUNED"}
+    assert "stopped by Hyperband" in out
+    settings = json.loads((Path(experiment) / "marktune_search.json").read_text())
+    assert settings["scheduler"] == "hyperband"
+
+
 def test_tensorboard_has_per_task_scalars_and_hparams(digits_search):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

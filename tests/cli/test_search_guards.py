@@ -182,7 +182,7 @@ def test_ctrl_c_before_the_run_leaves_no_lock_behind(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("key, value, allowed", [("searcher", "bayes", "tpe, tpe-independent, tpe-group, gp, qmc, random, nsga2"),
-                                                 ("scheduler", "hyperband", "asha, none")])
+                                                 ("scheduler", "bohb", "asha, hyperband, none")])
 def test_a_bad_searcher_or_scheduler_in_a_space_file_is_refused_before_ray_starts(tmp_path, capsys, no_ray,
                                                                                   key, value, allowed):
     import yaml
@@ -214,7 +214,7 @@ def test_a_constant_liar_that_is_not_true_or_false_is_refused_before_ray_starts(
 
 
 def test_a_bad_searcher_or_scheduler_flag_is_refused_by_argparse(capsys):
-    for flag, value in (("--searcher", "bayes"), ("--scheduler", "hyperband")):
+    for flag, value in (("--searcher", "bayes"), ("--scheduler", "bohb")):
         with pytest.raises(SystemExit) as stop:
             search.build_parser().parse_args(["--space", "digits", flag, value])
         assert stop.value.code == 2 and f"argument {flag}: invalid choice: '{value}'" in capsys.readouterr().err
