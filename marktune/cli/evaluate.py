@@ -42,6 +42,7 @@ from typing import Any, Sequence
 from marktune.cli import flags
 from marktune.results import conclusions
 from marktune.mark.config import ConfigError, MarkConfig
+from marktune.results.cost import tasks_at_chance
 from marktune.results.evaluation_table import aggregate, as_float, format_markdown, write_csv
 from marktune.results.experiment import Experiment, ExperimentError
 from marktune.results.confirmation import unused_seeds
@@ -147,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--orders", type=int, metavar="N",
                    help=f"class orders (data seeds) per configuration (default: the space's, else {DEFAULT_ORDERS}); "
                         "the searched order first, then fresh ones; --protocol other-order searches: fresh ones only")
+    g.add_argument("--margin", type=flags.points, metavar="POINTS",
+                   help="non-inferiority margin, in points of test ACC: a configuration whose paired 95 %% CI "
+                        "against the default lies above -POINTS is 'as accurate as the default within POINTS' "
+                        "(default: the space's seed-to-seed SD, else 1 point)")
     g.add_argument("--benchmark", help="evaluate on another benchmark of the same shape (e.g. a digits search "
                                        "on fmnist); tasks, class order and image size come from it")
     g.add_argument("--ablations", default=",".join(DEFAULT_ABLATIONS), metavar="LIST",
@@ -207,13 +212,26 @@ def plan_from_args(args: argparse.Namespace) -> EvalPlan:
         check_seed(seed, flag="evaluation seed")
     for seed in data_seeds:
         check_seed(seed, flag="evaluation data seed")
-    return EvalPlan(experiment=exp, configs=configs, seeds=seeds, cpus_per_trial=cpus,
+    margin, margin_source = evaluation_margin(exp, args.margin)
+    return EvalPlan(experiment=exp, configs=configs, seeds=seeds, cpus_per_trial=cpus, margin=margin,
+                    margin_source=margin_source,
                     gpus_per_trial=gpus, storage=storage, name=name, default_rule=exp.default_config()[1],
                     reuse_actors=args.reuse_actors,
                     runtime=runs_runtime(exp, data_dir=args.data_dir, download=args.download, cpus_per_trial=cpus),
                     data_seeds=data_seeds, protocol=protocol, benchmark=benchmark,
                     max_concurrent=args.max_concurrent, max_failures=args.max_failures,
                     ray=flags.ray_settings(args), quiet=args.quiet)
+
+
+def evaluation_margin(exp: Experiment, given: float | None) -> tuple[float, str]:
+    """The non-inferiority margin (a fraction) and where it comes from: ``--margin`` in points, else
+    the space's measured seed-to-seed SD (one run's spread from seed to seed), else 1 point."""
+    if given is not None:
+        return given / 100, "--margin"
+    noise = exp.space.noise if exp.space is not None else None
+    if noise is not None and noise.seed_sd is not None:
+        return noise.seed_sd, f"the space's seed-to-seed SD{f' ({noise.measured})' if noise.measured else ''}"
+    return 0.01, "1 point: the space has no measured noise; set --margin"
 
 
 def plan_pairs(exp: Experiment, configs: list[EvalConfig], *, benchmark: str | None, orders: int | None):
@@ -300,6 +318,9 @@ def run_records(results, plan: EvalPlan) -> list[dict[str, Any]]:
             "heldout_test_acc": heldout_accuracy(matrix, first) if first else math.nan,
             "heldout_bwt": heldout_backward_transfer(matrix, first) if first else math.nan,
             "test_matrix": json.dumps(matrix),
+            # marktune.results.cost: a task at chance after the last one (a collapse); the run's training FLOPs
+            "tasks_at_chance": tasks_at_chance(matrix[-1], ec.config.classes_per_task) if matrix else math.nan,
+            "train_flops": as_float(metrics.get("train_flops")) if status == "COMPLETE" else math.nan,
             "test_acc": as_float(metrics.get("mean_test_acc")) if status == "COMPLETE" else math.nan,
             "bwt": as_float(metrics.get("bwt_test")) if status == "COMPLETE" else math.nan,
             "val_acc": as_float(metrics.get("mean_val_acc")) if status == "COMPLETE" else math.nan,
@@ -332,7 +353,7 @@ def evaluation_record(plan: EvalPlan) -> "conclusions.EvaluationRecord":
         protocol=plan.protocol, seeds=list(plan.seeds), data_seeds=list(plan.data_seeds),
         benchmark=plan.benchmark or exp.benchmark, searched_benchmark=exp.benchmark,
         search_val={t.trial_id: t.val_acc for t in exp.best_complete(len(exp.trials))},
-        default_is_space=exp.space is not None)
+        default_is_space=exp.space is not None, margin=plan.margin, margin_source=plan.margin_source)
 
 
 def conclude_and_save(plan: EvalPlan, records: list[dict[str, Any]]) -> "conclusions.Conclusion":
@@ -395,6 +416,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if note:
                 print(f"[marktune] {note}; evaluating the trials that finished.", flush=True)
             check_evaluation(plan)
+            print(f"[marktune] non-inferiority margin: {100 * plan.margin:.2f} points ({plan.margin_source})",
+                  flush=True)
             start_ray(plan.ray)
             check_cluster_resources(cpus_per_trial=plan.cpus_per_trial, gpus_per_trial=plan.gpus_per_trial,
                                     address=plan.ray.address, unit="run")

@@ -7,9 +7,25 @@ below the command line sees the argparse namespace.
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Any, Sequence
 
 from marktune.tune.plan import RaySettings
+
+
+def points(text: str) -> float:
+    """An argparse type: a finite number of points (of accuracy) >= 0, refused in words otherwise.
+
+    >>> points("0.5")
+    0.5
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of points such as 0.5, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of points >= 0, such as 0.5 (got {text})")
+    return value
 
 
 def at_least(minimum: int):

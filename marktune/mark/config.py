@@ -137,6 +137,11 @@ class MarkConfig:
         return FACTS[self.benchmark].classes
 
     @property
+    def classes_per_task(self) -> int:
+        """Classes of each task (the benchmark's classes cut into equal tasks: marktune.data.base)."""
+        return self.num_classes // self.tasks
+
+    @property
     def image_size(self) -> int:
         if self.benchmark == "synthetic":
             return self.synthetic_image_size

@@ -19,7 +19,7 @@ Example:
     ...                           benchmark="digits", searched_benchmark="digits", search_val={"a": 0.97},
     ...                           default_is_space=True)
     >>> print(conclude(rows, record).sentence)
-    On 2 seeds x 1 order, the best configuration is not distinguishable from the space's default (−3.50 points, 95 % CI −9.9 to +2.9).
+    On 2 seeds x 1 order, the best configuration is not distinguishable from the space's default (−3.50 points, 95 % CI −9.9 to +2.9); no collapse or error in 2 runs (worst 90.0 %), the default: no collapse or error in 2 runs (worst 93.0 %).
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from marktune.results.cost import CostComparison, Robustness, compare, cost_words, non_inferior, robustness
 from marktune.results.evaluation_table import format_mean_std, read_csv
 from marktune.results.files import write_atomic
 from marktune.results.protocols import SearchProtocol, protocol_from_settings
@@ -50,6 +51,9 @@ class EvaluationRecord:
     searched_benchmark: str
     search_val: dict[str, float] = field(default_factory=dict)  # source trial -> the search's val ACC
     default_is_space: bool = True  # the default is a space file's (else the trials' shared settings)
+    # the non-inferiority margin (a fraction of ACC; None: none stated) and where it comes from
+    margin: float | None = None
+    margin_source: str = ""
 
     @property
     def tag(self) -> str:
@@ -59,7 +63,8 @@ class EvaluationRecord:
     def to_json(self) -> dict[str, Any]:
         return {**self.protocol.to_settings(), "seeds": self.seeds, "data_seeds": self.data_seeds,
                 "benchmark": self.benchmark, "searched_benchmark": self.searched_benchmark,
-                "search_val": self.search_val, "default_is_space": self.default_is_space}
+                "search_val": self.search_val, "default_is_space": self.default_is_space,
+                "margin": self.margin, "margin_source": self.margin_source}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "EvaluationRecord":
@@ -67,7 +72,8 @@ class EvaluationRecord:
                                           searched_data_seed=int(data.get("searched_data_seed") or 0))
         return cls(protocol=protocol, seeds=list(data.get("seeds") or []), data_seeds=list(data.get("data_seeds") or []),
                    benchmark=str(data.get("benchmark")), searched_benchmark=str(data.get("searched_benchmark")),
-                   search_val=dict(data.get("search_val") or {}), default_is_space=bool(data.get("default_is_space", True)))
+                   search_val=dict(data.get("search_val") or {}), default_is_space=bool(data.get("default_is_space", True)),
+                   margin=_margin(data.get("margin")), margin_source=str(data.get("margin_source") or ""))
 
 
 @dataclass
@@ -82,6 +88,8 @@ class ConfigurationResult:
     heldout_bwt: tuple[float, float]
     headline: tuple[float, float]
     difference: PairedDifference | None  # against the default; None for the default itself
+    cost: CostComparison | None = None  # against the default: cost ratios and robustness; None for the default
+    robustness: Robustness | None = None  # how its runs ended
 
 
 @dataclass
@@ -131,7 +139,9 @@ def conclude(rows: Sequence[Mapping[str, Any]], record: EvaluationRecord) -> Con
             bwt=mean_std(r.get("bwt") for r in mine),
             heldout_acc=mean_std(r.get("heldout_test_acc") for r in mine),
             heldout_bwt=mean_std(r.get("heldout_bwt") for r in mine),
-            headline=mean_std(r.get(key) for r in mine), difference=diff))
+            headline=mean_std(r.get(key) for r in mine), difference=diff,
+            cost=compare(rows, label, default, key=key) if diff is not None else None,
+            robustness=robustness(rows, label, key=key)))
     best = [r for r in results if r.kind == "best"]
     tau = rank_stability([record.search_val.get(r.source_trial, math.nan) for r in best],
                          [r.headline[0] for r in best])
@@ -161,11 +171,37 @@ def verdict_sentence(conclusion: Conclusion, result: ConfigurationResult | None 
                 "pair finished for both.")
     d = best.difference
     word = {BETTER: "is better than", WORSE: "is worse than", UNDECIDED: "is not distinguishable from"}[d.verdict]
+    margin = record.margin
+    within, not_within = "", ""
+    if d.verdict == UNDECIDED and margin is not None:
+        if non_inferior(d.low, margin):
+            word = "is as accurate as"
+            within = f" within {100 * margin:.2f} points"
+        else:
+            not_within = f", and not shown as accurate within {100 * margin:.2f} points"
     if d.n < 2:
         numbers = f"{_points(d.mean, 2)} points on a single pair, no interval"
     else:
         numbers = f"{_points(d.mean, 2)} points, 95 % CI {_points(d.low, 1)} to {_points(d.high, 1)}"
-    return f"{shape}, {name} {word} {reference}{where} ({numbers})."
+    text = f"{shape}, {name} {word} {reference}{where}{within} ({numbers}){not_within}"
+    if best.cost is not None:
+        cost = cost_words(best.cost)
+        text += f", {cost}" if cost else ""
+        text += (f"; {best.cost.mine.words()}{_worst(best.cost.mine.worst)}, the default: "
+                 f"{best.cost.default.words()}{_worst(best.cost.default.worst)}")
+    return text + "."
+
+
+def _worst(value: float) -> str:
+    return f" (worst {100 * value:.1f} %)" if math.isfinite(value) else ""
+
+
+def _margin(value: Any) -> float | None:
+    try:
+        margin = float(value)
+    except (TypeError, ValueError):
+        return None
+    return margin if math.isfinite(margin) and margin >= 0 else None
 
 
 def paired_table_head(record: "EvaluationRecord") -> list[str]:
@@ -173,7 +209,8 @@ def paired_table_head(record: "EvaluationRecord") -> list[str]:
     head = ["configuration", "pairs", "test ACC (%)", "BWT (%)"]
     if record.protocol.name == "first-k":
         head += ["held-out ACC (%)", "held-out BWT (%)"]
-    return head + ["Δ vs default (points)", "95 % CI", "verdict"]
+    return head + ["Δ vs default (points)", "95 % CI", "verdict", "FLOPs", "params", "seconds",
+                   "collapsed / errored", "worst (%)"]
 
 
 def format_markdown(conclusion: Conclusion) -> str:
@@ -198,10 +235,15 @@ def result_cells(r: ConfigurationResult, *, first_k: bool) -> list[str]:
         cells += [format_mean_std(r.heldout_acc), format_mean_std(r.heldout_bwt, sign=True)]
     d = r.difference
     if d is None:
-        cells += ["(reference)", "", ""]
+        cells += ["(reference)", "", "", "1", "1", "1"]
     else:
         ci = "-" if not math.isfinite(d.low) else f"{_points(d.low, 2)} to {_points(d.high, 2)}"
         cells += [_points(d.mean, 2) if math.isfinite(d.mean) else "-", ci, d.verdict]
+        cells += [f"{v:.2f}" if r.cost is not None and math.isfinite(v) else "-"
+                  for v in ((r.cost.flops, r.cost.params, r.cost.seconds) if r.cost is not None else (math.nan,) * 3)]
+    robust = r.robustness
+    cells += [f"{robust.collapsed} / {robust.errored} of {robust.runs}" if robust else "",
+              f"{100 * robust.worst:.1f}" if robust and math.isfinite(robust.worst) else ""]
     return cells
 
 

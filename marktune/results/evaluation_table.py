@@ -24,7 +24,9 @@ from marktune.results.files import atomic_output
 
 CSV_FIELDS = ["configuration", "kind", "source_trial", "benchmark", "data_seed", "seed", "status", "tasks_done",
               "tasks_total", "test_acc", "bwt", "heldout_test_acc", "heldout_bwt", "val_acc", "wall_seconds",
-              "kb_params", "task_params", "device", "settings", "error", "test_matrix"]
+              "kb_params", "task_params", "device", "settings", "error", "test_matrix",
+              # marktune.results.cost: the run's training FLOPs (marktune.mark.flops) and tasks at chance
+              "train_flops", "tasks_at_chance"]
 
 
 def write_csv(records: list[dict[str, Any]], path: Path) -> None:
@@ -39,7 +41,8 @@ def read_csv(path: Path) -> list[dict[str, Any]]:
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     for r in rows:
-        for k in ("test_acc", "bwt", "val_acc", "wall_seconds", "heldout_test_acc", "heldout_bwt"):
+        for k in ("test_acc", "bwt", "val_acc", "wall_seconds", "heldout_test_acc", "heldout_bwt", "train_flops",
+                  "tasks_at_chance"):  # the last two: nan in evaluations written before they were columns
             r[k] = as_float(r.get(k))
         for k in ("seed", "tasks_done", "kb_params", "task_params", "tasks_total"):
             r[k] = int(r[k]) if str(r.get(k, "")).lstrip("-").isdigit() else 0

@@ -281,6 +281,9 @@ class EvalPlan:
     max_failures: int = 2
     ray: RaySettings = field(default_factory=RaySettings)
     quiet: bool = False  # no Ray trial table
+    # the non-inferiority margin (a fraction of ACC; marktune.results.cost) and where it comes from
+    margin: float | None = None
+    margin_source: str = ""
 
     @property
     def runs(self) -> int:

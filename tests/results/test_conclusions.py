@@ -11,6 +11,7 @@ import yaml
 
 from conftest import headless_chromium
 from marktune.results import conclusions; from marktune.cli import evaluate; from marktune.results import protocols; from marktune.cli import search
+from marktune.results import cost
 from marktune.results import evaluation_table
 from marktune.results import html as report_html
 from marktune.results import statistics as mstats
@@ -106,7 +107,9 @@ def test_markdown_opens_with_the_verdict_and_best_config_says_not_better(hand_ma
     text = conclusions.format_markdown(result)
     assert text.splitlines()[0] == result.sentence
     assert result.sentence == ("On 3 seeds x 1 order, the best configuration is not distinguishable from the "
-                               "space's default (+0.33 points, 95 % CI −5.9 to +6.6).")
+                               "space's default (+0.33 points, 95 % CI −5.9 to +6.6), at 100 % of its parameters "
+                               "and 100 % of its measured seconds; no collapse or error in 3 runs (worst 78.0 %), "
+                               "the default: no collapse or error in 3 runs (worst 80.0 %).")
     assert "Student t on the paired differences (scipy.stats.ttest_rel)" in text
     assert "full: selected on validation ACC over the same tasks these figures report" in text
     best = tmp_path / "best_config.yaml"
@@ -306,3 +309,45 @@ def test_after_a_confirmation_stage_its_winner_is_best_1_and_its_seeds_are_not_f
     # before its verdict (an interrupted stage) the ranking is the search's
     (exp / CONFIRMATION_FILE).write_text(plan.to_json())
     assert [t.trial_id for t in load_experiment_with_space(exp).best_complete(3)] == ["t1", "t2", "t3"]
+
+
+def _pick_and_default(hand_made_csv, **changes):
+    rows = [r for r in evaluation_table.read_csv(hand_made_csv) if r["source_trial"] in ("b", "")]
+    for r in rows:
+        if r["source_trial"] == "b":
+            r.update(kind="best", configuration="best 1 (trial b)", **changes)
+    return rows
+
+
+def test_a_margin_turns_not_distinguishable_into_as_accurate_within_it_or_says_it_is_not_shown(hand_made_csv):
+    rows = _pick_and_default(hand_made_csv)  # paired 95 % CI -5.9 to +6.6 points
+    wide = conclusions.conclude(rows, _record(margin=0.07)).sentence
+    assert "is as accurate as the space's default within 7.00 points (+0.33 points, 95 % CI −5.9 to +6.6)" in wide
+    narrow = conclusions.conclude(rows, _record(margin=0.05)).sentence
+    assert "is not distinguishable from the space's default (+0.33 points, 95 % CI −5.9 to +6.6), and not " \
+           "shown as accurate within 5.00 points" in narrow
+    record = _record(margin=0.07, margin_source="--margin")  # kept in evaluation.json
+    assert conclusions.EvaluationRecord.from_json(record.to_json()).margin == 0.07
+
+
+def test_the_verdict_gives_the_cost_ratios_against_the_default(hand_made_csv):
+    # the default: 10 + 5 x 5 = 35 parameters, 1 s; the pick: 2 + 5 x 1 = 7 parameters, 0.25 s, a quarter of the FLOPs
+    rows = _pick_and_default(hand_made_csv, kb_params=2, task_params=1, wall_seconds=0.25)
+    for r in rows:
+        r["train_flops"] = 1e9 if r["kind"] == "best" else 4e9
+    result = conclusions.conclude(rows, _record())
+    assert "at 25 % of its training FLOPs, 20 % of its parameters and 25 % of its measured seconds" in result.sentence
+    cells = conclusions.result_cells(result.best, first_k=False)
+    head = conclusions.paired_table_head(result.record)
+    assert dict(zip(head, cells))["params"] == "0.20" and dict(zip(head, cells))["FLOPs"] == "0.25"
+
+
+def test_collapsed_and_errored_runs_and_the_worst_run_are_counted(hand_made_csv):
+    rows = _pick_and_default(hand_made_csv)
+    picked = [r for r in rows if r["kind"] == "best"]
+    picked[0]["tasks_at_chance"] = 1  # complete, with a task at chance
+    picked[1]["status"] = "ERROR"  # a diverged run
+    result = conclusions.conclude(rows, _record())
+    assert "; 1 collapsed (a task at chance) and 1 errored of 3 runs (worst 93.0 %), the default: no collapse " \
+           "or error in 3 runs (worst 80.0 %)" in result.sentence
+    assert cost.tasks_at_chance([0.99, 0.52, 0.56, 0.9], classes_per_task=2) == 1  # 0.55 is chance + 0.05
