@@ -72,10 +72,11 @@ def chosen(table: ReplayTable, count: int, *, top: bool = False) -> list[tuple[i
 
 def run_fresh(space_path: Path, params: dict, seed: int, out_dir: Path) -> dict:
     """One ``marktune.run`` of the space's fixed settings and ``params`` at ``seed``: its
-    ``results.json`` (``acc``: final mean test ACC, the table's last ``test_acc``; ``val_acc``)."""
+    ``results.json`` (``acc``: final mean test ACC, the table's last ``test_acc``; ``val_acc``).
+    Raises RuntimeError when the run fails (a diverged loss among the reasons)."""
     sets = [arg for name, value in params.items() for arg in ("--set", f"{name}={value}")]
     command = [sys.executable, "-m", "marktune.run", "--config", str(space_path), *sets, "--seed", str(seed),
-               "--device", "cpu", "--quiet", "--out", str(out_dir)]
+               "--device", "cpu", "--quiet", "--out", str(out_dir), "--overwrite"]  # a leftover of an interrupted bench: moved aside
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
                           env={"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
     if done.returncode != 0:

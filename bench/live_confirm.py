@@ -131,15 +131,27 @@ def main(argv: list[str] | None = None) -> int:
             for seed in left:
                 started = time.perf_counter()
                 params = {k: v for k, v in chosen["config"].items() if k not in ("seed", "data_seed", "class_order")}
-                result = run_fresh(space_file, params, seed, work / f"{arm}-{repeat}-{seed}")
+                trial_id = chosen["trial_id"]
+                try:
+                    acc = run_fresh(space_file, params, seed, work / f"{arm}-{repeat}-{seed}")["acc"]
+                except RuntimeError as err:
+                    if " became " not in str(err):  # a loss or the KB became NaN/inf: diverged
+                        raise
+                    # the winner diverged at this fresh seed: a result, as a user would meet it (an
+                    # ERROR run). Recorded as NaN, its trial_id says so; the summary scores it at chance
+                    print(f"  {arm} {repeat} at seed {seed}: diverged ({str(err).splitlines()[-1][-120:]})",
+                          flush=True)
+                    acc, trial_id = math.nan, f"{trial_id} (diverged)"
                 append(args.out, {"kind": "fresh", "arm": arm, "repeat": repeat, "seed": seed,
-                                  "trial_id": chosen["trial_id"], "value": result["acc"], "runs": 1,
+                                  "trial_id": trial_id, "value": acc, "runs": 1,
                                   "seconds": round(time.perf_counter() - started, 1)})
-    summarize(read_rows(args.out), list(arms), args.fresh_seeds)
+    summarize(read_rows(args.out), list(arms), args.fresh_seeds,
+              chance=1.0 / space.default_trial_config().classes_per_task)
     return 0
 
 
-def summarize(rows: list[dict], arms: list[str], seeds: list[int]) -> None:
+def summarize(rows: list[dict], arms: list[str], seeds: list[int], *, chance: float) -> None:
+    """Per arm the regret over repeats; a diverged fresh run (NaN) scores ``chance`` (nothing learned)."""
     reference = {int(r["seed"]): float(r["value"]) for r in rows if r["kind"] == "reference"
                  and r["arm"] == "table-best"}
     preset = {int(r["seed"]): float(r["value"]) for r in rows if r["kind"] == "reference"
@@ -149,7 +161,8 @@ def summarize(rows: list[dict], arms: list[str], seeds: list[int]) -> None:
         fresh: dict[int, dict[int, float]] = {}
         for r in rows:
             if r["kind"] == "fresh" and r["arm"] == arm:
-                fresh.setdefault(int(r["repeat"]), {})[int(r["seed"])] = float(r["value"])
+                value = float(r["value"])
+                fresh.setdefault(int(r["repeat"]), {})[int(r["seed"])] = value if math.isfinite(value) else chance
         for repeat, values in fresh.items():
             if set(values) >= set(seeds):
                 regrets[arm][repeat] = 100 * float(np.mean([reference[s] - values[s] for s in seeds]))
