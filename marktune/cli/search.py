@@ -33,8 +33,8 @@ from marktune.results.curves import write_search_curves
 from marktune.results.files import CURVES_TABLE, is_remote, write_atomic
 from marktune.results.objectives import ObjectiveError, parse_objectives
 from marktune.results.node_moves import experiment_moves, node_loss_note
-from marktune.results.summary import (TrialRow, format_front, format_table, mark_confirmed, mark_fronts, mark_ties,
-                                      trial_rows, unfinished, write_outputs)
+from marktune.results.summary import (TrialRow, cheapest_sentence, format_front, format_table, mark_confirmed,
+                                      mark_fronts, mark_ties, trial_rows, unfinished, write_outputs)
 from marktune.tune.confirmation_run import ConfirmationRun, run_confirmation
 from marktune.tune.folders.lock import lock_experiment
 from marktune.tune.launch import (check_address, check_cluster_resources, check_local_resources, check_optuna_storage,
@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "are the space's (default: the space's, else asha)")
     g.add_argument("--objectives", metavar="LIST",
                    help="what the search optimises, comma-separated: val_acc (always), and any of params "
-                        "(fewer parameters), seconds (less compute), forgetting (less forgetting on val); "
+                        "(fewer parameters), flops (fewer training FLOPs, counted from shapes), seconds (less time "
+                        "on this machine), forgetting (less forgetting on val); "
                         "e.g. val_acc,params: a multi-objective study (TPE: Optuna's MOTPE; --searcher nsga2: "
                         "NSGA-II), ASHA ranks by non-dominated sorting, the result is a Pareto set "
                         "(default: the space's, else val_acc alone)")
@@ -323,6 +324,9 @@ def summarize(run: SearchRun, plan: SearchPlan, *, top: int, rows: list[TrialRow
     print(format_table(rows, searched, top))
     if ties is not None:
         print(f"[marktune] {ties.sentence(str(out_dir))}")
+        cheapest = cheapest_sentence(rows)
+        if cheapest:
+            print(f"[marktune] {cheapest}")
     if front:
         near = sorted((r for r in rows if r.near_front), key=lambda r: -r.val_acc)
         print(f"[marktune] the Pareto set: {len(front)} of {counts['COMPLETE']} complete trials no other beats on "

@@ -20,6 +20,7 @@ from torch import nn
 
 from marktune.data.base import Benchmark, Task
 from marktune.mark.config import MarkConfig
+from marktune.mark.flops import TrainingFlops
 
 STATE_FORMAT = 2  # 2: per-task diagnostics (KB norms, mask means)
 
@@ -43,6 +44,7 @@ class LearnerState(Protocol):
     test_matrix: list[list[float]]
     seconds: list[dict[str, float]]
     diagnostics: list[dict]
+    flops: TrainingFlops  # marktune.mark.flops
 
     def new_task_modules(self, task: Task) -> tuple[nn.Module, nn.Module, nn.Module]: ...
 
@@ -92,6 +94,10 @@ def restore(learner: LearnerState, state: Mapping[str, Any]) -> None:
     learner.test_matrix = [list(r) for r in state["test_matrix"]]
     learner.seconds = [dict(s) for s in state["seconds"]]
     learner.diagnostics = [dict(d) for d in state["diagnostics"]]
+    # the training FLOPs so far (marktune.mark.flops); a state saved before they were counted has none
+    counted = learner.diagnostics[-1].get("train_flops") if learner.diagnostics else 0
+    known = isinstance(counted, int) and not isinstance(counted, bool)
+    learner.flops.total, learner.flops.known = (counted if known else 0), known
     torch.set_rng_state(state["rng"])
 
 

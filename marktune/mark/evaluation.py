@@ -50,6 +50,8 @@ class TaskReport:
     mask_means: list[float] = field(default_factory=list)
     # validation images each task seen was scored on (val_row's denominators; [] unknown)
     val_counts: list[int] = field(default_factory=list)
+    # training FLOPs of tasks 0..task, counted from shapes (marktune.mark.flops); nan: unknown
+    train_flops: float = math.nan
 
     @property
     def done(self) -> bool:
@@ -79,6 +81,7 @@ def task_report(t: int, *, num_tasks: int, val_matrix: list[list[float]], test_m
         kb_fc_norm=diag.get("kb_fc_norm", math.nan),
         mask_means=list(diag.get("mask_means", [])),
         val_counts=[int(n) for n in (val_counts or [])[: t + 1]],
+        train_flops=diag.get("train_flops", math.nan),
     )
 
 

@@ -38,6 +38,7 @@ from marktune.mark.compute import ComputePath, FastPath, LearnerView
 from marktune.mark.config import MarkConfig
 from marktune.mark.devices import deterministic_mode
 from marktune.mark.evaluation import Masks, TaskReport
+from marktune.mark.flops import TrainingFlops
 from marktune.mark.hardware import check_precision, flush_denormals
 from marktune.mark.model import KnowledgeBase, MaskGenerator, TaskHead, ones_masks
 from marktune.mark.phase4 import InnerLoop, MetaRule, MetaStepRecord, Phase4Context, Phase4Settings, meta_rule
@@ -86,7 +87,8 @@ class MarkLearner:
         self.runtime = Runtime(device=self.device, memory_format=self.compute.memory_format,
                                precision=config.precision, normalize=benchmark.normalize)
         self.progress = Progress(verbose, log)
-        self.epochs = EpochLoop(config, self.runtime, self.progress)
+        self.flops = TrainingFlops()  # every training step's FLOPs, from shapes (marktune.mark.flops)
+        self.epochs = EpochLoop(config, self.runtime, self.progress, self.flops)
         with self._seeded(-1):
             self.kb = KnowledgeBase(image_size=benchmark.image_size, in_channels=benchmark.channels,
                                     depth=config.kb_depth, width=config.kb_width,
@@ -125,6 +127,8 @@ class MarkLearner:
                 self.evaluate(t)
             self.diagnostics.append(evaluation.diagnostics(
                 t, kb=self.kb, masks=self.compute.split_masks(t, "val", self.benchmark.tasks[t].val)))
+            # the training FLOPs of tasks 0..t (kept with the diagnostics, so a checkpoint carries them)
+            self.diagnostics[-1]["train_flops"] = self.flops.total if self.flops.known else math.nan
         diag = self.diagnostics[-1]
         self.progress(1, f"task {t + 1}/{self.num_tasks} KB weight norm {diag['kb_weight_norm']:.4f} (blocks "
                          f"{evaluation.fmt_row(diag['kb_block_norms'])}, fc {diag['kb_fc_norm']:.3f}), mean mask "
@@ -222,7 +226,7 @@ class MarkLearner:
         """What phase 4's mini-tasks run on: the KB, the phase-4 settings, this learner's compute path."""
         return InnerLoop(kb=self.kb, settings=Phase4Settings.from_config(self.config, vmap=self.meta_vmap),
                          device=self.device, kb_copy=self.compute.kb_copy, images=self.images,
-                         autocast=self.runtime.autocast, no_autograd=self.compute.no_autograd)
+                         autocast=self.runtime.autocast, no_autograd=self.compute.no_autograd, flops=self.flops)
 
     def evaluate(self, t: int) -> None:
         """Fill row t of both matrices: each task u <= t with its own F_u, M_u, C_u."""

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from marktune.mark.config import MarkConfig
+from marktune.mark.flops import TrainingFlops
 from marktune.mark.model import MaskGenerator, TaskHead
 from marktune.mark.runtime import Runtime
 
@@ -87,8 +88,10 @@ class EpochStats:
 class EpochLoop:
     """The shared epoch loop of one learner: its config, runtime and progress lines."""
 
-    def __init__(self, config: MarkConfig, runtime: Runtime, progress: Progress) -> None:
+    def __init__(self, config: MarkConfig, runtime: Runtime, progress: Progress,
+                 flops: TrainingFlops | None = None) -> None:
         self.config, self.runtime, self.progress = config, runtime, progress
+        self.flops = flops if flops is not None else TrainingFlops()  # every step's FLOPs (marktune.mark.flops)
 
     def batches(self, task: TaskData) -> Iterator[torch.Tensor]:
         """One shuffled pass over task t's training images, in batches of ``batch_size``."""
@@ -117,11 +120,12 @@ class EpochLoop:
         for epoch in range(epochs):
             stats = EpochStats()
             for idx in self.batches(task):
-                with self.runtime.autocast():
-                    logits = forward(idx)
-                    loss = F.cross_entropy(logits.float(), task.y[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
+                with self.flops.step((task.t, phase), samples=len(idx)):
+                    with self.runtime.autocast():
+                        logits = forward(idx)
+                        loss = F.cross_entropy(logits.float(), task.y[idx])
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
                 for group, max_norm in clip:
                     torch.nn.utils.clip_grad_norm_(group, max_norm)
                 opt.step()

@@ -56,6 +56,8 @@ OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
     Objective("val_acc", METRIC, "max", "mean val ACC"),
     Objective("params", "total_params", "min", "parameters (KB + T x per task)"),
     Objective("seconds", "sequence_seconds", "min", "seconds (all tasks so far)"),
+    # counted from shapes (marktune.mark.flops): unlike seconds, the same on every machine and load
+    Objective("flops", "train_flops", "min", "training FLOPs (all tasks so far)"),
     Objective("forgetting", "forgetting_val", "min", "forgetting (-BWT on val)"),
 )}
 SINGLE = (OBJECTIVES["val_acc"],)  # a search without --objectives

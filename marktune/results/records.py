@@ -37,6 +37,7 @@ def results_dict(learner: MarkLearner, *, wall_seconds: float | None = None) -> 
         # mask per block of the task just trained (on its validation images)
         "diagnostics": [dict(d) for d in learner.diagnostics],
         "wall_seconds": wall_seconds,
+        "train_flops": learner.flops.total if learner.flops.known else math.nan,
     }
 
 
@@ -54,6 +55,8 @@ def task_scalars(report: TaskReport) -> dict[str, float]:
         "bwt_val": report.bwt_val,
         "bwt_test": report.bwt_test,
         "task_seconds": sum(report.seconds.values()),
+        # tasks 0..t, counted from shapes (marktune.mark.flops): a cost that does not move with the machine
+        "train_flops": report.train_flops,
     }
     if report.val_counts:  # the validation images mean_val_acc was scored on (its binomial noise)
         out["val_images"] = sum(report.val_counts)

@@ -55,6 +55,7 @@ class TrialRow:
     error: str = ""
     val_se: float = math.nan  # binomial SE of val_acc from its validation counts (NaN: unknown)
     val_images: int | None = None  # validation images val_acc was scored on (None: unknown)
+    train_flops: float = math.nan  # training FLOPs of its tasks so far (marktune.mark.flops; nan: unknown)
     tied: str = ""  # best, tied, no (complete trials, once mark_ties ran), else ""
     # the confirmation stage's (marktune.results.confirmation), for its finalists only
     confirmed: str = ""  # winner, finalist, else ""
@@ -93,11 +94,40 @@ def trial_rows(results, *, searched: Sequence[str], num_tasks: int,
             bwt=float(metrics.get("bwt_test", math.nan)),
             params={k: config.get(k) for k in searched}, config=config,
             error=first_line(str(result.error)) if result.error is not None else "",
-            val_se=scored.se, val_images=scored.images,
+            val_se=scored.se, val_images=scored.images, train_flops=_float(metrics.get("train_flops")),
             values=(objective_values(metrics, objectives) or ()) if len(objectives) > 1 else ()))
     rows.sort(key=lambda r: (STATUS_ORDER.get(r.status, 9), -r.tasks_done,
                              -(r.val_acc if math.isfinite(r.val_acc) else -1)))
     return rows
+
+
+def _float(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def cheapest_tied(rows: Sequence[TrialRow]) -> TrialRow | None:
+    """The complete trial with the fewest training FLOPs among the best and the trials tied with it
+    (``mark_ties``); None when the ties are unknown or no tied trial is cheaper than the best."""
+    tied = [r for r in rows if r.tied in ("best", "tied") and math.isfinite(r.train_flops)]
+    best = next((r for r in tied if r.tied == "best"), None)
+    if best is None:
+        return None
+    cheapest = min(tied, key=lambda r: (r.train_flops, -r.val_acc))
+    return cheapest if cheapest.train_flops < best.train_flops else None
+
+
+def cheapest_sentence(rows: Sequence[TrialRow]) -> str:
+    """``the cheapest trial within the noise of the best: X, ...`` or "" (see :func:`cheapest_tied`)."""
+    cheapest = cheapest_tied(rows)
+    if cheapest is None:
+        return ""
+    best = next(r for r in rows if r.tied == "best")
+    return (f"the cheapest trial within the noise of the best: {cheapest.trial_id}, val ACC {cheapest.val_acc:.4f} "
+            f"against {best.val_acc:.4f}, at {100 * cheapest.train_flops / best.train_flops:.0f} % of the best's "
+            f"training FLOPs ({cheapest.train_flops:.3g} against {best.train_flops:.3g})")
 
 
 def unfinished(rows: Sequence[TrialRow]) -> int:
@@ -160,6 +190,8 @@ def format_front(front: Sequence[TrialRow], near: Sequence[TrialRow], objectives
 
 
 def _objective(objective: Objective, value: float) -> str:
+    if objective.name == "flops":
+        return f"{value:.3g}"
     if objective.name == "params":
         return f"{value:,.0f}"
     if objective.name == "seconds":
@@ -188,14 +220,14 @@ def write_outputs(rows: list[TrialRow], out_dir: Path, *, searched: Sequence[str
         # after error: readers take the searched settings as the columns between bwt and error
         writer.writerow(["trial_id", "status", "tasks_done", "val_acc", "test_acc", "bwt", *searched, "error",
                          "val_se", "val_images", "tied", "confirmed", "confirm_val_mean", "confirm_val_se",
-                         "confirm_seeds", *(["front", "near_front", *[o.name for o in objectives[1:]]]
+                         "confirm_seeds", "train_flops", *(["front", "near_front", *[o.name for o in objectives[1:]]]
                                             if len(objectives) > 1 else [])])
         for r in rows:
             writer.writerow([r.trial_id, r.status, r.tasks_done, _num(r.val_acc), _num(r.test_acc), _num(r.bwt),
                              *[r.params.get(k) for k in searched], r.error, _num(r.val_se, digits=5),
                              "" if r.val_images is None else r.val_images, r.tied, r.confirmed,
                              _num(r.confirm_val_mean), _num(r.confirm_val_se, digits=5),
-                             r.confirm_seeds or "",
+                             r.confirm_seeds or "", "" if not math.isfinite(r.train_flops) else int(r.train_flops),
                              *([("" if r.front is None else r.front), ("yes" if r.near_front else ""),
                                 *[r.values[i + 1] if r.values else "" for i in range(len(objectives) - 1)]]
                                if len(objectives) > 1 else [])])

@@ -88,6 +88,7 @@ class MarkTensorBoardCallback(LoggerCallback):
             "hparams/tasks_done": float(tasks_done),
             "hparams/params": float(last.get("total_params", math.nan)),
             "hparams/seconds": float(last.get("sequence_seconds", math.nan)),
+            "hparams/flops": float(last.get("train_flops", math.nan)),
             "hparams/forgetting": float(last.get("forgetting_val", math.nan)),
         }
         exp, ssi, sei = hparams(params, values)
