@@ -140,8 +140,7 @@ def train_mark_sequence(config: dict[str, Any]) -> None:
     drop_ignored_exits()
     release_previous_trial()
     runtime = TrialRuntime.from_dict(config.get(RUNTIME_KEY))
-    keys = set(MarkConfig.field_names())
-    mark_config = MarkConfig.from_dict({k: v for k, v in config.items() if k in keys})
+    mark_config = MarkConfig.from_dict(MarkConfig.settings_of(config))
     if runtime.threads:
         torch.set_num_threads(runtime.threads)
     device = trial_device(cpu_fallback=runtime.cpu_fallback)

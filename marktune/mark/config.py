@@ -245,6 +245,12 @@ class MarkConfig:
         return [f.name for f in fields(cls)]
 
     @classmethod
+    def settings_of(cls, values: Mapping[str, Any]) -> dict[str, Any]:
+        """The learner's settings among ``values`` (a trial's config also holds Tune's and marktune's keys)."""
+        known = set(cls.field_names())
+        return {k: v for k, v in values.items() if k in known}
+
+    @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "MarkConfig":
         """Build from a mapping; unknown keys and wrongly typed values are errors."""
         known = {f.name: f for f in fields(cls)}

@@ -337,8 +337,7 @@ def task_ranges(numbers: list[int]) -> str:
 
 
 def _trial(tid: str, params: dict[str, Any], results: list[dict[str, Any]]) -> Trial:
-    keys = set(MarkConfig.field_names())
-    return Trial(trial_id=tid, status="", config={k: v for k, v in params.items() if k in keys},
+    return Trial(trial_id=tid, status="", config=MarkConfig.settings_of(params),
                  runtime=dict(params.get(RUNTIME_KEY) or {}), results=results)
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from marktune.mark.config import MarkConfig
+from marktune.results.objectives import dominates
 
 
 @dataclass(frozen=True)
@@ -40,9 +41,8 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     front = []
     for i in finite:
         ci, ai = points[i]
-        dominated = any(points[j][0] <= ci and points[j][1] >= ai and (points[j][0] < ci or points[j][1] > ai)
-                        for j in finite if j != i)
-        if not dominated:
+        # cost minimised, accuracy maximised: as (cost, -accuracy), both minimised
+        if not any(dominates((points[j][0], -points[j][1]), (ci, -ai)) for j in finite if j != i):
             front.append(i)
     return sorted(front, key=lambda i: (points[i][0], -points[i][1]))
 

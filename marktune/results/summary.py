@@ -79,12 +79,11 @@ def trial_rows(results, *, searched: Sequence[str], num_tasks: int,
     ended with fewer tasks than planned is PRUNED (``marktune.results.status``). ``configs``: trial id -> its config, for trials that never wrote one.
     """
     rows = []
-    keys = set(MarkConfig.field_names())
     for result in results:
         metrics = result.metrics or {}
         trial_id = str(metrics.get("trial_id") or Path(result.path).name.removeprefix(TRIAL_DIR_PREFIX))
         tasks_done = int(metrics.get(TIME_ATTR, 0) or 0)
-        config = {k: v for k, v in ((result.config or (configs or {}).get(trial_id)) or {}).items() if k in keys}
+        config = MarkConfig.settings_of((result.config or (configs or {}).get(trial_id)) or {})
         scored = scored_from_result(trial_id, metrics)
         status = decide_status(errored=result.error is not None, tasks_done=tasks_done, num_tasks=num_tasks,
                                interrupted=interrupted is not None and interrupted(trial_id)).value

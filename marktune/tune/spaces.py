@@ -132,8 +132,7 @@ class SearchSpace:
 
     def learner_config(self, trial_config: Mapping[str, Any]) -> MarkConfig:
         """The MarkConfig of one trial (its config holds fixed and sampled settings)."""
-        keys = set(MarkConfig.field_names())
-        return MarkConfig.from_dict({k: v for k, v in trial_config.items() if k in keys})
+        return MarkConfig.from_dict(MarkConfig.settings_of(trial_config))
 
     def param_space(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Tune's ``param_space``: fixed values plus a Tune domain per searched setting."""
