@@ -18,6 +18,7 @@ from marktune.results import conclusions
 from marktune.results.evaluation_table import TABLE_HEAD, aggregate, read_csv, table_cells
 from marktune.results.experiment import Experiment, Trial
 from marktune.results.files import write_atomic
+from marktune.results.pareto import evaluation_points, search_points
 from marktune.results.figures import (STATUS_COLOURS, figure_curves, figure_importances, figure_matrix,
                                       save_png)
 
@@ -41,13 +42,17 @@ def _fmt(v: float, sign: bool = False) -> str:
     return f"{v:+.4f}" if sign else f"{v:.4f}"
 
 
+def _flops(v: float) -> str:  # marktune.mark.flops: training FLOPs of the tasks it ran
+    return f"{v:.3g}" if isinstance(v, (int, float)) and math.isfinite(v) else ""
+
+
 def _val(v: Any) -> str:
     return f"{v:.3g}" if isinstance(v, float) else html.escape(str(v))
 
 
 def trials_table(exp: Experiment, best: Trial | None) -> str:
     ties = exp.ties()
-    head = ["trial", "status", "tasks", "val ACC", "test ACC", "BWT", "tied", *exp.searched]
+    head = ["trial", "status", "tasks", "val ACC", "test ACC", "BWT", "tied", "training FLOPs", *exp.searched]
     out = ["<table id='best-trials-table'><tr>" + "".join(
         f"<th class='l'>{html.escape(h)}</th>" if i < 2 else f"<th>{html.escape(h)}</th>" for i, h in enumerate(head))
         + "</tr>"]
@@ -60,7 +65,7 @@ def trials_table(exp: Experiment, best: Trial | None) -> str:
                  f"<td class='l st' style='color:{colour}'>{t.status}</td>",
                  f"<td>{t.tasks_done}/{exp.num_tasks}</td>", f"<td>{_fmt(t.val_acc)}</td>",
                  f"<td>{_fmt(t.test_acc)}</td>", f"<td>{_fmt(t.bwt, sign=True)}</td>",
-                 f"<td class='l tie'>{mark if mark != 'no' else ''}</td>",
+                 f"<td class='l tie'>{mark if mark != 'no' else ''}</td>", f"<td>{_flops(t.last('train_flops'))}</td>",
                  *[f"<td>{_val(t.config.get(k))}</td>" for k in exp.searched]]
         out.append(f"<tr{cls}>" + "".join(cells) + "</tr>")
     out.append("</table>")
@@ -95,52 +100,6 @@ def evaluation_section(exp: Experiment) -> str:
         return f"<pre>{html.escape(md_path.read_text())}</pre>"
     return (f"<p class='muted'>No evaluation yet. Run <code>python -m marktune.evaluate {html.escape(str(exp.path))}</code> "
             "to re-run the best configurations over fresh seeds, then this report again.</p>")
-
-
-def search_points(exp: Experiment) -> list:
-    """One pareto.Point per complete trial: validation ACC, total parameters from its config
-    (as marktune.evaluate counts them), and the compute seconds of its tasks."""
-    from marktune.mark.config import ConfigError, MarkConfig
-    from marktune.results.pareto import Point, parameter_counts, total_parameters
-
-    points = []
-    for t in exp.by_status("COMPLETE"):
-        try:
-            config = MarkConfig.from_dict(t.config)
-        except (ConfigError, TypeError, ValueError):
-            continue
-        kb, task = parameter_counts(config)
-        seconds = sum(_task_seconds(r) for r in t.results)
-        points.append(Point(label=t.trial_id, accuracy=t.val_acc, params=total_parameters(kb, task, config.tasks),
-                            seconds=seconds))
-    return points
-
-
-def _task_seconds(result: dict[str, Any]) -> float:
-    """A task's compute seconds as the trial reported them (else its start-to-finish time)."""
-    if isinstance(result.get("task_seconds"), (int, float)):
-        return float(result["task_seconds"])
-    try:
-        return float(result["task_finished_at"]) - float(result["task_started_at"])
-    except (KeyError, TypeError, ValueError):
-        return math.nan
-
-
-def evaluation_points(exp: Experiment) -> list:
-    """One pareto.Point per evaluated configuration: mean test ACC over seeds, total parameters,
-    mean wall seconds of a run; [] without an evaluation."""
-    from marktune.results.pareto import Point, total_parameters
-
-    path = exp.path / "evaluation.csv"
-    if not path.is_file():
-        return []
-    try:
-        summaries = aggregate(read_csv(path))
-    except (OSError, KeyError, ValueError):
-        return []
-    return [Point(label=s.configuration, accuracy=s.test_acc[0],
-                  params=total_parameters(s.kb_params, s.task_params, exp.num_tasks), seconds=s.wall_seconds)
-            for s in summaries if s.ok]
 
 
 def pareto_section(exp: Experiment, figures: Path) -> str:

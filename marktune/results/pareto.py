@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from marktune.mark.config import MarkConfig
 from marktune.results.objectives import dominates
+
+if TYPE_CHECKING:
+    from marktune.results.experiment import Experiment
 
 
 @dataclass(frozen=True)
@@ -117,3 +120,49 @@ def parameter_counts(config: MarkConfig) -> tuple[int, int]:
                               hidden=config.mask_hidden, activation=config.mask_activation)
         head = TaskHead(config.latent_dim, classes_per_task(config))
     return count_parameters(kb), count_parameters(fe) + count_parameters(masks) + count_parameters(head)
+
+
+# ---------------------------------------------------------------- the report's points
+def search_points(exp: "Experiment") -> list:
+    """One pareto.Point per complete trial: validation ACC, total parameters from its config
+    (as marktune.evaluate counts them), and the compute seconds of its tasks."""
+    from marktune.mark.config import ConfigError
+
+    points = []
+    for t in exp.by_status("COMPLETE"):
+        try:
+            config = MarkConfig.from_dict(t.config)
+        except (ConfigError, TypeError, ValueError):
+            continue
+        kb, task = parameter_counts(config)
+        seconds = sum(_task_seconds(r) for r in t.results)
+        points.append(Point(label=t.trial_id, accuracy=t.val_acc, params=total_parameters(kb, task, config.tasks),
+                            seconds=seconds))
+    return points
+
+
+def _task_seconds(result: dict[str, Any]) -> float:
+    """A task's compute seconds as the trial reported them (else its start-to-finish time)."""
+    if isinstance(result.get("task_seconds"), (int, float)):
+        return float(result["task_seconds"])
+    try:
+        return float(result["task_finished_at"]) - float(result["task_started_at"])
+    except (KeyError, TypeError, ValueError):
+        return math.nan
+
+
+def evaluation_points(exp: "Experiment") -> list:
+    """One pareto.Point per evaluated configuration: mean test ACC over seeds, total parameters,
+    mean wall seconds of a run; [] without an evaluation."""
+    from marktune.results.evaluation_table import aggregate, read_csv
+
+    path = exp.path / "evaluation.csv"
+    if not path.is_file():
+        return []
+    try:
+        summaries = aggregate(read_csv(path))
+    except (OSError, KeyError, ValueError):
+        return []
+    return [Point(label=s.configuration, accuracy=s.test_acc[0],
+                  params=total_parameters(s.kb_params, s.task_params, exp.num_tasks), seconds=s.wall_seconds)
+            for s in summaries if s.ok]

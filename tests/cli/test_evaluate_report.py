@@ -31,7 +31,8 @@ def _result(task: int, num_tasks: int, val: float, counts: int | None = None) ->
     rows = [[val] * (t + 1) for t in range(task)]
     out = {"tasks_done": task, "num_tasks": num_tasks, "mean_val_acc": val, "mean_test_acc": val - 0.01,
            "bwt_test": -0.01, "val_row": rows[-1], "test_row": [v - 0.01 for v in rows[-1]],
-           "task_started_at": 100.0 + task, "task_finished_at": 101.0 + task}
+           "task_started_at": 100.0 + task, "task_finished_at": 101.0 + task,
+           "train_flops": 10 ** 9 * task}  # cumulative (marktune.mark.flops)
     if counts is not None:  # validation images a task (since marktune.results.noise)
         out.update(val_counts=[counts] * task, val_images=counts * task)
     return out
@@ -221,6 +222,8 @@ def test_report_marks_the_trials_within_the_noise_of_the_best(tmp_path, counts, 
     column = head.index("tied")
     assert {tid for tid, cells in rows.items() if cells[column] == "tied"} == tied
     assert rows["aaaa000a"][column] == "best" and rows["aaaa000d"][column] == ""  # pruned: never tied
+    flops = head.index("training FLOPs")  # the tasks it ran: 5 and 2
+    assert rows["aaaa000a"][flops] == "5e+09" and rows["aaaa000d"][flops] == "2e+09"
     sentence = page[page.index("id='noise-floor'"):].split("</p>")[0]
     assert f"on {5 * counts:,} validation images" in sentence and "seed-to-seed SD unknown" in sentence
     if tied:
