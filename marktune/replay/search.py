@@ -64,7 +64,7 @@ from marktune.replay.table import Curve, ReplayTable
 from marktune.results.confirmation import best_by_mean
 from marktune.results.objectives import SINGLE, Objective, hypervolume_2d, nondominated_ranks
 from marktune.tune.spaces import SearchSpace
-from marktune.tune.strategies import SAMPLERS, SCHEDULERS
+from marktune.tune.strategies import SAMPLERS, SCHEDULERS, generation_size
 
 # "table": random search drawn from the table; "random-sampler": Optuna's RandomSampler through the
 # surrogate; any other: that searcher (marktune.tune.samplers) through the surrogate
@@ -185,15 +185,15 @@ class InMemoryStudyStorage:
         return optuna.storages.InMemoryStorage()
 
 
-def replay_searcher(strategy: Strategy, *, num_tasks: int, seed: int):
-    """The search's searcher with the strategy's sampler, its study in memory."""
+def replay_searcher(strategy: Strategy, *, num_tasks: int, seed: int, samples: int = 50):
+    """The search's searcher with the strategy's sampler (NSGA-II's generation sized to ``samples``), in memory."""
     from marktune.tune.searcher import make_searcher
 
     kind = "random" if strategy.proposals == "random-sampler" else strategy.proposals
     startup = 10 if strategy.n_startup_trials is None else strategy.n_startup_trials  # Optuna's default, the search's
     return make_searcher(storage=InMemoryStudyStorage(), study_name="replay", num_tasks=num_tasks,
                          seed=seed, kind=kind, n_startup_trials=startup, constant_liar=strategy.constant_liar,
-                         objectives=strategy.objectives)
+                         objectives=strategy.objectives, population=generation_size(samples))
 
 
 def replay_scheduler(strategy: Strategy, *, num_tasks: int):
@@ -407,7 +407,7 @@ def _replay(table: ReplayTable, space: SearchSpace, strategy: Strategy, samples:
         draws = _TableDraws(len(pool), rng)
     else:
         surrogate = surrogate if surrogate is not None else make_surrogate(table=table, space=space)
-        searcher = replay_searcher(strategy, num_tasks=num_tasks, seed=seed)
+        searcher = replay_searcher(strategy, num_tasks=num_tasks, seed=seed, samples=samples)
         if len(strategy.objectives) > 1:  # as the search's Tuner: the searcher keeps its own metrics
             searcher.set_search_properties(None, None, space.param_space())
         else:

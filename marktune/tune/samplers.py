@@ -13,7 +13,8 @@ explicitly, not left to Optuna's defaults, so an upgrade of Optuna cannot change
 * ``gp``: Optuna's Gaussian-process sampler (``GPSampler``, log EI; no constant liar exists for it).
 * ``qmc``: a scrambled Sobol sequence (``QMCSampler``); categorical settings drawn at random.
 * ``random``: ``RandomSampler``.
-* ``nsga2``: NSGA-II (``NSGAIISampler``, population 50 as Optuna's default, written out), for a search with
+* ``nsga2``: NSGA-II (``NSGAIISampler``; its generation sized to the search, a quarter of the
+  trials from 2 to Optuna's 50, or the space's ``population``), for a search with
   several ``--objectives``; TPE handles several objectives too (Optuna's MOTPE).
 
 ``constant_liar`` (a space default and ``--constant-liar``/``--no-constant-liar``) applies to the
@@ -38,10 +39,11 @@ SEARCHERS = tuple(SAMPLERS)  # the names, registered in marktune.tune.strategies
 TPE_SEARCHERS = tuple(name for name, kind in SAMPLERS.items() if kind.constant_liar)
 
 
-def make_sampler(kind: str, *, seed: int | None, n_startup_trials: int,
-                 constant_liar: bool = True) -> "optuna.samplers.BaseSampler":
+def make_sampler(kind: str, *, seed: int | None, n_startup_trials: int, constant_liar: bool = True,
+                 population: int | None = None) -> "optuna.samplers.BaseSampler":
     """The Optuna sampler named ``kind`` (one of :data:`SEARCHERS`), seeded with ``seed``.
-    ``n_startup_trials`` random trials come first for TPE and GP; ``constant_liar`` is TPE's."""
+    ``n_startup_trials`` random trials come first for TPE and GP; ``constant_liar`` is TPE's;
+    ``population`` NSGA-II's generation size (None: Optuna's 50)."""
     import warnings
 
     import optuna
@@ -49,7 +51,8 @@ def make_sampler(kind: str, *, seed: int | None, n_startup_trials: int,
     entry = sampler(kind)
     with warnings.catch_warnings():  # group and QMCSampler are "experimental": a warning per search, no news
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return entry.build(seed=seed, n_startup_trials=n_startup_trials, constant_liar=constant_liar)
+        return entry.build(seed=seed, n_startup_trials=n_startup_trials, constant_liar=constant_liar,
+                           population=population)
 
 
 # ---------------------------------------------------------------- the factories the registry names
@@ -90,10 +93,10 @@ def qmc(*, seed, n_startup_trials, constant_liar):
                                       warn_independent_sampling=False, warn_asynchronous_seeding=False)
 
 
-def nsga2(*, seed, n_startup_trials, constant_liar):
+def nsga2(*, seed, n_startup_trials, constant_liar, population):
     import optuna
 
-    return optuna.samplers.NSGAIISampler(seed=seed, population_size=SAMPLERS["nsga2"].population)
+    return optuna.samplers.NSGAIISampler(seed=seed, population_size=population)
 
 
 def random_search(*, seed, n_startup_trials, constant_liar):

@@ -98,7 +98,8 @@ def run_search(plan: SearchPlan) -> SearchRun:
         scheduler = plan.search_strategy.make_scheduler(num_tasks=plan.num_tasks, objectives=plan.objectives)
         searcher = make_searcher(storage=plan.study_storage, study_name=plan.name, num_tasks=plan.num_tasks,
                                  seed=plan.seed, kind=plan.searcher, n_startup_trials=plan.n_startup_trials,
-                                 constant_liar=plan.constant_liar, objectives=plan.objectives)
+                                 constant_liar=plan.constant_liar, objectives=plan.objectives,
+                                 population=plan.search_strategy.population_for(plan.samples))
         # several objectives: the searcher and the scheduler hold their own; Tune's one metric stays unset
         metric, mode = (None, None) if plan.multiobjective else (METRIC, "max")
         tuner = tune.Tuner(

@@ -66,14 +66,15 @@ def _stored_spec(stored: Any) -> StudyStorage | None:
 
 def make_searcher(*, storage: StudyStorage, study_name: str, num_tasks: int, seed: int | None,
                   kind: str = "tpe", n_startup_trials: int = 10, constant_liar: bool = True,
-                  objectives: Sequence[Objective] = SINGLE) -> "MarkOptunaSearch":
+                  objectives: Sequence[Objective] = SINGLE, population: int | None = None) -> "MarkOptunaSearch":
     """Optuna behind Tune, its study in ``storage`` under ``study_name``; ``kind`` names the sampler
     (:data:`marktune.tune.samplers.SEARCHERS`: tpe, the default, is multivariate TPE with the
     constant liar, random for its first ``n_startup_trials`` trials). Whatever the sampler, the
     study, its pruned trials and ``--resume`` are the same. Several ``objectives``
     (:mod:`marktune.results.objectives`): a multi-objective study, one direction per objective
     (TPE is then Optuna's multi-objective TPE; ``nsga2`` is NSGA-II)."""
-    sampler = make_sampler(kind, seed=seed, n_startup_trials=n_startup_trials, constant_liar=constant_liar)
+    sampler = make_sampler(kind, seed=seed, n_startup_trials=n_startup_trials, constant_liar=constant_liar,
+                           population=population)
     return MarkOptunaSearch(storage=storage, study_name=study_name, num_tasks=num_tasks, sampler=sampler,
                             objectives=objectives)
 

@@ -63,6 +63,7 @@ DEFAULTS = {"samples": 12, "max_concurrent": None,
             # which trials run, which stop early (the --searcher, --n-startup-trials, --scheduler flags)
             "searcher": "tpe", "n_startup_trials": 10, "constant_liar": True, "scheduler": "asha",
             "grace_period": 1, "reduction_factor": 2, "brackets": 3,  # brackets: hyperband's
+            "population": None,  # NSGA-II's generation; null: a quarter of the trials (2 to 50)
             # the confirmation stage (--confirm-top, --confirm-seeds; marktune.results.confirmation):
             # off unless a space turns it on from its own evidence
             "confirm_top": 0, "confirm_seeds": 2,
@@ -295,6 +296,7 @@ def _check_defaults(where: str, d: dict[str, Any]) -> None:
         if d[key] not in allowed:
             raise SpaceError(f"{where}: defaults.{key} must be one of {', '.join(allowed)} (got {d[key]!r})")
     whole("brackets", 1)
+    whole("population", 2, allow_none=True)
     whole("samples", 1)
     whole("n_startup_trials", 0)
     if not isinstance(d["constant_liar"], bool):

@@ -54,11 +54,15 @@ class SamplerKind:
     # what it draws at random before it models: its first n_startup_trials, a first generation of
     # `population` trials, or every trial (it never models)
     random_start: str = "n_startup_trials"
-    population: int = 0  # the first generation's size, where random_start is "population"
+    population: int = 0  # the largest first generation, where random_start is "population" (Optuna's default)
     constant_liar: bool = False  # it reads --constant-liar
 
-    def build(self, *, seed: int | None, n_startup_trials: int, constant_liar: bool = True):
-        return _factory(self.factory)(seed=seed, n_startup_trials=n_startup_trials, constant_liar=constant_liar)
+    def build(self, *, seed: int | None, n_startup_trials: int, constant_liar: bool = True,
+              population: int | None = None):
+        options = {"seed": seed, "n_startup_trials": n_startup_trials, "constant_liar": constant_liar}
+        if self.random_start == "population":  # NSGA-II's generation size (SearchStrategy.population_for)
+            options["population"] = population or self.population
+        return _factory(self.factory)(**options)
 
 
 _S = "marktune.tune.samplers:"
@@ -135,11 +139,19 @@ def flag_help(registry: Mapping[str, SamplerKind | SchedulerKind]) -> str:
     return ", ".join(f"{name} ({entry.help})" for name, entry in registry.items())
 
 
+def generation_size(samples: int, *, setting: int | None = None) -> int:
+    """NSGA-II's generation for a search of ``samples`` trials: ``setting``, else a quarter of
+    the trials, at least 2 (its crossover's parents), at most Optuna's 50."""
+    if setting is not None:
+        return setting
+    return max(2, min(SAMPLERS["nsga2"].population, samples // 4))
+
+
 # ---------------------------------------------------------------- a search's strategy, typed
 # the keys of a space's defaults: that a strategy reads (the flags --searcher, --n-startup-trials,
 # --constant-liar and --scheduler override the first four)
 STRATEGY_KEYS = ("searcher", "n_startup_trials", "constant_liar", "scheduler", "grace_period", "reduction_factor",
-                 "brackets")
+                 "brackets", "population")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -153,11 +165,15 @@ class SearchStrategy:
     grace_period: int = 1  # the scheduler's first rung, in tasks
     reduction_factor: float = 2
     brackets: int = 3  # hyperband's
+    population: int | None = None  # NSGA-II's generation; None: sized to the search (population_for)
 
     def __post_init__(self) -> None:
         sampler(self.searcher), scheduler(self.scheduler)  # known names, or a StrategyError
-        for key, low in (("n_startup_trials", 0), ("grace_period", 1), ("reduction_factor", 2), ("brackets", 1)):
+        for key, low in (("n_startup_trials", 0), ("grace_period", 1), ("reduction_factor", 2), ("brackets", 1),
+                         ("population", 2)):
             value = getattr(self, key)
+            if key == "population" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low:
                 raise StrategyError(f"{key} must be a number >= {low} (got {value!r})")
         if not isinstance(self.constant_liar, bool):
@@ -186,9 +202,15 @@ class SearchStrategy:
             return f"grace_period ({self.grace_period}) exceeds the {tasks} tasks a trial runs"
         return None
 
-    def make_sampler(self, *, seed: int | None):
+    def population_for(self, samples: int) -> int:
+        """NSGA-II's generation size: the setting, else a quarter of the trials (at least 2, the
+        crossover's parents; at most Optuna's 50), so a search of 32 trials evolves over 4
+        generations instead of staying random, as Optuna's 50 would keep any search under 50."""
+        return generation_size(samples, setting=self.population)
+
+    def make_sampler(self, *, seed: int | None, samples: int):
         return self.sampler_kind.build(seed=seed, n_startup_trials=self.n_startup_trials,
-                                       constant_liar=self.constant_liar)
+                                       constant_liar=self.constant_liar, population=self.population_for(samples))
 
     def make_scheduler(self, *, num_tasks: int, objectives: Sequence[Objective] = SINGLE):
         return self.scheduler_kind.build(num_tasks=num_tasks, grace_period=self.grace_period,
@@ -202,8 +224,9 @@ class SearchStrategy:
         if kind.random_start == "all":
             text = kind.words
         elif kind.random_start == "population":
-            text = (f"{kind.words}, whose first generation of {kind.population} trials is random"
-                    + (f": all {samples} of these are random" if samples <= kind.population else ""))
+            population = self.population_for(samples)
+            text = (f"{kind.words}, whose first generation of {population} trials is random"
+                    + (f": all {samples} of these are random" if samples <= population else ""))
         elif samples <= self.n_startup_trials:
             text = (f"{kind.words}, which draws its first {self.n_startup_trials} trials at random: "
                     f"all {samples} of these are random")

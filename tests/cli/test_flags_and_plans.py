@@ -123,7 +123,8 @@ def test_no_argparse_namespace_below_the_command_line():
     (["--searcher", "gp", "--samples", "12"], "gp", True, "Optuna's GP sampler (its first 4 trials random)"),
     (["--searcher", "qmc"], "qmc", True, "Optuna's QMC sampler (scrambled Sobol)"),
     (["--searcher", "tpe", "--no-constant-liar", "--samples", "12"], "tpe", False, "constant liar off"),
-    (["--searcher", "nsga2"], "nsga2", True, "NSGA-II, whose first generation of 50 trials is random: all 8 of these"),
+    (["--searcher", "nsga2"], "nsga2", True, "NSGA-II, whose first generation of 2 trials is random"),
+    (["--searcher", "nsga2", "--samples", "40"], "nsga2", True, "NSGA-II, whose first generation of 10 trials"),
 ])
 def test_the_searcher_and_the_constant_liar_reach_the_plan_and_its_words(argv, searcher, liar, said):
     plan = search.plan_from_args(search.build_parser().parse_args(["--space", "fmnist", *argv]))

@@ -74,3 +74,13 @@ def test_a_hyperband_plan_says_so_and_its_why_names_the_flag(tmp_path):
     plan = search.plan_from_args(args)
     assert plan.scheduler == "hyperband" and "asynchronous Hyperband" in plan.strategy()
     assert "--scheduler hyperband" in plan.why()
+
+
+def test_nsga2_s_generation_is_sized_to_the_search_unless_the_space_sets_it():
+    sized = SearchStrategy(searcher="nsga2")
+    assert [sized.population_for(n) for n in (8, 32, 400)] == [2, 8, 50]  # a quarter, from 2 to Optuna's 50
+    assert sized.make_sampler(seed=0, samples=32)._population_size == 8
+    assert SearchStrategy(searcher="nsga2", population=6).make_sampler(seed=0, samples=400)._population_size == 6
+    assert "first generation of 8 trials is random" in sized.words(samples=32, num_tasks=5)
+    with pytest.raises(StrategyError, match="population must be a number >= 2"):
+        SearchStrategy(searcher="nsga2", population=1)
