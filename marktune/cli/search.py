@@ -27,15 +27,14 @@ from typing import Sequence
 from marktune.cli import flags
 from marktune.mark.config import ConfigError, parse_overrides
 from marktune.cli.signals import INTERRUPTED, sigterm_as_interrupt
-from marktune.results.confirmation import (CONFIRMATION_FILE, ConfirmationError, plan_confirmation,
-                                           read_confirmation)
+from marktune.results.confirmation import CONFIRMATION_FILE, ConfirmationError
 from marktune.results.curves import write_search_curves
-from marktune.results.files import CURVES_TABLE, is_remote, write_atomic
+from marktune.results.files import CURVES_TABLE, is_remote
 from marktune.results.objectives import ObjectiveError, parse_objectives
 from marktune.results.node_moves import experiment_moves, node_loss_note
 from marktune.results.summary import (TrialRow, cheapest_sentence, format_front, format_table, mark_confirmed,
                                       mark_fronts, mark_ties, trial_rows, unfinished, write_outputs)
-from marktune.tune.confirmation_run import ConfirmationRun, run_confirmation
+from marktune.tune.confirmation_run import ConfirmationRun, confirm
 from marktune.tune.folders.lock import lock_experiment
 from marktune.tune.launch import (check_address, check_cluster_resources, check_local_resources, check_optuna_storage,
                                   check_ray_flags, check_search, open_experiment, shutdown_ray, start_ray)
@@ -275,26 +274,6 @@ def search_rows(run: SearchRun, plan: SearchPlan) -> list[TrialRow]:
     """One row per trial, best first (``marktune.results.summary.trial_rows``)."""
     return trial_rows(run.results, searched=list(plan.space.params), num_tasks=plan.num_tasks,
                       interrupted=run.interrupted, configs=run.configs(), objectives=plan.objectives)
-
-
-def confirm(plan: SearchPlan, rows: Sequence[TrialRow]) -> ConfirmationRun | None:
-    """The confirmation stage once every trial ended: its finalists and seeds are written to
-    ``confirmation.json`` before the first run, so that a resumed search re-runs the same ones;
-    the verdict is added to it at the end. None when it is off or no trial completed."""
-    path = plan.local_dir() / CONFIRMATION_FILE
-    # checked against this search's complete trials: a damaged or foreign record is refused, not re-planned
-    confirmation = read_confirmation(plan.local_dir(), complete={r.trial_id: r.config for r in rows
-                                                                 if r.status == "COMPLETE"})
-    if confirmation is None:
-        confirmation = plan_confirmation([r for r in rows if r.status == "COMPLETE"], top=plan.confirm_top,
-                                         seeds=plan.confirm_seeds)
-        if confirmation is None:
-            return None
-        write_atomic(path, confirmation.to_json())
-    done = run_confirmation(plan, confirmation)
-    if done.verdict is not None:
-        write_atomic(path, confirmation.to_json(done.verdict))
-    return done
 
 
 def summarize(run: SearchRun, plan: SearchPlan, *, top: int, rows: list[TrialRow] | None = None,

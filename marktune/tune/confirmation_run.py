@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 from marktune.mark.metrics import METRIC, TIME_ATTR
-from marktune.results.confirmation import CONFIRMATION_RUNS, ConfirmationPlan, Verdict
+from marktune.results.confirmation import (CONFIRMATION_FILE, CONFIRMATION_RUNS, ConfirmationPlan, Verdict,
+                                           plan_confirmation, read_confirmation)
+from marktune.results.files import write_atomic
 from marktune.tune.evaluation_run import pick_from_row, run_progress
 from marktune.tune.launch import prepare_tune, quiet_ray_output
 from marktune.tune.plan import RUNTIME_KEY, SearchPlan
 from marktune.tune.ray_internals import handle_failures
 from marktune.tune.tune_setup import keep_every_checkpoint, prune_checkpoints
+
+if TYPE_CHECKING:
+    from marktune.results.summary import TrialRow
 
 
 @dataclass
@@ -29,6 +34,26 @@ class ConfirmationRun:
     unfinished: int
     experiment: str
     errors: list[str]  # "trial <id> seed <s>: <reason>" of runs that failed
+
+
+def confirm(plan: SearchPlan, rows: Sequence["TrialRow"]) -> ConfirmationRun | None:
+    """The confirmation stage once every trial ended: its finalists and seeds are written to
+    ``confirmation.json`` before the first run, so that a resumed search re-runs the same ones;
+    the verdict is added to it at the end. None when it is off or no trial completed."""
+    path = plan.local_dir() / CONFIRMATION_FILE
+    # checked against this search's complete trials: a damaged or foreign record is refused, not re-planned
+    confirmation = read_confirmation(plan.local_dir(), complete={r.trial_id: r.config for r in rows
+                                                                 if r.status == "COMPLETE"})
+    if confirmation is None:
+        confirmation = plan_confirmation([r for r in rows if r.status == "COMPLETE"], top=plan.confirm_top,
+                                         seeds=plan.confirm_seeds)
+        if confirmation is None:
+            return None
+        write_atomic(path, confirmation.to_json())
+    done = run_confirmation(plan, confirmation)
+    if done.verdict is not None:
+        write_atomic(path, confirmation.to_json(done.verdict))
+    return done
 
 
 def confirmation_experiment(plan: SearchPlan) -> str:
