@@ -49,7 +49,8 @@ from marktune.results.files import LOCK_FILE
 from marktune.tune.folders.output import RunFolderTaken, check_evaluation_folder, move_aside
 from marktune.tune.folders.ownership import MARKER, FolderOwned, check_kind, claim
 from marktune.tune.folders.lock import ExperimentLock, lock_search_directory
-from marktune.tune.launch import check_cluster_resources, check_evaluation, shutdown_ray, start_ray
+from marktune.tune.launch import check_evaluation, shutdown_ray, start_ray
+from marktune.tune.preflight import check_cluster_resources
 from marktune.tune.plan import (EvalConfig, EvalPlan, PlanError, check_name, check_seed,
                                 check_stage_size, check_trial_resources, trial_threads)
 from marktune.tune.spaces import load_experiment_with_space

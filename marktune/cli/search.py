@@ -36,11 +36,11 @@ from marktune.results.summary import (TrialRow, cheapest_sentence, format_front,
                                       mark_fronts, mark_ties, trial_rows, unfinished, write_outputs)
 from marktune.tune.confirmation_run import ConfirmationRun, confirm
 from marktune.tune.folders.lock import lock_experiment
-from marktune.tune.launch import (check_address, check_cluster_resources, check_local_resources, check_optuna_storage,
-                                  check_ray_flags, check_search, open_experiment, shutdown_ray, start_ray)
-from marktune.tune.plan import (DEFAULT_STORAGE, PlanError, SearchPlan, check_name,
-                                check_protocol, check_seed, check_stage_size, check_trial_resources,
-                                local_experiment_dir, trial_threads)
+from marktune.tune.launch import check_search, open_experiment, shutdown_ray, start_ray
+from marktune.tune.preflight import (check_address, check_cluster_resources, check_local_resources, check_optuna_storage,
+                                     check_ray_flags)
+from marktune.tune.plan import (DEFAULT_STORAGE, PlanError, SearchPlan, check_name, check_protocol, check_seed,
+                                check_stage_size, check_trial_resources, local_experiment_dir, trial_threads)
 from marktune.tune.folders.search_state import finished_words, replan_or_check_confirmation
 from marktune.tune.search_run import SearchRun, run_search
 from marktune.tune.folders.search_settings import KEPT_ON_RESUME, kept_flag, kept_on_resume_in_words, load_settings

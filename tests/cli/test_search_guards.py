@@ -259,7 +259,7 @@ def test_a_storage_url_out_of_reach_is_refused_before_ray_starts(capsys, no_ray)
 
 
 def test_a_writable_storage_url_passes_and_keeps_nothing_of_the_probe(tmp_path):
-    from marktune.tune.launch import PlanError, check_remote_storage
+    from marktune.tune.preflight import PlanError, check_remote_storage
 
     check_remote_storage(f"file://{tmp_path}")
     assert list(tmp_path.iterdir()) == []  # the probe was written and deleted

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from marktune.results.files import LOCK_FILE
-from marktune.tune import launch
+from marktune.tune import preflight
 from marktune.tune.folders.lock import ExperimentLock, ExperimentLocked, LockHolder, lock_experiment
 from marktune.tune.plan import MAX_SEED, PlanError, RaySettings, check_name, check_seed
 
@@ -103,24 +103,24 @@ def test_remote_storage_has_no_lock_and_says_so(capsys):
 def test_a_trial_larger_than_this_machines_ray_is_refused_before_ray_starts():
     local = RaySettings(num_cpus=2)
     with pytest.raises(PlanError, match=r"--cpus-per-trial 4: more CPUs than this machine's Ray has \(--num-cpus 2\)"):
-        launch.check_local_resources(local, cpus_per_trial=4, gpus_per_trial=0)
-    launch.check_local_resources(local, cpus_per_trial=2, gpus_per_trial=0)
+        preflight.check_local_resources(local, cpus_per_trial=4, gpus_per_trial=0)
+    preflight.check_local_resources(local, cpus_per_trial=2, gpus_per_trial=0)
     with pytest.raises(PlanError, match="this machine has"):
-        launch.check_local_resources(RaySettings(), cpus_per_trial=launch.machine_cpus() + 1, gpus_per_trial=0)
+        preflight.check_local_resources(RaySettings(), cpus_per_trial=preflight.machine_cpus() + 1, gpus_per_trial=0)
     with pytest.raises(PlanError, match=r"--gpus-per-trial 2: more GPUs .*--num-gpus 1"):
-        launch.check_local_resources(RaySettings(num_gpus=1), cpus_per_trial=1, gpus_per_trial=2)
+        preflight.check_local_resources(RaySettings(num_gpus=1), cpus_per_trial=1, gpus_per_trial=2)
     with pytest.raises(PlanError, match=r"--gpus-per-trial 3: more GPUs .*this machine has 2"):
-        launch.check_local_resources(RaySettings(), cpus_per_trial=1, gpus_per_trial=3, gpu_count=lambda: 2)
+        preflight.check_local_resources(RaySettings(), cpus_per_trial=1, gpus_per_trial=3, gpu_count=lambda: 2)
     # a cluster is checked once joined
-    launch.check_local_resources(RaySettings(address="auto"), cpus_per_trial=64, gpus_per_trial=8)
+    preflight.check_local_resources(RaySettings(address="auto"), cpus_per_trial=64, gpus_per_trial=8)
 
 
 def test_num_cpus_with_a_cluster_address_is_refused():
     with pytest.raises(PlanError, match="--num-cpus size the Ray this command starts.*leave --num-cpus out"):
-        launch.check_ray_flags(RaySettings(address="auto", num_cpus=2))
+        preflight.check_ray_flags(RaySettings(address="auto", num_cpus=2))
     with pytest.raises(PlanError, match="--num-cpus must be >= 1"):
-        launch.check_ray_flags(RaySettings(num_cpus=0))
-    launch.check_ray_flags(RaySettings(num_cpus=2))
+        preflight.check_ray_flags(RaySettings(num_cpus=0))
+    preflight.check_ray_flags(RaySettings(num_cpus=2))
 
 
 def test_a_trial_no_node_can_hold_is_refused_once_ray_is_up(monkeypatch):
@@ -133,13 +133,13 @@ def test_a_trial_no_node_can_hold_is_refused_once_ray_is_up(monkeypatch):
     monkeypatch.setattr(ray_internals, "autoscaler_node_types", lambda: None)
     with pytest.raises(PlanError, match=r"--cpus-per-trial 4: no node of the cluster at --address auto has "
                                         r"that many CPUs \(the largest has 2"):
-        launch.check_cluster_resources(cpus_per_trial=4, gpus_per_trial=0, address="auto")
+        preflight.check_cluster_resources(cpus_per_trial=4, gpus_per_trial=0, address="auto")
     with pytest.raises(PlanError, match=r"--gpus-per-trial 2: .*largest has 1"):
-        launch.check_cluster_resources(cpus_per_trial=1, gpus_per_trial=2, address="auto")
-    launch.check_cluster_resources(cpus_per_trial=2, gpus_per_trial=0.5, address="auto")
+        preflight.check_cluster_resources(cpus_per_trial=1, gpus_per_trial=2, address="auto")
+    preflight.check_cluster_resources(cpus_per_trial=2, gpus_per_trial=0.5, address="auto")
     # a node type the autoscaler can add counts
     monkeypatch.setattr(ray_internals, "autoscaler_node_types", lambda: [{"CPU": 8.0, "GPU": 4.0}])
-    launch.check_cluster_resources(cpus_per_trial=4, gpus_per_trial=2, address="auto")
+    preflight.check_cluster_resources(cpus_per_trial=4, gpus_per_trial=2, address="auto")
 
 
 # ---------------------------------------------------------------- which errors are retried
