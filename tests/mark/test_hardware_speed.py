@@ -12,6 +12,9 @@ def two_threads():
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     torch.mm(torch.ones(256, 256), torch.ones(256, 256))  # torch's worker threads exist now
+    # a learner run earlier in this process leaves flushing on (it is process-wide): with it on,
+    # even making the denormal test values would flush them to zero
+    flush_denormals(False)
     yield
     flush_denormals(False)
     torch.set_num_threads(before)
