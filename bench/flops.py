@@ -1,6 +1,6 @@
 """Training FLOPs as counted (marktune.mark.flops) against torch's counter run over the whole sequence.
 
-marktune counts the first training step of each phase and task with
+marktune counts the first training step of each phase with
 ``torch.utils.flop_counter.FlopCounterMode`` and scales it by samples. Here the same sequence
 runs once more entirely under the counter; its evaluation (and the diagnostics after each task,
 which compute masks on validation images) is counted apart and taken out, so the two figures
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     training = counter.get_total_flops() - sum(not_training)
     print(f"{args.space} default configuration{' with ' + ' '.join(args.overrides) if args.overrides else ''}, "
           f"{cfg.tasks} tasks, {args.threads} thread(s), {cpu_model_name()}")
-    print(f"  marktune's count (first step per phase and task, scaled): {plain.flops.total / 1e9:.3f} GFLOP "
+    print(f"  marktune's count (first step per phase, scaled): {plain.flops.total / 1e9:.3f} GFLOP "
           f"(the run: {plain_seconds:.1f} s)")
     print(f"  torch's counter over the whole training:                  {training / 1e9:.3f} GFLOP "
           f"(evaluation and diagnostics, {sum(not_training) / 1e9:.3f} GFLOP, taken out; the run under the "

@@ -4,10 +4,11 @@ Seconds move with the machine, its threads and its load; FLOPs of the same setti
 data do not. Every training step of a sequence (phases 1-5: forward, backward, and phase 4's
 inner steps and its accuracy pass) adds its FLOPs. Torch's own counter
 (``torch.utils.flop_counter.FlopCounterMode``: convolutions and matrix products, forward and
-backward, from their shapes) counts the first step of each phase of each task; every step of
-that phase then adds that count scaled by its samples, since each of these operations costs in
-proportion to the batch. Counting so costs one instrumented step per phase and task, and the
-total depends on the settings and the data sizes alone.
+backward, from their shapes) counts the first step of each phase; every step of that phase, in
+every task, then adds that count scaled by its samples, since each of these operations costs in
+proportion to the batch, and a task's modules have the same shapes in every task with as many
+classes (the key is the phase and the task's classes). Counting so costs one instrumented step
+per phase in a sequence, and the total depends on the settings and the data sizes alone.
 
 Not counted: evaluation (it trains nothing), the forward passes of frozen modules that the fast
 path computes once per task outside the steps (F_t's features and M_t's masks, when cached),
@@ -19,7 +20,7 @@ Example:
     >>> flops = TrainingFlops()
     >>> layer = torch.nn.Linear(8, 4)
     >>> for batch in (16, 16, 5):  # a last, smaller batch
-    ...     with flops.step(("task 0", "probe"), samples=batch):
+    ...     with flops.step(("probe", 2), samples=batch):
     ...         _ = layer(torch.randn(batch, 8)).sum()
     >>> flops.total  # 2 x 8 x 4 multiply-adds a sample
     2368
@@ -36,7 +37,7 @@ class TrainingFlops:
     def __init__(self, total: int = 0, *, known: bool = True) -> None:
         self.total = int(total)
         self.known = known  # False: continued from a checkpoint that kept no count (the total is partial)
-        self._per_sample: dict[Hashable, int] = {}  # (task, phase) -> FLOPs a sample, from its first step
+        self._per_sample: dict[Hashable, int] = {}  # (phase, classes) -> FLOPs a sample, from its first step
 
     def knows(self, kind: Hashable) -> bool:
         return kind in self._per_sample

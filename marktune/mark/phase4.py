@@ -246,7 +246,7 @@ def adapt_mini_tasks(ctx: Phase4Context, chosen: list[torch.Tensor],
 
 def inner_steps(params: list[torch.Tensor], grads_and_loss: Callable[[], tuple[Any, torch.Tensor]], *, t: int,
                 settings: Phase4Settings, weight_decays: list[float], plateau: DevicePlateau,
-                flops: TrainingFlops, samples: int) -> torch.Tensor | None:
+                flops: TrainingFlops, samples: int, num_classes: int) -> torch.Tensor | None:
     """The inner loop of one copy or of K stacked copies: ``inner_steps`` times, the gradient
     (``grads_and_loss()``), ``torch.optim.SGD``'s update at the plateau rule's rate, then the
     rule stepped with the loss. All on the device: no host sync per step. The last loss
@@ -254,7 +254,7 @@ def inner_steps(params: list[torch.Tensor], grads_and_loss: Callable[[], tuple[A
     momentum: list[torch.Tensor | None] = [None] * len(params)
     loss = None
     for _ in range(settings.inner_steps):
-        with flops.step((t, "meta"), samples=samples):  # the copies' forward and backward, ``samples`` in all
+        with flops.step(("meta", num_classes), samples=samples):  # the copies' forward and backward, ``samples`` in all
             grads, loss = grads_and_loss()
         with torch.no_grad():
             sgd_step_(params, list(grads), momentum, lr=settings.lr_meta, scale=plateau.scale,
@@ -286,10 +286,10 @@ def adapt_mini_task(inner: InnerLoop, *, t: int, xb: torch.Tensor, yb: torch.Ten
             loss = F.cross_entropy(head(kb_copy(xb, masks)).float(), yb)
         return torch.autograd.grad(loss, params), loss
     inner_steps(params, grads_and_loss, t=t, settings=s, weight_decays=decays, plateau=plateau,
-                flops=inner.flops, samples=len(yb))
+                flops=inner.flops, samples=len(yb), num_classes=num_classes)
     # a_k as the released code: one more forward pass on the same batch, in train mode
     # (dropout on), no update
-    with inner.flops.step((t, "meta a_k"), samples=len(yb)), inner.no_autograd(), inner.autocast():
+    with inner.flops.step(("meta a_k", num_classes), samples=len(yb)), inner.no_autograd(), inner.autocast():
         acc = (head(kb_copy(xb, masks)).argmax(1) == yb).float().mean().item()
     delta = [pc.detach() - p.detach() for pc, p in zip(kb_copy.parameters(), inner.kb.parameters())]
     return delta, acc
@@ -315,8 +315,8 @@ def count_one_mini_task(inner: InnerLoop, *, t: int, xb: torch.Tensor, yb: torch
         def a_k():
             with inner.no_autograd(), inner.autocast():
                 head(kb_copy(xb, masks)).argmax(1)
-        inner.flops.measure((t, "meta"), samples=len(yb), fn=inner_step)
-        inner.flops.measure((t, "meta a_k"), samples=len(yb), fn=a_k)
+        inner.flops.measure(("meta", num_classes), samples=len(yb), fn=inner_step)
+        inner.flops.measure(("meta a_k", num_classes), samples=len(yb), fn=a_k)
 
 
 def adapt_mini_tasks_vmap(inner: InnerLoop, *, t: int, x: torch.Tensor, y: torch.Tensor, chosen: list[torch.Tensor],
@@ -350,7 +350,7 @@ def adapt_mini_tasks_vmap(inner: InnerLoop, *, t: int, x: torch.Tensor, y: torch
     for k, idx in enumerate(chosen):
         groups.setdefault(len(idx), []).append(k)
     results: list[tuple[list[torch.Tensor], float]] = [([], 0.0)] * len(chosen)
-    if not inner.flops.knows((t, "meta")):  # counted as one mini-task at a time (marktune.mark.flops)
+    if not inner.flops.knows(("meta", num_classes)):  # counted as one mini-task at a time (marktune.mark.flops)
         count_one_mini_task(inner, t=t, xb=inner.images(x[chosen[0]]), yb=y[chosen[0]], masks=masks_for(chosen[0]),
                             num_classes=num_classes)
     for ks in groups.values():
@@ -371,9 +371,9 @@ def adapt_mini_tasks_vmap(inner: InnerLoop, *, t: int, x: torch.Tensor, y: torch
             return [grads[n] for n in params], loss
         # torch.optim.SGD's update, each copy at its own rate
         inner_steps([params[n] for n in keys], grads_and_loss, t=t, settings=s, weight_decays=decays,
-                    plateau=plateau, flops=inner.flops, samples=yb.numel())
+                    plateau=plateau, flops=inner.flops, samples=yb.numel(), num_classes=num_classes)
         # a_k: train mode, each copy its own dropout, as the loop
-        with inner.flops.step((t, "meta a_k"), samples=yb.numel()), inner.no_autograd(), inner.autocast():
+        with inner.flops.step(("meta a_k", num_classes), samples=yb.numel()), inner.no_autograd(), inner.autocast():
             acc = (vmap(logits_of, randomness="different")(params, xb, mb).argmax(-1) == yb).float().mean(1).tolist()
         for i, k in enumerate(ks):
             results[k] = ([params["kb." + n][i] - theta[n] for n in names], acc[i])

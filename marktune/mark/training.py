@@ -120,7 +120,7 @@ class EpochLoop:
         for epoch in range(epochs):
             stats = EpochStats()
             for idx in self.batches(task):
-                with self.flops.step((task.t, phase), samples=len(idx)):
+                with self.flops.step((phase, task.num_classes), samples=len(idx)):
                     with self.runtime.autocast():
                         logits = forward(idx)
                         loss = F.cross_entropy(logits.float(), task.y[idx])

@@ -10,6 +10,10 @@ from marktune.data import load_benchmark_for
 from marktune.mark.learner import MarkLearner
 
 
+def small(**overrides):  # two tasks: every phase runs, task 1 reuses task 0's counts
+    return tiny_config(num_tasks=2, **overrides)
+
+
 def run(cfg, *, threads=1, tasks=None):
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -21,22 +25,26 @@ def run(cfg, *, threads=1, tasks=None):
     return learner, reports
 
 
-def test_the_count_depends_on_the_settings_not_on_threads_or_the_phase_4_path():
-    cfg = tiny_config()
-    one, reports = run(cfg, threads=1)
-    two, _ = run(cfg, threads=2)
-    batched, _ = run(tiny_config(meta_vmap=True))  # phase 4 as CUDA runs it: the mini-tasks stacked
+@pytest.fixture(scope="module")
+def counted():
+    return run(small(), threads=1)
+
+
+def test_the_count_depends_on_the_settings_not_on_threads_or_the_phase_4_path(counted):
+    one, reports = counted
+    two, _ = run(small(), threads=2)
+    batched, _ = run(small(meta_vmap=True))  # phase 4 as CUDA runs it: the mini-tasks stacked
     assert one.flops.total > 0 and one.flops.total == two.flops.total == batched.flops.total
     # reported after every task, growing
     counts = [r.train_flops for r in reports]
     assert counts == sorted(counts) and counts[0] > 0 and counts[-1] == one.flops.total
     # more of the same work costs more: another epoch of the mask phase
-    more, _ = run(tiny_config(mask_epochs=tiny_config().phase_epochs("mask") + 1))
+    more, _ = run(small(mask_epochs=small().phase_epochs("mask") + 1))
     assert more.flops.total > one.flops.total
 
 
-def test_counting_changes_no_result(monkeypatch):
-    counted, _ = run(tiny_config())
+def test_counting_changes_no_result(counted, monkeypatch):
+    counted, _ = counted
 
     class NotCounting(flops_module.TrainingFlops):
         @contextlib.contextmanager
@@ -44,16 +52,16 @@ def test_counting_changes_no_result(monkeypatch):
             yield
 
     monkeypatch.setattr("marktune.mark.learner.TrainingFlops", NotCounting)
-    plain, _ = run(tiny_config())
+    plain, _ = run(small())
     assert plain.flops.total == 0
     assert counted.matrices() == plain.matrices()
     for p, q in zip(counted.kb.parameters(), plain.kb.parameters()):
         assert torch.equal(p, q)
 
 
-def test_a_restored_learner_continues_the_count(tmp_path):
-    cfg = tiny_config()
-    whole, _ = run(cfg)
+def test_a_restored_learner_continues_the_count(counted, tmp_path):
+    cfg = small()
+    whole, _ = counted
     first, _ = run(cfg, tasks=1)
     first.save(tmp_path / "state.pt")
     resumed = MarkLearner(cfg, load_benchmark_for(cfg), verbose=0)
@@ -64,7 +72,7 @@ def test_a_restored_learner_continues_the_count(tmp_path):
 
 
 def test_a_state_saved_before_counting_gives_an_unknown_count(tmp_path):
-    cfg = tiny_config()
+    cfg = small()
     first, _ = run(cfg, tasks=1)
     state = first.state_dict()
     for d in state["diagnostics"]:
