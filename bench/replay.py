@@ -31,8 +31,8 @@ from marktune.cli.flags import at_least  # noqa: E402
 from marktune.mark.hardware import cpu_model_name  # noqa: E402
 from marktune.results.curves import CurvesError, read_curves, write_curves  # noqa: E402
 from marktune.replay.seed_roles import SEEN_WARNING, TooFewSeedsError, assignments, table_seeds  # noqa: E402
-from marktune.replay.search import (FRACTIONS, Interval, Strategy, StrategyResult, benchmark_strategies,  # noqa: E402
-                                    replay_strategies, standard_strategies)
+from marktune.replay.grid import Strategy, benchmark_strategies, standard_strategies  # noqa: E402
+from marktune.replay.search import FRACTIONS, Interval, StrategyResult, replay_strategies  # noqa: E402
 from marktune.replay.surrogates import DEFAULT_FOLDS, SURROGATES, WeightedNearest, make_surrogate  # noqa: E402
 from marktune.replay.table import ReplayTable, ReplayTableError, check_table, synthetic_curves  # noqa: E402
 from marktune.tune.spaces import load_space  # noqa: E402
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                         "10, as the search)")
     parser.add_argument("--random-from", choices=("table", "sampler"), default="table")
     parser.add_argument("--grid", action="store_true",
-                        help="replay the benchmark grid instead (marktune.replay.search.benchmark_strategies: random, "
+                        help="replay the benchmark grid instead (marktune.replay.grid.benchmark_strategies: random, "
                         "QMC, TPE with and without the constant liar, TPE independent and grouped, GP, each with no "
                         "pruning, ASHA g1/g2 x r2/r3 and asynchronous Hyperband; first-k)")
     parser.add_argument("--only", default=None, metavar="LABEL[,LABEL...]",

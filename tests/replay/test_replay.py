@@ -510,7 +510,7 @@ def test_the_separation_bench_gives_the_seed_sd_per_band_of_accuracy():
 
 
 def test_the_benchmark_grid_replays_every_sampler_and_hyperband():
-    from marktune.replay.search import benchmark_strategies
+    from marktune.replay.grid import benchmark_strategies
 
     grid = benchmark_strategies(num_tasks=3, n_startup_trials=2)
     names = [s.name for s in grid]

@@ -6,7 +6,8 @@ import pytest
 
 from marktune.cli import search
 from marktune.mark.metrics import METRIC, TIME_ATTR
-from marktune.replay.search import BENCHMARK_SCHEDULERS, PROPOSALS, benchmark_strategies, replay_scheduler
+from marktune.replay.grid import BENCHMARK_SCHEDULERS, PROPOSALS, benchmark_strategies
+from marktune.replay.search import replay_scheduler
 from marktune.tune.strategies import SAMPLERS, SCHEDULERS, SearchStrategy, StrategyError
 
 
