@@ -33,7 +33,8 @@ from marktune.results.curves import CurvesError, read_curves, write_curves  # no
 from marktune.replay.seed_roles import SEEN_WARNING, TooFewSeedsError, assignments, table_seeds  # noqa: E402
 from marktune.replay.grid import Strategy, benchmark_strategies, standard_strategies  # noqa: E402
 from marktune.replay.search import FRACTIONS, Interval, StrategyResult, replay_strategies  # noqa: E402
-from marktune.replay.surrogates import DEFAULT_FOLDS, SURROGATES, WeightedNearest, make_surrogate  # noqa: E402
+from marktune.replay.features import DEFAULT_FOLDS  # noqa: E402
+from marktune.replay.surrogates import SURROGATES, WeightedNearest, make_surrogate  # noqa: E402
 from marktune.replay.table import ReplayTable, ReplayTableError, check_table, synthetic_curves  # noqa: E402
 from marktune.tune.spaces import load_space  # noqa: E402
 

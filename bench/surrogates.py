@@ -1,7 +1,7 @@
 """Which surrogate predicts a recorded table best? Each candidate cross-validated, beside the noise.
 
 For a curves table and its space, every configuration's seed-mean val curve is predicted by each
-surrogate of :data:`marktune.replay.surrogates.CURVE_MODELS` fitted without it (``--folds`` folds
+surrogate of :data:`marktune.replay.curve_models.CURVE_MODELS` fitted without it (``--folds`` folds
 over configurations; ``--folds 0``: exact leave-one-out), and printed: the mean absolute error of
 the final val ACC and of the whole curve, the bar of predicting the mean of the others, the pooled
 seed-to-seed SD of the configurations predicted and the ratio error / SD (the goal: at most 1.5),
@@ -23,7 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from marktune.mark.hardware import cpu_model_name  # noqa: E402
-from marktune.replay.surrogates import CURVE_MODELS, DEFAULT_FOLDS, cross_validate, score, table_features  # noqa: E402
+from marktune.replay.curve_models import CURVE_MODELS, cross_validate, score  # noqa: E402
+from marktune.replay.features import DEFAULT_FOLDS, table_features  # noqa: E402
 from marktune.replay.table import ReplayTable, ReplayTableError, check_table  # noqa: E402
 from marktune.results.curves import CurvesError, read_curves  # noqa: E402
 from marktune.tune.spaces import load_space  # noqa: E402

@@ -10,12 +10,8 @@ weighted by how much it moves the outcome (the length-scales a Gaussian process 
 table's final val ACC); :class:`NearestRecorded` (``nearest``) weights all settings alike.
 
 How well a surrogate would predict a configuration it has not seen is measured by cross-validation
-over configurations (:func:`cross_validate`: every configuration held out once, its fold's model
-fitted without it; ``folds`` = the number of configurations is exact leave-one-out). Besides the
-two nearest-configuration surrogates, two models predict a whole per-task val curve and its
-uncertainty (:data:`CURVE_MODELS`): a random forest over the settings (the spread of its trees is
-its uncertainty) and a Gaussian process (its posterior SD). :func:`score` sets each error beside
-the seed-to-seed SD of the configurations predicted (docs/replay.md gives the figures).
+over configurations (:mod:`marktune.replay.curve_models`); the settings' features and the GP fits
+they share are :mod:`marktune.replay.features`.
 
 Example:
     >>> from marktune.tune.spaces import load_space
@@ -30,17 +26,17 @@ Example:
 from __future__ import annotations
 
 import math
-import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
 
+from marktune.replay.curve_models import GaussianProcessModel, NearestModel, cross_validate, expit, logit
+from marktune.replay.features import (DEFAULT_FOLDS, mean_of_others, quiet_single_thread, featurise, fit_gp,
+                                      gp_weights, length_scale_weights, table_features)
 from marktune.replay.table import Curve, ReplayTable
-from marktune.tune.spaces import Param, SearchSpace
+from marktune.tune.spaces import SearchSpace
 
-DEFAULT_FOLDS = 10
 
 
 @dataclass(frozen=True)
@@ -80,85 +76,6 @@ def recorded_stand_in(table: ReplayTable, index: int, rng: np.random.Generator, 
     else:
         curve = config.curves[int(rng.integers(len(config.curves)))] if len(config.curves) > 1 else config.curves[0]
     return StandIn(config=index, curve=curve, worth=config.final_test)
-
-
-def _unit(p: Param, value: Any) -> float:
-    """A range setting's value in [0, 1] of its range (of its log for ``loguniform``/``logint``)."""
-    value, low, high = float(value), float(p.low), float(p.high)
-    if p.kind in ("loguniform", "logint"):
-        value, low, high = math.log(value), math.log(low), math.log(high)
-    return (value - low) / (high - low)
-
-
-def featurise(params: Sequence[Param], setting: Mapping[str, Any]) -> list[float]:
-    """A setting as model features: each range in [0, 1] of its range (log for log ranges), each
-    categorical value a 0/1 column."""
-    out: list[float] = []
-    for p in params:
-        if p.kind == "choice":
-            out += [float(setting[p.name] == v) for v in p.values]
-        else:
-            out.append(_unit(p, setting[p.name]))
-    return out
-
-
-def table_features(table: ReplayTable, space: SearchSpace) -> tuple[np.ndarray, np.ndarray]:
-    """(features per configuration, its seeds' mean val curve: configurations x tasks)."""
-    table.check_space(space)
-    params = [space.params[name] for name in table.searched]
-    x = np.array([featurise(params, c.params) for c in table.configs], dtype=float)
-    y = np.array([np.mean([cv.val for cv in c.curves], axis=0) for c in table.configs], dtype=float)
-    return x, y
-
-
-def fold_of(n: int, folds: int, *, seed: int = 0) -> np.ndarray:
-    """Each of ``n`` configurations' fold in 0 .. folds-1 (a seeded shuffle; folds >= n: one each)."""
-    folds = max(2, min(folds, n))
-    order = np.random.default_rng(seed).permutation(n)
-    out = np.empty(n, dtype=int)
-    out[order] = np.arange(n) % folds
-    return out
-
-
-@contextmanager
-def _quiet_single_thread() -> Iterator[None]:
-    """One BLAS thread (on matrices this small, more cost several times the fit: 0.8 s against
-    0.13 s on 2 busy cores), and no ConvergenceWarning: a length-scale at its bound is an answer
-    (the setting does not matter)."""
-    from sklearn.exceptions import ConvergenceWarning
-    from threadpoolctl import threadpool_limits  # scikit-learn's own dependency
-
-    with threadpool_limits(limits=1), warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        yield
-
-
-def fit_gp(x: np.ndarray, y: np.ndarray):
-    """A Gaussian process with an anisotropic RBF kernel (times a constant, plus white noise) on
-    (x, y); ``y`` may have several columns (one kernel for all). Deterministic: the optimiser starts
-    from length-scale 1 with no random restarts."""
-    from sklearn.gaussian_process import GaussianProcessRegressor
-    from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
-
-    kernel = (ConstantKernel(1.0) * RBF(length_scale=np.ones(x.shape[1]), length_scale_bounds=(1e-2, 1e3))
-              + WhiteKernel(1e-2, noise_level_bounds=(1e-6, 1.0)))
-    gp = GaussianProcessRegressor(kernel=kernel, normalize_y=True, n_restarts_optimizer=0, random_state=0)
-    with _quiet_single_thread():
-        gp.fit(x, y)
-    return gp
-
-
-def gp_weights(x: np.ndarray, finals: np.ndarray) -> np.ndarray:
-    """Per-feature weights 1 / l**2 from the length-scales l of :func:`fit_gp` on the final val
-    ACC; all 1 where there is too little to fit (fewer than 3 configurations, or all alike)."""
-    if len(finals) < 3 or np.ptp(finals) == 0:
-        return np.ones(x.shape[1])
-    return length_scale_weights(fit_gp(x, finals))
-
-
-def length_scale_weights(gp) -> np.ndarray:
-    """1 / l**2 for the per-feature length-scales l of a GP :func:`fit_gp` fitted: the kernel's own distance."""
-    return 1.0 / np.asarray(gp.kernel_.k1.k2.length_scale, dtype=float) ** 2
 
 
 # ---------------------------------------------------------------- the replay's surrogates
@@ -270,7 +187,7 @@ class ModelledCurves(WeightedNearest):
 
     def predict(self, params: Mapping[str, Any]) -> tuple[np.ndarray, float]:
         """(the predicted mean val curve, the predicted final test ACC)."""
-        with _quiet_single_thread():
+        with quiet_single_thread():
             mean = expit(np.asarray(self._gp.predict(np.array([featurise(self._params, params)])))[0])
         return mean[:-1], float(mean[-1])
 
@@ -304,199 +221,8 @@ def make_surrogate(*, kind: str = "gp", table: ReplayTable, space: SearchSpace) 
 def _final_errors(truth: np.ndarray, predicted: np.ndarray) -> tuple[float, float]:
     if len(truth) < 2:
         return math.nan, math.nan
-    return float(np.mean(np.abs(predicted - truth))), float(np.mean(np.abs(_mean_of_others(truth) - truth)))
-
-
-def _mean_of_others(values: np.ndarray) -> np.ndarray:
-    """Each value's prediction by the mean of all the others: the bar a surrogate must clear."""
-    return (values.sum() - values) / (len(values) - 1)
-
-
-# ---------------------------------------------------------------- predicting curves, cross-validated
-@dataclass
-class Prediction:
-    """Per configuration and task: the predicted mean val ACC and its SD (NaN: no uncertainty)."""
-
-    mean: np.ndarray
-    sd: np.ndarray
-
-
-class CurveModel(Protocol):
-    """Fitted on (features, mean val curves), predicts curves and their SD for new features."""
-
-    name: str
-
-    def fit_predict(self, x_fit: np.ndarray, y_fit: np.ndarray, x_new: np.ndarray) -> Prediction: ...
-
-
-@dataclass
-class NearestModel:
-    """The nearest configuration's curve (``weighted``: under :func:`gp_weights` fitted on the
-    fitting set); no uncertainty. A configuration is never its own neighbour."""
-
-    weighted: bool = True
-    fixed_weights: np.ndarray | None = None  # unweighted: per feature (None: all 1)
-
-    @property
-    def name(self) -> str:
-        return "weighted nearest" if self.weighted else "nearest"
-
-    def fit_predict(self, x_fit, y_fit, x_new) -> Prediction:
-        return _nearest_curves(x_fit, y_fit, x_new, self.weights(x_fit, y_fit))
-
-    def weights(self, x_fit: np.ndarray, y_fit: np.ndarray) -> np.ndarray:
-        if self.weighted:
-            return gp_weights(x_fit, y_fit[:, -1])
-        return np.ones(x_fit.shape[1]) if self.fixed_weights is None else self.fixed_weights
-
-
-def _nearest_curves(x_fit, y_fit, x_new, weights) -> Prediction:
-    d = (((x_new[:, None, :] - x_fit[None, :, :]) ** 2) * weights).sum(axis=2)
-    mean = y_fit[np.argmin(d, axis=1)]
-    return Prediction(mean=mean, sd=np.full_like(mean, math.nan))
-
-
-@dataclass
-class ForestModel:
-    """A random forest over the settings, all tasks' val ACC at once; the SD of its trees'
-    predictions is its uncertainty."""
-
-    trees: int = 200
-    min_samples_leaf: int = 2
-    name: str = "random forest"
-
-    def fit_predict(self, x_fit, y_fit, x_new) -> Prediction:
-        from sklearn.ensemble import RandomForestRegressor
-
-        forest = RandomForestRegressor(n_estimators=self.trees, min_samples_leaf=self.min_samples_leaf,
-                                       max_features=0.5, random_state=0, n_jobs=1)
-        forest.fit(x_fit, y_fit)
-        per_tree = np.stack([tree.predict(x_new) for tree in forest.estimators_])  # trees x new x tasks
-        return Prediction(mean=per_tree.mean(axis=0).reshape(len(x_new), -1),
-                          sd=per_tree.std(axis=0).reshape(len(x_new), -1))
-
-
-LOGIT_EPS = 1e-3  # accuracies are clipped to [eps, 1 - eps] before the logit
-
-
-def logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, LOGIT_EPS, 1 - LOGIT_EPS)
-    return np.log(p / (1 - p))
-
-
-def expit(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-z))
-
-
-@dataclass
-class GaussianProcessModel:
-    """:func:`fit_gp` on the whole curves (one kernel for all tasks); its posterior SD is its
-    uncertainty. ``logit`` (the default): fitted on the logit of the accuracies and mapped back
-    (the SD through the logistic's slope): near 1, where the good configurations crowd, a step in
-    accuracy is a long way in logit, and the middling configurations' large seed noise no longer
-    sets one noise level for all (on fmnist-lowdata's top quarter: error 1.07 points against 2.58
-    raw; docs/replay.md)."""
-
-    logit: bool = True
-
-    @property
-    def name(self) -> str:
-        return "Gaussian process on logit ACC" if self.logit else "Gaussian process"
-
-    def fit_predict(self, x_fit, y_fit, x_new) -> Prediction:
-        gp = fit_gp(x_fit, logit(y_fit) if self.logit else y_fit)
-        with _quiet_single_thread():
-            mean, sd = gp.predict(x_new, return_std=True)
-        mean = np.asarray(mean).reshape(len(x_new), -1)
-        sd = np.asarray(sd).reshape(len(x_new), -1)
-        if sd.shape[1] == 1 and mean.shape[1] > 1:
-            sd = np.repeat(sd, mean.shape[1], axis=1)
-        if self.logit:
-            mean = expit(mean)
-            sd = sd * mean * (1 - mean)
-        return Prediction(mean=mean, sd=sd)
-
-
-CURVE_MODELS: dict[str, Callable[[], CurveModel]] = {
-    "nearest": lambda: NearestModel(weighted=False),  # (1 per one-hot column: 2 per categorical mismatch)
-    "weighted": lambda: NearestModel(weighted=True),
-    "forest": ForestModel,
-    "gp-raw": lambda: GaussianProcessModel(logit=False),
-    "gp": GaussianProcessModel,
-}
-
-
-def cross_validate(model: CurveModel, x: np.ndarray, y: np.ndarray, *, folds: int = DEFAULT_FOLDS,
-                   seed: int = 0) -> Prediction:
-    """Every configuration predicted by ``model`` fitted without its fold (``folds`` >= the
-    number of configurations: exact leave-one-out). A nearest-configuration model fitted on a
-    fold's complement may pick any configuration but the held-out one as neighbour: its
-    neighbours come from every other configuration, its weights from the other folds."""
-    n = len(y)
-    mean, sd = np.full(y.shape, math.nan), np.full(y.shape, math.nan)
-    fold = fold_of(n, folds, seed=seed)
-    for f in np.unique(fold):
-        held, fit = np.flatnonzero(fold == f), np.flatnonzero(fold != f)
-        if isinstance(model, NearestModel):
-            weights = model.weights(x[fit], y[fit])
-            for i in held:
-                others = np.flatnonzero(np.arange(n) != i)
-                p = _nearest_curves(x[others], y[others], x[i:i + 1], weights)
-                mean[i], sd[i] = p.mean[0], p.sd[0]
-            continue
-        p = model.fit_predict(x[fit], y[fit], x[held])
-        mean[held], sd[held] = p.mean, p.sd
-    return Prediction(mean=mean, sd=sd)
-
-
-def seed_sd(table: ReplayTable, which: np.ndarray | None = None, *, task: int | None = None) -> float:
-    """The seed-to-seed SD of one configuration's val ACC after ``task`` (default: the last),
-    pooled (root of the mean per-configuration variance, ddof 1) over the configurations
-    ``which`` (default: all) that have two seeds or more; NaN without any."""
-    k = (task or table.num_tasks) - 1
-    chosen = range(len(table.configs)) if which is None else which
-    var = [float(np.var([cv.val[k] for cv in table.configs[i].curves], ddof=1))
-           for i in chosen if len(table.configs[i].curves) >= 2]
-    return math.sqrt(float(np.mean(var))) if var else math.nan
-
-
-@dataclass(frozen=True)
-class Score:
-    """A cross-validated surrogate's errors (ACC, mean absolute) beside the noise, over a subset."""
-
-    subset: str
-    configs: int
-    final_error: float  # |predicted - recorded mean| of the final val ACC
-    curve_error: float  # the same, averaged over every task of the curve
-    mean_of_others_error: float  # predicting the final by the mean of the others: the bar to clear
-    seed_sd: float  # pooled seed-to-seed SD of the final val ACC of these configurations
-    coverage: float  # share of finals within 2 predicted SD (NaN: no uncertainty)
-
-    @property
-    def ratio(self) -> float:
-        """final_error / seed_sd: the goal is at most 1.5."""
-        return self.final_error / self.seed_sd if self.seed_sd > 0 else math.nan
-
-
-def score(table: ReplayTable, y: np.ndarray, prediction: Prediction, *, top: float = 0.0) -> Score:
-    """The errors of ``prediction`` over all configurations (``top`` 0), or over the best
-    ``1 - top`` of them by recorded final val (``top`` 0.75: the top quarter, where a search's
-    decisions are made); each still predicted without its fold."""
-    finals = y[:, -1]
-    which = np.flatnonzero(finals >= np.quantile(finals, top)) if top > 0 else np.arange(len(finals))
-    others_mean = _mean_of_others(finals)
-    sd = prediction.sd[which, -1]
-    inside = np.abs(prediction.mean[which, -1] - finals[which]) <= 2 * sd
-    return Score(subset="all" if top == 0 else f"top {100 * (1 - top):.0f} %", configs=len(which),
-                 final_error=float(np.mean(np.abs(prediction.mean[which, -1] - finals[which]))),
-                 curve_error=float(np.mean(np.abs(prediction.mean[which] - y[which]))),
-                 mean_of_others_error=float(np.mean(np.abs(others_mean[which] - finals[which]))),
-                 seed_sd=seed_sd(table, which),
-                 coverage=float(np.mean(inside)) if np.all(np.isfinite(sd)) else math.nan)
+    return float(np.mean(np.abs(predicted - truth))), float(np.mean(np.abs(mean_of_others(truth) - truth)))
 
 
 __all__: Sequence[str] = ["Surrogate", "StandIn", "recorded_stand_in", "NearestRecorded", "WeightedNearest",
-                          "ModelledCurves", "SURROGATES", "make_surrogate", "logit", "expit",
-                          "featurise", "table_features", "fit_gp", "gp_weights", "length_scale_weights", "fold_of", "Prediction",
-                          "CurveModel", "NearestModel", "ForestModel", "GaussianProcessModel", "CURVE_MODELS",
-                          "cross_validate", "seed_sd", "Score", "score", "DEFAULT_FOLDS"]
+                          "ModelledCurves", "SURROGATES", "make_surrogate"]

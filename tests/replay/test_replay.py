@@ -13,6 +13,8 @@ from conftest import load_bench
 
 from marktune.results.curves import CurveRow, CurvesTable, read_curves, write_curves
 from marktune.replay import search as replay_module
+from marktune.replay import curve_models
+from marktune.replay import features as replay_features
 from marktune.replay import surrogates as surrogates_module
 from marktune.replay import seed_roles as seed_roles_module
 from marktune.replay import table as replay_table_module
@@ -291,13 +293,14 @@ def test_the_weighted_surrogate_learns_the_setting_that_matters_and_predicts_bet
 def test_the_weighted_leave_one_out_refits_without_the_held_out_fold(monkeypatch, folds):
     table = one_setting_matters(configs=8)
     fits = []
-    fit = surrogates_module.gp_weights
+    fit = replay_features.gp_weights
 
     def spy(features, finals):
         fits.append(features.copy())
         return fit(features, finals)
 
-    monkeypatch.setattr(surrogates_module, "gp_weights", spy)
+    monkeypatch.setattr(surrogates_module, "gp_weights", spy)  # the surrogate's own fit
+    monkeypatch.setattr(curve_models, "gp_weights", spy)  # its leave-one-out's, through the curve models
     surrogate = WeightedNearest(table=table, space=NOISY_SPACE)
     assert len(fits) == 1 and len(fits[0]) == 8  # fitted once on the table: not per proposal
     surrogate.nearest(table.configs[0].params)
@@ -305,7 +308,7 @@ def test_the_weighted_leave_one_out_refits_without_the_held_out_fold(monkeypatch
     surrogate.leave_one_out(folds=folds)
     assert len(fits) == 1 + folds  # one fit per fold, not per configuration
     everyone = fits[0]
-    fold = surrogates_module.fold_of(8, folds)
+    fold = replay_features.fold_of(8, folds)
     for f, features in enumerate(fits[1:]):
         assert len(features) == 8 - 8 // folds
         for i in np.flatnonzero(fold == f):  # the fold's configurations were held out of its fit
@@ -357,20 +360,20 @@ def test_the_modelled_stand_in_carries_a_recorded_seed_s_deviation_and_a_replay_
                                                                                         outcome.study.trials))
 
 
-@pytest.mark.parametrize("model", sorted(surrogates_module.CURVE_MODELS))
+@pytest.mark.parametrize("model", sorted(curve_models.CURVE_MODELS))
 def test_every_curve_model_cross_validates_without_the_held_out_configuration(model):
     table = one_setting_matters()
-    x, y = surrogates_module.table_features(table, NOISY_SPACE)
-    prediction = surrogates_module.cross_validate(surrogates_module.CURVE_MODELS[model](), x, y, folds=4)
+    x, y = replay_features.table_features(table, NOISY_SPACE)
+    prediction = curve_models.cross_validate(curve_models.CURVE_MODELS[model](), x, y, folds=4)
     assert prediction.mean.shape == y.shape and np.isfinite(prediction.mean).all()
-    scored = surrogates_module.score(table, y, prediction)
+    scored = curve_models.score(table, y, prediction)
     assert scored.configs == 16 and scored.final_error < scored.mean_of_others_error
-    top = surrogates_module.score(table, y, prediction, top=0.75)
+    top = curve_models.score(table, y, prediction, top=0.75)
     assert top.configs == 4 and top.subset == "top 25 %"
     if model in ("weighted", "gp", "gp-raw"):  # those that learn a length-scale per setting: far better than the bar
         assert scored.final_error < scored.mean_of_others_error / 2
     # a held-out configuration is never its own prediction: with its own curve in, the nearest is exact
-    own = surrogates_module.NearestModel(weighted=False).fit_predict(x, y, x)
+    own = curve_models.NearestModel(weighted=False).fit_predict(x, y, x)
     assert np.allclose(own.mean, y) and not np.allclose(prediction.mean, y)
 
 
@@ -379,8 +382,8 @@ def test_the_seed_sd_is_pooled_over_the_configurations_with_two_seeds():
                      test_acc=v, seconds=1.0, seed=seed)
             for key, values in (("a", (0.5, 0.7)), ("b", (0.9, 0.9)), ("c", (0.6,))) for seed, v in enumerate(values)]
     table = ReplayTable.from_curves(CurvesTable(searched=["lr_meta", "kb_width"], rows=rows))
-    assert surrogates_module.seed_sd(table) == pytest.approx((0.02 / 2) ** 0.5)  # var 0.02 and 0: mean 0.01
-    assert surrogates_module.seed_sd(table, np.array([1])) == 0.0
+    assert curve_models.seed_sd(table) == pytest.approx((0.02 / 2) ** 0.5)  # var 0.02 and 0: mean 0.01
+    assert curve_models.seed_sd(table, np.array([1])) == 0.0
 
 
 def test_the_bench_says_which_surrogate_it_used(capsys):
