@@ -48,7 +48,8 @@ from typing import Any, Mapping
 
 from marktune.mark.config import ConfigError, MarkConfig, parse_overrides, yaml_scalar
 from marktune.mark.yaml_io import load_yaml_file
-from marktune.results.experiment import Experiment, load_experiment, same_setting
+from marktune.results.experiment import Experiment, same_setting
+from marktune.results.experiment_reader import load_experiment
 from marktune.results.files import read_settings
 from marktune.results.noise import SeedNoise
 from marktune.results.objectives import ObjectiveError, parse_objectives
@@ -62,8 +63,7 @@ KINDS = ("loguniform", "uniform", "int", "logint", "choice")
 DEFAULTS = {"samples": 12, "max_concurrent": None,
             # which trials run, which stop early (the --searcher, --n-startup-trials, --scheduler flags)
             "searcher": "tpe", "n_startup_trials": 10, "constant_liar": True, "scheduler": "asha",
-            "grace_period": 1, "reduction_factor": 2, "brackets": 3,  # brackets: hyperband's
-            "population": None,  # NSGA-II's generation; null: a quarter of the trials (2 to 50)
+            "grace_period": 1, "reduction_factor": 2, "brackets": 3, "population": None,  # tune.strategies
             # the confirmation stage (--confirm-top, --confirm-seeds; marktune.results.confirmation):
             # off unless a space turns it on from its own evidence
             "confirm_top": 0, "confirm_seeds": 2,
@@ -353,7 +353,7 @@ def _check_against_learner(where: str, space: SearchSpace, overrides: Mapping[st
 
 # ---------------------------------------------------------------- a finished search's space
 def load_experiment_with_space(path) -> Experiment:
-    """``marktune.results.experiment.load_experiment`` with its space recognised
+    """``marktune.results.experiment_reader.load_experiment`` with its space recognised
     (:func:`recognise_space`): what ``evaluate`` and ``report`` read."""
     return recognise_space(load_experiment(path))
 

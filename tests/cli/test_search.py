@@ -580,7 +580,7 @@ def test_a_multi_objective_search_prunes_by_non_dominated_sorting_and_reports_it
     assert "the Pareto set:" in out and "multi-objective ASHA" in out
     # evaluate re-runs the whole Pareto set (no --top) and says which members stay non-dominated
     from marktune.cli import evaluate
-    from marktune.results.experiment import load_experiment
+    from marktune.results.experiment_reader import load_experiment
 
     assert [t.trial_id for t in load_experiment(experiment).pareto_set()] == \
         [r.trial_id for r in sorted((r for r in complete if r.front == 0), key=lambda r: -r.val_acc)]

@@ -10,7 +10,7 @@ import yaml
 
 from marktune.cli import evaluate, report
 from marktune.results.confirmation import CONFIRMATION_FILE
-from marktune.results.experiment import load_experiment
+from marktune.results.experiment_reader import load_experiment
 
 from test_search_guards import _complete_experiment, _files, no_ray  # noqa: F401 - a fixture
 

@@ -155,7 +155,7 @@ def _trial(exp, tid, tasks, *, checkpoint_tasks=None):
 def test_lost_rows_are_named_and_curves_keep_their_task_numbers(tmp_path):
     """result.json deleted before --resume: the resumed trial recorded tasks 3-5 only. The report
     plots them at x = 3-5 (not 1-3), the matrix keeps row t at t, and the note names the loss."""
-    from marktune.results.experiment import load_experiment
+    from marktune.results.experiment_reader import load_experiment
     from marktune.results.figures import figure_curves
 
     exp = tmp_path / "exp"
