@@ -43,10 +43,10 @@ from marktune.tune.plan import (DEFAULT_STORAGE, PlanError, SearchPlan, check_na
                                 check_stage_size, check_trial_resources, local_experiment_dir, trial_threads)
 from marktune.tune.folders.search_state import finished_words, replan_or_check_confirmation
 from marktune.tune.search_run import SearchRun, run_search
-from marktune.tune.folders.search_settings import KEPT_ON_RESUME, kept_flag, kept_on_resume_in_words, load_settings
+from marktune.tune.folders.search_settings import kept_on_resume_in_words, take_saved_settings
 from marktune.tune.spaces import SpaceError, available_spaces, load_space
 from marktune.tune.strategies import SAMPLERS, SCHEDULERS, flag_help
-from marktune.tune.study import DASHBOARD_INSTALL, JOURNAL_FILE, StudyStorage, hide_password
+from marktune.tune.study import DASHBOARD_INSTALL, JOURNAL_FILE, StudyStorage
 from marktune.tune.tune_setup import prune_checkpoints
 from runners.runtime import TrialRuntime
 
@@ -217,56 +217,9 @@ def given_flags(argv: Sequence[str] | None) -> set[str]:
 
 
 def apply_saved_settings(args: argparse.Namespace, given: set[str]) -> argparse.Namespace:
-    """On --resume, take the settings the experiment started with (``KEPT_ON_RESUME``: the space,
-    --set, --samples, --seed, the searcher and scheduler flags, --max-failures, --reuse-actors,
-    the protocol), and its --optuna-storage.
-
-    Tune restores the number of trials, the searcher and the failure settings from the
-    experiment anyway, so a different value on resume would be silently ignored: refuse it.
-    """
-    if not args.resume or not args.name:
-        return args
-    saved = load_settings(args.storage, args.name)
-    if saved is None:
-        return args
-    values = vars(args)  # the namespace's own attributes: writing here sets the flags
-    # a search from before --objectives optimised val_acc alone: it cannot be resumed as another study
-    saved = {"objectives": "val_acc", **saved}
-    for key in KEPT_ON_RESUME:
-        if key not in saved:
-            continue
-        if key not in given:
-            values[key] = saved[key]
-            continue
-        mine = values[key]
-        if key == "space" and (str(mine).endswith((".yaml", ".yml")) or "/" in str(mine)):
-            mine = str(Path(mine).resolve())
-        if key == "objectives" and mine is not None:
-            mine = ",".join(n.strip() for n in str(mine).split(","))
-        if mine != saved[key]:
-            flag = kept_flag(key)
-            if isinstance(saved[key], bool):  # --reuse-actors / --no-reuse-actors
-                was, now = (f"--{'' if v else 'no-'}{flag[2:]}" for v in (saved[key], mine))
-            else:
-                was, now = f"{flag} {saved[key]!r}", repr(values[key])
-            raise SearchError(f"--resume: experiment {args.name!r} was started with {was}, not {now}; a resumed "
-                              f"search keeps {kept_on_resume_in_words(space='its space')} (leave the flag out)")
-    _resume_study_storage(args, saved.get("optuna_storage"), given="optuna_storage" in given)
+    """On --resume, the flags the experiment started with (marktune.tune.folders.search_settings)."""
+    take_saved_settings(vars(args), given)  # the namespace's own attributes: writing there sets the flags
     return args
-
-
-def _resume_study_storage(args: argparse.Namespace, saved: str | None, *, given: bool) -> None:
-    """The study's storage on --resume: the one the search started with."""
-    if not given:
-        if saved and "***" in saved:
-            raise SearchError(f"--resume: experiment {args.name!r} keeps its Optuna study in {saved}; give "
-                              "--optuna-storage again with the password (it is not written to the experiment)")
-        args.optuna_storage = saved
-        return
-    if hide_password(args.optuna_storage) != (saved or None):
-        raise SearchError(f"--resume: experiment {args.name!r} keeps its Optuna study in "
-                          f"{saved or 'the journal file in its directory'}, not {hide_password(args.optuna_storage)}; "
-                          "leave --optuna-storage out (or give that one)")
 
 
 # ---------------------------------------------------------------- the end

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, MutableMapping
 
 from marktune.results.files import SETTINGS_FILE, is_remote, write_atomic
-from marktune.tune.plan import SearchPlan
+from marktune.tune.plan import PlanError, SearchPlan
+from marktune.tune.study import hide_password
 
 # what a resumed search takes from the experiment unless given again (and then must match)
 # (Tune restores the sampled-trial count, the searcher and the RunConfig's FailureConfig itself)
@@ -74,3 +75,59 @@ def load_settings(storage: str, name: str) -> dict[str, Any] | None:
             return json.loads(f.readall())
     except (OSError, ValueError):
         return None
+
+
+# ---------------------------------------------------------------- --resume takes them back
+def take_saved_settings(values: MutableMapping[str, Any], given: set[str]) -> None:
+    """On --resume, set in ``values`` (the command line's flags by destination; ``given``: those
+    actually on it) the settings the experiment started with (``KEPT_ON_RESUME``: the space,
+    --set, --samples, --seed, the searcher and scheduler flags, --max-failures, --reuse-actors,
+    the protocol), and its --optuna-storage.
+
+    Tune restores the number of trials, the searcher and the failure settings from the
+    experiment anyway, so a different value on resume would be silently ignored: refuse it.
+    """
+    if not values.get("resume") or not values.get("name"):
+        return
+    saved = load_settings(values["storage"], values["name"])
+    if saved is None:
+        return
+    name = values["name"]
+    # a search from before --objectives optimised val_acc alone: it cannot be resumed as another study
+    saved = {"objectives": "val_acc", **saved}
+    for key in KEPT_ON_RESUME:
+        if key not in saved:
+            continue
+        if key not in given:
+            values[key] = saved[key]
+            continue
+        mine = values[key]
+        if key == "space" and (str(mine).endswith((".yaml", ".yml")) or "/" in str(mine)):
+            mine = str(Path(mine).resolve())
+        if key == "objectives" and mine is not None:
+            mine = ",".join(n.strip() for n in str(mine).split(","))
+        if mine != saved[key]:
+            flag = kept_flag(key)
+            if isinstance(saved[key], bool):  # --reuse-actors / --no-reuse-actors
+                was, now = (f"--{'' if v else 'no-'}{flag[2:]}" for v in (saved[key], mine))
+            else:
+                was, now = f"{flag} {saved[key]!r}", repr(values[key])
+            raise PlanError(f"--resume: experiment {name!r} was started with {was}, not {now}; a resumed "
+                            f"search keeps {kept_on_resume_in_words(space='its space')} (leave the flag out)")
+    _resume_study_storage(values, saved.get("optuna_storage"), given="optuna_storage" in given)
+
+
+def _resume_study_storage(values: MutableMapping[str, Any], saved: str | None, *, given: bool) -> None:
+    """The study's storage on --resume: the one the search started with."""
+    name = values["name"]
+    if not given:
+        if saved and "***" in saved:
+            raise PlanError(f"--resume: experiment {name!r} keeps its Optuna study in {saved}; give "
+                            "--optuna-storage again with the password (it is not written to the experiment)")
+        values["optuna_storage"] = saved
+        return
+    given_url = hide_password(values["optuna_storage"])
+    if given_url != (saved or None):
+        raise PlanError(f"--resume: experiment {name!r} keeps its Optuna study in "
+                        f"{saved or 'the journal file in its directory'}, not {given_url}; "
+                        "leave --optuna-storage out (or give that one)")
