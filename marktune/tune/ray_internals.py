@@ -100,8 +100,9 @@ def searcher_state(searcher) -> dict[str, Any]:
     return state
 
 
-def restore_searcher(searcher, state: Mapping[str, Any], *, storage: "optuna.storages.BaseStorage") -> None:
-    """Undo :func:`searcher_state`: reopen the study in ``storage`` and its trials by number.
+def restore_searcher(searcher, state: Mapping[str, Any], *, storage: "optuna.storages.BaseStorage") -> list:
+    """Undo :func:`searcher_state`: reopen the study in ``storage`` and its trials by number; return
+    the study's RUNNING trials of this search space that no Tune trial holds, oldest first.
 
     A searcher pickled before its study was created (the Tuner is pickled when it is built)
     creates it now, if it has its search space."""
@@ -117,13 +118,17 @@ def restore_searcher(searcher, state: Mapping[str, Any], *, storage: "optuna.sto
         searcher._ot_study = None
         if searcher._space:
             searcher._setup_study(searcher._mode)
-        return
+        return []
     searcher._ot_study = optuna.load_study(study_name=searcher._study_name, storage=storage,
                                            sampler=searcher._sampler, pruner=optuna.pruners.NopPruner())
     study_id = storage.get_study_id_from_name(searcher._study_name)
-    for tid, number in numbers.items():
+    running = searcher._ot_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    orphans = {-1 - t.number: t.number for t in running
+               if t.number not in set(numbers.values()) and t.distributions == searcher._space}
+    for tid, number in {**numbers, **orphans}.items():
         ot_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)
         searcher._ot_trials[tid] = optuna.trial.Trial(searcher._ot_study, ot_id)
+    return [searcher._ot_trials.pop(key) for key in orphans]
 
 
 # ---------------------------------------------------------------- Ray's token authentication
@@ -146,10 +151,8 @@ def autoscaler_node_types() -> list[dict[str, float]] | None:
         config = state.get_cluster_config()
     except Exception:  # noqa: BLE001 - not connected, Ray Client, or no such key: nothing known
         return None
-    if config is None:
-        return None
-    return [{key: float(value) for key, value in group.resources.items()}
-            for group in config.node_group_configs if group.max_count != 0]
+    return None if config is None else [{key: float(value) for key, value in group.resources.items()}
+                                        for group in config.node_group_configs if group.max_count != 0]
 
 
 # ---------------------------------------------------------------- Ray Tune's retries
@@ -263,8 +266,7 @@ def adopt_reported_checkpoint(trial) -> bool:
 
 def _checkpoint_index(path: str) -> int:
     """checkpoint_000012 -> 12 (Tune's own naming, ``ray.train._internal.storage``); -1 if not one."""
-    tail = str(path).rstrip("/").rsplit("/", 1)[-1]
-    digits = tail.removeprefix("checkpoint_")
+    digits = str(path).rstrip("/").rsplit("/", 1)[-1].removeprefix("checkpoint_")
     return int(digits) if digits.isdigit() else -1
 
 
@@ -385,11 +387,9 @@ def _optuna_search_problems() -> list[str]:
 def _optuna_problems() -> list[str]:
     import optuna
 
-    problems = _missing_parameters(optuna.trial.Trial.__init__, ("study", "trial_id"), "optuna.trial.Trial.__init__")
-    problems += _missing_attributes(optuna.storages.BaseStorage, (
-        "get_all_studies", "get_study_id_from_name", "get_trial_id_from_study_id_trial_number"),
-        "optuna.storages.BaseStorage")
-    return problems
+    return _missing_parameters(optuna.trial.Trial.__init__, ("study", "trial_id"), "optuna.trial.Trial.__init__") + \
+        _missing_attributes(optuna.storages.BaseStorage, ("get_all_studies", "get_study_id_from_name",
+                                                          "get_trial_id_from_study_id_trial_number"), "BaseStorage")
 
 
 def _token_problems() -> list[str]:

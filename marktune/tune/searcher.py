@@ -95,6 +95,7 @@ class MarkOptunaSearch(OptunaSearch):
         self._num_tasks = num_tasks
         self.sampler = sampler  # the one the study is created with (Tune keeps it privately)
         self.objectives = tuple(objectives)
+        self._orphans: list = []  # set on restore: see suggest()
         if len(self.objectives) == 1:
             metric, mode = METRIC, "max"
         else:  # a list: Ray's OptunaSearch makes a study with one direction per objective
@@ -119,6 +120,15 @@ class MarkOptunaSearch(OptunaSearch):
         if trial_id in ray_internals.searcher_completed(self):
             return None
         return ray_internals.searcher_trials(self).get(trial_id)
+
+    def suggest(self, trial_id: str) -> dict | None:
+        # A study trial the lost driver asked for after its last checkpoint: no Tune trial holds
+        # it, and the restored sampler would ask for a new one (with --seed, the same settings
+        # again), leaving it RUNNING forever. The next new Tune trial takes it instead: one
+        # study trial per trial run, as if the driver had not died.
+        if trial_id not in ray_internals.searcher_trials(self) and self._orphans:
+            ray_internals.searcher_trials(self)[trial_id] = self._orphans.pop(0)
+        return super().suggest(trial_id)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         ot_trial = self._open_trial(trial_id)
@@ -165,6 +175,7 @@ class MarkOptunaSearch(OptunaSearch):
     # lives in its storage, and restoring reopens it there.
     def __getstate__(self) -> dict[str, Any]:
         state = ray_internals.searcher_state(self)
+        state["_orphans"] = []  # found again from the study on restore
         # no path: a journal is the one in the experiment being resumed (a copied or moved
         # experiment resumes on its own journal, never the original's); a URL stays the URL, its
         # password hidden (no file of the experiment holds it: --resume is given the URL again)
@@ -183,7 +194,7 @@ class MarkOptunaSearch(OptunaSearch):
                                "whose password is not stored: restore it with "
                                "marktune.tune.searcher.resuming(StudyStorage of the resumed experiment)")
         state["_storage_spec"] = spec
-        ray_internals.restore_searcher(self, state, storage=spec.open())
+        self._orphans = ray_internals.restore_searcher(self, state, storage=spec.open())
 
     def save(self, checkpoint_path: str) -> None:
         import pickle

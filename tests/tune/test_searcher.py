@@ -70,6 +70,35 @@ def test_a_trial_told_after_the_last_checkpoint_is_not_told_again_on_resume(tmp_
     assert by_number[1].state == TrialState.COMPLETE and by_number[1].value == 0.6
 
 
+def test_a_trial_asked_after_the_last_checkpoint_is_the_next_trial_on_resume(tmp_path):
+    """The driver asked the study for trial c, then died before Tune checkpointed the searcher
+    (seen in the soak under load): --resume restores a searcher that never asked for it. The next
+    new Tune trial takes that study trial (its settings), so the study keeps one trial per trial
+    run and none stays RUNNING forever; a trial the checkpoint holds is never handed out twice."""
+    from optuna.trial import TrialState
+    from ray import tune
+
+    storage = StudyStorage(journal=tmp_path / "optuna_journal.log")
+    searcher = make_searcher(storage=storage, study_name="exp", num_tasks=2, seed=0)
+    searcher.set_search_properties(None, None, {"lr": tune.loguniform(1e-3, 1e-1)})
+    searcher.suggest("a")
+    searcher.suggest("b")
+    checkpoint = tmp_path / "searcher-state.pkl"
+    searcher.save(str(checkpoint))  # the last checkpoint before the driver died
+    lost = searcher.suggest("c")  # study trial 2: asked, never run
+
+    again = make_searcher(storage=storage, study_name="exp", num_tasks=2, seed=1)
+    again.restore(str(checkpoint))
+    assert again.suggest("d") == lost  # the orphan, not a new study trial
+    again.suggest("e")  # a new one
+    for tid in ("a", "b", "d", "e"):
+        again.on_trial_complete(tid, {TIME_ATTR: 2, METRIC: 0.5})
+    trials = open_study(storage, "exp").trials
+    assert [t.number for t in trials] == [0, 1, 2, 3]
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    assert trials[2].params == lost
+
+
 def test_random_and_tpe_samplers_behind_the_same_searcher(tmp_path):
     import optuna
     import pytest
