@@ -123,13 +123,17 @@ def prepare_tune(*, cpus_per_trial: float, gpus_per_trial: float | None, runs: i
     """
     import ray
 
+    from marktune.tune.ray_internals import snapshot_share
+
     # Our TensorBoard callback replaces Tune's: one set of curves per trial, with HParams.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     # one checkpoint per task is our design, not a problem worth a warning each time
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # The experiment state (what --resume restores) at most a second behind the trials; see
     # tune_setup.keep_every_checkpoint for why Tune's own "snapshot every num_to_keep checkpoints" is not used.
+    # Less often when a snapshot takes long (thousands of trials): at most 5 % of the driver's time.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    snapshot_share(floor_s=1.0, share=0.05)
     total = ray.cluster_resources()
     gpus = gpus_per_trial
     if gpus is None:

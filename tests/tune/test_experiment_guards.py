@@ -289,3 +289,23 @@ def test_tune_retries_a_transient_error_but_a_config_error_fails_once(tmp_path):
     assert len(list((tmp_path / "io").iterdir())) == 3
     errors = sorted(str(r.error) for r in results)
     assert "lr_task must be > 0" in errors[0] or "lr_task must be > 0" in errors[1]
+
+
+def test_tune_s_snapshots_of_the_experiment_take_at_most_a_twentieth_of_the_driver_s_time(monkeypatch):
+    """Tune's experiment state holds about 37 KB per trial: snapshotting it every second at
+    thousands of trials would be most of the driver's work. After a snapshot that took 0.5 s the
+    next comes 9.5 s later; a cheap one keeps the 1 s period; TUNE_GLOBAL_CHECKPOINT_S is the floor."""
+    from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
+
+    from marktune.tune.ray_internals import snapshot_share
+
+    monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    snapshot_share(floor_s=1.0, share=0.05)
+    manager = _ExperimentCheckpointManager(storage=None, checkpoint_period=1)
+    manager._update_auto_checkpoint_time(time_taken=0.5)
+    assert manager._checkpoint_period == pytest.approx(9.5)
+    manager._update_auto_checkpoint_time(time_taken=0.01)
+    assert manager._checkpoint_period == 1.0
+    monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "30")  # a user's own period stays the floor
+    manager._update_auto_checkpoint_time(time_taken=0.5)
+    assert manager._checkpoint_period == 30.0

@@ -268,3 +268,32 @@ def test_new_trials_of_a_resumed_experiment_are_pointed_at_it():
         state_keeper.relocate(trial)
     assert [(s.storage_fs_path, s.experiment_dir_name) for s in moved] == [("/tmp/moved", "base")]
     assert trial.storage.storage_fs_path == "/st"  # a copy is set, the pickled one is left
+
+
+def test_keeping_tune_s_state_takes_at_most_a_twentieth_of_the_driver_s_time(monkeypatch, tmp_path):
+    """Checking and copying Tune's state grows with the trials (about 37 KB of JSON each): at
+    10,000 trials a copy every second would be all the driver does. With a fake clock, a copy
+    that costs 0.5 s runs about every 9.5 s; one that costs 10 ms still every second."""
+    from marktune.tune.folders import state_keeper
+
+    clock = [0.0]
+    monkeypatch.setattr(state_keeper.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(state_keeper, "_experiment_dir", lambda trial: tmp_path)
+
+    def share_copying(cost_s: float) -> tuple[float, int]:
+        keeper, copies = state_keeper.StateKeeper(), []
+
+        def keep(directory):
+            copies.append(clock[0])
+            clock[0] += cost_s
+        monkeypatch.setattr(state_keeper, "keep_state", keep)
+        start = clock[0]
+        while clock[0] - start < 600:  # ten minutes of Tune's steps, one every 50 ms
+            keeper.on_step_end(0, ["a trial"])
+            clock[0] += 0.05
+        return len(copies) * cost_s / (clock[0] - start), len(copies)
+
+    share, copies = share_copying(0.5)
+    assert share <= state_keeper.KEEP_SHARE + 0.01 and copies >= 50, (share, copies)
+    share, copies = share_copying(0.01)
+    assert 550 <= copies <= 600, copies  # cheap: every second, as before

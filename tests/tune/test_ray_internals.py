@@ -1,6 +1,6 @@
 """Every private attribute of Ray and Optuna that marktune uses is still there.
 
-marktune.tune.ray_internals is the one module that touches them; an upgrade that renames one
+marktune.tune.ray_internals is the one package that touches them; an upgrade that renames one
 fails here, naming it, instead of silently in a search.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ def test_a_missing_asha_attribute_is_named(monkeypatch):
 
     monkeypatch.setattr(AsyncHyperBandScheduler, "__init__", without_brackets)
     with pytest.raises(LibraryChanged, match=r"Ray changed AsyncHyperBandScheduler\._brackets; "
-                                             r"see marktune/tune/ray_internals\.py"):
+                                             r"see marktune/tune/ray_internals/"):
         check_library_internals()
 
 
@@ -37,7 +37,7 @@ def test_a_missing_optuna_search_method_is_named(monkeypatch):
 
     monkeypatch.delattr(OptunaSearch, "_setup_study")
     with pytest.raises(LibraryChanged, match=r"Ray changed OptunaSearch\._setup_study; "
-                                             r"see marktune/tune/ray_internals\.py"):
+                                             r"see marktune/tune/ray_internals/"):
         check_library_internals()
 
 

@@ -30,7 +30,10 @@ from marktune.results.files import free_bytes, is_disk_full, is_remote
 from marktune.tune.folders.experiment import keep_state
 
 FULL_BELOW_BYTES = 2**20  # a trial error with less free space than this is read as a full disk
-KEEP_EVERY_S = 1.0
+KEEP_EVERY_S = 1.0  # at most this often; less often when a copy takes long (KEEP_SHARE)
+# Checking and copying Tune's state grows with the trials (its JSON holds about 37 KB per trial):
+# at most this share of the driver's time, the rule of Tune's own "auto" experiment checkpoints
+KEEP_SHARE = 0.05
 
 
 class _DiskFullFilter(logging.Filter):
@@ -53,6 +56,7 @@ class StateKeeper(Callback):
     def __init__(self) -> None:
         self.full = False
         self._last = 0.0
+        self._every = KEEP_EVERY_S
 
     def __getstate__(self):
         return {}  # pickled with the Tuner: nothing of one run carries over to the next
@@ -70,12 +74,13 @@ class StateKeeper(Callback):
 
     def on_step_end(self, iteration, trials, **info) -> None:
         now = time.monotonic()
-        if now - self._last < KEEP_EVERY_S or not trials:
+        if now - self._last < self._every or not trials:
             return
-        self._last = now
         directory = _experiment_dir(trials[0])
         if directory is not None:
             keep_state(directory)
+        self._last = time.monotonic()
+        self._every = max(KEEP_EVERY_S, (self._last - now) * (1 - KEEP_SHARE) / KEEP_SHARE)
 
     def on_trial_recover(self, iteration, trials, trial, **info) -> None:
         self._check(trial)
