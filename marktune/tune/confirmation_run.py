@@ -63,7 +63,7 @@ def confirmation_experiment(plan: SearchPlan) -> str:
 def run_confirmation(plan: SearchPlan, confirmation: ConfirmationPlan) -> ConfirmationRun:
     """Run (or, after Ctrl-C, continue) every (finalist, seed) run to its last task."""
     from ray import tune
-    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+    from ray.tune.logger import JsonLoggerCallback
 
     from runners.mark_sequence import is_permanent_error, train_mark_sequence
 
@@ -89,7 +89,7 @@ def run_confirmation(plan: SearchPlan, confirmation: ConfirmationPlan) -> Confir
         tuner = tune.Tuner(
             trainable, param_space=param_space,
             run_config=tune.RunConfig(name=CONFIRMATION_RUNS, storage_path=plan.experiment,
-                                      callbacks=[JsonLoggerCallback(), CSVLoggerCallback(),
+                                      callbacks=[JsonLoggerCallback(),
                                                  _progress_callback(confirmation.runs)],
                                       failure_config=tune.FailureConfig(max_failures=plan.max_failures),
                                       checkpoint_config=keep_every_checkpoint(), verbose=1 if plan.verbose else 0),

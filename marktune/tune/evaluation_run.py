@@ -29,7 +29,7 @@ from marktune.tune.tune_setup import keep_every_checkpoint, prune_checkpoints
 def run_evaluation(plan: EvalPlan):
     """One Tune trial per (configuration, seed); returns Tune's ResultGrid."""
     from ray import tune
-    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+    from ray.tune.logger import JsonLoggerCallback
 
     from runners.mark_sequence import is_permanent_error, train_mark_sequence
 
@@ -53,7 +53,7 @@ def run_evaluation(plan: EvalPlan):
     }
     run_config = tune.RunConfig(
         name=plan.name, storage_path=plan.storage,
-        callbacks=[JsonLoggerCallback(), CSVLoggerCallback(), _progress_callback(runs)],
+        callbacks=[JsonLoggerCallback(), _progress_callback(runs)],
         failure_config=tune.FailureConfig(max_failures=plan.max_failures),
         checkpoint_config=keep_every_checkpoint(), verbose=0 if plan.quiet else 1)
     quiet_ray_output(verbose=not plan.quiet)  # -q: no configuration box, no trial tables

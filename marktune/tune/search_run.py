@@ -41,7 +41,7 @@ class SearchRun:
 def run_search(plan: SearchPlan) -> SearchRun:
     """Build the Tuner (or restore it) and run it until every trial ended or Ctrl-C."""
     from ray import tune
-    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+    from ray.tune.logger import JsonLoggerCallback
 
     from marktune.tune.progress import SearchProgress
     from marktune.tune.searcher import make_searcher, resuming
@@ -59,7 +59,8 @@ def run_search(plan: SearchPlan) -> SearchRun:
     param_space[RUNTIME_KEY] = plan.runtime.to_dict()  # under first-k: where each trial stops
 
     progress = SearchProgress(total=plan.samples, num_tasks=plan.num_tasks, status_lines=not plan.quiet)
-    callbacks = [JsonLoggerCallback(), CSVLoggerCallback(),
+    # no CSVLoggerCallback: its progress.csv repeated result.json in every trial (curves.csv has them all)
+    callbacks = [JsonLoggerCallback(),
                  MarkTensorBoardCallback(searched=list(plan.space.params), num_tasks=plan.num_tasks),
                  progress, StateKeeper()]
     run_config = tune.RunConfig(

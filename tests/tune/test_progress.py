@@ -36,6 +36,7 @@ def test_status_counts_follow_tunes_events(capsys):
     b.status = "TERMINATED"
     progress.on_trial_complete(0, [a, b, c], b)  # stopped by ASHA after 1 of 3
     c.status = "RUNNING"
+    progress.on_trial_start(0, [a, b, c], c)
     progress.on_step_end(0, [a, b, c])
     counts = progress.counts()
     assert (counts.complete, counts.pruned, counts.errored, counts.running, counts.pending, counts.total) == \
@@ -57,3 +58,34 @@ def test_restored_trials_count_as_what_they_were():
     counts = progress.counts()
     assert (counts.complete, counts.pruned, counts.running, counts.pending) == (1, 1, 1, 0)
     assert progress.tasks(counts).done == 6
+
+
+def test_a_step_reads_tune_s_trial_list_only_at_the_start_and_with_a_timed_status_line(capsys):
+    """Tune calls on_step_end about 7 times a trial with its whole trial list: reading the list
+    at every step made the callback's work grow with the square of the trials (at 10,000 trials,
+    hundreds of millions of reads). The events keep the counts; the list is read at the first
+    step and then once per timed status line."""
+    class CountedList(list):
+        reads = 0
+
+        def __iter__(self):
+            CountedList.reads += len(self)
+            return super().__iter__()
+
+    n = 1000
+    trials = CountedList(_trial(f"t{i}", "PENDING") for i in range(n))
+    progress = SearchProgress(total=n, num_tasks=3, every_s=1e9)
+    for step, trial in enumerate(list.__iter__(trials)):
+        progress.on_step_end(step, trials)
+        trial.status = "RUNNING"
+        progress.on_trial_start(step, trials, trial)
+        for task in (1, 2, 3):
+            _report(progress, trial, task)
+            progress.on_step_end(step, trials)
+        trial.status, trial.last_result = "TERMINATED", {TIME_ATTR: 3}
+        progress.on_trial_complete(step, trials, trial)
+    assert CountedList.reads == n  # the first step's scan, nothing more
+    counts = progress.counts()
+    assert (counts.complete, counts.running, counts.pending) == (n, 0, 0)
+    assert progress.tasks(counts).done == 3 * n
+    assert capsys.readouterr().out.count(" complete, ") == n  # a status line at each trial's end
