@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
 from marktune.mark.config import MarkConfig
-from marktune.results.objectives import dominates
 
 if TYPE_CHECKING:
     from marktune.results.experiment import Experiment
@@ -38,16 +37,25 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     """Indices of the non-dominated ``(cost, accuracy)`` points, cheapest first.
 
     Lower cost and higher accuracy are better; points with a NaN are never on the front;
-    identical points are both on it (neither beats the other).
+    identical points are both on it (neither beats the other). One sort and one sweep: comparing
+    every pair costs N^2 where most of the N points are on the front (report.html draws two).
     """
-    finite = [i for i, (c, a) in enumerate(points) if math.isfinite(c) and math.isfinite(a)]
-    front = []
-    for i in finite:
-        ci, ai = points[i]
-        # cost minimised, accuracy maximised: as (cost, -accuracy), both minimised
-        if not any(dominates((points[j][0], -points[j][1]), (ci, -ai)) for j in finite if j != i):
-            front.append(i)
-    return sorted(front, key=lambda i: (points[i][0], -points[i][1]))
+    finite = sorted((i for i, (c, a) in enumerate(points) if math.isfinite(c) and math.isfinite(a)),
+                    key=lambda i: (points[i][0], -points[i][1]))
+    front: list[int] = []
+    best_cheaper = -math.inf  # the highest accuracy of any strictly cheaper point
+    start = 0
+    while start < len(finite):
+        cost = points[finite[start]][0]
+        end = start
+        while end < len(finite) and points[finite[end]][0] == cost:
+            end += 1
+        top = points[finite[start]][1]  # the group's highest accuracy (sorted first)
+        if top > best_cheaper:  # else a cheaper point is at least as accurate: dominated
+            front += [i for i in finite[start:end] if points[i][1] == top]  # a more accurate one beats the rest
+        best_cheaper = max(best_cheaper, top)
+        start = end
+    return front
 
 
 def total_parameters(kb_params: int, task_params: int, num_tasks: int) -> int:
