@@ -34,6 +34,9 @@ tr.best td { background: #e8f5e9; font-weight: 600; } tr.tied td { background: #
 .verdict { font-size: 16px; font-weight: 600; background: #eef2f7; border-left: 4px solid #2166ac; padding: 8px 12px; }
 img { max-width: 100%; border: 1px solid #eee; } .muted { color: #666; font-size: 13px; }
 """
+# a table of trials lists at most this many (the best first, and every non-dominated one): at
+# 10,000 trials the page would hold 20,000 rows no one reads; trials.csv has them all
+TABLE_ROWS = 100
 
 
 def _fmt(v: float, sign: bool = False) -> str:
@@ -56,7 +59,9 @@ def trials_table(exp: Experiment, best: Trial | None) -> str:
     out = ["<table id='best-trials-table'><tr>" + "".join(
         f"<th class='l'>{html.escape(h)}</th>" if i < 2 else f"<th>{html.escape(h)}</th>" for i, h in enumerate(head))
         + "</tr>"]
-    for t in exp.ranked():
+    ranked = exp.ranked()
+    shown = ranked[:TABLE_ROWS] + [t for t in ranked[TABLE_ROWS:] if best is not None and t.trial_id == best.trial_id]
+    for t in shown:
         mark = ties.mark(t.trial_id) if ties is not None and t.status == "COMPLETE" else ""
         cls = (" class='best'" if best is not None and t.trial_id == best.trial_id
                else " class='tied'" if mark == "tied" else "")
@@ -69,6 +74,9 @@ def trials_table(exp: Experiment, best: Trial | None) -> str:
                  *[f"<td>{_val(t.config.get(k))}</td>" for k in exp.searched]]
         out.append(f"<tr{cls}>" + "".join(cells) + "</tr>")
     out.append("</table>")
+    if len(shown) < len(ranked):
+        out.append(f"<p class='muted' id='more-trials'>{len(ranked) - len(shown)} more trials, ranked below these: "
+                   f"every trial is in {html.escape(str(exp.path / 'trials.csv'))}.</p>")
     if ties is not None:
         out.append(f"<p id='noise-floor' class='note'>{html.escape(ties.sentence(str(exp.path)))}</p>")
     errors = [t for t in exp.trials if t.status == "ERROR"]
@@ -134,13 +142,19 @@ def pareto_section(exp: Experiment, figures: Path) -> str:
         rows = [f"<table id='{table_id}'><tr><th class='l'>{'trial' if kind == 'search' else 'configuration'}</th>"
                 f"<th>{html.escape(ylabel)}</th><th>total params</th><th>compute s</th>"
                 "<th class='l'>non-dominated on</th></tr>"]
-        for p in sorted(points, key=lambda p: -p.accuracy):
+        ranked = sorted(points, key=lambda p: -p.accuracy)
+        listed = [p for i, p in enumerate(ranked)
+                  if i < TABLE_ROWS or p.label in on_params | on_seconds or (kind == "search" and p.label in found)]
+        for p in listed:
             on = ", ".join(w for w, s in (("params", on_params), ("seconds", on_seconds)) if p.label in s)
             if kind == "search" and p.label in found:
                 on = f"<b>search's set</b>{'; ' + on if on else ''}"
             rows.append(f"<tr><td class='l'>{html.escape(p.label)}</td><td>{_fmt(p.accuracy)}</td>"
                         f"<td>{p.params:,.0f}</td><td>{p.seconds:.1f}</td><td class='l'>{on or '-'}</td></tr>")
         rows.append("</table>")
+        if len(listed) < len(ranked):
+            rows.append(f"<p class='muted'>{len(ranked) - len(listed)} more, dominated and less accurate than these: "
+                        "trials.csv and evaluation.csv have them all.</p>")
         parts.append("\n".join(rows))
     return "\n".join(parts)
 

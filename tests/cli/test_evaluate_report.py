@@ -205,6 +205,30 @@ def test_report_pareto_section_on_hand_made_trials(tmp_path):
     assert "params" not in rows["aaaa000c"].split("<td class='l'>")[-1]  # bigger and less accurate than b
 
 
+def test_report_tables_list_the_best_trials_and_every_non_dominated_one_not_all(tmp_path, monkeypatch):
+    """At 10,000 trials the page held two tables of 10,000 rows each: they keep the best
+    TABLE_ROWS (the best trial and every non-dominated one always) and say where the rest are."""
+    monkeypatch.setattr(report_html, "TABLE_ROWS", 3)
+    # accuracy falls with the id; the bigger kb_width (16) of the last trial makes it no more
+    # accurate and bigger: dominated; the smallest (kb_width 4) and least accurate: non-dominated
+    trials = {f"aaaa000{i}": ("TERMINATED", 5, 0.90 - 0.01 * i) for i in range(8)}
+    exp_dir = _fake_experiment(tmp_path / "digits-20260101-000000", trials,
+                               base=_digits_base(kb_depth=1, mask_hidden=0),
+                               searched={"kb_width": [8, 8, 8, 8, 8, 8, 4, 16],
+                                         "lr_meta": [0.01 * (i + 1) for i in range(8)]})
+    page = report.build_report(load_experiment_with_space(exp_dir)).read_text()
+
+    def listed(table_id: str) -> list[str]:
+        table = page[page.index(f"id='{table_id}'"):]
+        table = table[:table.index("</table>")]
+        return [r.split("</td>")[0].split(">")[-1] for r in table.split("<tr")[2:]]
+
+    assert listed("best-trials-table") == ["aaaa0000", "aaaa0001", "aaaa0002"]
+    assert "5 more trials, ranked below these" in page and "trials.csv" in page
+    assert listed("pareto-search-table") == ["aaaa0000", "aaaa0001", "aaaa0002", "aaaa0006"]
+    assert "4 more, dominated and less accurate than these" in page
+
+
 @pytest.mark.parametrize("counts, tied", [(60, {"aaaa000b"}), (100_000, set())])
 def test_report_marks_the_trials_within_the_noise_of_the_best(tmp_path, counts, tied):
     # 0.90 best, 0.89 one point behind, 0.80 far; 60 images a task: SE ~ 0.017, so b is tied
