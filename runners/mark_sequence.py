@@ -186,6 +186,7 @@ def train_mark_sequence(config: dict[str, Any]) -> None:
             "val_counts": list(report.val_counts),  # val_row's denominators (marktune.results.noise)
             "test_row": list(report.test_row),
             "device": str(device),
+            "precision": mark_config.precision,  # fp32 or bf16: what this task was computed in
             "gpu_memory_fraction": memory_fraction,
             "node_id": node,
             "node_ip": node_ip,

@@ -134,6 +134,7 @@ def test_curves_csv_holds_every_finished_task_of_every_trial_as_its_result_json(
     for row in sorted(rows, key=lambda r: r.trial_id):
         reported = task_results(experiment / f"trial_{row.trial_id}")
         assert [int(r["tasks_done"]) for r in reported] == list(range(1, row.tasks_done + 1))
+        assert {r["precision"] for r in reported} == {"fp32"}  # the precision each task ran in, recorded
         expected += [(row.trial_id, row.status, int(r["tasks_done"]), r["mean_val_acc"], r["mean_test_acc"],
                       r["task_seconds"]) for r in reported]
     seen = [(r.trial_id, r.status, r.task, r.val_acc, r.test_acc, r.seconds) for r in table.rows]
