@@ -41,22 +41,31 @@ class SearchRun:
 def run_search(plan: SearchPlan) -> SearchRun:
     """Build the Tuner (or restore it) and run it until every trial ended or Ctrl-C."""
     from ray import tune
-    from ray.tune.logger import JsonLoggerCallback
 
-    from marktune.tune.progress import SearchProgress
-    from marktune.tune.searcher import make_searcher, resuming
-    from marktune.tune.folders.state_keeper import StateKeeper, disk_full_seen, resumed_at, stop_watching
-    from marktune.tune.study import open_study
-    from marktune.tune.tensorboard_logger import MarkTensorBoardCallback
     from runners.mark_sequence import is_permanent_error, train_mark_sequence
 
     gpus = prepare_tune(cpus_per_trial=plan.cpus_per_trial, gpus_per_trial=plan.gpus_per_trial,
                         runs=plan.samples, max_concurrent=plan.max_concurrent)
     resources = {"cpu": plan.cpus_per_trial, "gpu": gpus}
     trainable = tune.with_resources(train_mark_sequence, resources)
-
     param_space = plan.space.param_space(plan.overrides)
     param_space[RUNTIME_KEY] = plan.runtime.to_dict()  # under first-k: where each trial stops
+    tuner = restored_tuner(plan, trainable, param_space) if plan.resume else new_tuner(plan, trainable, param_space)
+    print_plan(plan, resources)
+    # a config error or a NaN fails once; --max-failures retries what may pass on a retry (a lost worker)
+    handle_failures(is_permanent_error)
+    return fit(plan, tuner)
+
+
+def new_tuner(plan: SearchPlan, trainable, param_space: dict[str, Any]):
+    """The Tuner of a new search: the strategy's searcher and scheduler, marktune's callbacks."""
+    from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
+
+    from marktune.tune.folders.state_keeper import StateKeeper
+    from marktune.tune.progress import SearchProgress
+    from marktune.tune.searcher import make_searcher
+    from marktune.tune.tensorboard_logger import MarkTensorBoardCallback
 
     progress = SearchProgress(total=plan.samples, num_tasks=plan.num_tasks, status_lines=not plan.quiet)
     # no CSVLoggerCallback: its progress.csv repeated result.json in every trial (curves.csv has them all)
@@ -71,47 +80,57 @@ def run_search(plan: SearchPlan) -> SearchRun:
         verbose=1 if plan.verbose else 0,
     )
     quiet_ray_output(verbose=plan.verbose)
-    experiment = plan.experiment
-    if plan.resume:
-        # Trials the lost driver left RUNNING or PENDING continue from their last checkpoint
-        # (resume_unfinished). Trials that ended in ERROR stay as they are: in a search an error
-        # is a verdict on the configuration (a NaN loss, which would only fail again), or a
-        # trial that already used up --max-failures retries; Optuna has been told FAIL for it
-        # and ignores anything it reports later, and restarting it from scratch
-        # (restart_errored) would run a configuration twice. The searcher comes back from the
-        # experiment and reopens the study in its storage (how many trials were sampled, and
-        # Optuna's trial for each), with its sampler (TPE or random); ASHA refills its rungs from
-        # every trial's results (marktune.tune.scheduler.ResumableASHA; without ASHA there are none).
-        # The callbacks, the progress printer among them,
-        # come back from the experiment too.
-        # Tune unpickles the experiment's state: only from a directory marktune's settings file
-        # names as this search (the pre-flight checked it too; callers may skip the pre-flight)
-        check_resumable(plan.storage, plan.name)
-        note = missing_results_note(plan.local_dir()) if not is_remote(plan.storage) else ""
-        if note:
-            print(f"[marktune] {note}", flush=True)
-        # the study is the resumed experiment's (its journal, or the URL), whatever the checkpoint says
-        with resuming(plan.study_storage):
-            tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True,
-                                       resume_errored=False, restart_errored=False, param_space=param_space)
-    else:
-        # the registry's (marktune.tune.strategies); --scheduler none: Tune's FIFO scheduler
-        scheduler = plan.search_strategy.make_scheduler(num_tasks=plan.num_tasks, objectives=plan.objectives)
-        searcher = make_searcher(storage=plan.study_storage, study_name=plan.name, num_tasks=plan.num_tasks,
-                                 seed=plan.seed, kind=plan.searcher, n_startup_trials=plan.n_startup_trials,
-                                 constant_liar=plan.constant_liar, objectives=plan.objectives,
-                                 population=plan.search_strategy.population_for(plan.samples))
-        # several objectives: the searcher and the scheduler hold their own; Tune's one metric stays unset
-        metric, mode = (None, None) if plan.multiobjective else (METRIC, "max")
-        tuner = tune.Tuner(
-            trainable, param_space=param_space, run_config=run_config,
-            tune_config=tune.TuneConfig(metric=metric, mode=mode, num_samples=plan.samples,
-                                        search_alg=searcher,
-                                        scheduler=scheduler,
-                                        max_concurrent_trials=plan.max_concurrent, reuse_actors=plan.reuse_actors,
-                                        trial_name_creator=_trial_name, trial_dirname_creator=_trial_name))
-    print(f"[marktune] experiment {experiment}: {plan.samples} trials of {plan.space.name} "
-          f"({plan.num_tasks} tasks each), {resources['cpu']:g} CPU + {gpus:g} GPU per trial")
+    # the registry's (marktune.tune.strategies); --scheduler none: Tune's FIFO scheduler
+    scheduler = plan.search_strategy.make_scheduler(num_tasks=plan.num_tasks, objectives=plan.objectives)
+    searcher = make_searcher(storage=plan.study_storage, study_name=plan.name, num_tasks=plan.num_tasks,
+                             seed=plan.seed, kind=plan.searcher, n_startup_trials=plan.n_startup_trials,
+                             constant_liar=plan.constant_liar, objectives=plan.objectives,
+                             population=plan.search_strategy.population_for(plan.samples))
+    # several objectives: the searcher and the scheduler hold their own; Tune's one metric stays unset
+    metric, mode = (None, None) if plan.multiobjective else (METRIC, "max")
+    return tune.Tuner(
+        trainable, param_space=param_space, run_config=run_config,
+        tune_config=tune.TuneConfig(metric=metric, mode=mode, num_samples=plan.samples, search_alg=searcher,
+                                    scheduler=scheduler, max_concurrent_trials=plan.max_concurrent,
+                                    reuse_actors=plan.reuse_actors,
+                                    trial_name_creator=_trial_name, trial_dirname_creator=_trial_name))
+
+
+def restored_tuner(plan: SearchPlan, trainable, param_space: dict[str, Any]):
+    """The Tuner of ``--resume``, restored from the experiment.
+
+    Trials the lost driver left RUNNING or PENDING continue from their last checkpoint
+    (resume_unfinished). Trials that ended in ERROR stay as they are: in a search an error is a
+    verdict on the configuration (a NaN loss, which would only fail again), or a trial that
+    already used up --max-failures retries; Optuna has been told FAIL for it and ignores anything
+    it reports later, and restarting it from scratch (restart_errored) would run a configuration
+    twice. The searcher comes back from the experiment and reopens the study in its storage (how
+    many trials were sampled, and Optuna's trial for each), with its sampler (TPE or random);
+    ASHA refills its rungs from every trial's results (marktune.tune.scheduler.ResumableASHA;
+    without ASHA there are none). The callbacks, the progress printer among them, come back from
+    the experiment too.
+    """
+    from ray import tune
+
+    from marktune.tune.searcher import resuming
+
+    quiet_ray_output(verbose=plan.verbose)
+    # Tune unpickles the experiment's state: only from a directory marktune's settings file
+    # names as this search (the pre-flight checked it too; callers may skip the pre-flight)
+    check_resumable(plan.storage, plan.name)
+    note = missing_results_note(plan.local_dir()) if not is_remote(plan.storage) else ""
+    if note:
+        print(f"[marktune] {note}", flush=True)
+    # the study is the resumed experiment's (its journal, or the URL), whatever the checkpoint says
+    with resuming(plan.study_storage):
+        return tune.Tuner.restore(plan.experiment, trainable=trainable, resume_unfinished=True,
+                                  resume_errored=False, restart_errored=False, param_space=param_space)
+
+
+def print_plan(plan: SearchPlan, resources: dict[str, float]) -> None:
+    """The search's first lines: what runs, the strategy and why, where to watch it."""
+    print(f"[marktune] experiment {plan.experiment}: {plan.samples} trials of {plan.space.name} "
+          f"({plan.num_tasks} tasks each), {resources['cpu']:g} CPU + {resources['gpu']:g} GPU per trial")
     print(f"[marktune] strategy: {plan.strategy()}")
     print(f"[marktune] why: {plan.why()}")
     if plan.protocol != "full":
@@ -121,10 +140,18 @@ def run_search(plan: SearchPlan) -> SearchRun:
                  if plan.protocol == "first-k" else
                  f"trials run the class order of data_seed {plan.base_config.split_seed}; "
                  "marktune.evaluate will use other orders only"))
-    print(f"[marktune] compare trials: tensorboard --logdir {experiment}")
+    print(f"[marktune] compare trials: tensorboard --logdir {plan.experiment}")
     print(f"[marktune] watch the study: {plan.study_storage.dashboard_command()}", flush=True)
-    # a config error or a NaN fails once; --max-failures retries what may pass on a retry (a lost worker)
-    handle_failures(is_permanent_error)
+
+
+def fit(plan: SearchPlan, tuner) -> SearchRun:
+    """Run the Tuner; then what the run left: Tune's results, the study, each trial's last state.
+    A full disk ends it in one message (``DiskFull``)."""
+    from marktune.tune.folders.state_keeper import disk_full_seen, resumed_at, stop_watching
+    from marktune.tune.searcher import resuming
+    from marktune.tune.study import open_study
+
+    experiment = plan.experiment
     try:
         if not plan.resume:
             save_settings(plan, experiment)
