@@ -54,10 +54,11 @@ def restore_searcher(searcher, state: Mapping[str, Any], *, storage: "optuna.sto
     searcher._ot_study = optuna.load_study(study_name=searcher._study_name, storage=storage,
                                            sampler=searcher._sampler, pruner=optuna.pruners.NopPruner())
     study_id = storage.get_study_id_from_name(searcher._study_name)
+
+    def trial(number: int) -> optuna.Trial:
+        return optuna.trial.Trial(searcher._ot_study, storage.get_trial_id_from_study_id_trial_number(study_id, number))
+
+    searcher._ot_trials = {tid: trial(number) for tid, number in numbers.items()}
+    held = set(numbers.values())
     running = searcher._ot_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-    orphans = {-1 - t.number: t.number for t in running
-               if t.number not in set(numbers.values()) and t.distributions == searcher._space}
-    for tid, number in {**numbers, **orphans}.items():
-        ot_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)
-        searcher._ot_trials[tid] = optuna.trial.Trial(searcher._ot_study, ot_id)
-    return [searcher._ot_trials.pop(key) for key in orphans]
+    return [trial(t.number) for t in running if t.number not in held and t.distributions == searcher._space]
