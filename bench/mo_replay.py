@@ -1,10 +1,12 @@
 """Accuracy against size: which multi-objective search finds the table's front? Replayed on a dense table.
 
 Each strategy is replayed ``--replay-seeds`` times (``marktune.replay.search.replay``: the
-search's own searcher and scheduler on simulated workers) with the objectives val_acc and params.
-A search reports the Pareto set of its finished trials by (final val ACC as seen, parameters);
+search's own searcher and scheduler on simulated workers) with the objectives val_acc and a cost:
+params (``--cost params``, counted from the settings) or training FLOPs (``--cost flops``, read
+from ``bench/flops_table.py``'s table of the space, ``--flops-table``). A search reports the
+Pareto set of its finished trials by (final val ACC as seen, cost);
 it is scored by the hypervolume it misses (``ReplayOutcome.hypervolume_regret``): the table's own
-front (each configuration's 3-seed mean final test ACC against its parameter count) minus the
+front (each configuration's 3-seed mean final test ACC against its cost) minus the
 picks', each pick worth its configuration's mean, in % of the box between the table's best and
 worst corners. Also the task-trainings each used, as a share of a full random search's.
 
@@ -29,17 +31,17 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from marktune.mark.hardware import cpu_model_name  # noqa: E402
-from marktune.replay.search import Interval, Strategy, _Sizes, replay  # noqa: E402
+from marktune.replay.costs import FlopsTable, ParameterCounts, final_costs  # noqa: E402
+from marktune.replay.search import Interval, Strategy, replay  # noqa: E402
 from marktune.replay.surrogates import make_surrogate  # noqa: E402
 from marktune.replay.table import ReplayTable, check_table  # noqa: E402
 from marktune.results.curves import read_curves  # noqa: E402
 from marktune.results.objectives import parse_objectives  # noqa: E402
 from marktune.tune.spaces import load_space  # noqa: E402
 
-TWO = parse_objectives("val_acc,params")
 
-
-def strategies() -> list[Strategy]:
+def strategies(cost: str = "params") -> list[Strategy]:
+    TWO = parse_objectives(f"val_acc,{cost}")
     out = []
     for label, proposals in (("random", "table"), ("random-sampler", "random-sampler"), ("tpe", "tpe"),
                              ("nsga2", "nsga2")):
@@ -61,15 +63,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--replay-seeds", type=int, default=20)
     p.add_argument("--only", default="", help="comma-separated strategy names' first words (default: all)")
+    p.add_argument("--cost", choices=("params", "flops"), default="params",
+                   help="the second objective: parameters, or training FLOPs read from --flops-table")
+    p.add_argument("--flops-table", type=Path, help="bench/flops_table.py's table of the space (for --cost flops)")
     p.add_argument("--markdown", type=Path)
     args = p.parse_args(argv)
+    if args.cost == "flops" and args.flops_table is None:
+        p.error("--cost flops needs --flops-table (bench/flops_table.py writes it)")
     space = load_space(args.space)
     curves = read_curves(args.curves)
     check_table(curves, space, source=str(args.curves))
     table = ReplayTable.from_curves(curves)
-    sizes = _Sizes(space)
-    table_sizes = [sizes.of(c.params) for c in table.configs]
-    chosen = [s for s in strategies() if not args.only or s.name.split(" ")[0] in args.only.split(",")]
+    costs = FlopsTable(args.flops_table, space) if args.cost == "flops" else ParameterCounts(space)
+    table_sizes = final_costs(costs, [c.params for c in table.configs], tasks=table.num_tasks)
+    if any(np.isnan(table_sizes)):
+        p.error(f"{args.flops_table} lacks the count of some configuration of the table: resume bench/flops_table.py")
+    chosen = [s for s in strategies(args.cost) if not args.only or s.name.split(" ")[0] in args.only.split(",")]
     surrogate = None
     started = time.perf_counter()
     body = []
@@ -80,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         for seed in range(args.replay_seeds):
             outcome = replay(table=table, space=space, strategy=strategy, samples=args.samples,
-                             workers=args.workers, seed=seed,
+                             workers=args.workers, seed=seed, costs=costs,
                              surrogate=None if strategy.proposals == "table" else surrogate)
             # a modelled stand-in is scored by its own settings' size, a table draw by its configuration's
             regrets.append(outcome.hypervolume_regret(table_sizes))
@@ -90,9 +99,9 @@ def main(argv: list[str] | None = None) -> int:
                      f"{time.perf_counter() - t0:.0f}"])
         print(f"  {strategy.name}: {body[-1][1]} ({body[-1][3]} s)", file=sys.stderr, flush=True)
     header = ["strategy", "hypervolume regret, % of the box [95 % interval]", "task-trainings", "wall s"]
-    intro = (f"mo replay: {args.curves} ({len(table.configs)} configurations; parameters "
-             f"{min(table_sizes):,.0f} to {max(table_sizes):,.0f}), space {args.space}, objectives val_acc and "
-             f"params; {args.samples} samples, {args.workers} workers, {args.replay_seeds} replay seeds; "
+    intro = (f"mo replay: {args.curves} ({len(table.configs)} configurations; "
+             f"{min(table_sizes):,.0f} to {max(table_sizes):,.0f} {args.cost}), space {args.space}, objectives "
+             f"val_acc and {args.cost}; {args.samples} samples, {args.workers} workers, {args.replay_seeds} replay seeds; "
              f"{cpu_model_name()}, {time.perf_counter() - started:.0f} s")
     widths = [max(len(r[k]) for r in [header, *body]) for k in range(len(header))]
     print(intro + "\n\n" + "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *body]))

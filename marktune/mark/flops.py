@@ -28,7 +28,23 @@ Example:
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Hashable, Iterator
+from typing import Any, Callable, Hashable, Iterator, Mapping
+
+# Settings that change no counted step's shapes or number: rates, decays, clips, dropout, the
+# activation (element-wise, uncounted) and numerics switches (meta_vmap counts as the loop does).
+# A sequence's count depends on the others and the data sizes alone, so the count of one setting
+# of the rest stands for all (bench/flops_table.py records it so for a space). Not the seed: with
+# no data_seed it also draws the class order, and so the tasks' sizes.
+COUNT_FREE = frozenset({
+    "lr_task", "lr_mask", "lr_meta", "meta_step", "momentum", "weight_decay", "meta_weight_decay",
+    "grad_clip", "kb_grad_clip", "kb_dropout", "mask_activation", "mask_init", "meta_decay_head_only",
+    "meta_vmap", "channels_last", "flush_denormals", "deterministic", "nan_check",
+})
+
+
+def count_key(settings: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """The settings that decide a sequence's count, as a key: ``settings`` less :data:`COUNT_FREE`."""
+    return tuple(sorted((name, repr(value)) for name, value in settings.items() if name not in COUNT_FREE))
 
 
 class TrainingFlops:

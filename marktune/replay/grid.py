@@ -31,9 +31,9 @@ class Strategy:
     constant_liar: bool = True  # TPE's
     scheduler: str = "asha"  # which stops trials when it prunes: a name of marktune.tune.strategies.SCHEDULERS
     brackets: int = 1  # hyperband's (Ray's AsyncHyperBandScheduler's brackets)
-    # what the searcher and ASHA rank on: val_acc alone, or val_acc and params (the multi-objective
-    # study and ASHA of marktune.results.objectives; a table holds no forgetting, and seconds are
-    # not a setting's property)
+    # what the searcher and ASHA rank on: val_acc alone, or val_acc and a cost, params or flops
+    # (the multi-objective study and ASHA of marktune.results.objectives; a table holds no
+    # forgetting, and seconds are not a setting's property; marktune.replay.costs)
     objectives: tuple[Objective, ...] = SINGLE
     asha_objectives: tuple[Objective, ...] | None = None  # what ASHA ranks on, if not ``objectives``
 
@@ -45,9 +45,9 @@ class Strategy:
         if self.scheduler not in SCHEDULERS or not SCHEDULERS[self.scheduler].stops:
             raise ValueError(f"scheduler must be one that stops trials, of {', '.join(SCHEDULERS)}; "
                              f"no pruning is grace_period None (got {self.scheduler!r})")
-        if any(o.name not in ("val_acc", "params") for o in self.objectives):
-            raise ValueError("a replay ranks on val_acc and params only: the tables hold neither forgetting "
-                             "nor a setting's seconds")
+        if any(o.name not in ("val_acc", "params", "flops") for o in self.objectives):
+            raise ValueError("a replay ranks on val_acc and params or flops only: the tables hold neither "
+                             "forgetting nor a setting's seconds")
 
     @property
     def prunes(self) -> bool:

@@ -58,6 +58,7 @@ import numpy as np
 from ray.tune.schedulers import TrialScheduler
 
 from marktune.mark.metrics import METRIC, TIME_ATTR
+from marktune.replay.costs import Costs, ParameterCounts
 from marktune.replay.grid import Strategy
 from marktune.replay.seed_roles import SeedRoles
 from marktune.replay.surrogates import Surrogate, make_surrogate, recorded_stand_in
@@ -127,7 +128,7 @@ class ReplayedTrial:
     stop_after: int  # tasks it runs unless stopped
     worth: float  # what a pick of it is worth: the final test ACC of what it stands for
     final_shift: float = 0.0  # its final val minus its recorded seed's (a modelled stand-in's offset)
-    size: float = math.nan  # its total parameters, from its settings (a multi-objective replay's)
+    costs: tuple[float, ...] = ()  # a multi-objective replay's cost after each task (marktune.replay.costs)
     tasks_run: int = 0
     ended_at_s: float | None = None  # simulated clock when it ended
     ended_at_trainings: int | None = None  # task-trainings done (all trials) when it ended
@@ -137,6 +138,11 @@ class ReplayedTrial:
     def value(self) -> float:
         """The val ACC it is picked by: after its last task run."""
         return self.curve.val[self.tasks_run - 1]
+
+    @property
+    def size(self) -> float:
+        """Its cost after its last task (a finished trial's: the whole sequence's); NaN: none."""
+        return self.costs[self.tasks_run - 1] if self.costs and self.tasks_run else math.nan
 
 
 @dataclass
@@ -178,8 +184,8 @@ class ReplayOutcome:
     def hypervolume_regret(self, sizes: Sequence[float]) -> float:
         """How much of the table's own front the reported Pareto set misses, in % of the box between
         the table's best corner and its worst (least accurate, largest): the hypervolume of the
-        table's configurations (3-seed mean final test ACC, parameters; ``sizes`` in the table's
-        order) minus that of the picks, each scored by what it is worth."""
+        table's configurations (3-seed mean final test ACC, cost: parameters or FLOPs; ``sizes`` in
+        the table's order) minus that of the picks, each scored by what it is worth."""
         worth = [worth_of(c, self.roles) for c in self.table.configs]
         reference = (-min(worth), max(sizes))
         box = (max(worth) - min(worth)) * (max(sizes) - min(sizes))
@@ -226,24 +232,6 @@ class Confirmation:
     regret: float
 
 
-class _Sizes:
-    """Total parameters of settings in a space (a function of the settings: counted on the meta
-    device, cached per settings)."""
-
-    def __init__(self, space: SearchSpace) -> None:
-        self._space, self._seen = space, {}
-
-    def of(self, settings: dict[str, Any]) -> float:
-        from marktune.results.pareto import parameter_counts, total_parameters
-
-        key = tuple(sorted((k, repr(v)) for k, v in settings.items()))
-        if key not in self._seen:
-            config = self._space.default_trial_config(dict(settings))
-            kb, task = parameter_counts(config)
-            self._seen[key] = float(total_parameters(kb, task, config.tasks))
-        return self._seen[key]
-
-
 def worth_of(config, roles: SeedRoles | None) -> float:
     """What a pick of a recorded configuration is worth: its mean final test ACC at the roles'
     score seeds (held out), or over every recorded seed without roles."""
@@ -266,28 +254,29 @@ class _TableDraws:
 
 def replay(*, table: ReplayTable, space: SearchSpace, strategy: Strategy, samples: int, workers: int = 2,
            seed: int = 0, surrogate: Surrogate | None = None, trial_seed: int | None = None,
-           roles: SeedRoles | None = None) -> ReplayOutcome:
+           roles: SeedRoles | None = None, costs: Costs | None = None) -> ReplayOutcome:
     """One simulated search of ``samples`` trials on ``workers`` workers (see the module's text).
     ``trial_seed``: every trial drawn from the table shows its curve at this recorded seed, as a
     live search's trials all run at the space's seed (None: each draws one of its seeds).
-    ``roles``: held-out scoring (its search seed replaces ``trial_seed``)."""
+    ``roles``: held-out scoring (its search seed replaces ``trial_seed``). ``costs``: the second
+    objective's (a :class:`~marktune.replay.costs.FlopsTable` for flops; parameters by default)."""
     if roles is not None:
         trial_seed = roles.search
     if strategy.proposals == "table":
-        return _replay(table, space, strategy, samples, workers, seed, surrogate, trial_seed, roles)
+        return _replay(table, space, strategy, samples, workers, seed, surrogate, trial_seed, roles, costs)
     import optuna
 
     before = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per trial told
     try:
-        return _replay(table, space, strategy, samples, workers, seed, surrogate, trial_seed, roles)
+        return _replay(table, space, strategy, samples, workers, seed, surrogate, trial_seed, roles, costs)
     finally:
         optuna.logging.set_verbosity(before)
 
 
 def _replay(table: ReplayTable, space: SearchSpace, strategy: Strategy, samples: int, workers: int, seed: int,
             surrogate: Surrogate | None, trial_seed: int | None = None,
-            roles: SeedRoles | None = None) -> ReplayOutcome:
+            roles: SeedRoles | None = None, costs: Costs | None = None) -> ReplayOutcome:
     if samples < 1 or workers < 1:
         raise ValueError("samples and workers must be at least 1")
     rng = np.random.default_rng(seed)
@@ -312,7 +301,11 @@ def _replay(table: ReplayTable, space: SearchSpace, strategy: Strategy, samples:
             searcher.set_search_properties(None, None, space.param_space())
         else:
             searcher.set_search_properties(METRIC, "max", space.param_space())
-    sizes = _Sizes(space) if len(strategy.objectives) > 1 else None
+    cost = strategy.objectives[1] if len(strategy.objectives) > 1 else None
+    if cost is not None and costs is None:
+        if cost.name != "params":
+            raise ValueError(f"a replay on {cost.name} needs its costs (marktune.replay.costs.FlopsTable)")
+        costs = ParameterCounts(space)
     queue: list[tuple[float, int, int]] = []  # (clock at the end of its next task, start order, trial)
     handles: list[ReplayedTrialHandle] = []
 
@@ -333,7 +326,7 @@ def _replay(table: ReplayTable, space: SearchSpace, strategy: Strategy, samples:
         outcome.trials.append(ReplayedTrial(trial_id=trial_id, config=stand_in.config, curve=curve,
                                             stop_after=stop_after, worth=worth,
                                             final_shift=stand_in.final_shift,
-                                            size=sizes.of(settings) if sizes is not None else math.nan))
+                                            costs=costs.curve(settings, tasks=num_tasks) if cost else ()))
         handles.append(ReplayedTrialHandle(trial_id))
         if scheduler is not None:
             scheduler.on_trial_add(None, handles[-1])
@@ -355,7 +348,7 @@ def _replay(table: ReplayTable, space: SearchSpace, strategy: Strategy, samples:
         k = trial.tasks_run
         outcome.events.append((now, trial.trial_id, k))
         result = {METRIC: trial.curve.val[k - 1], TIME_ATTR: k, "training_iteration": k,
-                  "trial_id": trial.trial_id, "total_params": trial.size}
+                  "trial_id": trial.trial_id, **({cost.metric: trial.costs[k - 1]} if cost else {})}
         # Tune: the scheduler judges each result; the searcher sees it unless it is a STOP
         decision = scheduler.on_trial_result(None, handle, result) if scheduler is not None else CONTINUE
         last = k >= trial.stop_after

@@ -81,3 +81,17 @@ def test_a_state_saved_before_counting_gives_an_unknown_count(tmp_path):
     resumed.load_state_dict(state)
     report = resumed.train_next_task()
     assert not resumed.flops.known and report.train_flops != report.train_flops  # nan: not a partial count
+
+
+def test_the_free_settings_change_no_count_and_a_counted_one_does(counted):
+    from marktune.mark.flops import COUNT_FREE, count_key
+
+    one, _ = counted
+    free = dict(lr_task=0.03, lr_mask=0.02, lr_meta=0.05, meta_step=0.5, weight_decay=0.001, kb_dropout=0.1,
+                mask_activation="sigmoid", kb_grad_clip=1.0, grad_clip=2.0, momentum=0.5)
+    assert set(free) <= COUNT_FREE
+    other, _ = run(small(**free))
+    assert other.flops.total == one.flops.total
+    assert count_key({**free, "kb_width": 8}) == count_key({"kb_width": 8})
+    wider, _ = run(small(inner_steps=small().inner_steps + 1))
+    assert wider.flops.total > one.flops.total and "inner_steps" not in COUNT_FREE

@@ -632,15 +632,14 @@ def test_the_syne_tune_bench_answers_a_proposal_with_the_nearest_configuration_a
 
 
 def test_a_multi_objective_replay_reports_a_pareto_set_and_its_hypervolume_regret():
-    from marktune.replay.search import _Sizes
+    from marktune.replay.costs import ParameterCounts, final_costs
     from marktune.replay.table import synthetic_curves
     from marktune.results.objectives import dominates, parse_objectives
     from marktune.tune.spaces import load_space
 
     space = load_space("fmnist")
     table = ReplayTable.from_curves(synthetic_curves(space=space, configs=8, seed=0))
-    sizes = _Sizes(space)
-    table_sizes = [sizes.of(c.params) for c in table.configs]
+    table_sizes = final_costs(ParameterCounts(space), [c.params for c in table.configs], tasks=table.num_tasks)
     two = parse_objectives("val_acc,params")
     regrets = {}
     for samples in (2, 8):
@@ -655,7 +654,7 @@ def test_a_multi_objective_replay_reports_a_pareto_set_and_its_hypervolume_regre
                                                                 grace_period=1, reduction_factor=2),
                     samples=8, workers=2, seed=0)
     assert pruned.task_trainings < pruned.budget and math.isfinite(pruned.hypervolume_regret(table_sizes))
-    with pytest.raises(ValueError, match="val_acc and params only"):
+    with pytest.raises(ValueError, match="val_acc and params or flops only"):
         Strategy(name="x", proposals="table", objectives=parse_objectives("val_acc,forgetting"))
 
 
@@ -800,3 +799,48 @@ def test_the_tie_bench_checks_the_rule_on_held_out_seeds_and_refuses_a_table_of_
     write_curves(one, [r for r in read_curves(DIGITS).rows if r.seed == 0], searched=read_curves(DIGITS).searched)
     assert tie.main([str(one), "--space", "digits"]) == 2
     assert "needs 3 or more" in capsys.readouterr().err
+
+
+def test_a_replay_on_flops_reports_each_trials_counted_flops_after_every_task(tmp_path):
+    import csv
+
+    from marktune.replay.costs import FLOPS_COLUMNS, FlopsTable, counted_settings
+    from marktune.replay.table import synthetic_curves
+    from marktune.results.objectives import parse_objectives
+    from marktune.tune.spaces import load_space
+
+    combinations = load_bench("flops_table").combinations
+    space = load_space("digits")
+    table = ReplayTable.from_curves(synthetic_curves(space=space, configs=12, seed=0))
+    names = counted_settings(space)
+
+    def count(settings, task):  # a made-up count, distinct for every combination and task
+        return task * (1 + settings["kb_width"] * settings["kb_depth"] + 7 * settings["inner_steps"]
+                       + 100 * settings["mini_tasks"] + settings["mask_hidden"])
+    path = tmp_path / "flops.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FLOPS_COLUMNS[:1] + names + FLOPS_COLUMNS[1:])
+        writer.writeheader()
+        for combo in combinations(space):
+            for task in range(1, table.num_tasks + 1):
+                writer.writerow({"source": "grid", **combo, "task": task, "train_flops": count(combo, task),
+                                 "status": "COMPLETE", "seconds": 1})
+    flops = FlopsTable(path, space)
+    assert len(flops) == len(combinations(space)) == 2 * 3 * 2 * 3 * 5
+    two = parse_objectives("val_acc,flops")
+    told = []
+    outcome = replay(table=table, space=space, costs=flops, samples=12, workers=2, seed=0,
+                     strategy=Strategy(name="m", proposals="tpe", objectives=two, grace_period=1, reduction_factor=2))
+    for study_trial, trial in zip(outcome.study.trials, outcome.trials):  # in the order they were asked
+        expected = count({n: study_trial.params[n] for n in names}, trial.tasks_run)
+        assert trial.size == expected  # its own settings' count, at the task it stopped after
+        told.append(study_trial.values is None or study_trial.values[1] == expected)
+    assert any(not t.finished for t in outcome.trials)  # ASHA stopped some: their counts are partial
+    assert all(told)
+    with pytest.raises(ValueError, match="needs its costs"):
+        replay(table=table, space=space, samples=2, strategy=Strategy(name="m", proposals="table", objectives=two))
+    gone = {n: combinations(space)[0][n] for n in names}
+    path.write_text("\n".join(line for line in path.read_text().splitlines()
+                               if not line.startswith("grid," + ",".join(str(gone[n]) for n in names) + ",")))
+    with pytest.raises(KeyError, match="flops_table.py"):
+        FlopsTable(path, space).curve(gone, tasks=table.num_tasks)
