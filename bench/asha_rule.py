@@ -22,7 +22,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from marktune.replay.search import Interval, Strategy, replay  # noqa: E402
+from marktune.replay.repeats import Interval  # noqa: E402
+from marktune.replay.search import Strategy, replay  # noqa: E402
 from marktune.replay.table import ReplayTable  # noqa: E402
 from marktune.results.curves import read_curves  # noqa: E402
 from marktune.tune.spaces import load_space  # noqa: E402

@@ -35,7 +35,8 @@ sys.path.insert(0, str(ROOT))
 
 from marktune.cli.flags import at_least  # noqa: E402
 from marktune.mark.hardware import cpu_model_name  # noqa: E402
-from marktune.replay.search import Interval, Strategy, replay  # noqa: E402
+from marktune.replay.repeats import Interval  # noqa: E402
+from marktune.replay.search import Strategy, replay  # noqa: E402
 from marktune.replay.seed_roles import SeedRoles, TooFewSeedsError, assignments, table_seeds  # noqa: E402
 from marktune.replay.table import ReplayTable, ReplayTableError, read_checked_table  # noqa: E402
 from marktune.results.curves import CurvesError  # noqa: E402

@@ -42,7 +42,8 @@ sys.path.insert(0, str(ROOT))
 
 from marktune.cli.flags import at_least  # noqa: E402
 from marktune.mark.hardware import cpu_model_name  # noqa: E402
-from marktune.replay.search import Interval, Strategy, replay, worth_of  # noqa: E402
+from marktune.replay.repeats import Interval  # noqa: E402
+from marktune.replay.search import Strategy, replay, worth_of  # noqa: E402
 from marktune.replay.seed_roles import SEEN_WARNING, TooFewSeedsError, assignments, table_seeds  # noqa: E402
 from marktune.replay.table import ReplayTable, ReplayTableError, read_checked_table  # noqa: E402
 from marktune.results.curves import CurvesError, read_curves  # noqa: E402

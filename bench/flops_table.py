@@ -5,7 +5,8 @@ A sequence's training FLOPs (``marktune.mark.flops``) depend on its settings les
 runs one whole counted sequence for every combination of a space's searched settings that do
 count (each an ``int`` or a ``choice``: a continuous one cannot be tabulated), the others at the
 space's defaults, seed 0, and writes its cumulative count after every task, as each run ends
-(``--resume`` continues). ``--check N`` then runs the first N configurations of the dense table
+(``--resume`` continues, and runs a combination whose run diverged again with the gentler free
+settings of ``GENTLER``: they change no count). ``--check N`` then runs the first N configurations of the dense table
 (``bench/separation.py``'s draws, all their settings) and prints how far each count lies from its
 combination's: the claim that the free settings change nothing, tested on real runs.
 
@@ -44,6 +45,10 @@ def combinations(space: SearchSpace) -> list[dict[str, Any]]:
         p = space.params[name]
         values.append(list(p.values) if p.kind == "choice" else list(range(int(p.low), int(p.high) + 1)))
     return [dict(zip(names, combo)) for combo in itertools.product(*values)]
+
+
+# free settings (marktune.mark.flops.COUNT_FREE) for a combination that diverged at the defaults
+GENTLER = {"lr_meta": 0.001, "meta_step": 0.01}
 
 
 def run_one(job: tuple[str, str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -98,7 +103,14 @@ def main(argv: list[str] | None = None) -> int:
         jobs += [(args.space, cid, params) for cid, params in drawn.items() if cid != "default"]
     done = read_rows(args.out) if args.resume else []
     seen = {(r["source"], tuple(r[n] for n in names)) for r in done}
-    jobs = [j for j in jobs if (j[1], tuple(str(j[2][n]) for n in names)) not in seen]
+    complete = {(r["source"], tuple(r[n] for n in names)) for r in done if r["status"] == "COMPLETE"}
+    todo = []
+    for space_name, source, settings in jobs:
+        key = (source, tuple(str(settings[n]) for n in names))
+        if key in complete or (key in seen and source != "grid"):
+            continue  # done (a checked configuration runs once, diverged or not)
+        todo.append((space_name, source, {**settings, **GENTLER} if key in seen else settings))
+    jobs = todo
     extra = sorted({k for _, _, s in jobs for k in s} - set(names))
     columns = FLOPS_COLUMNS[:1] + names + extra + FLOPS_COLUMNS[1:] + ["commit", "cpu"]
     if done and set(done[0]) != set(columns):
@@ -136,8 +148,10 @@ def check_report(rows: list[dict[str, str]], names: list[str]) -> str:
     grid: dict[tuple, list] = {}
     checked: dict[str, list] = {}
     for r in rows:
-        (grid.setdefault(tuple(r[n] for n in names), []) if r["source"] == "grid"
-         else checked.setdefault(r["source"], [])).append(r)
+        if r["source"] != "grid":
+            checked.setdefault(r["source"], []).append(r)
+        elif r["status"] == "COMPLETE":  # a combination's diverged run left for its rerun
+            grid.setdefault(tuple(r[n] for n in names), []).append(r)
     lines, worst = [], 0.0
     for cid, crows in sorted(checked.items()):
         key = tuple(crows[0][n] for n in names)

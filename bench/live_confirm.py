@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.fresh_seeds import ranked_by_test, run_fresh  # noqa: E402
 from marktune.mark.hardware import cpu_model_name  # noqa: E402
-from marktune.replay.search import Interval  # noqa: E402
+from marktune.replay.repeats import Interval  # noqa: E402
 from marktune.replay.table import ReplayTable  # noqa: E402
 from marktune.results.curves import read_curves  # noqa: E402
 from marktune.tune.spaces import load_space  # noqa: E402

@@ -32,7 +32,8 @@ sys.path.insert(0, str(ROOT))
 
 from marktune.mark.hardware import cpu_model_name  # noqa: E402
 from marktune.replay.costs import FlopsTable, ParameterCounts, final_costs  # noqa: E402
-from marktune.replay.search import Interval, Strategy, replay  # noqa: E402
+from marktune.replay.repeats import Interval  # noqa: E402
+from marktune.replay.search import Strategy, replay  # noqa: E402
 from marktune.replay.surrogates import make_surrogate  # noqa: E402
 from marktune.replay.table import ReplayTable, check_table  # noqa: E402
 from marktune.results.curves import read_curves  # noqa: E402

@@ -32,7 +32,7 @@ from marktune.mark.hardware import cpu_model_name  # noqa: E402
 from marktune.results.curves import CurvesError, read_curves, write_curves  # noqa: E402
 from marktune.replay.seed_roles import SEEN_WARNING, TooFewSeedsError, assignments, table_seeds  # noqa: E402
 from marktune.replay.grid import Strategy, benchmark_strategies, standard_strategies  # noqa: E402
-from marktune.replay.search import FRACTIONS, Interval, StrategyResult, replay_strategies  # noqa: E402
+from marktune.replay.repeats import FRACTIONS, Interval, StrategyResult, replay_strategies  # noqa: E402
 from marktune.replay.features import DEFAULT_FOLDS  # noqa: E402
 from marktune.replay.surrogates import SURROGATES, WeightedNearest, make_surrogate  # noqa: E402
 from marktune.replay.table import ReplayTable, ReplayTableError, check_table, synthetic_curves  # noqa: E402

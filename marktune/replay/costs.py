@@ -11,8 +11,8 @@ proposes have their own count, not a recorded neighbour's.
 Example:
     >>> from marktune.tune.spaces import load_space
     >>> space = load_space("digits")
-    >>> ParameterCounts(space).curve({"kb_depth": 1, "kb_width": 8, "mask_hidden": 0}, tasks=2)
-    (70660.0, 70660.0)
+    >>> ParameterCounts(space).curve({"kb_depth": 1, "kb_width": 8, "mask_hidden": 0}, tasks=2)  # 5 tasks in all
+    (304538.0, 304538.0)
     >>> counted_settings(space)
     ['inner_steps', 'kb_depth', 'kb_width', 'mask_hidden', 'mini_tasks']
 """

@@ -13,12 +13,15 @@ from conftest import load_bench
 
 from marktune.results.curves import CurveRow, CurvesTable, read_curves, write_curves
 from marktune.replay import search as replay_module
+from marktune.replay import costs as costs_module
+from marktune.replay import repeats as repeats_module
 from marktune.replay import curve_models
 from marktune.replay import features as replay_features
 from marktune.replay import surrogates as surrogates_module
 from marktune.replay import seed_roles as seed_roles_module
 from marktune.replay import table as replay_table_module
-from marktune.replay.search import Interval, Strategy, replay
+from marktune.replay.repeats import Interval
+from marktune.replay.search import Strategy, replay
 from marktune.replay.surrogates import NearestRecorded, WeightedNearest, make_surrogate
 from marktune.replay.table import ReplayTable, config_index
 from marktune.tune.spaces import Param, SearchSpace
@@ -65,7 +68,7 @@ FIRST_K = {
 
 
 def test_docstring_examples_run():
-    for module in (replay_module, replay_table_module, surrogates_module, seed_roles_module):
+    for module in (replay_module, replay_table_module, surrogates_module, seed_roles_module, repeats_module, costs_module):
         failures, tried = doctest.testmod(module)
         assert tried > 0 and failures == 0, module.__name__
 
