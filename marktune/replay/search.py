@@ -181,16 +181,18 @@ class ReplayOutcome:
         ranks = nondominated_ranks([(-t.value, t.size) for t in done])
         return [t for t, r in zip(done, ranks) if r == 0]
 
-    def hypervolume_regret(self, sizes: Sequence[float]) -> float:
+    def hypervolume_regret(self, sizes: Sequence[float], picks: Sequence[ReplayedTrial] | None = None) -> float:
         """How much of the table's own front the reported Pareto set misses, in % of the box between
         the table's best corner and its worst (least accurate, largest): the hypervolume of the
         table's configurations (3-seed mean final test ACC, cost: parameters or FLOPs; ``sizes`` in
-        the table's order) minus that of the picks, each scored by what it is worth."""
+        the table's order) minus that of the picks (by default its Pareto set), each scored by
+        what it is worth."""
         worth = [worth_of(c, self.roles) for c in self.table.configs]
         reference = (-min(worth), max(sizes))
         box = (max(worth) - min(worth)) * (max(sizes) - min(sizes))
         table = hypervolume_2d([(-w, z) for w, z in zip(worth, sizes)], reference)
-        picked = hypervolume_2d([(-t.worth, t.size) for t in self.pareto_pick()], reference)
+        picks = self.pareto_pick() if picks is None else picks
+        picked = hypervolume_2d([(-t.worth, t.size) for t in picks], reference)
         return 100 * (table - picked) / box if box > 0 else math.nan
 
     def confirm(self, *, top: int, seeds: int, rng: np.random.Generator) -> "Confirmation":

@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from marktune.mark.metrics import METRIC, TIME_ATTR
 from marktune.results.confirmation import (CONFIRMATION_FILE, CONFIRMATION_RUNS, ConfirmationPlan, Verdict,
                                            plan_confirmation, read_confirmation)
 from marktune.results.files import write_atomic
-from marktune.tune.evaluation_run import pick_from_row, run_progress
-from marktune.tune.launch import prepare_tune, quiet_ray_output
-from marktune.tune.plan import RUNTIME_KEY, SearchPlan
-from marktune.tune.ray_internals import handle_failures
-from marktune.tune.tune_setup import keep_every_checkpoint, prune_checkpoints
+from marktune.tune.grid_run import Grid, run_grid, run_progress
+from marktune.tune.plan import SearchPlan
+from marktune.tune.tune_setup import prune_checkpoints
 
 if TYPE_CHECKING:
     from marktune.results.summary import TrialRow
@@ -63,45 +61,19 @@ def confirmation_experiment(plan: SearchPlan) -> str:
 def run_confirmation(plan: SearchPlan, confirmation: ConfirmationPlan) -> ConfirmationRun:
     """Run (or, after Ctrl-C, continue) every (finalist, seed) run to its last task."""
     from ray import tune
-    from ray.tune.logger import JsonLoggerCallback
-
-    from runners.mark_sequence import is_permanent_error, train_mark_sequence
 
     experiment = confirmation_experiment(plan)
-    gpus = prepare_tune(cpus_per_trial=plan.cpus_per_trial, gpus_per_trial=plan.gpus_per_trial,
-                        runs=confirmation.runs, max_concurrent=plan.max_concurrent)
-    trainable = tune.with_resources(train_mark_sequence, {"cpu": plan.cpus_per_trial, "gpu": gpus})
-    rows = [{k: v for k, v in f.config.items() if k != "seed"} for f in confirmation.finalists]
     ids = [f.trial_id for f in confirmation.finalists]
-    param_space: dict[str, Any] = {
-        "confirm_row": tune.grid_search(list(range(len(rows)))),
-        "seed": tune.grid_search(list(confirmation.seeds)),
-        "confirm_of": tune.sample_from(lambda config: ids[config["confirm_row"]]),
-        **{k: pick_from_row(k, rows, row_key="confirm_row") for k in sorted({k for r in rows for k in r})},
-        RUNTIME_KEY: plan.runtime.to_dict(),
-    }
-    quiet_ray_output(verbose=plan.verbose)
-    if tune.Tuner.can_restore(experiment):  # a resumed search: the same grid, only what is unfinished
-        tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True,
-                                   resume_errored=False, restart_errored=False, param_space=param_space)
-        what = "continuing"
-    else:
-        tuner = tune.Tuner(
-            trainable, param_space=param_space,
-            run_config=tune.RunConfig(name=CONFIRMATION_RUNS, storage_path=plan.experiment,
-                                      callbacks=[JsonLoggerCallback(),
-                                                 _progress_callback(confirmation.runs)],
-                                      failure_config=tune.FailureConfig(max_failures=plan.max_failures),
-                                      checkpoint_config=keep_every_checkpoint(), verbose=1 if plan.verbose else 0),
-            tune_config=tune.TuneConfig(max_concurrent_trials=plan.max_concurrent, reuse_actors=plan.reuse_actors,
-                                        trial_name_creator=_trial_name, trial_dirname_creator=_trial_name))
-        what = "running"
-    print(f"[marktune] confirmation: {what} the top {len(ids)} trials ({', '.join(ids)}) at "
-          f"{len(confirmation.seeds)} more seed{'s' if len(confirmation.seeds) != 1 else ''} "
-          f"({', '.join(map(str, confirmation.seeds))}): "
-          f"{confirmation.runs} runs in {experiment}", flush=True)
-    handle_failures(is_permanent_error)
-    results = tuner.fit()
+    grid = Grid(rows=[{k: v for k, v in f.config.items() if k != "seed"} for f in confirmation.finalists],
+                row_key="confirm_row", axes={"seed": list(confirmation.seeds)},
+                derived={"confirm_of": tune.sample_from(lambda config: ids[config["confirm_row"]])})
+    seeds = confirmation.seeds
+    results = run_grid(plan, grid, storage=plan.experiment, name=CONFIRMATION_RUNS, trial_name=_trial_name,
+                       progress=_progress_callback(confirmation.runs), verbose=plan.verbose, restore=True,
+                       announce=lambda what, _: (
+                           f"[marktune] confirmation: {what} the top {len(ids)} trials ({', '.join(ids)}) at "
+                           f"{len(seeds)} more seed{'s' if len(seeds) != 1 else ''} ({', '.join(map(str, seeds))}): "
+                           f"{confirmation.runs} runs in {experiment}"))
     values: dict[tuple[str, int], tuple[float, float]] = {}
     errors = []
     for r in results:
