@@ -293,32 +293,15 @@ def _replay(table: ReplayTable, space: SearchSpace, strategy: Strategy, samples:
         raise ValueError(f"no configuration of the table is complete at every seed of {roles}")
     outcome = ReplayOutcome(table=table, trials=[], budget=samples * num_tasks, roles=roles,
                             reference=max(worth_of(table.configs[i], roles) for i in pool))
-    searcher, draws = None, None
-    if strategy.proposals == "table":
-        draws = _TableDraws(len(pool), rng)
-    else:
-        surrogate = surrogate if surrogate is not None else make_surrogate(table=table, space=space)
-        searcher = replay_searcher(strategy, num_tasks=num_tasks, seed=seed, samples=samples)
-        if len(strategy.objectives) > 1:  # as the search's Tuner: the searcher keeps its own metrics
-            searcher.set_search_properties(None, None, space.param_space())
-        else:
-            searcher.set_search_properties(METRIC, "max", space.param_space())
-    cost = strategy.objectives[1] if len(strategy.objectives) > 1 else None
-    if cost is not None and costs is None:
-        if cost.name != "params":
-            raise ValueError(f"a replay on {cost.name} needs its costs (marktune.replay.costs.FlopsTable)")
-        costs = ParameterCounts(space)
+    propose, searcher = _proposals(table, space, strategy, pool=pool, rng=rng, seed=seed, samples=samples,
+                                   surrogate=surrogate, trial_seed=trial_seed)
+    cost, costs = _cost(strategy, space, costs)
     queue: list[tuple[float, int, int]] = []  # (clock at the end of its next task, start order, trial)
     handles: list[ReplayedTrialHandle] = []
 
     def start(now: float) -> None:
         trial_id = f"{len(outcome.trials):05d}"
-        if draws is not None:
-            stand_in = recorded_stand_in(table, pool[draws.next()], rng, seed=trial_seed)
-            settings = table.configs[stand_in.config].params
-        else:
-            settings = searcher.suggest(trial_id)
-            stand_in = surrogate.stand_in(settings, rng, seed=trial_seed)
+        settings, stand_in = propose(trial_id)
         curve, worth = stand_in.curve, stand_in.worth
         recorded = table.configs[stand_in.config]
         if roles is not None and recorded.has_seeds(roles.score):
@@ -351,20 +334,63 @@ def _replay(table: ReplayTable, space: SearchSpace, strategy: Strategy, samples:
         outcome.events.append((now, trial.trial_id, k))
         result = {METRIC: trial.curve.val[k - 1], TIME_ATTR: k, "training_iteration": k,
                   "trial_id": trial.trial_id, **({cost.metric: trial.costs[k - 1]} if cost else {})}
-        # Tune: the scheduler judges each result; the searcher sees it unless it is a STOP
-        decision = scheduler.on_trial_result(None, handle, result) if scheduler is not None else CONTINUE
         last = k >= trial.stop_after
-        if decision == STOP or last:
-            if decision != STOP and searcher is not None:
-                searcher.on_trial_result(trial.trial_id, result)  # a trial that returned: FIFO's CONTINUE
-            if scheduler is not None:
-                scheduler.on_trial_complete(None, handle, result)
-            if searcher is not None:
-                searcher.on_trial_complete(trial.trial_id, result=result)
+        if _told(scheduler, searcher, handle, result, last=last):
             end(trial, now, finished=last)
-            continue
-        if searcher is not None:
-            searcher.on_trial_result(trial.trial_id, result)
-        heapq.heappush(queue, (now + trial.curve.seconds[k], order, i))
+        else:
+            heapq.heappush(queue, (now + trial.curve.seconds[k], order, i))
     outcome.study = searcher.study if searcher is not None else None
     return outcome
+
+
+def _proposals(table: ReplayTable, space: SearchSpace, strategy: Strategy, *, pool: list[int],
+               rng: np.random.Generator, seed: int, samples: int, surrogate: Surrogate | None,
+               trial_seed: int | None):
+    """``propose(trial_id) -> (settings, stand-in)``, and the searcher that proposes (None: the
+    settings are drawn from the table's ``pool``, without replacement)."""
+    if strategy.proposals == "table":
+        draws = _TableDraws(len(pool), rng)
+
+        def drawn(trial_id: str):
+            stand_in = recorded_stand_in(table, pool[draws.next()], rng, seed=trial_seed)
+            return table.configs[stand_in.config].params, stand_in
+        return drawn, None
+    surrogate = surrogate if surrogate is not None else make_surrogate(table=table, space=space)
+    searcher = replay_searcher(strategy, num_tasks=table.num_tasks, seed=seed, samples=samples)
+    if len(strategy.objectives) > 1:  # as the search's Tuner: the searcher keeps its own metrics
+        searcher.set_search_properties(None, None, space.param_space())
+    else:
+        searcher.set_search_properties(METRIC, "max", space.param_space())
+
+    def suggested(trial_id: str):
+        settings = searcher.suggest(trial_id)
+        return settings, surrogate.stand_in(settings, rng, seed=trial_seed)
+    return suggested, searcher
+
+
+def _cost(strategy: Strategy, space: SearchSpace, costs: Costs | None):
+    """The second objective (None: one objective) and what gives a trial's: ``costs``, else the
+    parameters counted from the settings."""
+    cost = strategy.objectives[1] if len(strategy.objectives) > 1 else None
+    if cost is not None and costs is None:
+        if cost.name != "params":
+            raise ValueError(f"a replay on {cost.name} needs its costs (marktune.replay.costs.FlopsTable)")
+        costs = ParameterCounts(space)
+    return cost, costs
+
+
+def _told(scheduler, searcher, handle: ReplayedTrialHandle, result: dict[str, Any], *, last: bool) -> bool:
+    """One result through the scheduler and the searcher as Tune passes it: the scheduler judges
+    it, the searcher sees it unless it is a STOP. True: the trial ended (stopped, or ``last``)."""
+    decision = scheduler.on_trial_result(None, handle, result) if scheduler is not None else CONTINUE
+    if decision == STOP or last:
+        if decision != STOP and searcher is not None:
+            searcher.on_trial_result(handle.trial_id, result)  # a trial that returned: FIFO's CONTINUE
+        if scheduler is not None:
+            scheduler.on_trial_complete(None, handle, result)
+        if searcher is not None:
+            searcher.on_trial_complete(handle.trial_id, result=result)
+        return True
+    if searcher is not None:
+        searcher.on_trial_result(handle.trial_id, result)
+    return False
