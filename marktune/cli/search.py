@@ -159,6 +159,33 @@ def plan_from_args(args: argparse.Namespace) -> SearchPlan:
     if len(objectives) > 1 and args.confirm_top:
         raise SearchError("--confirm-top picks one winner; with several --objectives the search returns a "
                           "Pareto set: leave --confirm-top out (marktune.evaluate re-runs the set on fresh seeds)")
+    confirm_top, confirm_seeds = confirmation_stage(args, d, samples=samples, objectives=objectives)
+    max_concurrent = args.max_concurrent if args.max_concurrent is not None else d["max_concurrent"]
+    cpus = args.cpus_per_trial if args.cpus_per_trial is not None else float(d["cpus_per_trial"])
+    gpus = args.gpus_per_trial if args.gpus_per_trial is not None else d["gpus_per_trial"]
+    check_trial_resources(cpus_per_trial=cpus, gpus_per_trial=gpus, max_concurrent=max_concurrent,
+                          max_failures=args.max_failures)
+    storage, name = storage_and_name(args, space)
+    study_storage = StudyStorage.for_experiment(experiment_dir=local_experiment_dir(storage, name),
+                                                url=args.optuna_storage)
+    protocol, tuning_tasks = check_protocol(args.protocol, args.tuning_tasks, stream_tasks=base.tasks)
+    space.check_tasks_searched(tuning_tasks or base.tasks, tuning=tuning_tasks is not None,
+                                scheduler=strategy.scheduler)
+    runtime = TrialRuntime(data_dir=args.data_dir, download=args.download, threads=trial_threads(cpus),
+                           cpu_fallback=args.cpu_fallback, gpu_memory_fraction=args.gpu_memory_fraction,
+                           stop_after_tasks=tuning_tasks)  # first-k: each trial stops after k tasks
+    return SearchPlan(space=space, space_given=args.space, overrides=overrides, override_flags=tuple(args.overrides),
+                      base_config=base, samples=samples, seed=args.seed, search_strategy=strategy, confirm_top=confirm_top,
+                      confirm_seeds=confirm_seeds, objectives=objectives, max_concurrent=max_concurrent,
+                      cpus_per_trial=cpus, gpus_per_trial=gpus, max_failures=args.max_failures,
+                      reuse_actors=args.reuse_actors, storage=storage, name=name, num_tasks=tuning_tasks or base.tasks, study_storage=study_storage,
+                      runtime=runtime, ray=flags.ray_settings(args), resume=bool(args.resume), protocol=protocol,
+                      tuning_tasks=tuning_tasks, stream_tasks=base.tasks, verbose=args.verbose, quiet=args.quiet)
+
+
+def confirmation_stage(args: argparse.Namespace, d: dict, *, samples: int, objectives) -> tuple[int, int]:
+    """(--confirm-top, --confirm-seeds): the flags, else the space's defaults ``d``, checked; no
+    stage with several objectives or beyond the search's trials."""
     confirm_top = args.confirm_top if args.confirm_top is not None else d["confirm_top"]
     if len(objectives) > 1:
         confirm_top = 0  # the space's confirmation is for one objective
@@ -179,11 +206,12 @@ def plan_from_args(args: argparse.Namespace) -> SearchPlan:
         # its seeds follow the search's seed, past every seed a trial used (at most one a trial)
         check_seed(args.seed + samples + confirm_seeds, flag=f"--seed {args.seed} + --samples {samples} + "
                    f"--confirm-seeds {confirm_seeds}: the confirmation's last seed")
-    max_concurrent = args.max_concurrent if args.max_concurrent is not None else d["max_concurrent"]
-    cpus = args.cpus_per_trial if args.cpus_per_trial is not None else float(d["cpus_per_trial"])
-    gpus = args.gpus_per_trial if args.gpus_per_trial is not None else d["gpus_per_trial"]
-    check_trial_resources(cpus_per_trial=cpus, gpus_per_trial=gpus, max_concurrent=max_concurrent,
-                          max_failures=args.max_failures)
+    return confirm_top, confirm_seeds
+
+
+def storage_and_name(args: argparse.Namespace, space) -> tuple[str, str]:
+    """Where the experiment lives (a local path made absolute) and its name (given, else the
+    space's and the time); --resume needs a name that is there."""
     if args.resume and not args.name:
         raise SearchError("--resume needs --name of the experiment to continue")
     storage = args.storage
@@ -193,21 +221,7 @@ def plan_from_args(args: argparse.Namespace) -> SearchPlan:
             raise SearchError(f"--resume: no experiment {args.name!r} in {storage}")
     name = args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     check_name(name)
-    study_storage = StudyStorage.for_experiment(experiment_dir=local_experiment_dir(storage, name),
-                                                url=args.optuna_storage)
-    protocol, tuning_tasks = check_protocol(args.protocol, args.tuning_tasks, stream_tasks=base.tasks)
-    space.check_tasks_searched(tuning_tasks or base.tasks, tuning=tuning_tasks is not None,
-                                scheduler=strategy.scheduler)
-    runtime = TrialRuntime(data_dir=args.data_dir, download=args.download, threads=trial_threads(cpus),
-                           cpu_fallback=args.cpu_fallback, gpu_memory_fraction=args.gpu_memory_fraction,
-                           stop_after_tasks=tuning_tasks)  # first-k: each trial stops after k tasks
-    return SearchPlan(space=space, space_given=args.space, overrides=overrides, override_flags=tuple(args.overrides),
-                      base_config=base, samples=samples, seed=args.seed, search_strategy=strategy, confirm_top=confirm_top,
-                      confirm_seeds=confirm_seeds, objectives=objectives, max_concurrent=max_concurrent,
-                      cpus_per_trial=cpus, gpus_per_trial=gpus, max_failures=args.max_failures,
-                      reuse_actors=args.reuse_actors, storage=storage, name=name, num_tasks=tuning_tasks or base.tasks, study_storage=study_storage,
-                      runtime=runtime, ray=flags.ray_settings(args), resume=bool(args.resume), protocol=protocol,
-                      tuning_tasks=tuning_tasks, stream_tasks=base.tasks, verbose=args.verbose, quiet=args.quiet)
+    return storage, name
 
 
 # ---------------------------------------------------------------- resuming
@@ -276,6 +290,13 @@ def summarize(run: SearchRun, plan: SearchPlan, *, top: int, rows: list[TrialRow
     moved = node_loss_note(experiment_moves(out_dir)) if not is_remote(plan.storage) else ""
     if moved:  # a lost worker node, in words: the trials' rows say where each task ran
         print(f"[marktune] {moved}")
+    print_where(run, plan, best=best, confirmed=confirmed, left=left)
+    return rows
+
+
+def print_where(run: SearchRun, plan: SearchPlan, *, best, confirmed: ConfirmationRun | None, left: int) -> None:
+    """Where the search's outputs are and what to run next (after Ctrl-C: how to continue)."""
+    out_dir = plan.local_dir()
     print(f"[marktune] trials.csv: {out_dir / 'trials.csv'}")
     print(f"[marktune] {CURVES_TABLE} (every trial's values after every task): {out_dir / CURVES_TABLE}")
     if best:
@@ -292,7 +313,6 @@ def summarize(run: SearchRun, plan: SearchPlan, *, top: int, rows: list[TrialRow
     elif confirmed is not None and confirmed.unfinished:
         print(f"[marktune] interrupted: {confirmed.unfinished} confirmation runs unfinished, so best_config.yaml "
               f"is the one-seed pick for now; continue with `{resume_command(plan)}`")
-    return rows
 
 
 def resume_command(plan: SearchPlan) -> str:
