@@ -18,7 +18,7 @@ and without the space's ASHA), which reports its best trial and the cheapest tri
 Strategies: ``random`` draws from the table (no surrogate error); ``random-sampler``, ``tpe``
 (Optuna's multi-objective TPE) and ``nsga2`` propose through the surrogate, so compare them with
 ``random-sampler``. ``+ asha``: ASHA on val ACC alone; ``+ mo-asha``: the multi-objective ASHA
-(``marktune/tune/mo_asha.py``).
+(``marktune/tune/strategy/mo_asha.py``).
 
     PYTHONPATH=. .venv/bin/python bench/mo_replay.py bench/curves/digits.csv --space digits \\
         --samples 32 --workers 2 --replay-seeds 20 [--cost flops --flops-table bench/curves/flops/digits.csv] \\

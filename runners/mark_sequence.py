@@ -147,7 +147,7 @@ def train_mark_sequence(config: dict[str, Any]) -> None:
     memory_fraction = cap_gpu_memory(device, trial_gpu_fraction(runtime))  # before anything is built
     check_precision(mark_config.precision, device)  # bf16 on a CPU without it: refuse, don't crawl
     benchmark = load_benchmark_for(mark_config, data_dir=runtime.data_dir, download=runtime.download)
-    # quiet learner: the driver prints one line per finished task (marktune.tune.progress)
+    # quiet learner: the driver prints one line per finished task (marktune.tune.display.progress)
     learner = MarkLearner(mark_config, benchmark, device=device, verbose=0)
 
     # the objectives a multi-objective search may rank on (marktune.results.objectives): the size is a

@@ -79,8 +79,8 @@ def search_in_process(argv: list[str], *, top: int = 10):
     import ray
 
     from marktune.cli import search
-    from marktune.tune.launch import start_ray
-    from marktune.tune.search_run import run_search
+    from marktune.tune.runs.launch import start_ray
+    from marktune.tune.runs.search_run import run_search
 
     args = search.build_parser().parse_args(argv)
     plan = search.plan_from_args(args)

@@ -25,7 +25,7 @@ to the last task. Output, in the experiment directory: ``evaluation.csv`` (one r
 
 This module is the command line: parse the flags (shared ones in :mod:`marktune.cli.flags`),
 build the typed plan (:class:`marktune.tune.plan.EvalPlan`), check it and start Ray
-(:mod:`marktune.tune.launch`), run it (:mod:`marktune.tune.evaluation_run`), write the tables.
+(:mod:`marktune.tune.runs.launch`), run it (:mod:`marktune.tune.runs.evaluation_run`), write the tables.
 """
 from __future__ import annotations
 
@@ -44,13 +44,13 @@ from marktune.results.evaluation_table import aggregate, format_markdown, write_
 from marktune.results.experiment import Experiment, ExperimentError
 from marktune.results.confirmation import unused_seeds
 from marktune.results.files import is_remote, write_atomic
-from marktune.tune.evaluation_run import conclude_and_save, front_verdicts, run_evaluation, run_records
+from marktune.tune.runs.evaluation_run import conclude_and_save, front_verdicts, run_evaluation, run_records
 from marktune.results.files import LOCK_FILE
 from marktune.tune.folders.output import RunFolderTaken, check_evaluation_folder, move_aside
 from marktune.tune.folders.ownership import MARKER, FolderOwned, check_kind, claim
 from marktune.tune.folders.lock import ExperimentLock, lock_search_directory
-from marktune.tune.launch import check_evaluation, shutdown_ray, start_ray
-from marktune.tune.preflight import check_cluster_resources
+from marktune.tune.runs.launch import check_evaluation, shutdown_ray, start_ray
+from marktune.tune.runs.preflight import check_cluster_resources
 from marktune.tune.plan import (EvalConfig, EvalPlan, PlanError, check_name, check_seed,
                                 check_stage_size, check_trial_resources, trial_threads)
 from marktune.tune.spaces import load_experiment_with_space

@@ -31,7 +31,7 @@ from marktune.tune.folders.output import RunFolderTaken, check_report_file
 from marktune.results import html as report_html
 from marktune.results.experiment import Experiment, ExperimentError
 from marktune.tune.spaces import load_experiment_with_space
-from marktune.tune.study import param_importances, study_of_experiment
+from marktune.tune.folders.study import param_importances, study_of_experiment
 
 
 def study_importances(exp: Experiment, *, optuna_storage: str | None = None) -> report_html.Importances:

@@ -10,7 +10,7 @@ TensorBoard compares all trials.
 
 This module is the command line: parse the flags (shared ones in :mod:`marktune.cli.flags`),
 build the typed plan (:class:`marktune.tune.plan.SearchPlan`), check it and start Ray
-(:mod:`marktune.tune.launch`), run it (:mod:`marktune.tune.search_run`), print the
+(:mod:`marktune.tune.runs.launch`), run it (:mod:`marktune.tune.runs.search_run`), print the
 end-of-run summary (rows and files from :mod:`marktune.results.summary`).
 """
 from __future__ import annotations
@@ -34,20 +34,20 @@ from marktune.results.objectives import ObjectiveError, parse_objectives
 from marktune.results.node_moves import experiment_moves, node_loss_note
 from marktune.results.summary import (TrialRow, cheapest_sentence, format_front, format_table, mark_confirmed,
                                       mark_fronts, mark_ties, trial_rows, unfinished, write_outputs)
-from marktune.tune.confirmation_run import ConfirmationRun, confirm
+from marktune.tune.runs.confirmation_run import ConfirmationRun, confirm
 from marktune.tune.folders.lock import lock_experiment
-from marktune.tune.launch import check_search, open_experiment, shutdown_ray, start_ray
-from marktune.tune.preflight import (check_address, check_cluster_resources, check_local_resources, check_optuna_storage,
+from marktune.tune.runs.launch import check_search, open_experiment, shutdown_ray, start_ray
+from marktune.tune.runs.preflight import (check_address, check_cluster_resources, check_local_resources, check_optuna_storage,
                                      check_ray_flags)
 from marktune.tune.plan import (DEFAULT_STORAGE, PlanError, SearchPlan, check_name, check_protocol, check_seed,
                                 check_stage_size, check_trial_resources, local_experiment_dir, trial_threads)
 from marktune.tune.folders.search_state import finished_words, replan_or_check_confirmation
-from marktune.tune.search_run import SearchRun, run_search
+from marktune.tune.runs.search_run import SearchRun, run_search
 from marktune.tune.folders.search_settings import kept_on_resume_in_words, take_saved_settings
 from marktune.tune.spaces import SpaceError, available_spaces, load_space
-from marktune.tune.strategies import SAMPLERS, SCHEDULERS, flag_help
-from marktune.tune.study import DASHBOARD_INSTALL, JOURNAL_FILE, StudyStorage
-from marktune.tune.tune_setup import prune_checkpoints
+from marktune.tune.strategy.strategies import SAMPLERS, SCHEDULERS, flag_help
+from marktune.tune.folders.study import DASHBOARD_INSTALL, JOURNAL_FILE, StudyStorage
+from marktune.tune.runs.tune_setup import prune_checkpoints
 from runners.runtime import TrialRuntime
 
 SearchError = PlanError  # what a search's bad flag or environment raises (the name its callers know)

@@ -1,7 +1,7 @@
 """What a replayed search runs: its :class:`Strategy` (proposals and pruning), and the grids of them.
 
 A strategy's names are the live search's: samplers and schedulers come from the registries of
-:mod:`marktune.tune.strategies` (``tests/tune/test_strategies.py`` holds the two to the same
+:mod:`marktune.tune.strategy.strategies` (``tests/tune/test_strategies.py`` holds the two to the same
 names). :func:`standard_strategies` is ``bench/replay.py``'s default set; :func:`benchmark_strategies`
 the grid of every proposal under every scheduler (``--grid``).
 """
@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from marktune.results.objectives import SINGLE, Objective
-from marktune.tune.strategies import SAMPLERS, SCHEDULERS
+from marktune.tune.strategy.strategies import SAMPLERS, SCHEDULERS
 
 # "table": random search drawn from the table; "random-sampler": Optuna's RandomSampler through the
-# surrogate; any other: that searcher (marktune.tune.samplers) through the surrogate
+# surrogate; any other: that searcher (marktune.tune.strategy.samplers) through the surrogate
 PROPOSALS = ("table", "random-sampler", *[s for s in SAMPLERS if s != "random"])
 
 
@@ -29,7 +29,7 @@ class Strategy:
     stop_after: int | None = None  # first-k: every trial stops after this many tasks
     n_startup_trials: int | None = None  # TPE's and GP's random start; None: Optuna's default (10)
     constant_liar: bool = True  # TPE's
-    scheduler: str = "asha"  # which stops trials when it prunes: a name of marktune.tune.strategies.SCHEDULERS
+    scheduler: str = "asha"  # which stops trials when it prunes: a name of marktune.tune.strategy.strategies.SCHEDULERS
     brackets: int = 1  # hyperband's (Ray's AsyncHyperBandScheduler's brackets)
     # what the searcher and ASHA rank on: val_acc alone, or val_acc and a cost, params or flops
     # (the multi-objective study and ASHA of marktune.results.objectives; a table holds no
@@ -78,7 +78,7 @@ BENCHMARK_PROPOSALS = (("random", "table", True), ("random-sampler", "random-sam
                        ("tpe", "tpe", True), ("tpe no-liar", "tpe", False),
                        ("tpe-independent", "tpe-independent", True), ("tpe-group", "tpe-group", True),
                        ("gp", "gp", True))
-# (scheduler, grace period, reduction factor), names of marktune.tune.strategies.SCHEDULERS as the live
+# (scheduler, grace period, reduction factor), names of marktune.tune.strategy.strategies.SCHEDULERS as the live
 # search takes them: no pruning, ASHA at grace 1/2 x eta 2/3, asynchronous Hyperband (the spaces' 3 brackets)
 BENCHMARK_SCHEDULERS = (("none", None, None), ("asha", 1, 2), ("asha", 1, 3), ("asha", 2, 2), ("asha", 2, 3),
                         ("hyperband", 1, 2))

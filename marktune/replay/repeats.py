@@ -78,7 +78,7 @@ def replay_strategy(*, table: ReplayTable, space: SearchSpace, strategy: Strateg
 
 
 # what replay_strategy imports (the searcher and scheduler are Ray Tune's and Optuna's)
-_REPLAY_WORKER_MODULES = ("marktune.replay.repeats", "marktune.replay.search", "marktune.tune.searcher", "marktune.tune.scheduler")
+_REPLAY_WORKER_MODULES = ("marktune.replay.repeats", "marktune.replay.search", "marktune.tune.strategy.searcher", "marktune.tune.strategy.scheduler")
 
 
 def _replay_strategy_args(args: tuple) -> StrategyResult:

@@ -5,12 +5,12 @@ the seconds its recorded curve took, so an event queue on that clock orders ever
 real search with that many workers would. After each task the trial reports ``mean_val_acc``
 (METRIC) at ``tasks_done`` (TIME_ATTR) to the same objects the search builds:
 
-* the scheduler from :func:`marktune.tune.scheduler.make_scheduler` (ResumableASHA), through
+* the scheduler from :func:`marktune.tune.strategy.scheduler.make_scheduler` (ResumableASHA), through
   ``on_trial_add`` / ``on_trial_result`` / ``on_trial_complete`` in the order Tune's
   ``TuneController`` calls them (``_process_trial_result``, ``stop_trial``); it gets a minimal
   trial (:class:`ReplayedTrialHandle`: the trial id, and no results to refill) and no controller
   (ASHA reads neither further);
-* the searcher, :class:`marktune.tune.searcher.MarkOptunaSearch` with Optuna's TPE or random
+* the searcher, :class:`marktune.tune.strategy.searcher.MarkOptunaSearch` with Optuna's TPE or random
   sampler, its study in memory (:class:`InMemoryStudyStorage`): ``suggest``, ``on_trial_result`` for each report
   the scheduler let through, ``on_trial_complete`` with the last.
 
@@ -66,14 +66,14 @@ from marktune.replay.table import Curve, ReplayTable
 from marktune.results.confirmation import best_by_mean
 from marktune.results.objectives import hypervolume_2d, nondominated_ranks
 from marktune.tune.spaces import SearchSpace
-from marktune.tune.strategies import SCHEDULERS, generation_size
+from marktune.tune.strategy.strategies import SCHEDULERS, generation_size
 
 CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP  # Ray's own decisions, as the search's ASHA returns
 
 
 # ---------------------------------------------------------------- the searcher and scheduler
 class InMemoryStudyStorage:
-    """Stands in for :class:`marktune.tune.study.StudyStorage`: MarkOptunaSearch only opens it
+    """Stands in for :class:`marktune.tune.folders.study.StudyStorage`: MarkOptunaSearch only opens it
     (and names it when pickled, which a replay never does). A journal file would cost an fsync per
     change: 2.6 of the 3.5 s of a 48-trial TPE replay."""
 
@@ -88,7 +88,7 @@ class InMemoryStudyStorage:
 
 def replay_searcher(strategy: Strategy, *, num_tasks: int, seed: int, samples: int = 50):
     """The search's searcher with the strategy's sampler (NSGA-II's generation sized to ``samples``), in memory."""
-    from marktune.tune.searcher import make_searcher
+    from marktune.tune.strategy.searcher import make_searcher
 
     kind = "random" if strategy.proposals == "random-sampler" else strategy.proposals
     startup = 10 if strategy.n_startup_trials is None else strategy.n_startup_trials  # Optuna's default, the search's

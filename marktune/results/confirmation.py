@@ -9,7 +9,7 @@ validation ACC over all its seeds, the search's own included. The idea is SMAC3'
 intensification and irace's racing, in their simplest form: one round, a fixed set of finalists.
 
 This module is plain data and arithmetic; the runs themselves are Ray trials
-(:mod:`marktune.tune.confirmation_run`). The replay scores the same rule
+(:mod:`marktune.tune.runs.confirmation_run`). The replay scores the same rule
 (:meth:`marktune.replay.search.ReplayOutcome.confirm` calls :func:`best_by_mean`).
 
 Example:

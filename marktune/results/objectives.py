@@ -13,7 +13,7 @@ inside a front an epsilon-net order (Clarkson 2005, as Schmucker et al. 2021 use
 the best point on the first objective first, then each time the point farthest from those
 already taken. Distances are measured on each objective scaled to [0, 1] over the points
 ranked, so that a parameter count in the 10^5 does not alone decide them. The multi-objective
-ASHA (:mod:`marktune.tune.mo_asha`) keeps a trial at a rung when its position in that order is
+ASHA (:mod:`marktune.tune.strategy.mo_asha`) keeps a trial at a rung when its position in that order is
 within the top 1/eta, as Syne Tune's MOASHA does.
 
 Example:

@@ -5,7 +5,7 @@ and, when the search was interrupted, ``RUNNING`` (it had reported tasks and wil
 ``--resume``) or ``PENDING`` (not started: it never reported a result). Tune's returned trials
 cannot tell these apart after Ctrl-C (it marks every running trial TERMINATED while it cleans
 up), so the caller says which trials were cut short (from the experiment state Tune saved just
-before, see ``marktune.tune.tune_setup.last_trial_states``).
+before, see ``marktune.tune.runs.tune_setup.last_trial_states``).
 
 Example:
     >>> rows = [TrialRow(trial_id="a", status="COMPLETE", tasks_done=5, val_acc=0.8, test_acc=0.79,

@@ -1,8 +1,8 @@
 """Typed plans: everything a command decided before Ray starts, and what rides in each trial.
 
 The command line (``marktune.cli``) parses its flags, builds one of these frozen records and
-hands it to the library (``marktune.tune.launch`` checks it and starts Ray,
-``marktune.tune.search_run`` / ``marktune.tune.evaluation_run`` run it). No function below the
+hands it to the library (``marktune.tune.runs.launch`` checks it and starts Ray,
+``marktune.tune.runs.search_run`` / ``marktune.tune.runs.evaluation_run`` run it). No function below the
 command line sees an argparse namespace.
 
 * what rides in each trial, :class:`runners.runtime.TrialRuntime` (data, threads, GPU use, where
@@ -27,8 +27,8 @@ if TYPE_CHECKING:
     from marktune.mark.config import MarkConfig
     from marktune.results.experiment import Experiment
     from marktune.tune.spaces import SearchSpace
-    from marktune.tune.strategies import SearchStrategy
-    from marktune.tune.study import StudyStorage
+    from marktune.tune.strategy.strategies import SearchStrategy
+    from marktune.tune.folders.study import StudyStorage
 
 __all__ = ["RUNTIME_KEY", "DEFAULT_STORAGE", "PlanError", "RaySettings", "SearchPlan", "EvalConfig",
            "EvalPlan", "check_trial_resources", "check_protocol", "check_name", "check_seed", "check_stage_size",
@@ -160,7 +160,7 @@ class SearchPlan:
     samples: int
     seed: int  # of the sampler (trials use the space's seed)
     # which sampler proposes, which scheduler stops, with their options: each flag, else the space's
-    # default (marktune.tune.strategies)
+    # default (marktune.tune.strategy.strategies)
     search_strategy: SearchStrategy
     max_concurrent: int | None
     cpus_per_trial: float

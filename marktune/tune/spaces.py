@@ -11,7 +11,7 @@ A space file holds::
       mask_activation: {type: choice, values: [relu, sigmoid]}
     defaults:       # the search's own defaults (command-line flags override them)
       samples: 12
-      searcher: tpe         # an Optuna sampler (marktune.tune.strategies.SAMPLERS): tpe, random, qmc, gp, ...
+      searcher: tpe         # an Optuna sampler (marktune.tune.strategy.strategies.SAMPLERS): tpe, random, qmc, gp, ...
       n_startup_trials: 10  # TPE's random trials before it models (Optuna's default)
       constant_liar: true   # TPE: running trials count as bad results while others are proposed
       scheduler: asha       # asha (stops weak trials), hyperband (ASHA over brackets: brackets: 3) or none
@@ -53,12 +53,12 @@ from marktune.results.experiment_reader import load_experiment
 from marktune.results.files import read_settings
 from marktune.results.noise import SeedNoise
 from marktune.results.objectives import ObjectiveError, parse_objectives
-from marktune.tune.strategies import SAMPLERS, SCHEDULERS, SearchStrategy, StrategyError
+from marktune.tune.strategy.strategies import SAMPLERS, SCHEDULERS, SearchStrategy, StrategyError
 from marktune.tune.space_checks import (SpaceError, check_choice_values, check_combinations, check_kind,
                                         check_values, seed_refusal, setting_type)
 
 SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
-SEARCHERS = tuple(SAMPLERS)  # which trials run, and which stop early: marktune.tune.strategies
+SEARCHERS = tuple(SAMPLERS)  # which trials run, and which stop early: marktune.tune.strategy.strategies
 KINDS = ("loguniform", "uniform", "int", "logint", "choice")
 DEFAULTS = {"samples": 12, "max_concurrent": None,
             # which trials run, which stop early (the --searcher, --n-startup-trials, --scheduler flags)
@@ -149,7 +149,7 @@ class SearchSpace:
         return [self.default_trial_config(overrides).precision]
 
     def strategy(self, **flags: Any) -> SearchStrategy:
-        """The search's strategy (:class:`marktune.tune.strategies.SearchStrategy`): each flag
+        """The search's strategy (:class:`marktune.tune.strategy.strategies.SearchStrategy`): each flag
         given (not None), else this space's default."""
         try:
             return SearchStrategy.chosen(self.defaults, **flags)

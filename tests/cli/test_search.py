@@ -242,7 +242,7 @@ def test_without_asha_every_trial_runs_to_the_end_and_random_search_uses_optunas
 
 
 def test_hyperband_runs_live_under_the_name_the_replay_uses(tmp_path, capsys):
-    """``--scheduler hyperband`` (one file and one registry entry, marktune.tune.strategies) runs a
+    """``--scheduler hyperband`` (one file and one registry entry, marktune.tune.strategy.strategies) runs a
     real search through Ray: the plan names it, the settings record it, the summary counts what it
     stopped. Which bracket a trial joins is Ray's random draw, so which trials stop is not asserted."""
     import json

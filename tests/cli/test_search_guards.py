@@ -106,7 +106,7 @@ def test_run_refuses_a_seed_outside_numpys_range(capsys):
 
 
 def test_a_search_in_which_every_trial_errored_exits_non_zero_and_says_so(tmp_path, capsys, monkeypatch):
-    from marktune.tune.search_run import SearchRun
+    from marktune.tune.runs.search_run import SearchRun
 
     monkeypatch.setattr(search, "start_ray", lambda *a, **k: None)
     monkeypatch.setattr(search, "check_cluster_resources", lambda **k: None)
@@ -259,7 +259,7 @@ def test_a_storage_url_out_of_reach_is_refused_before_ray_starts(capsys, no_ray)
 
 
 def test_a_writable_storage_url_passes_and_keeps_nothing_of_the_probe(tmp_path):
-    from marktune.tune.preflight import PlanError, check_remote_storage
+    from marktune.tune.runs.preflight import PlanError, check_remote_storage
 
     check_remote_storage(f"file://{tmp_path}")
     assert list(tmp_path.iterdir()) == []  # the probe was written and deleted

@@ -10,7 +10,7 @@ import pytest
 
 from marktune.cli import search
 from marktune.results.noise import SeedNoise
-from marktune.tune.search_run import SearchRun
+from marktune.tune.runs.search_run import SearchRun
 
 
 def _run(tmp_path, vals, counts):

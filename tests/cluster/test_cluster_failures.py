@@ -22,8 +22,8 @@ import pytest
 import yaml
 
 from marktune.cli import search
-from marktune.tune.launch import start_ray
-from marktune.tune.search_run import run_search
+from marktune.tune.runs.launch import start_ray
+from marktune.tune.runs.search_run import run_search
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 

@@ -349,7 +349,7 @@ def test_search_without_token_mode_says_a_token_is_needed(cluster, tmp_path):
 @pytest.mark.slow
 def test_right_token_passes_the_check(cluster, tmp_path):
     # the checks above must refuse only wrong tokens
-    result = subprocess.run([sys.executable, "-c", "from marktune.tune.preflight import check_address; "
+    result = subprocess.run([sys.executable, "-c", "from marktune.tune.runs.preflight import check_address; "
                              f"check_address('{cluster.head.ip}:6379')"],
                             env=dict(cluster.env, PYTHONPATH=str(ROOT)), capture_output=True, text=True,
                             timeout=60, cwd=tmp_path)

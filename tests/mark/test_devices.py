@@ -12,7 +12,7 @@ from marktune.mark.devices import (GpuUnusableError, cap_gpu_memory, choose_devi
                               out_of_memory_message)
 from marktune.mark.learner import MarkLearner
 from marktune.cli.search import SearchError
-from marktune.tune.preflight import check_local_gpus
+from marktune.tune.runs.preflight import check_local_gpus
 
 
 def test_a_cpu_trial_runs_on_the_cpu_and_a_gpu_trial_on_its_gpu():

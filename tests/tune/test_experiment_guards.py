@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from marktune.results.files import LOCK_FILE
-from marktune.tune import preflight
+from marktune.tune.runs import preflight
 from marktune.tune.folders.lock import ExperimentLock, ExperimentLocked, LockHolder, lock_experiment
 from marktune.tune.plan import MAX_SEED, PlanError, RaySettings, check_name, check_seed
 

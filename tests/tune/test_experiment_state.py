@@ -66,7 +66,7 @@ def test_resume_refuses_a_directory_marktune_s_settings_do_not_identify(tmp_path
 
 def test_run_search_itself_checks_before_tune_restores(tmp_path, monkeypatch):
     """run_search (callable without the pre-flight) refuses too, before Tuner.restore."""
-    from marktune.tune import search_run
+    from marktune.tune.runs import search_run
 
     (tmp_path / "exp").mkdir()
     plan = _plan(tmp_path, "exp", "--resume")
@@ -95,7 +95,7 @@ def test_an_enospc_while_the_search_runs_is_one_message_naming_the_folder_and_re
     one message with the folder, its free space and the --resume command; no traceback."""
     import errno
 
-    from marktune.tune import search_run
+    from marktune.tune.runs import search_run
 
     plan = _plan(tmp_path, "exp")
     monkeypatch.setattr(search_run, "prepare_tune", lambda **k: 0.0)
@@ -192,8 +192,8 @@ def test_the_searcher_s_checkpoint_holds_no_path_and_resumes_on_the_given_study(
     holds the original's absolute path."""
     import optuna
 
-    from marktune.tune.searcher import make_searcher, resuming
-    from marktune.tune.study import StudyStorage
+    from marktune.tune.strategy.searcher import make_searcher, resuming
+    from marktune.tune.folders.study import StudyStorage
 
     original = StudyStorage(journal=tmp_path / "st" / "base" / "optuna_journal.log")
     searcher = make_searcher(storage=original, study_name="base", num_tasks=5, seed=0)

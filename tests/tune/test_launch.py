@@ -1,7 +1,7 @@
-"""Which Ray a command starts or joins (marktune.tune.launch.start_ray)."""
+"""Which Ray a command starts or joins (marktune.tune.runs.launch.start_ray)."""
 import pytest
 
-from marktune.tune.launch import start_ray
+from marktune.tune.runs.launch import start_ray
 from marktune.tune.plan import RaySettings
 
 

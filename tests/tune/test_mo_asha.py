@@ -2,9 +2,9 @@
 import doctest
 
 from marktune.results.objectives import parse_objectives
-from marktune.tune import mo_asha
-from marktune.tune.mo_asha import CONTINUE, STOP, MultiObjectiveASHA, _Rungs
-from marktune.tune.scheduler import make_scheduler
+from marktune.tune.strategy import mo_asha
+from marktune.tune.strategy.mo_asha import CONTINUE, STOP, MultiObjectiveASHA, _Rungs
+from marktune.tune.strategy.scheduler import make_scheduler
 
 OBJ = parse_objectives("val_acc,params")
 

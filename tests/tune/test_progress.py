@@ -5,8 +5,8 @@ import doctest
 from types import SimpleNamespace
 
 from marktune.mark.metrics import METRIC, TIME_ATTR
-from marktune.tune import progress as progress_module
-from marktune.tune.progress import SearchProgress
+from marktune.tune.display import progress as progress_module
+from marktune.tune.display.progress import SearchProgress
 
 
 def test_docstring_examples_run():

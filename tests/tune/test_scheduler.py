@@ -17,9 +17,9 @@ from types import SimpleNamespace
 import pytest
 
 from marktune.mark.metrics import METRIC, TIME_ATTR
-from marktune.tune import scheduler as scheduler_module
-from marktune.tune.scheduler import make_scheduler
-from marktune.tune.tune_setup import reported_results
+from marktune.tune.strategy import scheduler as scheduler_module
+from marktune.tune.strategy.scheduler import make_scheduler
+from marktune.tune.runs.tune_setup import reported_results
 
 
 def test_docstring_examples_run():

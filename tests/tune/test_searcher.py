@@ -4,9 +4,9 @@ from __future__ import annotations
 import doctest
 
 from marktune.mark.metrics import METRIC, TIME_ATTR
-from marktune.tune import searcher as searcher_module
-from marktune.tune.searcher import make_searcher
-from marktune.tune.study import StudyStorage, open_study
+from marktune.tune.strategy import searcher as searcher_module
+from marktune.tune.strategy.searcher import make_searcher
+from marktune.tune.folders.study import StudyStorage, open_study
 
 
 def test_docstring_examples_run():
@@ -141,7 +141,7 @@ def test_each_searcher_is_the_optuna_sampler_it_names_with_its_options_spelled_o
 
     import optuna
 
-    from marktune.tune import samplers
+    from marktune.tune.strategy import samplers
 
     assert doctest.testmod(samplers).failed == 0
     tpe = samplers.make_sampler("tpe", seed=0, n_startup_trials=4)

@@ -8,7 +8,7 @@ import yaml
 from marktune.cli import search
 from marktune.cli.search import SearchError, build_parser, plan_from_args
 from marktune.results.noise import SeedNoise
-from marktune.tune.preflight import check_address
+from marktune.tune.runs.preflight import check_address
 from marktune.tune.spaces import SpaceError, available_spaces, load_space
 
 

@@ -8,7 +8,7 @@ from marktune.cli import search
 from marktune.mark.metrics import METRIC, TIME_ATTR
 from marktune.replay.grid import BENCHMARK_SCHEDULERS, PROPOSALS, benchmark_strategies
 from marktune.replay.search import replay_scheduler
-from marktune.tune.strategies import SAMPLERS, SCHEDULERS, SearchStrategy, StrategyError
+from marktune.tune.strategy.strategies import SAMPLERS, SCHEDULERS, SearchStrategy, StrategyError
 
 
 def test_the_replay_and_the_live_search_accept_the_same_names():

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from marktune.tune.study import StorageError, StudyStorage, open_study
+from marktune.tune.folders.study import StorageError, StudyStorage, open_study
 
 
 def test_bad_storage_urls_are_clear_errors(tmp_path):
@@ -86,7 +86,7 @@ def test_a_last_line_that_is_not_json_is_set_aside_too(tmp_path, capsys):
 
 
 def test_a_damaged_line_in_the_middle_stops_before_ray_and_changes_nothing(tmp_path):
-    from marktune.tune.study import JournalError
+    from marktune.tune.folders.study import JournalError
 
     storage = _journal_with_trials(tmp_path)
     lines = storage.journal.read_bytes().splitlines(keepends=True)
@@ -123,7 +123,7 @@ def test_the_search_s_preflight_repairs_the_journal_of_a_resumed_experiment(tmp_
 
 
 def test_a_second_repair_in_the_same_second_keeps_the_first_torn_record_and_a_folder_is_refused(tmp_path):
-    from marktune.tune.study import repair_journal
+    from marktune.tune.folders.study import repair_journal
 
     storage = _journal_with_trials(tmp_path)
     whole = storage.journal.read_bytes()
@@ -145,7 +145,7 @@ def test_dashboard_line_says_how_to_install_it_with_the_pinned_version():
     import tomllib
 
     from marktune.cli.search import build_parser
-    from marktune.tune import study
+    from marktune.tune.folders import study
 
     assert doctest.testmod(study).failed == 0
     pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())

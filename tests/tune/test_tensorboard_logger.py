@@ -3,7 +3,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from marktune.tune.tensorboard_logger import _rows_from_result_log, matrix_image
+from marktune.tune.display.tensorboard_logger import _rows_from_result_log, matrix_image
 
 
 def test_matrix_image_colours_trained_cells_and_greys_the_rest():
@@ -28,7 +28,7 @@ def test_rows_reported_before_a_driver_restart_come_back_from_result_json(tmp_pa
 def test_tune_callback_writes_the_diagnostics(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from marktune.tune.tensorboard_logger import MarkTensorBoardCallback
+    from marktune.tune.display.tensorboard_logger import MarkTensorBoardCallback
 
     trial = SimpleNamespace(trial_id="t1", local_path=str(tmp_path), config={}, init_local_path=lambda: None)
     callback = MarkTensorBoardCallback(searched=[], num_tasks=2)

@@ -1,5 +1,5 @@
 """After a run, each trial keeps only its newest checkpoint (all are kept while trials run)."""
-from marktune.tune.tune_setup import prune_checkpoints
+from marktune.tune.runs.tune_setup import prune_checkpoints
 
 
 def test_prune_keeps_each_trials_newest_checkpoint_only(tmp_path):

@@ -1,11 +1,11 @@
 """The experiment directory's own pre-flight checks, and a full disk while the search runs.
 
-* :func:`check_experiment` (called once by ``marktune.tune.launch.check_search``, before Ray):
+* :func:`check_experiment` (called once by ``marktune.tune.runs.launch.check_search``, before Ray):
   the storage folder has at least :data:`~marktune.results.files.MIN_FREE_BYTES` free, and on
   ``--resume`` the directory is one that marktune's settings file (``marktune_search.json``)
   identifies as this study's search, checked before Tune unpickles anything of it
   (:func:`check_resumable`). (The study's journal is checked by
-  :meth:`marktune.tune.study.StudyStorage.check`.)
+  :meth:`marktune.tune.folders.study.StudyStorage.check`.)
 * :func:`missing_results`: on ``--resume``, the trials whose ``result.json`` lacks tasks that
   their newest checkpoint holds.
 * :func:`keep_state` / :func:`restore_kept_state`: the last whole copy of Tune's own state files

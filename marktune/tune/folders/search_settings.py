@@ -2,7 +2,7 @@
 
 Written once when a new search starts; read back by ``--resume`` (the command line fills in
 the flags it names), by ``marktune.results.protocols`` (the protocol) and by
-``marktune.tune.study.study_of_experiment`` (the study). Local paths and ``s3://``.
+``marktune.tune.folders.study.study_of_experiment`` (the study). Local paths and ``s3://``.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any, MutableMapping
 
 from marktune.results.files import SETTINGS_FILE, is_remote, write_atomic
 from marktune.tune.plan import PlanError, SearchPlan
-from marktune.tune.study import hide_password
+from marktune.tune.folders.study import hide_password
 
 # what a resumed search takes from the experiment unless given again (and then must match)
 # (Tune restores the sampled-trial count, the searcher and the RunConfig's FailureConfig itself)

@@ -2,12 +2,12 @@
 
 marktune changes two of Ray Tune's classes in ways their public API does not offer:
 
-* ``ResumableASHA`` (``marktune.tune.scheduler``) refills the rungs of Ray's
+* ``ResumableASHA`` (``marktune.tune.strategy.scheduler``) refills the rungs of Ray's
   ``AsyncHyperBandScheduler`` on ``--resume`` (ray-project/ray#30838): it needs the bracket a
   trial was given (``_trial_info``), the brackets and their rungs (``_brackets``,
   ``_Bracket._rungs``), the time attribute, the metric and its sign (``_time_attr``,
   ``_metric``, ``_metric_op``).
-* ``MarkOptunaSearch`` (``marktune.tune.searcher``) tells Optuna PRUNED for trials ASHA stopped
+* ``MarkOptunaSearch`` (``marktune.tune.strategy.searcher``) tells Optuna PRUNED for trials ASHA stopped
   and pickles the study's address instead of the study: it needs Ray's ``OptunaSearch``'s study,
   storage, Optuna trials and completed trials (``_ot_study``, ``_storage``, ``_ot_trials``,
   ``_completed_trials``), the study's name, space, mode and sampler (``_study_name``,

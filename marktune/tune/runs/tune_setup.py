@@ -1,6 +1,6 @@
 """Ray Tune's checkpoints for the search and the evaluation, and what Tune left on disk.
 
-(The environment Tune reads when a Tuner is built is set in :mod:`marktune.tune.launch`.)
+(The environment Tune reads when a Tuner is built is set in :mod:`marktune.tune.runs.launch`.)
 
 * :func:`keep_every_checkpoint` / :func:`prune_checkpoints`: the checkpoint policy (every
   checkpoint while trials run, the newest only afterwards).
@@ -50,7 +50,7 @@ def last_trial_states(experiment: str) -> dict[str, dict]:
 # trial's older checkpoint when it registers a new one and only then snapshots the experiment
 # state: a driver killed in between leaves a state that points at a deleted checkpoint, and on
 # --resume that trial fails ("Could not recover from checkpoint", seen in CI). Instead the state
-# is snapshotted every second (TUNE_GLOBAL_CHECKPOINT_S, in marktune.tune.launch.prepare_tune), so a resumed trial
+# is snapshotted every second (TUNE_GLOBAL_CHECKPOINT_S, in marktune.tune.runs.launch.prepare_tune), so a resumed trial
 # may redo the tasks of its last second (deterministically, the same rows), and
 # prune_checkpoints() removes the older checkpoints once the run is over.
 def keep_every_checkpoint():

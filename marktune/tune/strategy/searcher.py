@@ -1,16 +1,16 @@
-"""Which trials run: an Optuna sampler (:mod:`marktune.tune.samplers`) behind Tune, pruned-aware, its study in
+"""Which trials run: an Optuna sampler (:mod:`marktune.tune.strategy.samplers`) behind Tune, pruned-aware, its study in
 a persistent storage.
 
 :class:`MarkOptunaSearch` is Ray's ``OptunaSearch`` (which already takes a ``storage`` and a
 ``study_name``) with two changes: a trial ASHA stopped is told to Optuna as ``PRUNED`` with
 its per-task values, and its checkpoint (Tune's ``searcher-state-*.pkl``) holds the storage's
 URL, or only "the journal" (no path), and Optuna's trial numbers instead of a pickled study, so
-``--resume`` reopens the study where it lives (:class:`marktune.tune.study.StudyStorage`): the
+``--resume`` reopens the study where it lives (:class:`marktune.tune.folders.study.StudyStorage`): the
 search restores it inside :func:`resuming`, with the journal of the experiment being resumed. What it needs of Ray's
 private attributes is read through ``marktune.tune.ray_internals``.
 
 Example (Ray is imported by this module):
-    >>> from marktune.tune.study import JOURNAL_FILE, StudyStorage
+    >>> from marktune.tune.folders.study import JOURNAL_FILE, StudyStorage
     >>> import tempfile, pathlib
     >>> storage = StudyStorage(journal=pathlib.Path(tempfile.mkdtemp()) / "optuna_journal.log")
     >>> searcher = make_searcher(storage=storage, study_name="demo", num_tasks=5, seed=0)
@@ -31,8 +31,8 @@ from ray.tune.search.optuna import OptunaSearch
 from marktune.mark.metrics import METRIC, TIME_ATTR
 from marktune.results.objectives import SINGLE, Objective, objective_values
 from marktune.tune import ray_internals
-from marktune.tune.samplers import make_sampler
-from marktune.tune.study import JOURNAL_FILE, StudyStorage, hide_password
+from marktune.tune.strategy.samplers import make_sampler
+from marktune.tune.folders.study import JOURNAL_FILE, StudyStorage, hide_password
 
 if TYPE_CHECKING:
     import optuna
@@ -68,7 +68,7 @@ def make_searcher(*, storage: StudyStorage, study_name: str, num_tasks: int, see
                   kind: str = "tpe", n_startup_trials: int = 10, constant_liar: bool = True,
                   objectives: Sequence[Objective] = SINGLE, population: int | None = None) -> "MarkOptunaSearch":
     """Optuna behind Tune, its study in ``storage`` under ``study_name``; ``kind`` names the sampler
-    (:data:`marktune.tune.samplers.SEARCHERS`: tpe, the default, is multivariate TPE with the
+    (:data:`marktune.tune.strategy.samplers.SEARCHERS`: tpe, the default, is multivariate TPE with the
     constant liar, random for its first ``n_startup_trials`` trials). Whatever the sampler, the
     study, its pruned trials and ``--resume`` are the same. Several ``objectives``
     (:mod:`marktune.results.objectives`): a multi-objective study, one direction per objective
@@ -192,7 +192,7 @@ class MarkOptunaSearch(OptunaSearch):
         if spec is None:
             raise RuntimeError("this searcher keeps its study in the experiment's journal, or in a database "
                                "whose password is not stored: restore it with "
-                               "marktune.tune.searcher.resuming(StudyStorage of the resumed experiment)")
+                               "marktune.tune.strategy.searcher.resuming(StudyStorage of the resumed experiment)")
         state["_storage_spec"] = spec
         self._orphans = ray_internals.restore_searcher(self, state, storage=spec.open())
 

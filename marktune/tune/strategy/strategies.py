@@ -12,7 +12,7 @@ reads. Everything that names a strategy reads them: the space files' checks
 ``defaults:``, parsed and checked once (:meth:`SearchStrategy.chosen`).
 
 Adding a scheduler (or a sampler) is one file with its factory and one entry here;
-``hyperband`` (:mod:`marktune.tune.hyperband`) was added so.
+``hyperband`` (:mod:`marktune.tune.strategy.hyperband`) was added so.
 
 Example:
     >>> sorted(SCHEDULERS)
@@ -65,7 +65,7 @@ class SamplerKind:
         return _factory(self.factory)(**options)
 
 
-_S = "marktune.tune.samplers:"
+_S = "marktune.tune.strategy.samplers:"
 SAMPLERS: dict[str, SamplerKind] = {s.name: s for s in (
     SamplerKind(name="tpe", words="Optuna's TPE", help="multivariate TPE", factory=_S + "tpe", constant_liar=True),
     SamplerKind(name="tpe-independent", words="Optuna's TPE (one density per setting)",
@@ -109,13 +109,13 @@ class SchedulerKind:
 
 SCHEDULERS: dict[str, SchedulerKind] = {s.name: s for s in (
     SchedulerKind(name="asha", words="ASHA", help="ASHA, stops weak trials at its rungs",
-                  factory="marktune.tune.scheduler:asha", multiobjective="multi-objective ASHA (non-dominated sorting)",
+                  factory="marktune.tune.strategy.scheduler:asha", multiobjective="multi-objective ASHA (non-dominated sorting)",
                   stopped_by="stopped by ASHA"),
     SchedulerKind(name="hyperband", words="asynchronous Hyperband", brackets=True,
                   help="asynchronous Hyperband, ASHA over several brackets of grace periods",
-                  factory="marktune.tune.hyperband:hyperband", stopped_by="stopped by Hyperband"),
+                  factory="marktune.tune.strategy.hyperband:hyperband", stopped_by="stopped by Hyperband"),
     SchedulerKind(name="none", words="", help="no early stopping: every trial runs every task, recording its "
-                  "whole curve", factory="marktune.tune.scheduler:no_stopping", stops=False,
+                  "whole curve", factory="marktune.tune.strategy.scheduler:no_stopping", stops=False,
                   multiobjective="no early stopping"),
 )}
 

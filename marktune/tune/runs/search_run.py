@@ -1,9 +1,9 @@
 """Run a planned search: build the Tuner (or restore it for ``--resume``) and fit it.
 
 The plan (:class:`marktune.tune.plan.SearchPlan`) is checked and Ray started before this runs
-(:mod:`marktune.tune.launch`). What decides trials lives in :mod:`marktune.tune.searcher` and
-:mod:`marktune.tune.scheduler`, the study in :mod:`marktune.tune.study`, what is printed while
-trials run in :mod:`marktune.tune.progress`.
+(:mod:`marktune.tune.runs.launch`). What decides trials lives in :mod:`marktune.tune.strategy.searcher` and
+:mod:`marktune.tune.strategy.scheduler`, the study in :mod:`marktune.tune.folders.study`, what is printed while
+trials run in :mod:`marktune.tune.display.progress`.
 """
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ from typing import Any
 from marktune.mark.metrics import METRIC
 from marktune.results.files import is_remote
 from marktune.tune.folders.experiment import check_resumable, disk_full_of, missing_results_note
-from marktune.tune.launch import prepare_tune, quiet_ray_output
+from marktune.tune.runs.launch import prepare_tune, quiet_ray_output
 from marktune.tune.ray_internals import handle_failures
 from marktune.tune.plan import RUNTIME_KEY, SearchPlan
 from marktune.tune.folders.search_settings import save_settings
-from marktune.tune.tune_setup import keep_every_checkpoint, last_trial_states
+from marktune.tune.runs.tune_setup import keep_every_checkpoint, last_trial_states
 
 
 @dataclass
@@ -63,9 +63,9 @@ def new_tuner(plan: SearchPlan, trainable, param_space: dict[str, Any]):
     from ray.tune.logger import JsonLoggerCallback
 
     from marktune.tune.folders.state_keeper import StateKeeper
-    from marktune.tune.progress import SearchProgress
-    from marktune.tune.searcher import make_searcher
-    from marktune.tune.tensorboard_logger import MarkTensorBoardCallback
+    from marktune.tune.display.progress import SearchProgress
+    from marktune.tune.strategy.searcher import make_searcher
+    from marktune.tune.display.tensorboard_logger import MarkTensorBoardCallback
 
     progress = SearchProgress(total=plan.samples, num_tasks=plan.num_tasks, status_lines=not plan.quiet)
     # no CSVLoggerCallback: its progress.csv repeated result.json in every trial (curves.csv has them all)
@@ -80,7 +80,7 @@ def new_tuner(plan: SearchPlan, trainable, param_space: dict[str, Any]):
         verbose=1 if plan.verbose else 0,
     )
     quiet_ray_output(verbose=plan.verbose)
-    # the registry's (marktune.tune.strategies); --scheduler none: Tune's FIFO scheduler
+    # the registry's (marktune.tune.strategy.strategies); --scheduler none: Tune's FIFO scheduler
     scheduler = plan.search_strategy.make_scheduler(num_tasks=plan.num_tasks, objectives=plan.objectives)
     searcher = make_searcher(storage=plan.study_storage, study_name=plan.name, num_tasks=plan.num_tasks,
                              seed=plan.seed, kind=plan.searcher, n_startup_trials=plan.n_startup_trials,
@@ -106,13 +106,13 @@ def restored_tuner(plan: SearchPlan, trainable, param_space: dict[str, Any]):
     it reports later, and restarting it from scratch (restart_errored) would run a configuration
     twice. The searcher comes back from the experiment and reopens the study in its storage (how
     many trials were sampled, and Optuna's trial for each), with its sampler (TPE or random);
-    ASHA refills its rungs from every trial's results (marktune.tune.scheduler.ResumableASHA;
+    ASHA refills its rungs from every trial's results (marktune.tune.strategy.scheduler.ResumableASHA;
     without ASHA there are none). The callbacks, the progress printer among them, come back from
     the experiment too.
     """
     from ray import tune
 
-    from marktune.tune.searcher import resuming
+    from marktune.tune.strategy.searcher import resuming
 
     quiet_ray_output(verbose=plan.verbose)
     # Tune unpickles the experiment's state: only from a directory marktune's settings file
@@ -148,8 +148,8 @@ def fit(plan: SearchPlan, tuner) -> SearchRun:
     """Run the Tuner; then what the run left: Tune's results, the study, each trial's last state.
     A full disk ends it in one message (``DiskFull``)."""
     from marktune.tune.folders.state_keeper import disk_full_seen, resumed_at, stop_watching
-    from marktune.tune.searcher import resuming
-    from marktune.tune.study import open_study
+    from marktune.tune.strategy.searcher import resuming
+    from marktune.tune.folders.study import open_study
 
     experiment = plan.experiment
     try:

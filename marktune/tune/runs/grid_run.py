@@ -1,7 +1,7 @@
 """Given settings run again at given seeds: a grid of rows x seeds on Ray Tune, every run to its end.
 
-The search's confirmation stage (:mod:`marktune.tune.confirmation_run`: finalists x more seeds)
-and ``evaluate`` (:mod:`marktune.tune.evaluation_run`: configurations x class orders x seeds)
+The search's confirmation stage (:mod:`marktune.tune.runs.confirmation_run`: finalists x more seeds)
+and ``evaluate`` (:mod:`marktune.tune.runs.evaluation_run`: configurations x class orders x seeds)
 are the same run: one Tune trial of the search's trainable
 (``runners.mark_sequence.train_mark_sequence``) per cell of a :class:`Grid`, no scheduler, a
 line per finished run, Tune's checkpoints kept so Ctrl-C loses no finished task. Tune cannot
@@ -14,10 +14,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from marktune.tune.launch import prepare_tune, quiet_ray_output
+from marktune.tune.runs.launch import prepare_tune, quiet_ray_output
 from marktune.tune.plan import RUNTIME_KEY
 from marktune.tune.ray_internals import handle_failures
-from marktune.tune.tune_setup import keep_every_checkpoint
+from marktune.tune.runs.tune_setup import keep_every_checkpoint
 
 
 @dataclass(frozen=True)

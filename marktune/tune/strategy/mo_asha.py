@@ -8,7 +8,7 @@ continues when its position is within the top 1/eta (:func:`~marktune.results.ob
 Syne Tune's MOASHA rule; Schmucker et al., 2021). Ray Tune has no multi-objective scheduler: its
 ASHA takes one metric.
 
-The bookkeeping is :class:`_Rungs`, apart from Tune. Like :class:`marktune.tune.scheduler.ResumableASHA`
+The bookkeeping is :class:`_Rungs`, apart from Tune. Like :class:`marktune.tune.strategy.scheduler.ResumableASHA`
 it refills its rungs on ``--resume`` from what every restored trial reported (Tune never calls a
 scheduler's save/restore), so a resumed search stops what the first would have stopped.
 
@@ -30,7 +30,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from marktune.mark.metrics import TIME_ATTR
 from marktune.results.objectives import Objective, keeps, minimised, nondominated_order, objective_values
 from marktune.tune.folders.state_keeper import relocate
-from marktune.tune.tune_setup import reported_results
+from marktune.tune.runs.tune_setup import reported_results
 
 CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
 

@@ -7,7 +7,7 @@ brackets, so its rungs are refilled on ``--resume`` as ASHA's are; a restored tr
 drawn again then (Ray keeps no record of it), and its past results fill that bracket's rungs.
 
 The replay has measured it since the first strategy grid (``hyperband g1 r2``, docs/replay.md);
-this file and its entry in :data:`marktune.tune.strategies.SCHEDULERS` make it a live scheduler.
+this file and its entry in :data:`marktune.tune.strategy.strategies.SCHEDULERS` make it a live scheduler.
 
 Example (Ray is imported by this module):
     >>> scheduler = hyperband(num_tasks=5, grace_period=1, reduction_factor=2, brackets=3)
@@ -20,7 +20,7 @@ from typing import Sequence
 
 from marktune.mark.metrics import TIME_ATTR
 from marktune.results.objectives import SINGLE, Objective
-from marktune.tune.scheduler import ResumableASHA
+from marktune.tune.strategy.scheduler import ResumableASHA
 
 
 def hyperband(*, num_tasks: int, grace_period: int, reduction_factor: float, brackets: int = 3,

@@ -1,7 +1,7 @@
 """Which trials stop: ASHA on tasks done, with rungs that survive ``--resume``; or none.
 
-The names are registered in :data:`marktune.tune.strategies.SCHEDULERS`; the factories they name
-(:func:`asha`, :func:`no_stopping`; :func:`marktune.tune.hyperband.hyperband`) build them.
+The names are registered in :data:`marktune.tune.strategy.strategies.SCHEDULERS`; the factories they name
+(:func:`asha`, :func:`no_stopping`; :func:`marktune.tune.strategy.hyperband.hyperband`) build them.
 
 ``--scheduler none`` (or ``scheduler: none`` in a space's defaults) is :class:`NoStopping`: Tune's
 FIFO scheduler, so every trial runs to its last task and records its whole curve.
@@ -10,7 +10,7 @@ FIFO scheduler, so every trial runs to its last task and records its whole curve
 Tune never calls a scheduler's ``save``/``restore`` (ray-project/ray#30838), so every trial Tune
 restores refills the rungs from the results it reported (its ``result.json``). The bookkeeping
 is apart from Ray: :func:`replayable` picks a trial's results to replay (pure),
-:func:`marktune.tune.tune_setup.reported_results` reads them, and ``marktune.tune.ray_internals`` is the only place
+:func:`marktune.tune.runs.tune_setup.reported_results` reads them, and ``marktune.tune.ray_internals`` is the only place
 that touches ASHA's brackets.
 
 Example (Ray is imported by this module):
@@ -32,16 +32,16 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
 from marktune.mark.metrics import TIME_ATTR
 from marktune.results.objectives import SINGLE, Objective
 from marktune.tune import ray_internals
-from marktune.tune.strategies import scheduler as scheduler_kind
+from marktune.tune.strategy.strategies import scheduler as scheduler_kind
 from marktune.tune.folders.state_keeper import relocate
-from marktune.tune.tune_setup import reported_results
+from marktune.tune.runs.tune_setup import reported_results
 
 
 def make_scheduler(*, num_tasks: int, grace_period: int, reduction_factor: float,
                    kind: str = "asha", brackets: int = 1, objectives: Sequence[Objective] = SINGLE):
-    """The scheduler named ``kind`` in :data:`marktune.tune.strategies.SCHEDULERS`: asha (ASHA on
+    """The scheduler named ``kind`` in :data:`marktune.tune.strategy.strategies.SCHEDULERS`: asha (ASHA on
     tasks done; the metric and mode come from the Tuner's TuneConfig: METRIC, max; with several
-    ``objectives``, :class:`marktune.tune.mo_asha.MultiObjectiveASHA`), hyperband (asynchronous
+    ``objectives``, :class:`marktune.tune.strategy.mo_asha.MultiObjectiveASHA`), hyperband (asynchronous
     Hyperband over ``brackets`` brackets), none (no early stopping; grace period and reduction
     factor unused)."""
     return scheduler_kind(kind).build(num_tasks=num_tasks, grace_period=grace_period,
@@ -54,7 +54,7 @@ def asha(*, num_tasks: int, grace_period: int, reduction_factor: float, brackets
     """ASHA on tasks done, one bracket (``brackets`` is hyperband's; a replay may pass more, as
     asynchronous Hyperband); with several ``objectives`` the multi-objective ASHA."""
     if len(objectives) > 1:
-        from marktune.tune.mo_asha import MultiObjectiveASHA
+        from marktune.tune.strategy.mo_asha import MultiObjectiveASHA
 
         return MultiObjectiveASHA(objectives=objectives, num_tasks=num_tasks, grace_period=grace_period,
                                   reduction_factor=reduction_factor)

@@ -2,7 +2,7 @@
 
 * Pre-flight (:func:`check_search`, :func:`check_evaluation`): every check on the input that
   can be made before Ray starts, cheapest first, each within seconds (the checks themselves, one
-  input each, are :mod:`marktune.tune.preflight`): the cluster address and its token, the
+  input each, are :mod:`marktune.tune.runs.preflight`): the cluster address and its token, the
   Optuna storage, the data set, bf16 and GPUs on this machine, the storage directory. A problem
   is a :class:`~marktune.tune.plan.PlanError` whose message says what to do.
 * :func:`start_ray`: join a cluster (``--address``) or start Ray of its own on this machine;
@@ -20,7 +20,7 @@ from typing import Any
 
 from marktune.results.files import is_remote
 from marktune.tune.plan import EvalPlan, PlanError, RaySettings, SearchPlan
-from marktune.tune.preflight import (check_address, check_gpu_memory_fraction, check_local_data, check_local_gpus,
+from marktune.tune.runs.preflight import (check_address, check_gpu_memory_fraction, check_local_data, check_local_gpus,
                                      check_local_precision, check_local_resources, check_ray_flags, check_storage,
                                      is_local)
 
@@ -55,7 +55,7 @@ def open_experiment(plan: SearchPlan) -> None:
     """What a search checks and repairs in its experiment once it holds the experiment's lock:
     the study (a torn journal line set aside; held exactly when resuming) and Tune's state files."""
     from marktune.tune.folders.experiment import restore_experiment
-    from marktune.tune.study import StorageError
+    from marktune.tune.folders.study import StorageError
 
     if not is_remote(plan.storage):
         from marktune.tune.folders.ownership import claim

@@ -1,7 +1,7 @@
 """Which Optuna sampler proposes a search's settings: one name per sampler, each spelled out.
 
 A search space's ``defaults.searcher`` (or ``--searcher``) names one of :data:`SEARCHERS`, the
-registry :data:`marktune.tune.strategies.SAMPLERS`; :func:`make_sampler` builds it from the
+registry :data:`marktune.tune.strategy.strategies.SAMPLERS`; :func:`make_sampler` builds it from the
 factory its entry names (one function below each). Every option that changes what a sampler proposes is set here
 explicitly, not left to Optuna's defaults, so an upgrade of Optuna cannot change a search:
 
@@ -30,12 +30,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from marktune.tune.strategies import SAMPLERS, sampler
+from marktune.tune.strategy.strategies import SAMPLERS, sampler
 
 if TYPE_CHECKING:
     import optuna
 
-SEARCHERS = tuple(SAMPLERS)  # the names, registered in marktune.tune.strategies
+SEARCHERS = tuple(SAMPLERS)  # the names, registered in marktune.tune.strategy.strategies
 TPE_SEARCHERS = tuple(name for name, kind in SAMPLERS.items() if kind.constant_liar)
 
 

@@ -1,7 +1,7 @@
 """The checks of one input each, made before Ray starts: the cluster, this machine, the storage, the data.
 
 Each takes what it checks and raises :class:`~marktune.tune.plan.PlanError` with what to do,
-within seconds; :mod:`marktune.tune.launch` runs them for each command, cheapest first.
+within seconds; :mod:`marktune.tune.runs.launch` runs them for each command, cheapest first.
 """
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def check_token(address: str, *, timeout: float = 5.0) -> None:
 
 def check_optuna_storage(url: str | None) -> None:
     """A malformed or unreachable ``--optuna-storage`` URL, before the space is even loaded."""
-    from marktune.tune.study import StorageError, StudyStorage
+    from marktune.tune.folders.study import StorageError, StudyStorage
 
     if not url:
         return

@@ -1,9 +1,9 @@
 """Run a planned evaluation: one Tune trial per (configuration, data seed, seed), no scheduler.
 
 Every run is a trial of the search's trainable (``runners.mark_sequence.train_mark_sequence``)
-from a grid over (configuration row, data seed, seed) (:mod:`marktune.tune.grid_run`), and runs to the last task. The plan
+from a grid over (configuration row, data seed, seed) (:mod:`marktune.tune.runs.grid_run`), and runs to the last task. The plan
 (:class:`marktune.tune.plan.EvalPlan`) is checked and Ray started before this runs
-(:mod:`marktune.tune.launch`). Its runs become the rows of ``evaluation.csv``
+(:mod:`marktune.tune.runs.launch`). Its runs become the rows of ``evaluation.csv``
 (:func:`run_records`), and the rows the verdict (:func:`conclude_and_save`, :mod:`marktune.results.conclusions`).
 """
 from __future__ import annotations
@@ -20,9 +20,9 @@ from marktune.results.objectives import front_on_fresh_seeds
 from marktune.results.pareto import parameter_counts
 from marktune.results.statistics import heldout_accuracy, heldout_backward_transfer
 
-from marktune.tune.grid_run import Grid, run_grid, run_progress
+from marktune.tune.runs.grid_run import Grid, run_grid, run_progress
 from marktune.tune.plan import RUNTIME_KEY, EvalPlan
-from marktune.tune.tune_setup import prune_checkpoints
+from marktune.tune.runs.tune_setup import prune_checkpoints
 
 
 def run_evaluation(plan: EvalPlan):

@@ -16,9 +16,9 @@ from marktune.mark.metrics import METRIC, TIME_ATTR
 from marktune.results.confirmation import (CONFIRMATION_FILE, CONFIRMATION_RUNS, ConfirmationPlan, Verdict,
                                            plan_confirmation, read_confirmation)
 from marktune.results.files import write_atomic
-from marktune.tune.grid_run import Grid, run_grid, run_progress
+from marktune.tune.runs.grid_run import Grid, run_grid, run_progress
 from marktune.tune.plan import SearchPlan
-from marktune.tune.tune_setup import prune_checkpoints
+from marktune.tune.runs.tune_setup import prune_checkpoints
 
 if TYPE_CHECKING:
     from marktune.results.summary import TrialRow
