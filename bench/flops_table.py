@@ -91,11 +91,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", type=int, default=0, metavar="N",
                         help="also run the dense table's first N configurations with all their settings")
     parser.add_argument("--sample-seed", type=int, default=0, help="the dense table's draws (bench/separation.py)")
+    parser.add_argument("--table-first", type=int, default=0, metavar="N",
+                        help="run first the combinations of the dense table's first N configurations (what a "
+                             "replay drawing from the table needs), then the rest")
     args = parser.parse_args(argv)
 
     space = load_space(args.space)
     names = counted_settings(space)  # refuses a continuous setting that counts, before any run
     jobs = [(args.space, "grid", combo) for combo in combinations(space)]
+    if args.table_first:
+        from bench.separation import configurations
+
+        drawn = configurations(space, count=args.table_first, seed=args.sample_seed).values()
+        needed = {tuple(str(c[n]) for n in names) for c in drawn if c}
+        jobs.sort(key=lambda j: tuple(str(j[2][n]) for n in names) not in needed)  # stable: needed first
     if args.check:
         from bench.separation import configurations
 
