@@ -126,6 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     if verbose:
         print(f"MARK on {benchmark.name}: {learner.num_tasks} tasks, device {device}, output {out}")
 
+    return train_and_record(learner, out)
+
+
+def train_and_record(learner: MarkLearner, out: Path) -> int:
+    """Train the tasks left: after each a checkpoint, results.json and TensorBoard's scalars; at
+    the end the matrices and ACC/BWT. 3: a loss became non-finite (results.json says where)."""
     from torch.utils.tensorboard import SummaryWriter  # imported late: it is slow to import
 
     start = time.perf_counter()

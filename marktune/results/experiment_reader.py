@@ -24,16 +24,7 @@ from marktune.results.status import LIVE_TUNE_STATUSES, TrialStatus, decide_stat
 
 def load_experiment(path: str | os.PathLike) -> Experiment:
     """Read an experiment directory; raise ExperimentError when it is missing or foreign."""
-    text = str(path)
-    if is_remote(text):
-        raise ExperimentError(f"{text}: give a local directory (copy it down first, e.g. "
-                              f"`aws s3 sync {text} results/{text.rstrip('/').rsplit('/', 1)[-1]}`)")
-    root = Path(text).expanduser()
-    if not root.exists():
-        raise ExperimentError(f"no experiment directory at {root}")
-    if not root.is_dir():
-        raise ExperimentError(f"{root} is a file, not an experiment directory")
-    root = root.resolve()
+    root = _local_directory(path)
     states = sorted(glob.glob(str(root / STATE_GLOB)))
     trial_dirs = sorted(p for p in root.glob(f"{TRIAL_DIR_PREFIX}*") if (p / PARAMS_FILE).is_file())
     if not states and not trial_dirs:
@@ -42,19 +33,7 @@ def load_experiment(path: str | os.PathLike) -> Experiment:
             "trial_*/params.json. Give the directory <storage>/<name> that `python -m marktune.search` made.")
 
     state = _read_state(Path(states[-1])) if states else {}
-    trials: dict[str, Trial] = {}
-    for tdir in trial_dirs:
-        try:
-            params = json.loads((tdir / PARAMS_FILE).read_text())
-        except (OSError, json.JSONDecodeError):
-            params = None
-        if not isinstance(params, dict) or "benchmark" not in params or RUNTIME_KEY not in params:
-            raise ExperimentError(
-                f"{root} is not a marktune search experiment: {tdir.name}/{PARAMS_FILE} has no "
-                f"'benchmark' and '{RUNTIME_KEY}' (it was not made by runners.mark_sequence)")
-        tid = tdir.name[len(TRIAL_DIR_PREFIX):]
-        trials[tid] = _trial(tid, params, task_results(tdir))
-        trials[tid].checkpoint_tasks = checkpoint_tasks(tdir)
+    trials = _trials_in_folders(root, trial_dirs)
     with_folder = set(trials)
     for tid, info in state.items():
         if info.get("trainable_name") not in (None, "train_mark_sequence"):
@@ -95,6 +74,39 @@ def load_experiment(path: str | os.PathLike) -> Experiment:
     except ConfirmationError as err:
         raise ExperimentError(str(err)) from None
     return exp
+
+
+def _local_directory(path: str | os.PathLike) -> Path:
+    """The experiment directory, absolute; a remote URL, a missing path or a file refused in words."""
+    text = str(path)
+    if is_remote(text):
+        raise ExperimentError(f"{text}: give a local directory (copy it down first, e.g. "
+                              f"`aws s3 sync {text} results/{text.rstrip('/').rsplit('/', 1)[-1]}`)")
+    root = Path(text).expanduser()
+    if not root.exists():
+        raise ExperimentError(f"no experiment directory at {root}")
+    if not root.is_dir():
+        raise ExperimentError(f"{root} is a file, not an experiment directory")
+    return root.resolve()
+
+
+def _trials_in_folders(root: Path, trial_dirs: list[Path]) -> dict[str, Trial]:
+    """Each trial folder's trial (settings, task results, checkpoints); a folder whose params.json
+    runners.mark_sequence did not write makes the directory foreign."""
+    trials: dict[str, Trial] = {}
+    for tdir in trial_dirs:
+        try:
+            params = json.loads((tdir / PARAMS_FILE).read_text())
+        except (OSError, json.JSONDecodeError):
+            params = None
+        if not isinstance(params, dict) or "benchmark" not in params or RUNTIME_KEY not in params:
+            raise ExperimentError(
+                f"{root} is not a marktune search experiment: {tdir.name}/{PARAMS_FILE} has no "
+                f"'benchmark' and '{RUNTIME_KEY}' (it was not made by runners.mark_sequence)")
+        tid = tdir.name[len(TRIAL_DIR_PREFIX):]
+        trials[tid] = _trial(tid, params, task_results(tdir))
+        trials[tid].checkpoint_tasks = checkpoint_tasks(tdir)
+    return trials
 
 
 def _trial(tid: str, params: dict[str, Any], results: list[dict[str, Any]]) -> Trial:

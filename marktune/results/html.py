@@ -297,6 +297,37 @@ class Importances:
     note: str  # a sentence for the page: how they were computed and where from, or why there are none
 
 
+def curves_section(exp: Experiment, best, figures: Path) -> str:
+    if not any(t.results for t in exp.trials):
+        return "<p class='note'>No trial has reported a task yet.</p>"
+    b64 = save_png(figure_curves(exp, best), figures / "curves.png")
+    return (f"<img alt='validation curves of all trials' src='data:image/png;base64,{b64}'>\n"
+            "<p class='muted'>Solid: ran every task; dashed with a cross: stopped early by ASHA; "
+            "dotted: unfinished. Thick: the best trial.</p>")
+
+
+def matrix_section(shown, best, figures: Path) -> str:
+    """The accuracy matrix of ``shown``: the best complete trial, else the one that got furthest."""
+    if shown is None:
+        return "<p class='note'>No trial has reported a task yet.</p>"
+    b64 = save_png(figure_matrix(shown), figures / "accuracy_matrix.png")
+    what = "the best complete trial" if shown is best else "no trial is complete; the one that got furthest"
+    return (f"<p>Trial {html.escape(shown.trial_id)} ({what}): row t = after training task t, "
+            "column u = the task evaluated.</p>\n"
+            f"<img alt='accuracy matrix heat map' src='data:image/png;base64,{b64}'>")
+
+
+def importances_section(importances: Importances, figures: Path) -> str:
+    if importances.values is None:
+        return f"<p class='note'>{html.escape(importances.note)}</p>"
+    b64 = save_png(figure_importances(importances.values), figures / "importances.png")
+    return (f"<p>{html.escape(importances.note)}</p>\n"
+            f"<img alt='parameter importances' src='data:image/png;base64,{b64}'>\n"
+            "<table id='importances-table'><tr><th class='l'>setting</th><th>importance</th></tr>"
+            + "".join(f"<tr><td class='l'>{html.escape(k)}</td><td>{v:.3f}</td></tr>"
+                      for k, v in importances.values.items()) + "</table>")
+
+
 def build_report(exp: Experiment, out: Path | None = None, *, importances: Importances) -> Path:
     """Write report.html and figures/*.png; return the HTML file's path.
 
@@ -327,34 +358,11 @@ def build_report(exp: Experiment, out: Path | None = None, *, importances: Impor
     parts.append(confirmation_section(exp))
 
     parts.append("<h2 id='curves'>Mean validation accuracy per task</h2>")
-    if any(t.results for t in exp.trials):
-        b64 = save_png(figure_curves(exp, best), figures / "curves.png")
-        parts.append(f"<img alt='validation curves of all trials' src='data:image/png;base64,{b64}'>")
-        parts.append("<p class='muted'>Solid: ran every task; dashed with a cross: stopped early by ASHA; "
-                     "dotted: unfinished. Thick: the best trial.</p>")
-    else:
-        parts.append("<p class='note'>No trial has reported a task yet.</p>")
-
+    parts.append(curves_section(exp, best, figures))
     parts.append("<h2 id='accuracy-matrix'>Accuracy matrix of the best trial</h2>")
-    if shown is not None:
-        b64 = save_png(figure_matrix(shown), figures / "accuracy_matrix.png")
-        what = "the best complete trial" if shown is best else "no trial is complete; the one that got furthest"
-        parts.append(f"<p>Trial {html.escape(shown.trial_id)} ({what}): row t = after training task t, "
-                     "column u = the task evaluated.</p>")
-        parts.append(f"<img alt='accuracy matrix heat map' src='data:image/png;base64,{b64}'>")
-    else:
-        parts.append("<p class='note'>No trial has reported a task yet.</p>")
-
+    parts.append(matrix_section(shown, best, figures))
     parts.append("<h2 id='importances'>Parameter importances</h2>")
-    if importances.values is None:
-        parts.append(f"<p class='note'>{html.escape(importances.note)}</p>")
-    else:
-        b64 = save_png(figure_importances(importances.values), figures / "importances.png")
-        parts.append(f"<p>{html.escape(importances.note)}</p>")
-        parts.append(f"<img alt='parameter importances' src='data:image/png;base64,{b64}'>")
-        parts.append("<table id='importances-table'><tr><th class='l'>setting</th><th>importance</th></tr>"
-                     + "".join(f"<tr><td class='l'>{html.escape(k)}</td><td>{v:.3f}</td></tr>"
-                               for k, v in importances.values.items()) + "</table>")
+    parts.append(importances_section(importances, figures))
 
     parts.append("<h2 id='pareto'>Accuracy against size and compute</h2>")
     parts.append(pareto_section(exp, figures))
