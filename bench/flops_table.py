@@ -96,29 +96,32 @@ def main(argv: list[str] | None = None) -> int:
                              "replay drawing from the table needs), then the rest")
     args = parser.parse_args(argv)
 
+    if args.out.exists() and not args.resume:  # hours of counted runs are not written over
+        parser.error(f"{args.out} exists: add --resume to continue it, or give another --out")
     space = load_space(args.space)
     names = counted_settings(space)  # refuses a continuous setting that counts, before any run
+
+    def key(settings) -> tuple[str, ...]:  # a combination as the CSV holds it
+        return tuple(str(settings[n]) for n in names)
     jobs = [(args.space, "grid", combo) for combo in combinations(space)]
+    from bench.separation import configurations
+
     if args.table_first:
-        from bench.separation import configurations
-
         drawn = configurations(space, count=args.table_first, seed=args.sample_seed).values()
-        needed = {tuple(str(c[n]) for n in names) for c in drawn if c}
-        jobs.sort(key=lambda j: tuple(str(j[2][n]) for n in names) not in needed)  # stable: needed first
+        needed = {key(c) for c in drawn if c}
+        jobs.sort(key=lambda j: key(j[2]) not in needed)  # stable: needed first
     if args.check:
-        from bench.separation import configurations
-
         drawn = configurations(space, count=args.check, seed=args.sample_seed)
         jobs += [(args.space, cid, params) for cid, params in drawn.items() if cid != "default"]
     done = read_rows(args.out) if args.resume else []
-    seen = {(r["source"], tuple(r[n] for n in names)) for r in done}
-    complete = {(r["source"], tuple(r[n] for n in names)) for r in done if r["status"] == "COMPLETE"}
+    seen = {(r["source"], key(r)) for r in done}
+    complete = {(r["source"], key(r)) for r in done if r["status"] == "COMPLETE"}
     todo = []
     for space_name, source, settings in jobs:
-        key = (source, tuple(str(settings[n]) for n in names))
-        if key in complete or (key in seen and source != "grid"):
+        run = (source, key(settings))
+        if run in complete or (run in seen and source != "grid"):
             continue  # done (a checked configuration runs once, diverged or not)
-        todo.append((space_name, source, {**settings, **GENTLER} if key in seen else settings))
+        todo.append((space_name, source, {**settings, **GENTLER} if run in seen else settings))
     jobs = todo
     extra = sorted({k for _, _, s in jobs for k in s} - set(names))
     columns = FLOPS_COLUMNS[:1] + names + extra + FLOPS_COLUMNS[1:] + ["commit", "cpu"]

@@ -73,7 +73,7 @@ def single_objective(space) -> list[Strategy]:
                      grace_period=grace, reduction_factor=factor)]
 
 
-def best_and_cheapest_tied(outcome, table, costs, seed_sd: float) -> list:
+def best_and_cheapest_tied(outcome, seed_sd: float) -> list:
     """A one-objective search's report: its best finished trial and the cheapest finished trial
     tied with it by the summary's rule (seed noise only: a replay knows no validation counts, so
     the binomial SE terms of the live rule are left out)."""
@@ -82,8 +82,6 @@ def best_and_cheapest_tied(outcome, table, costs, seed_sd: float) -> list:
     done = [t for t in outcome.trials if t.finished]
     if not done:
         return []
-    for t in done:  # a table draw's settings are its configuration's
-        t.costs = costs.curve(table.configs[t.config].params, tasks=table.num_tasks)
     ties = find_ties([Scored(t.trial_id, t.value, float("nan"), None) for t in done], seed_sd=seed_sd)
     best = next(t for t in done if t.trial_id == ties.best)
     tied = [t for t in done if t.trial_id in ties.tied]
@@ -129,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                              surrogate=None if strategy.proposals == "table" else surrogate)
             # a modelled stand-in is scored by its own settings' size, a table draw by its configuration's
             picks = None if len(strategy.objectives) > 1 else best_and_cheapest_tied(
-                outcome, table, costs, seed_sd=space.noise.seed_sd)
+                outcome, seed_sd=space.noise.seed_sd)
             regrets.append(outcome.hypervolume_regret(table_sizes, picks))
             used.append(outcome.task_trainings / outcome.budget)
             best.append(100 * outcome.regret(1.0))  # its most accurate pick: a member of any report

@@ -128,7 +128,7 @@ class ReplayedTrial:
     stop_after: int  # tasks it runs unless stopped
     worth: float  # what a pick of it is worth: the final test ACC of what it stands for
     final_shift: float = 0.0  # its final val minus its recorded seed's (a modelled stand-in's offset)
-    costs: tuple[float, ...] = ()  # a multi-objective replay's cost after each task (marktune.replay.costs)
+    costs: tuple[float, ...] = ()  # its cost after each task, where the replay was given costs (marktune.replay.costs)
     tasks_run: int = 0
     ended_at_s: float | None = None  # simulated clock when it ended
     ended_at_trainings: int | None = None  # task-trainings done (all trials) when it ended
@@ -311,7 +311,7 @@ def _replay(table: ReplayTable, space: SearchSpace, strategy: Strategy, samples:
         outcome.trials.append(ReplayedTrial(trial_id=trial_id, config=stand_in.config, curve=curve,
                                             stop_after=stop_after, worth=worth,
                                             final_shift=stand_in.final_shift,
-                                            costs=costs.curve(settings, tasks=num_tasks) if cost else ()))
+                                            costs=costs.curve(settings, tasks=num_tasks) if costs is not None else ()))
         handles.append(ReplayedTrialHandle(trial_id))
         if scheduler is not None:
             scheduler.on_trial_add(None, handles[-1])
@@ -370,7 +370,8 @@ def _proposals(table: ReplayTable, space: SearchSpace, strategy: Strategy, *, po
 
 def _cost(strategy: Strategy, space: SearchSpace, costs: Costs | None):
     """The second objective (None: one objective) and what gives a trial's: ``costs``, else the
-    parameters counted from the settings."""
+    parameters counted from the settings. (Costs given to a one-objective replay are recorded on
+    its trials, not reported: what a bench scores its picks by.)"""
     cost = strategy.objectives[1] if len(strategy.objectives) > 1 else None
     if cost is not None and costs is None:
         if cost.name != "params":

@@ -847,3 +847,12 @@ def test_a_replay_on_flops_reports_each_trials_counted_flops_after_every_task(tm
                                if not line.startswith("grid," + ",".join(str(gone[n]) for n in names) + ",")))
     with pytest.raises(KeyError, match="flops_table.py"):
         FlopsTable(path, space).curve(gone, tasks=table.num_tasks)
+
+
+def test_the_flops_bench_never_writes_over_a_table_without_resume(tmp_path, capsys):
+    table = tmp_path / "flops.csv"
+    table.write_text("source,task\ngrid,1\n")
+    with pytest.raises(SystemExit) as exit_:
+        load_bench("flops_table").main(["--space", "digits", "--out", str(table)])
+    assert exit_.value.code == 2 and "add --resume" in capsys.readouterr().err
+    assert table.read_text() == "source,task\ngrid,1\n"
